@@ -1,0 +1,163 @@
+//! The absolute strategy: admit iff the window's admitted usage plus the call fits the
+//! capacity; a refusal records nothing and says how long to wait.
+
+use crate::config::capacity;
+use crate::window::{Geometry, Window};
+use crate::{Error, RateLimitDecision};
+
+/// The capacity a call may use, or why the call is malformed. Shared by every provider and
+/// both strategies, so they refuse the same inputs the same way.
+pub(crate) fn checked_capacity(rate: f64, window_seconds: u64, count: u64) -> Result<f64, Error> {
+    let cap = capacity::of(rate, window_seconds);
+    if !capacity::fits(1, cap) {
+        return Err(Error::CapacityBelowOne {
+            rate_limit: rate,
+            window_size_seconds: window_seconds,
+            capacity: cap,
+        });
+    }
+    if count == 0 {
+        return Err(Error::ZeroCount);
+    }
+    if !capacity::fits(count, cap) {
+        return Err(Error::CountAboveCapacity {
+            count,
+            capacity: cap,
+        });
+    }
+    Ok(cap)
+}
+
+/// What the infallible absolute `inc` answers for a malformed call (see the local module docs).
+pub(crate) fn answer_for_invalid(err: &Error, window_seconds: u64) -> RateLimitDecision {
+    match err {
+        Error::ZeroCount => RateLimitDecision::Allowed,
+        _ => RateLimitDecision::Rejected {
+            window_size_seconds: window_seconds,
+            retry_after_ms: u64::MAX,
+            remaining_after_waiting: 0,
+        },
+    }
+}
+
+/// One key under the absolute strategy.
+#[derive(Debug, Clone)]
+pub(crate) struct AbsoluteState {
+    /// The rate of the latest `inc`, used by `is_allowed`.
+    rate: f64,
+    window: Window<u64>,
+}
+
+impl AbsoluteState {
+    pub(crate) fn new(rate: f64) -> Self {
+        AbsoluteState {
+            rate,
+            window: Window::default(),
+        }
+    }
+
+    /// Admits `count` (already checked against `cap`) if it fits, recording it.
+    #[inline]
+    pub(crate) fn inc(
+        &mut self,
+        geo: &Geometry,
+        now_ms: u64,
+        rate: f64,
+        count: u64,
+        cap: f64,
+    ) -> RateLimitDecision {
+        self.rate = rate;
+        self.window.expire(geo, now_ms);
+        if capacity::fits(self.window.total() + count, cap) {
+            self.window.add(geo, now_ms, count);
+            RateLimitDecision::Allowed
+        } else {
+            self.rejection(geo, now_ms, count, cap)
+        }
+    }
+
+    /// Whether one more unit at the latest rate would be admitted now; records nothing.
+    pub(crate) fn check(&mut self, geo: &Geometry, now_ms: u64) -> RateLimitDecision {
+        self.window.expire(geo, now_ms);
+        let cap = capacity::of(self.rate, geo.window_seconds());
+        if capacity::fits(self.window.total() + 1, cap) {
+            RateLimitDecision::Allowed
+        } else {
+            self.rejection(geo, now_ms, 1, cap)
+        }
+    }
+
+    #[cold]
+    fn rejection(&self, geo: &Geometry, now_ms: u64, count: u64, cap: f64) -> RateLimitDecision {
+        let (retry_after_ms, remaining_after_waiting) = self
+            .window
+            .release_until(geo, now_ms, |left| capacity::fits(left + count, cap))
+            .unwrap_or((u64::MAX, 0));
+        RateLimitDecision::Rejected {
+            window_size_seconds: geo.window_seconds(),
+            retry_after_ms,
+            remaining_after_waiting,
+        }
+    }
+
+    /// Admitted usage still inside the window at `now_ms`.
+    pub(crate) fn usage(&mut self, geo: &Geometry, now_ms: u64) -> u64 {
+        self.window.expire(geo, now_ms);
+        self.window.total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RateGroupSizeMs, WindowSizeSeconds};
+
+    fn geo(window_s: u64, group_ms: u64) -> Geometry {
+        Geometry::new(
+            WindowSizeSeconds::try_from(window_s).unwrap(),
+            RateGroupSizeMs::try_from(group_ms).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn admits_up_to_real_capacity_then_reports_wait() {
+        let g = geo(15, 1000);
+        let cap = checked_capacity(0.7, 15, 1).unwrap(); // 10.5
+        let mut s = AbsoluteState::new(0.7);
+        for i in 0..10 {
+            assert_eq!(
+                s.inc(&g, i * 100, 0.7, 1, cap),
+                RateLimitDecision::Allowed,
+                "call {i}"
+            );
+        }
+        // 10 admitted in bucket 0 (expires at 16000); an 11th does not fit 10.5.
+        assert_eq!(
+            s.inc(&g, 1000, 0.7, 1, cap),
+            RateLimitDecision::Rejected {
+                window_size_seconds: 15,
+                retry_after_ms: 15000,
+                remaining_after_waiting: 0
+            }
+        );
+        assert_eq!(s.usage(&g, 1000), 10, "a rejection records nothing");
+    }
+
+    #[test]
+    fn malformed_calls_are_named() {
+        assert!(matches!(
+            checked_capacity(0.05, 10, 1),
+            Err(Error::CapacityBelowOne { .. })
+        ));
+        assert!(matches!(
+            checked_capacity(1.0, 10, 0),
+            Err(Error::ZeroCount)
+        ));
+        assert!(matches!(
+            checked_capacity(1.0, 10, 11),
+            Err(Error::CountAboveCapacity { count: 11, .. })
+        ));
+        assert_eq!(checked_capacity(1.0, 10, 10).unwrap(), 10.0);
+    }
+}

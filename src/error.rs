@@ -1,0 +1,91 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in sluicegate, with a message that says what to change.
+///
+/// Every validated newtype's `TryFrom` returns this type, so `?` works across the crate's
+/// constructors. It is `#[non_exhaustive]`: new providers may add variants.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of its range.
+    #[error("invalid {field}: {value} ({expected})")]
+    InvalidValue {
+        /// The field or newtype that was given the value, e.g. `RateLimit`.
+        field: &'static str,
+        /// The rejected value, as given.
+        value: String,
+        /// What the value must be.
+        expected: &'static str,
+    },
+
+    /// The rate times the window is below one request: no request could ever be admitted.
+    #[error(
+        "capacity below one request: rate_limit {rate_limit}/s over a {window_size_seconds} s window \
+         allows {capacity} requests; raise the rate or widen the window"
+    )]
+    CapacityBelowOne {
+        /// The rate given to the call.
+        rate_limit: f64,
+        /// The limiter's window.
+        window_size_seconds: u64,
+        /// `rate_limit × window_size_seconds`.
+        capacity: f64,
+    },
+
+    /// A call asked for zero units; count at least one.
+    #[error("count must be at least 1, got 0")]
+    ZeroCount,
+
+    /// A call asked for more units than the window can ever hold.
+    #[error(
+        "count {count} exceeds the window's capacity {capacity}: such a call can never be \
+         admitted; split it or raise the rate"
+    )]
+    CountAboveCapacity {
+        /// The count given to the call.
+        count: u64,
+        /// `rate_limit × window_size_seconds`.
+        capacity: f64,
+    },
+
+    /// A Redis key is empty, too long, or contains the separator.
+    #[error("invalid Redis key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key, cut to its first 64 characters.
+        key: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// Redis answered with an error, or could not be reached in time.
+    #[cfg(feature = "redis-tokio")]
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    /// A Redis call did not complete within the limiter's deadline.
+    #[cfg(feature = "redis-tokio")]
+    #[error("redis did not answer within {timeout_ms} ms")]
+    RedisTimeout {
+        /// The deadline that passed.
+        timeout_ms: u64,
+    },
+
+    /// Redis answered with something the limiter's script never returns.
+    #[cfg(feature = "redis-tokio")]
+    #[error("unexpected reply from redis: {0}")]
+    UnexpectedReply(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl ToString,
+        expected: &'static str,
+    ) -> Self {
+        Error::InvalidValue {
+            field,
+            value: value.to_string(),
+            expected,
+        }
+    }
+}

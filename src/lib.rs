@@ -1,0 +1,225 @@
+//! # sluicegate
+//!
+//! Rate limiting for HTTP services: a sliding-window limiter core with a local provider
+//! (in-process, exact under any number of threads) and two strategies:
+//!
+//! - **absolute**: admit up to `rate × window` per key; a refusal says how long to wait.
+//! - **suppressed**: probabilistic load shedding between the capacity and a hard limit
+//!   (after Ably), so a key over its rate keeps getting `rate` through instead of a cliff.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use sluicegate::{
+//!     HardLimitFactor, RateGroupSizeMs, RateLimit, RateLimitDecision, RateLimiterBuilder,
+//!     SuppressionFactorCacheMs, WindowSizeSeconds,
+//! };
+//! use sluicegate::local::LocalRateLimiterOptions;
+//!
+//! # fn main() -> Result<(), sluicegate::Error> {
+//! // `RateLimiter::new(RateLimiterOptions { local, .. })` works too; the builder also
+//! // injects a clock or random source, and needs no Redis options in a Redis-enabled build.
+//! let rl = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
+//!     window_size_seconds: WindowSizeSeconds::try_from(60)?,
+//!     rate_group_size_ms: RateGroupSizeMs::try_from(10)?,
+//!     hard_limit_factor: HardLimitFactor::try_from(1.5)?,
+//!     suppression_factor_cache_ms: SuppressionFactorCacheMs::default(),
+//! }).build()?);
+//! rl.run_cleanup_loop();
+//!
+//! let rate = RateLimit::try_from(10.0)?; // 10/s over 60 s: 600 a window
+//! match rl.local().absolute().inc("user_123", &rate, 1) {
+//!     RateLimitDecision::Allowed => { /* serve */ }
+//!     RateLimitDecision::Rejected { retry_after_ms, .. } => println!("retry in {retry_after_ms} ms"),
+//!     RateLimitDecision::Suppressed { .. } => unreachable!("absolute never suppresses"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Time and randomness are injectable ([`RateLimiter::builder`]), so tests drive a
+//! [`ManualClock`] instead of sleeping and replay the suppressed strategy's draws.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod absolute;
+mod cleanup;
+mod clock;
+mod config;
+mod decision;
+mod error;
+pub mod local;
+mod random;
+mod suppressed;
+mod window;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use config::{
+    HardLimitFactor, RateGroupSizeMs, RateLimit, SuppressionFactorCacheMs, WindowSizeSeconds,
+};
+pub use decision::RateLimitDecision;
+pub use error::Error;
+pub use random::{RandomSource, SeededRandom, ThreadRandom};
+
+use local::{LocalRateLimiter, LocalRateLimiterOptions};
+
+/// Everything a [`RateLimiter`] is built from.
+#[derive(Debug)]
+pub struct RateLimiterOptions {
+    /// The local provider's window, grouping and suppression settings.
+    pub local: LocalRateLimiterOptions,
+}
+
+/// The limiter: one value per application, shared behind an `Arc`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    local: LocalRateLimiter,
+    window_seconds: u64,
+    cleanup: cleanup::CleanupHandle,
+}
+
+impl RateLimiter {
+    /// Builds a limiter with the monotonic clock and thread-local randomness.
+    ///
+    /// # Panics
+    /// If the options do not fit together (a rate group wider than the window); use
+    /// [`try_new`](Self::try_new) to get that as an error instead.
+    pub fn new(options: RateLimiterOptions) -> Self {
+        match Self::try_new(options) {
+            Ok(limiter) => limiter,
+            Err(err) => panic!("sluicegate: invalid RateLimiterOptions: {err}"),
+        }
+    }
+
+    /// Builds a limiter, or says which option is out of range.
+    pub fn try_new(options: RateLimiterOptions) -> Result<Self, Error> {
+        Self::builder(options).build()
+    }
+
+    /// A builder from full options, to inject the clock or the random source.
+    pub fn builder(options: RateLimiterOptions) -> RateLimiterBuilder {
+        RateLimiterBuilder::new(options.local)
+    }
+
+    /// The in-process provider.
+    pub fn local(&self) -> &LocalRateLimiter {
+        &self.local
+    }
+
+    /// Drops every key with no usage left in its window, in every provider; returns how many.
+    pub fn cleanup(&self) -> usize {
+        self.local.cleanup()
+    }
+
+    /// Starts a background thread that calls [`cleanup`](Self::cleanup) every half window
+    /// (between 1 s and 60 s). It needs no async runtime, holds only a weak reference, and
+    /// ends when the limiter is dropped. Calling it again does nothing.
+    pub fn run_cleanup_loop(self: &Arc<Self>) {
+        self.run_cleanup_loop_every(cleanup::default_period(self.window_seconds));
+    }
+
+    /// [`run_cleanup_loop`](Self::run_cleanup_loop) with a period of your choice.
+    pub fn run_cleanup_loop_every(self: &Arc<Self>, period: Duration) {
+        cleanup::spawn(self, period);
+    }
+}
+
+/// Builds a [`RateLimiter`]: from local options alone, with an injected [`Clock`] or
+/// [`RandomSource`].
+pub struct RateLimiterBuilder {
+    local: LocalRateLimiterOptions,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+}
+
+impl RateLimiterBuilder {
+    /// A builder with the local provider's options, the monotonic clock and thread-local
+    /// randomness.
+    pub fn new(local: LocalRateLimiterOptions) -> Self {
+        RateLimiterBuilder {
+            local,
+            clock: Arc::new(MonotonicClock::new()),
+            random: Arc::new(ThreadRandom),
+        }
+    }
+
+    /// The clock the local provider reads (default: [`MonotonicClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The suppressed strategy's draws (default: [`ThreadRandom`]).
+    pub fn random(mut self, random: impl RandomSource) -> Self {
+        self.random = Arc::new(random);
+        self
+    }
+
+    /// Checks the options together and builds the limiter.
+    pub fn build(self) -> Result<RateLimiter, Error> {
+        let local = LocalRateLimiter::new(&self.local, self.clock, self.random)?;
+        Ok(RateLimiter {
+            local,
+            window_seconds: self.local.window_size_seconds.get(),
+            cleanup: Default::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(group_ms: u64) -> LocalRateLimiterOptions {
+        LocalRateLimiterOptions {
+            window_size_seconds: WindowSizeSeconds::try_from(1).unwrap(),
+            rate_group_size_ms: RateGroupSizeMs::try_from(group_ms).unwrap(),
+            hard_limit_factor: HardLimitFactor::default(),
+            suppression_factor_cache_ms: SuppressionFactorCacheMs::default(),
+        }
+    }
+
+    fn limiter(clock: ManualClock) -> Arc<RateLimiter> {
+        Arc::new(
+            RateLimiterBuilder::new(options(100))
+                .clock(clock)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn cleanup_loop_runs_without_a_runtime_and_ends_with_the_limiter() {
+        let clock = ManualClock::new(0);
+        let rl = limiter(clock.clone());
+        let rate = RateLimit::try_from(10.0).unwrap();
+        rl.local().absolute().inc("a", &rate, 1);
+        clock.advance(5_000);
+        let handle = cleanup::spawn(&rl, Duration::from_millis(5)).expect("loop starts");
+        assert!(
+            cleanup::spawn(&rl, Duration::from_millis(5)).is_none(),
+            "one loop per limiter"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rl.local().absolute().key_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "cleanup never ran");
+            std::thread::yield_now();
+        }
+        drop(rl);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !handle.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cleanup thread outlived its limiter"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn options_that_do_not_fit_together_are_an_error() {
+        let err = RateLimiterBuilder::new(options(2000)).build().unwrap_err();
+        assert!(err.to_string().contains("RateGroupSizeMs"), "{err}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The local provider: in-process, synchronous, exact under any number of threads.
+//!
+//! ```
+//! use sluicegate::{RateLimit, RateLimitDecision, RateLimiterBuilder};
+//! use sluicegate::local::LocalRateLimiterOptions;
+//! # fn main() -> Result<(), sluicegate::Error> {
+//! let rl = RateLimiterBuilder::new(LocalRateLimiterOptions {
+//!     window_size_seconds: 10.try_into()?,
+//!     rate_group_size_ms: 100.try_into()?,
+//!     hard_limit_factor: Default::default(),
+//!     suppression_factor_cache_ms: Default::default(),
+//! })
+//! .build()?;
+//! let rate = RateLimit::try_from(0.5)?; // 0.5/s over 10 s: 5 requests a window
+//! for _ in 0..5 {
+//!     assert_eq!(rl.local().absolute().inc("user_1", &rate, 1), RateLimitDecision::Allowed);
+//! }
+//! assert!(!rl.local().absolute().inc("user_1", &rate, 1).is_allowed());
+//! # Ok(()) }
+//! ```
+//!
+//! # Malformed calls
+//! `inc` answers every call, so a call that cannot be served gets a fixed answer, and
+//! `try_inc` gives the reason as an [`Error`] instead:
+//!
+//! | call | `try_inc` | absolute `inc` | suppressed `inc` |
+//! |---|---|---|---|
+//! | `count == 0` | [`Error::ZeroCount`] | `Allowed`, nothing recorded | `Allowed`, nothing recorded |
+//! | `rate × window < 1` | [`Error::CapacityBelowOne`] | `Rejected { retry_after_ms: u64::MAX, remaining_after_waiting: 0, .. }` | `Suppressed { suppression_factor: 1.0, is_allowed: false }` |
+//! | `count > rate × window` | [`Error::CountAboveCapacity`] | as above | as above |
+//!
+//! None of them records anything or creates a key. `u64::MAX` means "never": waiting does
+//! not help such a call. Keys are opaque strings: any string, the empty one included, is a
+//! key of its own; keys of up to 24 bytes cost no allocation.
+
+mod store;
+
+use std::sync::Arc;
+
+use crate::absolute::{self, AbsoluteState};
+use crate::clock::Clock;
+use crate::random::RandomSource;
+use crate::suppressed::{self, SuppressedState, SuppressionParams};
+use crate::window::Geometry;
+use crate::{
+    Error, HardLimitFactor, RateGroupSizeMs, RateLimit, RateLimitDecision,
+    SuppressionFactorCacheMs, WindowSizeSeconds,
+};
+use store::KeyStore;
+
+/// The local provider's settings (also the defaults of the other providers' local state).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalRateLimiterOptions {
+    /// How long usage counts.
+    pub window_size_seconds: WindowSizeSeconds,
+    /// Width of a usage bucket; at most the window.
+    pub rate_group_size_ms: RateGroupSizeMs,
+    /// The suppressed strategy's headroom before full suppression.
+    pub hard_limit_factor: HardLimitFactor,
+    /// How long the suppressed strategy may reuse a key's factor.
+    pub suppression_factor_cache_ms: SuppressionFactorCacheMs,
+}
+
+/// `rl.local()`: both strategies, each with its own keys.
+#[derive(Debug)]
+pub struct LocalRateLimiter {
+    absolute: AbsoluteLocalRateLimiter,
+    suppressed: SuppressedLocalRateLimiter,
+}
+
+impl LocalRateLimiter {
+    pub(crate) fn new(
+        options: &LocalRateLimiterOptions,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn RandomSource>,
+    ) -> Result<Self, Error> {
+        let geo = Geometry::new(options.window_size_seconds, options.rate_group_size_ms)?;
+        let params = SuppressionParams {
+            hard_limit_factor: options.hard_limit_factor.get(),
+            cache_ms: options.suppression_factor_cache_ms.get(),
+        };
+        Ok(LocalRateLimiter {
+            absolute: AbsoluteLocalRateLimiter {
+                keys: KeyStore::default(),
+                geo,
+                clock: clock.clone(),
+            },
+            suppressed: SuppressedLocalRateLimiter {
+                keys: KeyStore::default(),
+                geo,
+                params,
+                clock,
+                random,
+            },
+        })
+    }
+
+    /// The absolute strategy: admit up to capacity, reject the rest with a retry time.
+    pub fn absolute(&self) -> &AbsoluteLocalRateLimiter {
+        &self.absolute
+    }
+
+    /// The suppressed strategy: shed load probabilistically between capacity and the hard limit.
+    pub fn suppressed(&self) -> &SuppressedLocalRateLimiter {
+        &self.suppressed
+    }
+
+    /// Drops every key with no usage left in its window; returns how many were dropped.
+    /// [`RateLimiter::run_cleanup_loop`](crate::RateLimiter::run_cleanup_loop) calls this.
+    pub fn cleanup(&self) -> usize {
+        self.absolute.cleanup() + self.suppressed.cleanup()
+    }
+}
+
+/// `rl.local().absolute()`.
+#[derive(Debug)]
+pub struct AbsoluteLocalRateLimiter {
+    keys: KeyStore<AbsoluteState>,
+    geo: Geometry,
+    clock: Arc<dyn Clock>,
+}
+
+impl AbsoluteLocalRateLimiter {
+    /// Admits `count` units for `key` iff the window's admitted usage plus `count` fits
+    /// `rate × window`; an admitted call is recorded, a rejected one is not. Check and record
+    /// are one atomic step. See the module docs for malformed calls.
+    #[inline]
+    pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+        self.try_inc(key, rate, count)
+            .unwrap_or_else(|err| absolute::answer_for_invalid(&err, self.geo.window_seconds()))
+    }
+
+    /// [`inc`](Self::inc), with malformed calls returned as errors.
+    #[inline]
+    pub fn try_inc(
+        &self,
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, Error> {
+        let rate = rate.get();
+        let cap = absolute::checked_capacity(rate, self.geo.window_seconds(), count)?;
+        let now = self.clock.now_ms();
+        Ok(self.keys.with(
+            key,
+            || AbsoluteState::new(rate),
+            |s| s.inc(&self.geo, now, rate, count, cap),
+        ))
+    }
+
+    /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
+    /// wait if not. Records nothing; an unknown key is `Allowed` and is not created.
+    pub fn is_allowed(&self, key: &str) -> RateLimitDecision {
+        let now = self.clock.now_ms();
+        self.keys
+            .peek(key, |s| s.check(&self.geo, now))
+            .unwrap_or(RateLimitDecision::Allowed)
+    }
+
+    /// Admitted usage of `key` inside the window now (0 for an unknown key).
+    pub fn usage(&self, key: &str) -> u64 {
+        let now = self.clock.now_ms();
+        self.keys
+            .peek(key, |s| s.usage(&self.geo, now))
+            .unwrap_or(0)
+    }
+
+    /// How many keys are held in memory.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn cleanup(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.keys.retain(|s| s.usage(&self.geo, now) > 0)
+    }
+}
+
+/// `rl.local().suppressed()`.
+#[derive(Debug)]
+pub struct SuppressedLocalRateLimiter {
+    keys: KeyStore<SuppressedState>,
+    geo: Geometry,
+    params: SuppressionParams,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+}
+
+impl SuppressedLocalRateLimiter {
+    /// Decides one call: `Allowed` below capacity, `Suppressed { is_allowed, .. }` above it
+    /// (always check `is_allowed`). Every call counts as observed. See the module docs for
+    /// malformed calls.
+    #[inline]
+    pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+        self.try_inc(key, rate, count)
+            .unwrap_or_else(|err| suppressed::answer_for_invalid(&err))
+    }
+
+    /// [`inc`](Self::inc), with malformed calls returned as errors.
+    #[inline]
+    pub fn try_inc(
+        &self,
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, Error> {
+        let rate = rate.get();
+        let cap = absolute::checked_capacity(rate, self.geo.window_seconds(), count)?;
+        let now = self.clock.now_ms();
+        Ok(self.keys.with(
+            key,
+            || SuppressedState::new(rate),
+            |s| {
+                s.inc(&self.geo, &self.params, now, rate, count, cap, || {
+                    self.random.next_f64()
+                })
+            },
+        ))
+    }
+
+    /// The key's suppression factor now, in `[0, 1]`: 0 below capacity or for an unknown
+    /// key, 1 over the hard limit. Records nothing and creates no key.
+    pub fn get_suppression_factor(&self, key: &str) -> f64 {
+        let now = self.clock.now_ms();
+        self.keys
+            .peek(key, |s| s.factor_now(&self.geo, &self.params, now))
+            .unwrap_or(0.0)
+    }
+
+    /// `(accepted, observed)` usage of `key` inside the window now (zeros for an unknown key).
+    pub fn usage(&self, key: &str) -> (u64, u64) {
+        let now = self.clock.now_ms();
+        self.keys
+            .peek(key, |s| {
+                let u = s.usage(&self.geo, now);
+                (u.accepted, u.observed)
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// How many keys are held in memory.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn cleanup(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.keys.retain(|s| s.usage(&self.geo, now).observed > 0)
+    }
+}

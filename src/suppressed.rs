@@ -1,0 +1,232 @@
+//! The suppressed strategy (probabilistic shedding, after Ably).
+//!
+//! In order: over the hard limit → declined with factor 1; below capacity → `Allowed`;
+//! otherwise admit with probability `1 − sf`, where `sf = clamp(1 − r / R, 0, 1)` and `R` is
+//! the key's perceived rate, `max(O / W, observed usage in the last second)`. At a steady
+//! offered load of `k·r` (`1 < k < h`) this admits `r`; at `h·r` or more the observed usage
+//! stays at or over the hard limit and everything is shed.
+
+use crate::RateLimitDecision;
+use crate::config::capacity;
+use crate::window::{Geometry, Usage, Window};
+
+/// The span over which the "last second" observed usage is taken.
+const RECENT_MS: u64 = 1000;
+
+/// The strategy's knobs beyond the window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SuppressionParams {
+    pub(crate) hard_limit_factor: f64,
+    pub(crate) cache_ms: u64,
+}
+
+/// What the infallible suppressed `inc` answers for a malformed call: a zero count is a
+/// free probe (`Allowed`), anything that can never fit is declined with factor 1.
+pub(crate) fn answer_for_invalid(err: &crate::Error) -> RateLimitDecision {
+    match err {
+        crate::Error::ZeroCount => RateLimitDecision::Allowed,
+        _ => RateLimitDecision::Suppressed {
+            suppression_factor: 1.0,
+            is_allowed: false,
+        },
+    }
+}
+
+/// One key under the suppressed strategy.
+#[derive(Debug, Clone)]
+pub(crate) struct SuppressedState {
+    /// The rate of the latest `inc`, used by `get_suppression_factor`.
+    rate: f64,
+    window: Window<Usage>,
+    cached_factor: f64,
+    /// The cached factor is reused while `now < cached_until`.
+    cached_until: u64,
+}
+
+impl SuppressedState {
+    pub(crate) fn new(rate: f64) -> Self {
+        SuppressedState {
+            rate,
+            window: Window::default(),
+            cached_factor: 0.0,
+            cached_until: 0,
+        }
+    }
+
+    /// Decides one call of `count` (already checked against `cap`); `draw` gives a uniform
+    /// number in `[0, 1)` and is called only when the decision is probabilistic.
+    #[inline]
+    pub(crate) fn inc(
+        &mut self,
+        geo: &Geometry,
+        params: &SuppressionParams,
+        now_ms: u64,
+        rate: f64,
+        count: u64,
+        cap: f64,
+        draw: impl FnOnce() -> f64,
+    ) -> RateLimitDecision {
+        if rate != self.rate {
+            self.rate = rate;
+            self.cached_until = 0;
+        }
+        self.window.expire(geo, now_ms);
+        let total = self.window.total();
+        if capacity::reaches(total.observed, cap * params.hard_limit_factor) {
+            self.record(geo, now_ms, 0, count);
+            return RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false,
+            };
+        }
+        if capacity::fits(total.accepted + count, cap) {
+            self.record(geo, now_ms, count, count);
+            return RateLimitDecision::Allowed;
+        }
+        let factor = self.cached_factor(geo, params, now_ms);
+        let is_allowed = draw() >= factor;
+        self.record(geo, now_ms, if is_allowed { count } else { 0 }, count);
+        RateLimitDecision::Suppressed {
+            suppression_factor: factor,
+            is_allowed,
+        }
+    }
+
+    /// The factor a call would see now, at the latest rate: 1 over the hard limit, 0 while one
+    /// more unit fits, the formula otherwise. Never cached, records nothing.
+    pub(crate) fn factor_now(
+        &mut self,
+        geo: &Geometry,
+        params: &SuppressionParams,
+        now_ms: u64,
+    ) -> f64 {
+        self.window.expire(geo, now_ms);
+        let cap = capacity::of(self.rate, geo.window_seconds());
+        let total = self.window.total();
+        if capacity::reaches(total.observed, cap * params.hard_limit_factor) {
+            1.0
+        } else if capacity::fits(total.accepted + 1, cap) {
+            0.0
+        } else {
+            self.formula(geo, now_ms)
+        }
+    }
+
+    fn cached_factor(&mut self, geo: &Geometry, params: &SuppressionParams, now_ms: u64) -> f64 {
+        if now_ms < self.cached_until {
+            return self.cached_factor;
+        }
+        self.cached_factor = self.formula(geo, now_ms);
+        self.cached_until = now_ms.saturating_add(params.cache_ms);
+        self.cached_factor
+    }
+
+    fn formula(&self, geo: &Geometry, now_ms: u64) -> f64 {
+        let average = self.window.total().observed as f64 / geo.window_seconds() as f64;
+        let last_second = self.window.recent(geo, now_ms, RECENT_MS).observed as f64;
+        let perceived = average.max(last_second);
+        if perceived <= 0.0 {
+            return 0.0;
+        }
+        (1.0 - self.rate / perceived).clamp(0.0, 1.0)
+    }
+
+    #[inline]
+    fn record(&mut self, geo: &Geometry, now_ms: u64, accepted: u64, observed: u64) {
+        self.window.add(geo, now_ms, Usage { accepted, observed });
+    }
+
+    /// Accepted and observed usage still inside the window at `now_ms`.
+    pub(crate) fn usage(&mut self, geo: &Geometry, now_ms: u64) -> Usage {
+        self.window.expire(geo, now_ms);
+        self.window.total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RateGroupSizeMs, WindowSizeSeconds};
+
+    fn geo() -> Geometry {
+        Geometry::new(
+            WindowSizeSeconds::try_from(10).unwrap(),
+            RateGroupSizeMs::try_from(100).unwrap(),
+        )
+        .unwrap()
+    }
+
+    const PARAMS: SuppressionParams = SuppressionParams {
+        hard_limit_factor: 1.5,
+        cache_ms: 0,
+    };
+
+    #[test]
+    fn three_regimes_in_order() {
+        let g = geo();
+        let mut s = SuppressedState::new(1.0); // capacity 10, hard limit 15
+        for t in 0..10 {
+            assert_eq!(
+                s.inc(&g, &PARAMS, t * 100, 1.0, 1, 10.0, || 0.99),
+                RateLimitDecision::Allowed
+            );
+        }
+        // Over capacity: 10 observed in the last second → R = 10/s, sf = 0.9; draw 0.95 admits.
+        match s.inc(&g, &PARAMS, 1000, 1.0, 1, 10.0, || 0.95) {
+            RateLimitDecision::Suppressed {
+                suppression_factor,
+                is_allowed,
+            } => {
+                assert!(
+                    (suppression_factor - 0.9).abs() < 1e-9,
+                    "{suppression_factor}"
+                );
+                assert!(is_allowed);
+            }
+            other => panic!("{other:?}"),
+        }
+        for _ in 0..4 {
+            let d = s.inc(&g, &PARAMS, 1000, 1.0, 1, 10.0, || 0.0);
+            assert!(!d.is_allowed());
+        }
+        // 15 observed: the hard limit, whatever the draw.
+        assert_eq!(
+            s.inc(&g, &PARAMS, 1000, 1.0, 1, 10.0, || 0.999),
+            RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false
+            }
+        );
+        assert_eq!(s.factor_now(&g, &PARAMS, 1000), 1.0);
+        assert_eq!(
+            s.usage(&g, 1000),
+            Usage {
+                accepted: 11,
+                observed: 16
+            }
+        );
+    }
+
+    #[test]
+    fn cached_factor_never_decides_steps_one_and_two() {
+        let g = geo();
+        let params = SuppressionParams {
+            hard_limit_factor: 1.5,
+            cache_ms: 60_000,
+        };
+        let mut s = SuppressedState::new(1.0);
+        for _ in 0..10 {
+            s.inc(&g, &params, 0, 1.0, 1, 10.0, || 0.5);
+        }
+        // Factor computed and cached at t=0 (0.9), reused for a minute...
+        assert!(matches!(
+            s.inc(&g, &params, 0, 1.0, 1, 10.0, || 0.95),
+            RateLimitDecision::Suppressed { .. }
+        ));
+        // ...but once the window empties, step 2 admits outright.
+        assert_eq!(
+            s.inc(&g, &params, 20_000, 1.0, 1, 10.0, || 0.0),
+            RateLimitDecision::Allowed
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! The sliding window, written once for every in-process provider (the Lua scripts mirror it).
+//!
+//! Time is cut into grid-aligned groups of `g` ms: an increment at `t` lands in bucket
+//! `floor(t / g)`, whatever process makes it, so a hybrid flush lands in the bucket Redis
+//! would have used. Bucket `b` covers `[b·g, (b+1)·g)` and counts while any part of it is
+//! inside the last `W` ms: it is live at `t` iff `(b+1)·g + W > t`. Every increment therefore
+//! counts for at least `W` and at most `W + g` ms, so no interval of `W` ms ever holds more
+//! than what the window admitted.
+//!
+//! Work per call is bounded by the number of live buckets, at most `W/g + 1`, and amortised
+//! O(1): each bucket is pushed once and popped once.
+
+use std::collections::VecDeque;
+
+use crate::Error;
+use crate::config::{RateGroupSizeMs, WindowSizeSeconds};
+
+/// Window and group sizes in milliseconds, checked against each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    window_ms: u64,
+    group_ms: u64,
+}
+
+impl Geometry {
+    /// Checks that a group is no wider than the window.
+    pub(crate) fn new(window: WindowSizeSeconds, group: RateGroupSizeMs) -> Result<Self, Error> {
+        let window_ms = window.get() * 1000;
+        if group.get() > window_ms {
+            return Err(Error::invalid(
+                "RateGroupSizeMs",
+                group.get(),
+                "must not exceed the window (window_size_seconds × 1000 ms)",
+            ));
+        }
+        Ok(Geometry {
+            window_ms,
+            group_ms: group.get(),
+        })
+    }
+
+    pub(crate) fn window_seconds(&self) -> u64 {
+        self.window_ms / 1000
+    }
+
+    pub(crate) fn group_ms(&self) -> u64 {
+        self.group_ms
+    }
+
+    #[inline]
+    pub(crate) fn bucket_of(&self, now_ms: u64) -> u64 {
+        now_ms / self.group_ms
+    }
+
+    /// The oldest bucket still live at `now_ms`.
+    #[inline]
+    pub(crate) fn oldest_live(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.window_ms) / self.group_ms
+    }
+
+    /// The first instant at which bucket `id` no longer counts.
+    #[inline]
+    pub(crate) fn expires_at(&self, id: u64) -> u64 {
+        (id + 1) * self.group_ms + self.window_ms
+    }
+}
+
+/// What a bucket counts: `u64` (admitted units) for the absolute strategy, [`Usage`] for
+/// the suppressed one.
+pub(crate) trait Counts: Copy + Default + PartialEq {
+    fn add(&mut self, other: Self);
+    fn sub(&mut self, other: Self);
+    fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Counts for u64 {
+    #[inline]
+    fn add(&mut self, other: Self) {
+        *self += other;
+    }
+    #[inline]
+    fn sub(&mut self, other: Self) {
+        *self -= other;
+    }
+}
+
+/// The suppressed strategy's counts: accepted units and all offered (observed) units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub(crate) accepted: u64,
+    pub(crate) observed: u64,
+}
+
+impl Counts for Usage {
+    #[inline]
+    fn add(&mut self, other: Self) {
+        self.accepted += other.accepted;
+        self.observed += other.observed;
+    }
+    #[inline]
+    fn sub(&mut self, other: Self) {
+        self.accepted -= other.accepted;
+        self.observed -= other.observed;
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Bucket<C> {
+    pub(crate) id: u64,
+    pub(crate) counts: C,
+}
+
+/// One key's live buckets and their running total.
+///
+/// The newest bucket lives inline and older ones in a deque that exists only while there are
+/// any, so an idle key costs no allocation beyond its map entry.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Window<C> {
+    /// Zero counts means the window is empty (an increment is never zero).
+    newest: Bucket<C>,
+    /// Oldest first; `None` when empty.
+    older: Option<Box<VecDeque<Bucket<C>>>>,
+    total: C,
+}
+
+impl<C: Counts> Window<C> {
+    #[inline]
+    pub(crate) fn total(&self) -> C {
+        self.total
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.newest.counts.is_zero()
+    }
+
+    /// Drops the buckets that no longer count at `now_ms`.
+    #[inline]
+    pub(crate) fn expire(&mut self, geo: &Geometry, now_ms: u64) {
+        if self.is_empty() || self.oldest_id() >= geo.oldest_live(now_ms) {
+            return;
+        }
+        self.expire_slow(geo.oldest_live(now_ms));
+    }
+
+    fn oldest_id(&self) -> u64 {
+        match self.older.as_deref().and_then(VecDeque::front) {
+            Some(b) => b.id,
+            None => self.newest.id,
+        }
+    }
+
+    #[cold]
+    fn expire_slow(&mut self, oldest_live: u64) {
+        if let Some(older) = self.older.as_deref_mut() {
+            while let Some(front) = older.front() {
+                if front.id >= oldest_live {
+                    return;
+                }
+                self.total.sub(front.counts);
+                older.pop_front();
+            }
+            self.older = None;
+        }
+        if self.newest.id < oldest_live {
+            self.total.sub(self.newest.counts);
+            self.newest = Bucket::default();
+        }
+    }
+
+    /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
+    /// back) counts in the newest bucket, which expires later: never earlier than it should.
+    #[inline]
+    pub(crate) fn add(&mut self, geo: &Geometry, now_ms: u64, counts: C) {
+        debug_assert!(!counts.is_zero());
+        let id = geo.bucket_of(now_ms);
+        if self.is_empty() {
+            self.newest = Bucket { id, counts };
+        } else if id <= self.newest.id {
+            self.newest.counts.add(counts);
+        } else {
+            let previous = std::mem::replace(&mut self.newest, Bucket { id, counts });
+            self.older
+                .get_or_insert_with(Default::default)
+                .push_back(previous);
+        }
+        self.total.add(counts);
+    }
+
+    /// Live buckets, oldest first.
+    pub(crate) fn buckets(&self) -> impl DoubleEndedIterator<Item = &Bucket<C>> {
+        let newest = (!self.is_empty()).then_some(&self.newest);
+        self.older.iter().flat_map(|d| d.iter()).chain(newest)
+    }
+
+    /// Walks the buckets oldest first, as if each expired in turn, until `done(what is
+    /// left)` holds. Returns how long until that bucket expires and what is left then;
+    /// `None` if even an empty window does not satisfy `done`.
+    pub(crate) fn release_until(
+        &self,
+        geo: &Geometry,
+        now_ms: u64,
+        mut done: impl FnMut(C) -> bool,
+    ) -> Option<(u64, C)> {
+        let mut left = self.total;
+        for bucket in self.buckets() {
+            left.sub(bucket.counts);
+            if done(left) {
+                return Some((geo.expires_at(bucket.id).saturating_sub(now_ms), left));
+            }
+        }
+        None
+    }
+
+    /// The counts of the buckets that overlap the last `span_ms`.
+    pub(crate) fn recent(&self, geo: &Geometry, now_ms: u64, span_ms: u64) -> C {
+        let cutoff = now_ms.saturating_sub(span_ms);
+        let mut sum = C::default();
+        for bucket in self.buckets().rev() {
+            if (bucket.id + 1) * geo.group_ms() <= cutoff {
+                break;
+            }
+            sum.add(bucket.counts);
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(window_s: u64, group_ms: u64) -> Geometry {
+        Geometry::new(
+            WindowSizeSeconds::try_from(window_s).unwrap(),
+            RateGroupSizeMs::try_from(group_ms).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn group_wider_than_window_is_an_error() {
+        let err = Geometry::new(
+            WindowSizeSeconds::try_from(1).unwrap(),
+            RateGroupSizeMs::try_from(1001).unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("RateGroupSizeMs"), "{err}");
+    }
+
+    #[test]
+    fn bucket_counts_for_at_least_the_window() {
+        let g = geo(1, 100);
+        let mut w = Window::<u64>::default();
+        w.add(&g, 199, 1); // bucket 1 covers [100, 200): live while t < 1200
+        w.expire(&g, 1199);
+        assert_eq!(w.total(), 1);
+        w.expire(&g, 1200);
+        assert_eq!(w.total(), 0);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn expiry_drops_oldest_first_and_frees_the_deque() {
+        let g = geo(1, 100);
+        let mut w = Window::<u64>::default();
+        for (t, n) in [(0, 1), (150, 2), (420, 4)] {
+            w.add(&g, t, n);
+        }
+        assert_eq!(w.total(), 7);
+        w.expire(&g, 1100); // bucket 0 expires at 1100
+        assert_eq!(w.total(), 6);
+        w.expire(&g, 1200);
+        assert_eq!(w.total(), 4);
+        assert!(w.older.is_none(), "an emptied deque is given back");
+        w.expire(&g, 1500);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn same_group_shares_a_bucket_and_late_time_counts_in_newest() {
+        let g = geo(1, 100);
+        let mut w = Window::<u64>::default();
+        w.add(&g, 110, 1);
+        w.add(&g, 190, 1);
+        w.add(&g, 50, 1); // behind the newest bucket
+        assert_eq!(w.buckets().count(), 1);
+        assert_eq!(w.total(), 3);
+    }
+
+    #[test]
+    fn release_until_reports_wait_and_what_is_left() {
+        let g = geo(1, 100);
+        let mut w = Window::<u64>::default();
+        w.add(&g, 0, 3);
+        w.add(&g, 250, 5);
+        // Need total <= 4: dropping bucket 0 (expires 1100) leaves 5; bucket 2 (expires 1300) leaves 0.
+        assert_eq!(w.release_until(&g, 300, |left| left <= 4), Some((1000, 0)));
+        assert_eq!(w.release_until(&g, 300, |left| left <= 5), Some((800, 5)));
+        assert_eq!(w.release_until(&g, 300, |_| false), None);
+    }
+
+    #[test]
+    fn recent_sums_buckets_overlapping_the_span() {
+        let g = geo(10, 100);
+        let mut w = Window::<Usage>::default();
+        w.add(
+            &g,
+            0,
+            Usage {
+                accepted: 1,
+                observed: 1,
+            },
+        );
+        w.add(
+            &g,
+            1500,
+            Usage {
+                accepted: 0,
+                observed: 2,
+            },
+        );
+        w.add(
+            &g,
+            2450,
+            Usage {
+                accepted: 1,
+                observed: 4,
+            },
+        );
+        // At 2500 the last second is (1500, 2500]: bucket 15 ends at 1600 > 1500, bucket 0 does not.
+        assert_eq!(
+            w.recent(&g, 2500, 1000),
+            Usage {
+                accepted: 1,
+                observed: 6
+            }
+        );
+        assert_eq!(
+            w.recent(&g, 2700, 1000),
+            Usage {
+                accepted: 1,
+                observed: 4
+            }
+        );
+    }
+}
