@@ -5,6 +5,16 @@ use crate::config::capacity;
 use crate::window::{Geometry, Window};
 use crate::{Error, RateLimitDecision};
 
+/// One checked call: what every strategy's `inc` decides on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub(crate) now_ms: u64,
+    pub(crate) rate: f64,
+    pub(crate) count: u64,
+    /// `rate × window`, already checked to hold `count`.
+    pub(crate) cap: f64,
+}
+
 /// The capacity a call may use, or why the call is malformed. Shared by every provider and
 /// both strategies, so they refuse the same inputs the same way.
 pub(crate) fn checked_capacity(rate: f64, window_seconds: u64, count: u64) -> Result<f64, Error> {
@@ -56,23 +66,16 @@ impl AbsoluteState {
         }
     }
 
-    /// Admits `count` (already checked against `cap`) if it fits, recording it.
+    /// Admits the call if it fits, recording it.
     #[inline]
-    pub(crate) fn inc(
-        &mut self,
-        geo: &Geometry,
-        now_ms: u64,
-        rate: f64,
-        count: u64,
-        cap: f64,
-    ) -> RateLimitDecision {
-        self.rate = rate;
-        self.window.expire(geo, now_ms);
-        if capacity::fits(self.window.total() + count, cap) {
-            self.window.add(geo, now_ms, count);
+    pub(crate) fn inc(&mut self, geo: &Geometry, call: Call) -> RateLimitDecision {
+        self.rate = call.rate;
+        self.window.expire(geo, call.now_ms);
+        if capacity::fits(self.window.total() + call.count, call.cap) {
+            self.window.add(geo, call.now_ms, call.count);
             RateLimitDecision::Allowed
         } else {
-            self.rejection(geo, now_ms, count, cap)
+            self.rejection(geo, call.now_ms, call.count, call.cap)
         }
     }
 
@@ -124,17 +127,23 @@ mod tests {
     fn admits_up_to_real_capacity_then_reports_wait() {
         let g = geo(15, 1000);
         let cap = checked_capacity(0.7, 15, 1).unwrap(); // 10.5
+        let call = |now_ms| Call {
+            now_ms,
+            rate: 0.7,
+            count: 1,
+            cap,
+        };
         let mut s = AbsoluteState::new(0.7);
         for i in 0..10 {
             assert_eq!(
-                s.inc(&g, i * 100, 0.7, 1, cap),
+                s.inc(&g, call(i * 100)),
                 RateLimitDecision::Allowed,
                 "call {i}"
             );
         }
         // 10 admitted in bucket 0 (expires at 16000); an 11th does not fit 10.5.
         assert_eq!(
-            s.inc(&g, 1000, 0.7, 1, cap),
+            s.inc(&g, call(1000)),
             RateLimitDecision::Rejected {
                 window_size_seconds: 15,
                 retry_after_ms: 15000,

@@ -7,6 +7,7 @@
 //! stays at or over the hard limit and everything is shed.
 
 use crate::RateLimitDecision;
+use crate::absolute::Call;
 use crate::config::capacity;
 use crate::window::{Geometry, Usage, Window};
 
@@ -53,19 +54,22 @@ impl SuppressedState {
         }
     }
 
-    /// Decides one call of `count` (already checked against `cap`); `draw` gives a uniform
-    /// number in `[0, 1)` and is called only when the decision is probabilistic.
+    /// Decides one call; `draw` gives a uniform number in `[0, 1)` and is called only when
+    /// the decision is probabilistic.
     #[inline]
     pub(crate) fn inc(
         &mut self,
         geo: &Geometry,
         params: &SuppressionParams,
-        now_ms: u64,
-        rate: f64,
-        count: u64,
-        cap: f64,
+        call: Call,
         draw: impl FnOnce() -> f64,
     ) -> RateLimitDecision {
+        let Call {
+            now_ms,
+            rate,
+            count,
+            cap,
+        } = call;
         if rate != self.rate {
             self.rate = rate;
             self.cached_until = 0;
@@ -156,6 +160,15 @@ mod tests {
         .unwrap()
     }
 
+    fn call(now_ms: u64) -> Call {
+        Call {
+            now_ms,
+            rate: 1.0,
+            count: 1,
+            cap: 10.0,
+        }
+    }
+
     const PARAMS: SuppressionParams = SuppressionParams {
         hard_limit_factor: 1.5,
         cache_ms: 0,
@@ -167,12 +180,12 @@ mod tests {
         let mut s = SuppressedState::new(1.0); // capacity 10, hard limit 15
         for t in 0..10 {
             assert_eq!(
-                s.inc(&g, &PARAMS, t * 100, 1.0, 1, 10.0, || 0.99),
+                s.inc(&g, &PARAMS, call(t * 100), || 0.99),
                 RateLimitDecision::Allowed
             );
         }
         // Over capacity: 10 observed in the last second → R = 10/s, sf = 0.9; draw 0.95 admits.
-        match s.inc(&g, &PARAMS, 1000, 1.0, 1, 10.0, || 0.95) {
+        match s.inc(&g, &PARAMS, call(1000), || 0.95) {
             RateLimitDecision::Suppressed {
                 suppression_factor,
                 is_allowed,
@@ -186,12 +199,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         for _ in 0..4 {
-            let d = s.inc(&g, &PARAMS, 1000, 1.0, 1, 10.0, || 0.0);
+            let d = s.inc(&g, &PARAMS, call(1000), || 0.0);
             assert!(!d.is_allowed());
         }
         // 15 observed: the hard limit, whatever the draw.
         assert_eq!(
-            s.inc(&g, &PARAMS, 1000, 1.0, 1, 10.0, || 0.999),
+            s.inc(&g, &PARAMS, call(1000), || 0.999),
             RateLimitDecision::Suppressed {
                 suppression_factor: 1.0,
                 is_allowed: false
@@ -216,16 +229,16 @@ mod tests {
         };
         let mut s = SuppressedState::new(1.0);
         for _ in 0..10 {
-            s.inc(&g, &params, 0, 1.0, 1, 10.0, || 0.5);
+            s.inc(&g, &params, call(0), || 0.5);
         }
         // Factor computed and cached at t=0 (0.9), reused for a minute...
         assert!(matches!(
-            s.inc(&g, &params, 0, 1.0, 1, 10.0, || 0.95),
+            s.inc(&g, &params, call(0), || 0.95),
             RateLimitDecision::Suppressed { .. }
         ));
         // ...but once the window empties, step 2 admits outright.
         assert_eq!(
-            s.inc(&g, &params, 20_000, 1.0, 1, 10.0, || 0.0),
+            s.inc(&g, &params, call(20_000), || 0.0),
             RateLimitDecision::Allowed
         );
     }

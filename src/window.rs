@@ -120,7 +120,9 @@ pub(crate) struct Bucket<C> {
 pub(crate) struct Window<C> {
     /// Zero counts means the window is empty (an increment is never zero).
     newest: Bucket<C>,
-    /// Oldest first; `None` when empty.
+    /// Oldest first; `None` when empty. Boxed on purpose: 8 bytes in every idle key's
+    /// entry instead of the 32 of an inline `VecDeque`.
+    #[allow(clippy::box_collection)]
     older: Option<Box<VecDeque<Bucket<C>>>>,
     total: C,
 }

@@ -37,7 +37,7 @@ mod store;
 
 use std::sync::Arc;
 
-use crate::absolute::{self, AbsoluteState};
+use crate::absolute::{self, AbsoluteState, Call};
 use crate::clock::Clock;
 use crate::random::RandomSource;
 use crate::suppressed::{self, SuppressedState, SuppressionParams};
@@ -140,12 +140,15 @@ impl AbsoluteLocalRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let rate = rate.get();
         let cap = absolute::checked_capacity(rate, self.geo.window_seconds(), count)?;
-        let now = self.clock.now_ms();
-        Ok(self.keys.with(
-            key,
-            || AbsoluteState::new(rate),
-            |s| s.inc(&self.geo, now, rate, count, cap),
-        ))
+        let call = Call {
+            now_ms: self.clock.now_ms(),
+            rate,
+            count,
+            cap,
+        };
+        Ok(self
+            .keys
+            .with(key, || AbsoluteState::new(rate), |s| s.inc(&self.geo, call)))
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
@@ -206,15 +209,16 @@ impl SuppressedLocalRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let rate = rate.get();
         let cap = absolute::checked_capacity(rate, self.geo.window_seconds(), count)?;
-        let now = self.clock.now_ms();
+        let call = Call {
+            now_ms: self.clock.now_ms(),
+            rate,
+            count,
+            cap,
+        };
         Ok(self.keys.with(
             key,
             || SuppressedState::new(rate),
-            |s| {
-                s.inc(&self.geo, &self.params, now, rate, count, cap, || {
-                    self.random.next_f64()
-                })
-            },
+            |s| s.inc(&self.geo, &self.params, call, || self.random.next_f64()),
         ))
     }
 
