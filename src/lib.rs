@@ -46,8 +46,12 @@ mod clock;
 mod config;
 mod decision;
 mod error;
+#[cfg(feature = "tower")]
+pub mod layer;
 pub mod local;
 mod random;
+#[cfg(feature = "redis-tokio")]
+pub mod redis;
 mod suppressed;
 mod window;
 

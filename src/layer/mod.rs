@@ -1,0 +1,1 @@
+//! `RateLimitLayer`: the tower/axum middleware over the limiter core.
