@@ -106,6 +106,11 @@ impl RateLimiter {
         RateLimiterBuilder::new(options.local)
     }
 
+    /// The window every provider counts usage over, in seconds.
+    pub fn window_size_seconds(&self) -> u64 {
+        self.window_seconds
+    }
+
     /// The in-process provider.
     pub fn local(&self) -> &LocalRateLimiter {
         &self.local
