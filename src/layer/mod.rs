@@ -1,1 +1,76 @@
 //! `RateLimitLayer`: the tower/axum middleware over the limiter core.
+//!
+//! ```no_run
+//! use std::{net::SocketAddr, sync::Arc};
+//! use axum::{Router, routing::get};
+//! use sluicegate::{RateLimit, RateLimiterBuilder, local::LocalRateLimiterOptions};
+//! use sluicegate::layer::RateLimitLayer;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limiter = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
+//!     window_size_seconds: 60.try_into()?,
+//!     rate_group_size_ms: 100.try_into()?,
+//!     hard_limit_factor: Default::default(),
+//!     suppression_factor_cache_ms: Default::default(),
+//! }).build()?);
+//! limiter.run_cleanup_loop();
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(RateLimitLayer::new(limiter, RateLimit::try_from(10.0)?));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // The peer-IP key needs the connection's address:
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What it answers
+//! | case | status | fields |
+//! |---|---|---|
+//! | admitted | the inner service's | `RateLimit-Policy` + `RateLimit` if [`headers_on_allowed`](RateLimitLayerBuilder::headers_on_allowed); [`SUPPRESSION_FACTOR`] while suppressed |
+//! | absolute: over the limit | `429` | `Retry-After` (seconds, rounded up, ≥ 1), `RateLimit-Policy`, `RateLimit` with `r=0` |
+//! | suppressed: shed | `503` | [`SUPPRESSION_FACTOR`], `Retry-After: 1` |
+//! | no key | per [`KeyErrorPolicy`]: the error's status (400/401/500) or through | |
+//! | provider failure | per [`ProviderErrorPolicy`]: through (counted) or `503` | |
+//!
+//! Bodies are plain text by default, RFC 9457 problem details with
+//! [`problem_json`](RateLimitLayerBuilder::problem_json), or a hook's
+//! ([`rejection_fn`](RateLimitLayerBuilder::rejection_fn)).
+//!
+//! # Keys
+//! A [`KeyExtractor`] reads the [`RequestHead`]: [`PeerIp`] (the default), [`ClientIp`]
+//! behind trusted proxies, [`HeaderKey`], `MatchedRoute` (feature `axum`), [`GlobalKey`],
+//! [`key_fn`], and [`Both`] to combine two. Keys share the limiter's key space: two layers
+//! on one limiter with the same keys share budgets.
+//!
+//! # Providers
+//! The local provider decides inside `call`, with no boxing; the Redis and hybrid
+//! providers plug into the same layer through an internal asynchronous seam.
+
+mod body;
+mod config;
+pub mod extract;
+pub mod forwarded;
+mod future;
+pub mod headers;
+#[allow(clippy::module_inception)]
+mod layer;
+mod provider;
+mod response;
+mod service;
+
+pub use body::ResponseBody;
+pub use config::{CostFn, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder};
+#[cfg(feature = "axum")]
+pub use extract::MatchedRoute;
+pub use extract::{
+    Both, ClientIp, GlobalKey, HeaderKey, Key, KeyError, KeyExtractor, KeyFn, PeerIp, ProxyHeader,
+    RequestHead, key_fn,
+};
+pub use future::ResponseFuture;
+pub use headers::SUPPRESSION_FACTOR;
+pub use layer::RateLimitLayer;
+pub use provider::{Provider, Strategy};
+pub use response::{Rejection, RejectionBody, RejectionFn};
+pub use service::RateLimitService;

@@ -1,0 +1,537 @@
+//! The layer's configuration: what it is built from, checked once, and the per-request
+//! decision that reads it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::RateLimitLayer;
+use super::extract::{Key, KeyError, KeyExtractor, PeerIp, RequestHead};
+use super::headers::{self, Prebuilt};
+use super::provider::{self, AsyncProvider, Backend, DecisionFuture, Provider, Strategy};
+use super::response::{Rejection, RejectionBody, RejectionFn};
+use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
+
+/// What happens to a request whose key cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyErrorPolicy {
+    /// Answer with the error's own status ([`KeyError::status`]) and a body that says what
+    /// is missing (the default).
+    #[default]
+    Reject,
+    /// Answer with this status instead (400, 401 or 500 are the usual choices).
+    RejectWith(StatusCode),
+    /// Let the request through, unlimited (logged at `debug`).
+    Allow,
+}
+
+/// What happens when a networked provider (Redis) fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderErrorPolicy {
+    /// Let the request through (the default): an outage of the limiter is not an outage of
+    /// the service. Each failure is logged at `warn` and counted
+    /// ([`RateLimitLayer::provider_errors`]).
+    #[default]
+    FailOpen,
+    /// Answer `503 Service Unavailable`; also logged and counted.
+    FailClosed,
+}
+
+/// A resolver from key and request to the key's rate (plans by API key, for example).
+pub type RateFn = dyn Fn(&Key, &RequestHead<'_>) -> RateLimit + Send + Sync;
+/// The cost of a request in units of the rate.
+pub type CostFn = dyn Fn(&RequestHead<'_>) -> u64 + Send + Sync;
+
+pub(crate) enum RateSource {
+    Fixed(RateLimit),
+    Resolver(Box<RateFn>),
+}
+
+pub(crate) enum CostSource {
+    Fixed(u64),
+    Resolver(Box<CostFn>),
+}
+
+/// Builds a [`RateLimitLayer`]; every setting has a default but the rate.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use sluicegate::{RateLimit, RateLimiterBuilder, local::LocalRateLimiterOptions};
+/// use sluicegate::layer::{HeaderKey, KeyErrorPolicy, RateLimitLayer, Strategy};
+/// # fn main() -> Result<(), sluicegate::Error> {
+/// # let limiter = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
+/// #     window_size_seconds: 60.try_into()?, rate_group_size_ms: 100.try_into()?,
+/// #     hard_limit_factor: Default::default(), suppression_factor_cache_ms: Default::default(),
+/// # }).build()?);
+/// let layer = RateLimitLayer::builder(limiter)
+///     .key(HeaderKey::new(http::HeaderName::from_static("x-api-key")))
+///     .rate_fn(|key, _req| {
+///         let per_second = if key.as_str().starts_with("pro_") { 100.0 } else { 5.0 };
+///         RateLimit::try_from(per_second).expect("positive")
+///     })
+///     .strategy(Strategy::Absolute)
+///     .on_key_error(KeyErrorPolicy::RejectWith(http::StatusCode::UNAUTHORIZED))
+///     .headers_on_allowed(true)
+///     .build()?;
+/// # let _ = layer; Ok(()) }
+/// ```
+pub struct RateLimitLayerBuilder {
+    limiter: Arc<RateLimiter>,
+    extractor: Box<dyn KeyExtractor>,
+    rate: Option<RateSource>,
+    cost: CostSource,
+    strategy: Strategy,
+    provider: Provider,
+    async_provider: Option<Arc<dyn AsyncProvider>>,
+    policy_name: String,
+    on_key_error: KeyErrorPolicy,
+    on_provider_error: ProviderErrorPolicy,
+    headers_on_allowed: bool,
+    factor_on_allowed: bool,
+    body: RejectionBody,
+}
+
+impl std::fmt::Debug for RateLimitLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("strategy", &self.strategy)
+            .field("provider", &self.provider)
+            .field("policy_name", &self.policy_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayerBuilder {
+    pub(crate) fn new(limiter: Arc<RateLimiter>) -> Self {
+        RateLimitLayerBuilder {
+            limiter,
+            extractor: Box::new(PeerIp::new()),
+            rate: None,
+            cost: CostSource::Fixed(1),
+            strategy: Strategy::default(),
+            provider: Provider::default(),
+            async_provider: None,
+            policy_name: "default".to_owned(),
+            on_key_error: KeyErrorPolicy::default(),
+            on_provider_error: ProviderErrorPolicy::default(),
+            headers_on_allowed: false,
+            factor_on_allowed: true,
+            body: RejectionBody::default(),
+        }
+    }
+
+    /// What requests are keyed by (default: [`PeerIp`]).
+    pub fn key(mut self, extractor: impl KeyExtractor) -> Self {
+        self.extractor = Box::new(extractor);
+        self
+    }
+
+    /// The same rate for every key.
+    pub fn rate(mut self, rate: RateLimit) -> Self {
+        self.rate = Some(RateSource::Fixed(rate));
+        self
+    }
+
+    /// A rate per key (and request), e.g. plans by API-key prefix. It is called on every
+    /// request: keep it cheap. A rate whose capacity is below one request is answered with
+    /// `500` and logged, since it is a bug in the resolver.
+    pub fn rate_fn(
+        mut self,
+        resolve: impl Fn(&Key, &RequestHead<'_>) -> RateLimit + Send + Sync + 'static,
+    ) -> Self {
+        self.rate = Some(RateSource::Resolver(Box::new(resolve)));
+        self
+    }
+
+    /// Every request costs `units` (default 1).
+    pub fn cost(mut self, units: u64) -> Self {
+        self.cost = CostSource::Fixed(units);
+        self
+    }
+
+    /// A cost per request (e.g. by method or route). A cost of 0 is counted as 1.
+    pub fn cost_fn(
+        mut self,
+        cost: impl Fn(&RequestHead<'_>) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        self.cost = CostSource::Resolver(Box::new(cost));
+        self
+    }
+
+    /// Absolute (default) or suppressed.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Which provider keeps the counts (default: [`Provider::Local`]).
+    pub fn provider(mut self, provider: Provider) -> Self {
+        self.provider = provider;
+        self
+    }
+
+    /// A networked provider in place of the local one (the Redis and hybrid seam).
+    #[allow(dead_code)]
+    pub(crate) fn async_provider(mut self, provider: Arc<dyn AsyncProvider>) -> Self {
+        self.async_provider = Some(provider);
+        self
+    }
+
+    /// The policy name in the IETF fields (default `"default"`): 1 to 64 characters from
+    /// `A-Z a-z 0-9 _ - .`.
+    pub fn policy_name(mut self, name: impl Into<String>) -> Self {
+        self.policy_name = name.into();
+        self
+    }
+
+    /// Whether admitted responses carry `RateLimit-Policy` and `RateLimit` too (default
+    /// false: only limited ones do). On an admitted response `r` is the quota left and `t`
+    /// is the window, the longest time until all of the current usage has expired.
+    pub fn headers_on_allowed(mut self, on: bool) -> Self {
+        self.headers_on_allowed = on;
+        self
+    }
+
+    /// Whether a request admitted while its key is suppressed carries the suppression
+    /// factor header (default true).
+    pub fn suppression_header_on_allowed(mut self, on: bool) -> Self {
+        self.factor_on_allowed = on;
+        self
+    }
+
+    /// What to do when no key can be read (default [`KeyErrorPolicy::Reject`]).
+    pub fn on_key_error(mut self, policy: KeyErrorPolicy) -> Self {
+        self.on_key_error = policy;
+        self
+    }
+
+    /// What to do when a networked provider fails (default [`ProviderErrorPolicy::FailOpen`]).
+    pub fn on_provider_error(mut self, policy: ProviderErrorPolicy) -> Self {
+        self.on_provider_error = policy;
+        self
+    }
+
+    /// Answers with RFC 9457 `application/problem+json` bodies.
+    pub fn problem_json(mut self) -> Self {
+        self.body = RejectionBody::ProblemJson;
+        self
+    }
+
+    /// Builds rejections with a hook; `Retry-After`, the IETF fields and the suppression
+    /// factor are added afterwards where the hook did not set them.
+    pub fn rejection_fn(
+        mut self,
+        hook: impl Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        let hook: Arc<RejectionFn> = Arc::new(hook);
+        self.body = RejectionBody::Custom(hook);
+        self
+    }
+
+    /// How rejections are worded (plain text by default).
+    pub fn rejection_body(mut self, body: RejectionBody) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Checks the configuration and builds the layer: a missing rate, a fixed rate whose
+    /// capacity is below one request, a fixed cost of 0 or above the capacity, or a bad
+    /// policy name are errors.
+    pub fn build(self) -> Result<RateLimitLayer, Error> {
+        let window_s = self.limiter.window_size_seconds();
+        headers::validate_policy_name(&self.policy_name)?;
+        let rate = self.rate.ok_or_else(|| {
+            Error::invalid(
+                "RateLimitLayer rate",
+                "none",
+                "set one with `.rate(RateLimit)` or `.rate_fn(..)`",
+            )
+        })?;
+        let fixed_rate = match &rate {
+            RateSource::Fixed(r) => Some(r.get()),
+            RateSource::Resolver(_) => None,
+        };
+        if let Some(r) = fixed_rate {
+            let cost = match self.cost {
+                CostSource::Fixed(c) => c,
+                CostSource::Resolver(_) => 1,
+            };
+            crate::absolute::checked_capacity(r, window_s, cost)?;
+        } else if let CostSource::Fixed(0) = self.cost {
+            return Err(Error::ZeroCount);
+        }
+        let backend = match self.async_provider {
+            Some(p) => Backend::Async(p),
+            None => match self.provider {
+                Provider::Local => Backend::Local(self.strategy),
+            },
+        };
+        let prebuilt = Prebuilt::new(
+            &self.policy_name,
+            window_s,
+            fixed_rate,
+            self.strategy == Strategy::Suppressed,
+        );
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                limiter: self.limiter,
+                extractor: self.extractor,
+                rate,
+                cost: self.cost,
+                strategy: self.strategy,
+                backend,
+                on_key_error: self.on_key_error,
+                on_provider_error: self.on_provider_error,
+                headers_on_allowed: self.headers_on_allowed,
+                factor_on_allowed: self.factor_on_allowed,
+                body: self.body,
+                prebuilt,
+                provider_errors: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// Everything a service needs, behind the one `Arc` a clone copies.
+pub(crate) struct Shared {
+    limiter: Arc<RateLimiter>,
+    extractor: Box<dyn KeyExtractor>,
+    rate: RateSource,
+    cost: CostSource,
+    strategy: Strategy,
+    backend: Backend,
+    on_key_error: KeyErrorPolicy,
+    on_provider_error: ProviderErrorPolicy,
+    headers_on_allowed: bool,
+    factor_on_allowed: bool,
+    body: RejectionBody,
+    prebuilt: Prebuilt,
+    pub(crate) provider_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("strategy", &self.strategy)
+            .field("backend", &self.backend)
+            .field("on_key_error", &self.on_key_error)
+            .field("on_provider_error", &self.on_provider_error)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Headers to add to the inner service's response.
+#[derive(Debug, Default)]
+pub(crate) struct Note {
+    pub(crate) policy: Option<HeaderValue>,
+    pub(crate) ratelimit: Option<HeaderValue>,
+    pub(crate) factor: Option<HeaderValue>,
+}
+
+impl Note {
+    pub(crate) fn apply(self, headers: &mut http::HeaderMap) {
+        if let Some(v) = self.policy {
+            headers.insert(headers::RATELIMIT_POLICY, v);
+        }
+        if let Some(v) = self.ratelimit {
+            headers.insert(headers::RATELIMIT, v);
+        }
+        if let Some(v) = self.factor {
+            headers.insert(headers::SUPPRESSION_FACTOR, v);
+        }
+    }
+}
+
+/// The outcome of the layer's checks for one request.
+pub(crate) enum Verdict {
+    /// Call the inner service, then add these headers.
+    Pass(Note),
+    /// Answer with this response.
+    Reject(Response<Bytes>),
+    /// Wait for a networked provider, then [`Shared::finish`].
+    Pending(DecisionFuture, Pending),
+}
+
+/// What the finishing step needs once a networked decision arrives.
+pub(crate) struct Pending {
+    key: Key,
+    rate: RateLimit,
+}
+
+impl Shared {
+    /// Decides one request from its head.
+    #[inline]
+    pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
+        let key = match self.extractor.extract(head) {
+            Ok(key) => key,
+            Err(err) => return self.key_failure(&err),
+        };
+        let rate = match &self.rate {
+            RateSource::Fixed(r) => *r,
+            RateSource::Resolver(f) => f(&key, head),
+        };
+        let cost = match &self.cost {
+            CostSource::Fixed(c) => *c,
+            CostSource::Resolver(f) => f(head).max(1),
+        };
+        match &self.backend {
+            Backend::Local(strategy) => {
+                match provider::local_inc(&self.limiter, *strategy, &key, &rate, cost) {
+                    Ok(decision) => self.verdict(decision, &key, rate, true),
+                    Err(err) => self.misconfigured(&err),
+                }
+            }
+            Backend::Async(p) => Verdict::Pending(p.inc(&key, rate, cost), Pending { key, rate }),
+        }
+    }
+
+    /// Turns a networked provider's answer into a verdict.
+    pub(crate) fn finish(
+        &self,
+        result: Result<RateLimitDecision, Error>,
+        pending: &Pending,
+    ) -> Verdict {
+        match result {
+            Ok(decision) => self.verdict(decision, &pending.key, pending.rate, false),
+            Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
+                self.misconfigured(&err)
+            }
+            Err(err) => {
+                self.provider_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");
+                match self.on_provider_error {
+                    ProviderErrorPolicy::FailOpen => Verdict::Pass(Note::default()),
+                    ProviderErrorPolicy::FailClosed => Verdict::Reject(
+                        self.body
+                            .build(&Rejection::ProviderUnavailable { error: &err }),
+                    ),
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn verdict(
+        &self,
+        decision: RateLimitDecision,
+        key: &Key,
+        rate: RateLimit,
+        local: bool,
+    ) -> Verdict {
+        match decision {
+            RateLimitDecision::Allowed => {
+                if !self.headers_on_allowed {
+                    return Verdict::Pass(Note::default());
+                }
+                Verdict::Pass(self.allowed_fields(key, rate, local))
+            }
+            RateLimitDecision::Suppressed {
+                is_allowed: true,
+                suppression_factor,
+            } => {
+                let mut note = if self.headers_on_allowed {
+                    self.allowed_fields(key, rate, local)
+                } else {
+                    Note::default()
+                };
+                if self.factor_on_allowed && suppression_factor > 0.0 {
+                    note.factor = Some(self.prebuilt.factor(suppression_factor));
+                }
+                Verdict::Pass(note)
+            }
+            RateLimitDecision::Rejected { retry_after_ms, .. } => {
+                Verdict::Reject(self.limited(key, rate, retry_after_ms))
+            }
+            RateLimitDecision::Suppressed {
+                is_allowed: false,
+                suppression_factor,
+            } => Verdict::Reject(self.shed(key, suppression_factor)),
+        }
+    }
+
+    fn fixed(&self) -> bool {
+        matches!(self.rate, RateSource::Fixed(_))
+    }
+
+    fn allowed_fields(&self, key: &Key, rate: RateLimit, local: bool) -> Note {
+        let p = &self.prebuilt;
+        let ratelimit = local.then(|| {
+            let used = provider::local_used(&self.limiter, self.strategy, key);
+            let left = headers::quota(rate.get(), p.window_s).saturating_sub(used);
+            headers::ratelimit_value(&p.name, left, p.window_s)
+        });
+        Note {
+            policy: Some(p.policy_for(rate.get(), self.fixed())),
+            ratelimit,
+            factor: None,
+        }
+    }
+
+    fn limited(&self, key: &Key, rate: RateLimit, retry_after_ms: u64) -> Response<Bytes> {
+        let seconds = headers::retry_after_seconds(retry_after_ms);
+        let mut response = self.body.build(&Rejection::RateLimited {
+            key,
+            retry_after_seconds: seconds,
+        });
+        let p = &self.prebuilt;
+        let h = response.headers_mut();
+        if !h.contains_key(header::RETRY_AFTER) {
+            h.insert(header::RETRY_AFTER, p.retry_after(seconds));
+        }
+        if !h.contains_key(headers::RATELIMIT_POLICY) {
+            h.insert(
+                headers::RATELIMIT_POLICY,
+                p.policy_for(rate.get(), self.fixed()),
+            );
+        }
+        if !h.contains_key(headers::RATELIMIT) {
+            h.insert(headers::RATELIMIT, p.limited(seconds));
+        }
+        response
+    }
+
+    fn shed(&self, key: &Key, factor: f64) -> Response<Bytes> {
+        let mut response = self.body.build(&Rejection::Suppressed {
+            key,
+            suppression_factor: factor,
+        });
+        let p = &self.prebuilt;
+        let h = response.headers_mut();
+        if !h.contains_key(header::RETRY_AFTER) {
+            // The factor is re-estimated over the last second of traffic.
+            h.insert(header::RETRY_AFTER, p.retry_after(1));
+        }
+        if !h.contains_key(headers::SUPPRESSION_FACTOR) {
+            h.insert(headers::SUPPRESSION_FACTOR, p.factor(factor));
+        }
+        response
+    }
+
+    #[cold]
+    fn key_failure(&self, err: &KeyError) -> Verdict {
+        let status = match self.on_key_error {
+            KeyErrorPolicy::Allow => {
+                tracing::debug!(error = %err, "sluicegate: no rate-limit key; request let through");
+                return Verdict::Pass(Note::default());
+            }
+            KeyErrorPolicy::Reject => err.status(),
+            KeyErrorPolicy::RejectWith(status) => status,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %err, "sluicegate: no rate-limit key");
+        }
+        Verdict::Reject(
+            self.body
+                .build(&Rejection::KeyUnavailable { error: err, status }),
+        )
+    }
+
+    #[cold]
+    fn misconfigured(&self, err: &Error) -> Verdict {
+        tracing::error!(error = %err, "sluicegate: resolved rate or cost does not fit the limiter");
+        Verdict::Reject(self.body.build(&Rejection::Misconfigured { error: err }))
+    }
+}

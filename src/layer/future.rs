@@ -1,0 +1,147 @@
+//! [`ResponseFuture`]: the inner service's future, the layer's own answer, or a decision
+//! still on its way from a networked provider.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::body::ResponseBody;
+use super::config::{Note, Pending, Shared, Verdict};
+use super::provider::DecisionFuture;
+
+pin_project! {
+    /// The future of [`RateLimitService`](super::RateLimitService).
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Inner {
+            #[pin]
+            future: S::Future,
+            note: Option<Note>,
+        },
+        Reply {
+            response: Option<Response<Bytes>>,
+        },
+        Deciding {
+            decision: DecisionFuture,
+            pending: Pending,
+            service: Option<S>,
+            request: Option<Request<ReqBody>>,
+            shared: Arc<Shared>,
+        },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    pub(crate) fn inner(future: S::Future, note: Note) -> Self {
+        ResponseFuture {
+            state: State::Inner {
+                future,
+                note: Some(note),
+            },
+        }
+    }
+
+    pub(crate) fn reply(response: Response<Bytes>) -> Self {
+        ResponseFuture {
+            state: State::Reply {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn pending(
+        decision: DecisionFuture,
+        pending: Pending,
+        service: S,
+        request: Request<ReqBody>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Deciding {
+                decision,
+                pending,
+                service: Some(service),
+                request: Some(request),
+                shared,
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Inner { future, note } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(note) = note.take() {
+                        note.apply(response.headers_mut());
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Reply { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+                StateProj::Deciding {
+                    decision,
+                    pending,
+                    service,
+                    request,
+                    shared,
+                } => {
+                    let result = ready!(decision.as_mut().poll(cx));
+                    let next = match shared.finish(result, pending) {
+                        Verdict::Pass(note) => {
+                            let mut service = service
+                                .take()
+                                .expect("ResponseFuture polled after completion");
+                            let request = request
+                                .take()
+                                .expect("ResponseFuture polled after completion");
+                            State::Inner {
+                                future: service.call(request),
+                                note: Some(note),
+                            }
+                        }
+                        Verdict::Reject(response) => State::Reply {
+                            response: Some(response),
+                        },
+                        Verdict::Pending(..) => unreachable!("a finished decision is final"),
+                    };
+                    state.set(next);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The response fields the layer writes, spelled in one place.
+//!
+//! - `Retry-After`: whole seconds, rounded up, never 0 ([RFC 9110 §10.2.3]).
+//! - `RateLimit-Policy: "name";q=<quota>;w=<window s>` and
+//!   `RateLimit: "name";r=<remaining>;t=<seconds>`, in the syntax of
+//!   draft-ietf-httpapi-ratelimit-headers (09): structured-field lists whose items are the
+//!   policy name as a string, with integer parameters.
+//! - [`SUPPRESSION_FACTOR`]: the suppressed strategy's factor, three decimals.
+//!
+//! Values that depend only on the configuration (the policy, `Retry-After: n` and
+//! `RateLimit: ..;r=0;t=n` for every `n` up to the window) are built once when the layer is
+//! built, so the reject path clones a reference-counted value instead of formatting.
+//!
+//! [RFC 9110 §10.2.3]: https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3
+
+use http::{HeaderName, HeaderValue};
+
+use crate::Error;
+
+/// `RateLimit-Policy`: the quota and window of the policy that applies to the request.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: what is left of the quota (`r`) and when it is back (`t`, seconds).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The suppressed strategy's factor in `[0, 1]` (`0.250` = a quarter of the key's
+/// requests are being shed); on every 503 it causes and, if configured, on admitted
+/// responses while the key is suppressed.
+pub const SUPPRESSION_FACTOR: HeaderName = HeaderName::from_static("x-suppression-factor");
+
+/// How many `Retry-After` / `RateLimit` values are pre-built at most.
+const PREBUILT_SECONDS: u64 = 3600;
+
+/// `Retry-After` seconds for a wait in milliseconds: rounded up, at least 1.
+#[inline]
+pub fn retry_after_seconds(wait_ms: u64) -> u64 {
+    wait_ms.div_ceil(1000).max(1)
+}
+
+/// Checks a policy name: 1 to 64 characters from `A-Z a-z 0-9 _ - .`, so it needs no
+/// escaping inside a structured-field string.
+pub fn validate_policy_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "RateLimitLayer policy name",
+            name,
+            "must be 1 to 64 characters from A-Z, a-z, 0-9, '_', '-', '.'",
+        ))
+    }
+}
+
+/// `"name";q=quota;w=window`.
+pub fn policy_value(name: &str, quota: u64, window_s: u64) -> HeaderValue {
+    value(format!("\"{name}\";q={quota};w={window_s}"))
+}
+
+/// `"name";r=remaining;t=seconds`.
+pub fn ratelimit_value(name: &str, remaining: u64, reset_s: u64) -> HeaderValue {
+    value(format!("\"{name}\";r={remaining};t={reset_s}"))
+}
+
+/// The factor with three decimals, `0.000` to `1.000`.
+pub fn factor_value(factor: f64) -> HeaderValue {
+    value(format!("{:.3}", factor.clamp(0.0, 1.0)))
+}
+
+fn value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).expect("digits, quotes and a validated name are valid header text")
+}
+
+/// The quota advertised for a rate over a window: the capacity rounded down.
+pub fn quota(rate: f64, window_s: u64) -> u64 {
+    // Relative slack against f64 rounding, the same as the core's capacity check.
+    let cap = rate * window_s as f64;
+    (cap * (1.0 + 1e-9)).floor() as u64
+}
+
+/// Header values built once per layer.
+#[derive(Debug)]
+pub(crate) struct Prebuilt {
+    pub(crate) name: Box<str>,
+    pub(crate) window_s: u64,
+    /// `RateLimit-Policy` for the fixed rate, if the rate is fixed.
+    pub(crate) policy: Option<HeaderValue>,
+    /// `Retry-After: n` at index `n` (index 0 unused).
+    retry_after: Vec<HeaderValue>,
+    /// `RateLimit: "name";r=0;t=n` at index `n`.
+    limited: Vec<HeaderValue>,
+    /// The factor at index `round(factor × 1000)`, if the strategy is suppressed.
+    factors: Vec<HeaderValue>,
+}
+
+impl Prebuilt {
+    pub(crate) fn new(name: &str, window_s: u64, fixed_rate: Option<f64>, factors: bool) -> Self {
+        // A wait can reach the window plus one group; one spare second covers it mostly,
+        // and anything longer is formatted on demand.
+        let top = (window_s + 1).min(PREBUILT_SECONDS);
+        Prebuilt {
+            name: name.into(),
+            window_s,
+            policy: fixed_rate.map(|r| policy_value(name, quota(r, window_s), window_s)),
+            retry_after: (0..=top).map(HeaderValue::from).collect(),
+            limited: (0..=top).map(|t| ratelimit_value(name, 0, t)).collect(),
+            factors: if factors {
+                (0..=1000)
+                    .map(|i| factor_value(i as f64 / 1000.0))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// `Retry-After` for `seconds`.
+    pub(crate) fn retry_after(&self, seconds: u64) -> HeaderValue {
+        match self.retry_after.get(seconds as usize) {
+            Some(v) => v.clone(),
+            None => HeaderValue::from(seconds),
+        }
+    }
+
+    /// `RateLimit` on a limited response: nothing left for `seconds`.
+    pub(crate) fn limited(&self, seconds: u64) -> HeaderValue {
+        match self.limited.get(seconds as usize) {
+            Some(v) => v.clone(),
+            None => ratelimit_value(&self.name, 0, seconds),
+        }
+    }
+
+    /// `RateLimit-Policy` for `rate`: the pre-built value when the rate is the fixed one.
+    pub(crate) fn policy_for(&self, rate: f64, fixed: bool) -> HeaderValue {
+        match (&self.policy, fixed) {
+            (Some(v), true) => v.clone(),
+            _ => policy_value(&self.name, quota(rate, self.window_s), self.window_s),
+        }
+    }
+
+    /// The suppression factor header.
+    pub(crate) fn factor(&self, factor: f64) -> HeaderValue {
+        let i = (factor.clamp(0.0, 1.0) * 1000.0).round() as usize;
+        match self.factors.get(i) {
+            Some(v) => v.clone(),
+            None => factor_value(factor),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        assert_eq!(retry_after_seconds(0), 1);
+        assert_eq!(retry_after_seconds(1), 1);
+        assert_eq!(retry_after_seconds(1000), 1);
+        assert_eq!(retry_after_seconds(1001), 2);
+        assert_eq!(retry_after_seconds(59_999), 60);
+    }
+
+    #[test]
+    fn ietf_fields_use_the_draft_syntax() {
+        assert_eq!(policy_value("default", 100, 60), "\"default\";q=100;w=60");
+        assert_eq!(ratelimit_value("default", 7, 3), "\"default\";r=7;t=3");
+        let p = Prebuilt::new("api", 10, Some(0.75), true);
+        assert_eq!(p.policy.as_ref().unwrap(), "\"api\";q=7;w=10");
+        assert_eq!(p.limited(4), "\"api\";r=0;t=4");
+        assert_eq!(p.limited(5000), "\"api\";r=0;t=5000");
+        assert_eq!(p.retry_after(11), "11");
+        assert_eq!(p.retry_after(99_999), "99999");
+        assert_eq!(p.policy_for(2.0, false), "\"api\";q=20;w=10");
+        assert_eq!(p.factor(0.2504), "0.250");
+        assert_eq!(p.factor(1.0), "1.000");
+        assert_eq!(p.factor(-3.0), "0.000");
+    }
+
+    #[test]
+    fn quota_is_the_capacity_rounded_down_without_losing_to_rounding() {
+        assert_eq!(quota(0.7, 10), 7);
+        assert_eq!(quota(0.7, 15), 10);
+        assert_eq!(quota(0.1, 30), 3);
+    }
+
+    #[test]
+    fn policy_names_are_checked() {
+        assert!(validate_policy_name("per-ip_v1.2").is_ok());
+        for bad in ["", "a b", "quote\"", &"x".repeat(65)] {
+            let err = validate_policy_name(bad).unwrap_err();
+            assert!(err.to_string().contains("policy name"), "{err}");
+        }
+    }
+}
