@@ -64,11 +64,23 @@ pub enum Error {
 
     /// A Redis call did not complete within the limiter's deadline.
     #[cfg(feature = "redis-tokio")]
-    #[error("redis did not answer within {timeout_ms} ms")]
+    #[error(
+        "redis did not answer within {timeout_ms} ms: check that the server is up (the \
+         connection reconnects by itself) or raise `RateLimiterBuilder::redis_timeout`"
+    )]
     RedisTimeout {
         /// The deadline that passed.
         timeout_ms: u64,
     },
+
+    /// `rl.redis()` was used on a limiter built without a Redis connection.
+    #[cfg(feature = "redis-tokio")]
+    #[error(
+        "the Redis provider has no connection: build the limiter with \
+         `RateLimiterOptions {{ redis: RedisRateLimiterOptions {{ .. }}, .. }}`, \
+         `RateLimiterBuilder::redis(..)` or `RateLimiterBuilder::redis_connection(..)`"
+    )]
+    RedisNotConfigured,
 
     /// Redis answered with something the limiter's script never returns.
     #[cfg(feature = "redis-tokio")]

@@ -46,6 +46,8 @@ mod clock;
 mod config;
 mod decision;
 mod error;
+#[cfg(feature = "redis-tokio")]
+pub mod hybrid;
 #[cfg(feature = "tower")]
 pub mod layer;
 pub mod local;
@@ -73,12 +75,17 @@ use local::{LocalRateLimiter, LocalRateLimiterOptions};
 pub struct RateLimiterOptions {
     /// The local provider's window, grouping and suppression settings.
     pub local: LocalRateLimiterOptions,
+    /// The Redis provider's connection and settings (also used by the hybrid provider).
+    #[cfg(feature = "redis-tokio")]
+    pub redis: crate::redis::RedisRateLimiterOptions,
 }
 
 /// The limiter: one value per application, shared behind an `Arc`.
 #[derive(Debug)]
 pub struct RateLimiter {
     local: LocalRateLimiter,
+    #[cfg(feature = "redis-tokio")]
+    redis: crate::redis::RedisRateLimiter,
     window_seconds: u64,
     cleanup: cleanup::CleanupHandle,
 }
@@ -103,7 +110,10 @@ impl RateLimiter {
 
     /// A builder from full options, to inject the clock or the random source.
     pub fn builder(options: RateLimiterOptions) -> RateLimiterBuilder {
-        RateLimiterBuilder::new(options.local)
+        let builder = RateLimiterBuilder::new(options.local);
+        #[cfg(feature = "redis-tokio")]
+        let builder = builder.redis(options.redis);
+        builder
     }
 
     /// The window every provider counts usage over, in seconds.
@@ -114,6 +124,14 @@ impl RateLimiter {
     /// The in-process provider.
     pub fn local(&self) -> &LocalRateLimiter {
         &self.local
+    }
+
+    /// The Redis provider: one atomic script round trip per decision, shared by every
+    /// instance. On a limiter built without Redis options, every call returns
+    /// [`Error::RedisNotConfigured`].
+    #[cfg(feature = "redis-tokio")]
+    pub fn redis(&self) -> &crate::redis::RedisRateLimiter {
+        &self.redis
     }
 
     /// Drops every key with no usage left in its window, in every provider; returns how many.
@@ -140,6 +158,16 @@ pub struct RateLimiterBuilder {
     local: LocalRateLimiterOptions,
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
+    #[cfg(feature = "redis-tokio")]
+    redis: RedisBuilderParts,
+}
+
+/// The Redis part of a [`RateLimiterBuilder`].
+#[cfg(feature = "redis-tokio")]
+struct RedisBuilderParts {
+    connection: Option<(crate::redis::RedisConnection, crate::redis::RedisSettings)>,
+    timeout: Duration,
+    test_clock: Option<Arc<dyn Clock>>,
 }
 
 impl RateLimiterBuilder {
@@ -150,6 +178,12 @@ impl RateLimiterBuilder {
             local,
             clock: Arc::new(MonotonicClock::new()),
             random: Arc::new(ThreadRandom),
+            #[cfg(feature = "redis-tokio")]
+            redis: RedisBuilderParts {
+                connection: None,
+                timeout: crate::redis::DEFAULT_REDIS_TIMEOUT,
+                test_clock: None,
+            },
         }
     }
 
@@ -165,11 +199,70 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// The Redis provider on a single server, as `RateLimiterOptions { redis, .. }` gives it.
+    #[cfg(feature = "redis-tokio")]
+    pub fn redis(self, options: crate::redis::RedisRateLimiterOptions) -> Self {
+        let (manager, settings) = options.into_parts();
+        self.redis_connection(manager, settings)
+    }
+
+    /// The Redis provider on any [`RedisConnection`](crate::redis::RedisConnection): a
+    /// `ConnectionManager`, or a `redis::cluster_async::ClusterConnection` for Redis Cluster.
+    #[cfg(feature = "redis-tokio")]
+    pub fn redis_connection(
+        mut self,
+        connection: impl Into<crate::redis::RedisConnection>,
+        settings: crate::redis::RedisSettings,
+    ) -> Self {
+        self.redis.connection = Some((connection.into(), settings));
+        self
+    }
+
+    /// The deadline around each Redis call (default
+    /// [`DEFAULT_REDIS_TIMEOUT`](crate::redis::DEFAULT_REDIS_TIMEOUT), 1 s): past it a call
+    /// returns [`Error::RedisTimeout`].
+    #[cfg(feature = "redis-tokio")]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis.timeout = timeout;
+        self
+    }
+
+    /// Tests only: the Redis scripts take "now" from `clock` instead of the server's `TIME`,
+    /// so a test can drive Redis and the local provider from one [`ManualClock`]. Never use
+    /// it in production: instances with different clocks would disagree.
+    #[cfg(feature = "redis-tokio")]
+    #[doc(hidden)]
+    pub fn redis_time_from_clock_for_tests_only(mut self, clock: impl Clock) -> Self {
+        self.redis.test_clock = Some(Arc::new(clock));
+        self
+    }
+
     /// Checks the options together and builds the limiter.
     pub fn build(self) -> Result<RateLimiter, Error> {
+        #[cfg(feature = "redis-tokio")]
+        let redis = {
+            let parts = self.redis;
+            let time = match parts.test_clock {
+                Some(clock) => crate::redis::TimeSource::TestClock(clock),
+                None => crate::redis::TimeSource::Server,
+            };
+            let core = match parts.connection {
+                Some((connection, settings)) => Some(crate::redis::Core::new(
+                    connection,
+                    &settings,
+                    parts.timeout,
+                    self.random.clone(),
+                    time,
+                )?),
+                None => None,
+            };
+            crate::redis::RedisRateLimiter::new(core)
+        };
         let local = LocalRateLimiter::new(&self.local, self.clock, self.random)?;
         Ok(RateLimiter {
             local,
+            #[cfg(feature = "redis-tokio")]
+            redis,
             window_seconds: self.local.window_size_seconds.get(),
             cleanup: Default::default(),
         })

@@ -1,1 +1,280 @@
 //! The Redis provider: one atomic script round trip per decision, shared by every instance.
+//!
+//! ```no_run
+//! use sluicegate::{RateLimit, RateLimitDecision, RateLimiter, RateLimiterOptions};
+//! use sluicegate::hybrid::SyncIntervalMs;
+//! use sluicegate::local::LocalRateLimiterOptions;
+//! use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
+//!
+//! # async fn run() -> Result<(), sluicegate::Error> {
+//! let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+//! let connection_manager = client.get_connection_manager().await?;
+//! let local = LocalRateLimiterOptions {
+//!     window_size_seconds: 60.try_into()?,
+//!     rate_group_size_ms: 10.try_into()?,
+//!     hard_limit_factor: 1.5.try_into()?,
+//!     suppression_factor_cache_ms: Default::default(),
+//! };
+//! let rl = RateLimiter::new(RateLimiterOptions {
+//!     local,
+//!     redis: RedisRateLimiterOptions {
+//!         connection_manager,
+//!         prefix: None,
+//!         window_size_seconds: local.window_size_seconds,
+//!         rate_group_size_ms: local.rate_group_size_ms,
+//!         hard_limit_factor: local.hard_limit_factor,
+//!         suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+//!         sync_interval_ms: SyncIntervalMs::default(),
+//!     },
+//! });
+//! let key = RedisKey::try_from("user_123")?;
+//! let rate = RateLimit::try_from(10.0)?;
+//! match rl.redis().absolute().inc(&key, &rate, 1).await? {
+//!     RateLimitDecision::Allowed => { /* serve */ }
+//!     RateLimitDecision::Rejected { retry_after_ms, .. } => println!("retry in {retry_after_ms} ms"),
+//!     RateLimitDecision::Suppressed { .. } => unreachable!("absolute never suppresses"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//! Each decision is one `EVALSHA` of a Lua script (loaded again on `NOSCRIPT`) that mirrors
+//! the local provider's sliding window: grid-aligned buckets `floor(t / g)`, a bucket counts
+//! while any part of it is inside the last `W` ms, the same capacity tolerance. Time is the
+//! server's `TIME`, read inside the script, so application clocks never matter.
+//!
+//! A limiter key `k` is stored in two Redis keys per strategy, `prefix:{k}:a:b` (the list of
+//! live bucket ids, oldest first) and `prefix:{k}:a:h` (per-bucket counts, running totals,
+//! the key's latest rate); `s` instead of `a` for the suppressed strategy. Both share the hash
+//! tag `{k}`, so one key lives on one Redis Cluster slot, and both carry a TTL equal to the
+//! time until their newest bucket stops counting (at most window + group), so nothing
+//! outlives its window even if every process dies. The script keeps a running total and
+//! pops only the buckets that expired since the previous call: each bucket is written once
+//! and removed once, and no call unpacks a list.
+//!
+//! # Errors and time bounds
+//! Malformed calls get the same errors as the local provider's `try_inc`
+//! ([`Error::ZeroCount`], [`Error::CapacityBelowOne`], [`Error::CountAboveCapacity`]) before
+//! anything is sent. Every call is bounded by a deadline ([`DEFAULT_REDIS_TIMEOUT`], 1 s,
+//! unless [`RateLimiterBuilder::redis_timeout`](crate::RateLimiterBuilder::redis_timeout)
+//! says otherwise): with Redis down a call returns [`Error::Redis`] or
+//! [`Error::RedisTimeout`] within it, never hangs, and the same limiter works again once
+//! Redis is back (the connection reconnects by itself).
+//!
+//! # Differences from the local provider
+//! Decisions are the same for the same sequence of calls, with two documented exceptions:
+//! the suppressed strategy draws one random number per `inc` (the local one draws only when
+//! the decision is probabilistic), and a key whose window empties entirely loses its state
+//! (its cached factor included) in Redis, as its TTL demands.
+
+mod absolute;
+mod connection;
+mod key;
+mod scripts;
+mod suppressed;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::ScriptInvocation;
+use ::redis::aio::ConnectionManager;
+
+pub use absolute::AbsoluteRedisRateLimiter;
+pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection};
+pub use key::RedisKey;
+pub use suppressed::SuppressedRedisRateLimiter;
+
+use crate::clock::Clock;
+use crate::hybrid::SyncIntervalMs;
+use crate::random::RandomSource;
+use crate::suppressed::SuppressionParams;
+use crate::window::Geometry;
+use crate::{Error, HardLimitFactor, RateGroupSizeMs, SuppressionFactorCacheMs, WindowSizeSeconds};
+pub(crate) use connection::Connection;
+#[allow(unused_imports)] // for the hybrid provider
+pub(crate) use key::{KeyNames, KeySpace, Strategy};
+
+/// The Redis (and hybrid) providers' settings on a single-server connection, as in
+/// `RateLimiterOptions { redis: RedisRateLimiterOptions { .. }, .. }`.
+///
+/// For a Redis Cluster, pass a cluster connection and [`RedisSettings`] to
+/// [`RateLimiterBuilder::redis_connection`](crate::RateLimiterBuilder::redis_connection).
+#[derive(Debug, Clone)]
+pub struct RedisRateLimiterOptions {
+    /// The connection every call goes through (multiplexed, reconnects by itself).
+    pub connection_manager: ConnectionManager,
+    /// Namespace of every Redis key written, to separate applications sharing a server;
+    /// `None` means `sluicegate`.
+    pub prefix: Option<RedisKey>,
+    /// How long usage counts.
+    pub window_size_seconds: WindowSizeSeconds,
+    /// Width of a usage bucket; at most the window.
+    pub rate_group_size_ms: RateGroupSizeMs,
+    /// The suppressed strategy's headroom before full suppression.
+    pub hard_limit_factor: HardLimitFactor,
+    /// How long the suppressed strategy may reuse a key's factor (shared through Redis).
+    pub suppression_factor_cache_ms: SuppressionFactorCacheMs,
+    /// How often the hybrid provider flushes to Redis; the Redis provider does not use it.
+    pub sync_interval_ms: SyncIntervalMs,
+}
+
+impl RedisRateLimiterOptions {
+    /// The connection and the settings, apart.
+    pub fn into_parts(self) -> (ConnectionManager, RedisSettings) {
+        let RedisRateLimiterOptions {
+            connection_manager,
+            prefix,
+            window_size_seconds,
+            rate_group_size_ms,
+            hard_limit_factor,
+            suppression_factor_cache_ms,
+            sync_interval_ms,
+        } = self;
+        let settings = RedisSettings {
+            prefix,
+            window_size_seconds,
+            rate_group_size_ms,
+            hard_limit_factor,
+            suppression_factor_cache_ms,
+            sync_interval_ms,
+        };
+        (connection_manager, settings)
+    }
+}
+
+/// [`RedisRateLimiterOptions`] without the connection: what
+/// [`RateLimiterBuilder::redis_connection`](crate::RateLimiterBuilder::redis_connection)
+/// takes beside any [`RedisConnection`], a cluster one included.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Namespace of every Redis key written; `None` means `sluicegate`.
+    pub prefix: Option<RedisKey>,
+    /// How long usage counts.
+    pub window_size_seconds: WindowSizeSeconds,
+    /// Width of a usage bucket; at most the window.
+    pub rate_group_size_ms: RateGroupSizeMs,
+    /// The suppressed strategy's headroom before full suppression.
+    pub hard_limit_factor: HardLimitFactor,
+    /// How long the suppressed strategy may reuse a key's factor.
+    pub suppression_factor_cache_ms: SuppressionFactorCacheMs,
+    /// How often the hybrid provider flushes to Redis.
+    pub sync_interval_ms: SyncIntervalMs,
+}
+
+/// Where a script's "now" comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum TimeSource {
+    /// The server's `TIME`, read inside the script: every production call.
+    Server,
+    /// A clock of the caller's, for tests that must control time.
+    TestClock(Arc<dyn Clock>),
+}
+
+/// What every Redis strategy shares: the connection, key names, geometry and knobs.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) conn: Connection,
+    pub(crate) keys: KeySpace,
+    pub(crate) geo: Geometry,
+    pub(crate) params: SuppressionParams,
+    /// Read by the hybrid provider's committer.
+    #[allow(dead_code)]
+    pub(crate) sync_interval_ms: SyncIntervalMs,
+    pub(crate) random: Arc<dyn RandomSource>,
+    pub(crate) time: TimeSource,
+}
+
+impl Core {
+    pub(crate) fn new(
+        conn: RedisConnection,
+        settings: &RedisSettings,
+        timeout: Duration,
+        random: Arc<dyn RandomSource>,
+        time: TimeSource,
+    ) -> Result<Self, Error> {
+        Ok(Core {
+            conn: Connection::new(conn, timeout),
+            keys: KeySpace::new(settings.prefix.as_ref()),
+            geo: Geometry::new(settings.window_size_seconds, settings.rate_group_size_ms)?,
+            params: SuppressionParams {
+                hard_limit_factor: settings.hard_limit_factor.get(),
+                cache_ms: settings.suppression_factor_cache_ms.get(),
+            },
+            sync_interval_ms: settings.sync_interval_ms,
+            random,
+            time,
+        })
+    }
+
+    /// KEYS[1..2] and ARGV[1..4], the part of every call `window.lua` reads.
+    pub(crate) fn common_args(
+        &self,
+        invocation: &mut ScriptInvocation<'_>,
+        names: &KeyNames,
+        mode: &str,
+    ) {
+        invocation.key(&names.buckets).key(&names.hash);
+        match &self.time {
+            TimeSource::Server => invocation.arg(""),
+            TimeSource::TestClock(clock) => invocation.arg(clock.now_ms()),
+        };
+        invocation
+            .arg(self.geo.window_seconds())
+            .arg(self.geo.group_ms())
+            .arg(mode);
+    }
+}
+
+fn core_of(core: &Option<Arc<Core>>) -> Result<&Core, Error> {
+    core.as_deref().ok_or(Error::RedisNotConfigured)
+}
+
+/// `rl.redis()`: both strategies, each with its own Redis keys.
+///
+/// On a limiter built without Redis options every call returns
+/// [`Error::RedisNotConfigured`].
+#[derive(Debug, Clone)]
+pub struct RedisRateLimiter {
+    core: Option<Arc<Core>>,
+    absolute: AbsoluteRedisRateLimiter,
+    suppressed: SuppressedRedisRateLimiter,
+}
+
+impl RedisRateLimiter {
+    pub(crate) fn new(core: Option<Core>) -> Self {
+        let core = core.map(Arc::new);
+        RedisRateLimiter {
+            absolute: AbsoluteRedisRateLimiter { core: core.clone() },
+            suppressed: SuppressedRedisRateLimiter { core: core.clone() },
+            core,
+        }
+    }
+
+    /// The absolute strategy: admit up to capacity, reject the rest with a retry time.
+    pub fn absolute(&self) -> &AbsoluteRedisRateLimiter {
+        &self.absolute
+    }
+
+    /// The suppressed strategy: shed load probabilistically between capacity and the hard
+    /// limit.
+    pub fn suppressed(&self) -> &SuppressedRedisRateLimiter {
+        &self.suppressed
+    }
+
+    /// Whether this limiter was built with a Redis connection.
+    pub fn is_configured(&self) -> bool {
+        self.core.is_some()
+    }
+
+    /// The namespace of every Redis key this limiter writes (`sluicegate` unless a prefix
+    /// was given); `None` without Redis.
+    pub fn prefix(&self) -> Option<&str> {
+        self.core.as_deref().map(|c| c.keys.prefix())
+    }
+
+    /// The shared core, for the hybrid provider.
+    #[allow(dead_code)]
+    pub(crate) fn core(&self) -> Option<&Arc<Core>> {
+        self.core.as_ref()
+    }
+}

@@ -1,0 +1,79 @@
+-- The suppressed strategy of src/suppressed.rs.  Counters 'a' (accepted) and 'o' (observed):
+-- bucket fields 'a'..id / 'o'..id, totals 'ta' / 'to'; 'r' latest rate; 'sf' / 'sfu' the
+-- cached factor and the ms until which it may be reused.
+-- ARGV[5] hard limit factor, ARGV[6] cache ms.
+-- mode 'i' (inc): ARGV[7] rate, ARGV[8] count, ARGV[9] capacity, ARGV[10] the draw in [0, 1).
+--   Returns {0} (allowed below capacity) or {1, is_allowed (0/1), factor as a string}.
+-- mode 'f' (get_suppression_factor): returns the factor now as a string; records nothing.
+
+local COUNTERS = {'a', 'o'}
+local RECENT_MS = 1000
+local hard_factor = tonumber(ARGV[5])
+
+-- Observed usage in the buckets that overlap the last second, newest first.
+local function recent_observed()
+  local cutoff = now - RECENT_MS
+  if cutoff < 0 then cutoff = 0 end
+  local sum = 0
+  local from = -1
+  while true do
+    local chunk = redis.call('LRANGE', ids, from - 31, from)
+    if #chunk == 0 then return sum end
+    for i = #chunk, 1, -1 do
+      local id = chunk[i]
+      if (tonumber(id) + 1) * G <= cutoff then return sum end
+      sum = sum + (tonumber(redis.call('HGET', hash, 'o' .. id)) or 0)
+    end
+    if #chunk < 32 then return sum end
+    from = from - 32
+  end
+end
+
+local function formula(rate)
+  local average = total('o') / window_s
+  local last_second = recent_observed()
+  local perceived = math.max(average, last_second)
+  if perceived <= 0 then return 0 end
+  local sf = 1 - rate / perceived
+  if sf < 0 then sf = 0 elseif sf > 1 then sf = 1 end
+  return sf
+end
+
+local function show(sf) return string.format('%.17g', sf) end
+
+expire(COUNTERS)
+
+if mode == 'i' then
+  local rate = tonumber(ARGV[7])
+  local count = tonumber(ARGV[8])
+  local cap = tonumber(ARGV[9])
+  if tonumber(redis.call('HGET', hash, 'r')) ~= rate then
+    redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0)
+  end
+  if reaches(total('o'), cap * hard_factor) then
+    add(COUNTERS, {0, count})
+    return {1, 0, '1'}
+  end
+  if fits(total('a') + count, cap) then
+    add(COUNTERS, {count, count})
+    return {0}
+  end
+  local sf
+  if now < (tonumber(redis.call('HGET', hash, 'sfu')) or 0) then
+    sf = tonumber(redis.call('HGET', hash, 'sf'))
+  else
+    sf = formula(rate)
+    redis.call('HSET', hash, 'sf', show(sf), 'sfu', now + tonumber(ARGV[6]))
+  end
+  local allowed = tonumber(ARGV[10]) >= sf
+  if allowed then add(COUNTERS, {count, count}) else add(COUNTERS, {0, count}) end
+  return {1, allowed and 1 or 0, show(sf)}
+end
+
+-- mode 'f'
+local rate = tonumber(redis.call('HGET', hash, 'r'))
+if not rate then return '0' end
+local cap = rate * window_s
+if reaches(total('o'), cap * hard_factor) then return '1' end
+if fits(total('a') + 1, cap) then return '0' end
+return show(formula(rate))

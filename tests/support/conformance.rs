@@ -1,0 +1,452 @@
+//! One table of scenarios (calls, counts, rates, times, draws and the expected decisions)
+//! that every provider must pass unchanged: only the clock source differs. The local
+//! provider reads a `ManualClock`; the Redis provider's scripts are handed the same clock's
+//! time through the hidden, test-only `redis_time_from_clock_for_tests_only` (production
+//! calls always use the server's `TIME`; `redis_basics.rs` checks that path with real
+//! waits). Each scenario uses a fresh key and a fresh limiter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::redis::{RedisConnection, RedisKey, RedisSettings};
+use sluicegate::{
+    Error, ManualClock, RandomSource, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder,
+};
+
+/// Scenario time 0, on the grid of every group size used below.
+const T0: u64 = 1_000_000_000_000;
+
+/// A draw the test sets before each suppressed call.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedDraw(Arc<AtomicU64>);
+
+impl ScriptedDraw {
+    pub fn set(&self, draw: f64) {
+        self.0.store(draw.to_bits(), Ordering::SeqCst);
+    }
+}
+
+impl RandomSource for ScriptedDraw {
+    fn next_f64(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// What a call must answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expect {
+    Allowed,
+    /// `retry_after_ms`, `remaining_after_waiting`.
+    Rejected(u64, u64),
+    /// `suppression_factor`, `is_allowed`.
+    Suppressed(f64, bool),
+    ZeroCount,
+    CapacityBelowOne,
+    CountAboveCapacity,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Step {
+    /// Set the clock to `T0 + ms`.
+    At(u64),
+    /// `absolute().inc(key, rate, count)`.
+    Abs(f64, u64, Expect),
+    /// `absolute().is_allowed(key)`.
+    AbsCheck(Expect),
+    /// `suppressed().inc(key, rate, count)` with the given draw.
+    Sup(f64, u64, f64, Expect),
+    /// `suppressed().get_suppression_factor(key)`.
+    Factor(f64),
+}
+
+use Expect::*;
+use Step::*;
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub window_s: u64,
+    pub group_ms: u64,
+    pub hard_limit_factor: f64,
+    pub cache_ms: u64,
+    pub steps: Vec<Step>,
+}
+
+fn scenario(
+    name: &'static str,
+    (window_s, group_ms, hard_limit_factor, cache_ms): (u64, u64, f64, u64),
+    steps: Vec<Step>,
+) -> Scenario {
+    Scenario {
+        name,
+        window_s,
+        group_ms,
+        hard_limit_factor,
+        cache_ms,
+        steps,
+    }
+}
+
+fn times(n: usize, step: Step) -> Vec<Step> {
+    vec![step; n]
+}
+
+fn cat(parts: Vec<Vec<Step>>) -> Vec<Step> {
+    parts.into_iter().flatten().collect()
+}
+
+/// The table.
+pub fn table() -> Vec<Scenario> {
+    vec![
+        scenario(
+            "absolute admits the capacity, then rejects with the exact wait",
+            (10, 1000, 1.0, 100),
+            cat(vec![
+                times(5, Abs(0.5, 1, Allowed)),
+                vec![
+                    Abs(0.5, 1, Rejected(11_000, 0)),
+                    At(10_999),
+                    Abs(0.5, 1, Rejected(1, 0)),
+                    At(11_000),
+                    Abs(0.5, 1, Allowed),
+                ],
+            ]),
+        ),
+        scenario(
+            "the wait walks the oldest buckets until the call fits",
+            (10, 1000, 1.0, 100),
+            vec![
+                Abs(1.0, 3, Allowed),
+                At(2500),
+                Abs(1.0, 5, Allowed),
+                At(4000),
+                Abs(1.0, 2, Allowed),
+                Abs(1.0, 4, Rejected(9000, 2)),
+                Abs(1.0, 1, Rejected(7000, 7)),
+                AbsCheck(Rejected(7000, 7)),
+                At(11_000),
+                AbsCheck(Allowed),
+                Abs(1.0, 1, Allowed),
+                Abs(1.0, 2, Allowed),
+                Abs(1.0, 1, Rejected(2000, 5)),
+            ],
+        ),
+        scenario(
+            "malformed calls are errors and record nothing",
+            (10, 1000, 1.5, 100),
+            vec![
+                Abs(1.0, 11, CountAboveCapacity),
+                Abs(1.0, 0, ZeroCount),
+                Abs(0.05, 1, CapacityBelowOne),
+                Sup(1.0, 11, 0.5, CountAboveCapacity),
+                Sup(1.0, 0, 0.5, ZeroCount),
+                Sup(0.05, 1, 0.5, CapacityBelowOne),
+                AbsCheck(Allowed),
+                Factor(0.0),
+                Abs(1.0, 10, Allowed),
+                Abs(1.0, 1, Rejected(11_000, 0)),
+            ],
+        ),
+        scenario(
+            "capacity is real and tolerant of rounding",
+            (15, 1000, 1.0, 100),
+            cat(vec![
+                times(10, Abs(0.7, 1, Allowed)),
+                vec![Abs(0.7, 1, Rejected(16_000, 0)), At(20_000)],
+                // 8.2 × 15 = 122.99999999999999: the slack lets 123 fit, not 124.
+                times(123, Abs(8.2, 1, Allowed)),
+                vec![Abs(8.2, 1, Rejected(16_000, 0))],
+            ]),
+        ),
+        scenario(
+            "the rate given to a call is the rate for that call",
+            (10, 1000, 1.0, 100),
+            cat(vec![
+                times(10, Abs(1.0, 1, Allowed)),
+                vec![Abs(1.0, 1, Rejected(11_000, 0)), At(500)],
+                times(10, Abs(2.0, 1, Allowed)),
+                vec![
+                    Abs(2.0, 1, Rejected(10_500, 0)),
+                    AbsCheck(Rejected(10_500, 0)),
+                    Abs(1.0, 1, Rejected(10_500, 0)),
+                    AbsCheck(Rejected(10_500, 0)),
+                ],
+            ]),
+        ),
+        scenario(
+            "an unknown key is allowed and has factor 0",
+            (10, 100, 1.5, 100),
+            vec![AbsCheck(Allowed), Factor(0.0), AbsCheck(Allowed)],
+        ),
+        scenario(
+            "a bucket counts for the window and at most one group more",
+            (2, 100, 1.0, 100),
+            vec![
+                At(199),
+                Abs(1.0, 2, Allowed),
+                Abs(1.0, 1, Rejected(2001, 0)),
+                At(2199),
+                Abs(1.0, 1, Rejected(1, 0)),
+                At(2200),
+                Abs(1.0, 1, Allowed),
+                AbsCheck(Allowed),
+                Abs(1.0, 1, Allowed),
+                AbsCheck(Rejected(2100, 0)),
+            ],
+        ),
+        scenario(
+            "a window that empties entirely starts afresh",
+            (2, 100, 1.0, 100),
+            vec![
+                Abs(1.0, 2, Allowed),
+                At(5000),
+                Abs(1.0, 2, Allowed),
+                AbsCheck(Rejected(2100, 0)),
+                Sup(1.0, 2, 0.5, Allowed),
+                At(9000),
+                Factor(0.0),
+                Sup(1.0, 2, 0.5, Allowed),
+            ],
+        ),
+        scenario(
+            "a clock that steps back counts in the newest bucket",
+            (10, 1000, 1.0, 100),
+            vec![
+                At(5000),
+                Abs(1.0, 1, Allowed),
+                At(3000),
+                Abs(1.0, 9, Allowed),
+                Abs(1.0, 1, Rejected(13_000, 0)),
+            ],
+        ),
+        scenario(
+            "suppressed: below capacity, then probabilistic, then over the hard limit",
+            (10, 100, 1.5, 0),
+            cat(vec![
+                (0..10)
+                    .flat_map(|i| vec![At(i * 100), Sup(1.0, 1, 0.0, Allowed)])
+                    .collect(),
+                vec![
+                    At(1000),
+                    // 10 observed in the last second: R = 10/s, sf = 1 - 1/10.
+                    Sup(1.0, 1, 0.95, Suppressed(1.0 - 1.0 / 10.0, true)),
+                    Sup(1.0, 1, 0.0, Suppressed(1.0 - 1.0 / 11.0, false)),
+                    Sup(1.0, 1, 0.0, Suppressed(1.0 - 1.0 / 12.0, false)),
+                    Sup(1.0, 1, 0.0, Suppressed(1.0 - 1.0 / 13.0, false)),
+                    Sup(1.0, 1, 0.0, Suppressed(1.0 - 1.0 / 14.0, false)),
+                    // 15 observed: the hard limit, whatever the draw.
+                    Sup(1.0, 1, 0.999, Suppressed(1.0, false)),
+                    Factor(1.0),
+                ],
+            ]),
+        ),
+        scenario(
+            "a cached factor is reused, but never decides steps one and two",
+            (10, 100, 1.5, 60_000),
+            cat(vec![
+                times(10, Sup(1.0, 1, 0.5, Allowed)),
+                vec![
+                    Sup(1.0, 1, 0.95, Suppressed(1.0 - 1.0 / 10.0, true)),
+                    // Cached: still 0.9 although 11 are observed now.
+                    Sup(1.0, 1, 0.95, Suppressed(1.0 - 1.0 / 10.0, true)),
+                    Factor(1.0 - 1.0 / 12.0),
+                    // A new rate drops the cache.
+                    Sup(1.1, 1, 0.0, Suppressed(1.0 - 1.1 / 12.0, false)),
+                    At(20_000),
+                    Sup(1.0, 1, 0.0, Allowed),
+                ],
+            ]),
+        ),
+        scenario(
+            "hard limit factor 1 is a hard cutoff",
+            (10, 100, 1.0, 100),
+            cat(vec![
+                times(10, Sup(1.0, 1, 0.5, Allowed)),
+                vec![Sup(1.0, 1, 0.999, Suppressed(1.0, false)), Factor(1.0)],
+            ]),
+        ),
+        scenario(
+            "the perceived rate is the larger of the average and the last second",
+            (10, 1000, 2.0, 0),
+            vec![
+                Sup(1.0, 5, 0.5, Allowed),
+                At(5000),
+                Sup(1.0, 5, 0.5, Allowed),
+                At(6000),
+                // Last second holds 5: R = 5/s beats the average 1/s.
+                Sup(1.0, 1, 0.8, Suppressed(1.0 - 1.0 / 5.0, true)),
+                At(8000),
+                // Nothing in the last second: R is the average, 11 over 10 s.
+                Sup(1.0, 1, 0.5, Suppressed(1.0 - 1.0 / (11.0 / 10.0), true)),
+                Factor(1.0 - 1.0 / (12.0 / 10.0)),
+                Sup(1.0, 3, 0.5, Suppressed(1.0 - 1.0 / (12.0 / 10.0), true)),
+            ],
+        ),
+    ]
+}
+
+/// Which provider a run drives.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    Local,
+    Redis(RedisConnection),
+}
+
+fn limiter(
+    s: &Scenario,
+    provider: &Provider,
+    clock: &ManualClock,
+    draw: &ScriptedDraw,
+    prefix: &RedisKey,
+) -> RateLimiter {
+    let window_size_seconds = s.window_s.try_into().unwrap();
+    let rate_group_size_ms = s.group_ms.try_into().unwrap();
+    let hard_limit_factor = s.hard_limit_factor.try_into().unwrap();
+    let suppression_factor_cache_ms = s.cache_ms.try_into().unwrap();
+    let builder = RateLimiterBuilder::new(LocalRateLimiterOptions {
+        window_size_seconds,
+        rate_group_size_ms,
+        hard_limit_factor,
+        suppression_factor_cache_ms,
+    })
+    .clock(clock.clone())
+    .random(draw.clone());
+    let builder = match provider {
+        Provider::Local => builder,
+        Provider::Redis(conn) => builder
+            .redis_connection(
+                conn.clone(),
+                RedisSettings {
+                    prefix: Some(prefix.clone()),
+                    window_size_seconds,
+                    rate_group_size_ms,
+                    hard_limit_factor,
+                    suppression_factor_cache_ms,
+                    sync_interval_ms: Default::default(),
+                },
+            )
+            .redis_time_from_clock_for_tests_only(clock.clone()),
+    };
+    builder.build().unwrap()
+}
+
+fn expect_of(result: Result<RateLimitDecision, Error>) -> Result<Expect, String> {
+    match result {
+        Ok(RateLimitDecision::Allowed) => Ok(Allowed),
+        Ok(RateLimitDecision::Rejected {
+            retry_after_ms,
+            remaining_after_waiting,
+            ..
+        }) => Ok(Rejected(retry_after_ms, remaining_after_waiting)),
+        Ok(RateLimitDecision::Suppressed {
+            suppression_factor,
+            is_allowed,
+        }) => Ok(Suppressed(suppression_factor, is_allowed)),
+        Err(Error::ZeroCount) => Ok(ZeroCount),
+        Err(Error::CapacityBelowOne { .. }) => Ok(CapacityBelowOne),
+        Err(Error::CountAboveCapacity { .. }) => Ok(CountAboveCapacity),
+        Err(other) => Err(format!("unexpected error: {other}")),
+    }
+}
+
+fn same(got: Expect, want: Expect) -> bool {
+    match (got, want) {
+        (Suppressed(a, x), Suppressed(b, y)) => x == y && (a - b).abs() <= 1e-12,
+        _ => got == want,
+    }
+}
+
+/// Runs one scenario; the error names the step that disagreed.
+pub async fn run_scenario(
+    s: &Scenario,
+    index: usize,
+    provider: &Provider,
+    prefix: &RedisKey,
+) -> Result<(), String> {
+    let clock = ManualClock::new(T0);
+    let draw = ScriptedDraw::default();
+    let rl = limiter(s, provider, &clock, &draw, prefix);
+    let key = RedisKey::try_from(format!("scenario{index}")).unwrap();
+    for (i, step) in s.steps.iter().enumerate() {
+        let fail = |what: String| {
+            format!(
+                "{:?} scenario {index} \"{}\", step {i} {step:?}: {what}",
+                provider_name(provider),
+                s.name
+            )
+        };
+        let (got, want) = match *step {
+            At(ms) => {
+                clock.set(T0 + ms);
+                continue;
+            }
+            Abs(rate, count, want) => {
+                let rate = RateLimit::try_from(rate).unwrap();
+                let got = match provider {
+                    Provider::Local => rl.local().absolute().try_inc(key.as_str(), &rate, count),
+                    Provider::Redis(_) => rl.redis().absolute().inc(&key, &rate, count).await,
+                };
+                (expect_of(got).map_err(fail)?, want)
+            }
+            AbsCheck(want) => {
+                let got = match provider {
+                    Provider::Local => Ok(rl.local().absolute().is_allowed(key.as_str())),
+                    Provider::Redis(_) => rl.redis().absolute().is_allowed(&key).await,
+                };
+                (expect_of(got).map_err(fail)?, want)
+            }
+            Sup(rate, count, d, want) => {
+                draw.set(d);
+                let rate = RateLimit::try_from(rate).unwrap();
+                let got = match provider {
+                    Provider::Local => rl.local().suppressed().try_inc(key.as_str(), &rate, count),
+                    Provider::Redis(_) => rl.redis().suppressed().inc(&key, &rate, count).await,
+                };
+                (expect_of(got).map_err(fail)?, want)
+            }
+            Factor(want) => {
+                let got = match provider {
+                    Provider::Local => {
+                        Ok(rl.local().suppressed().get_suppression_factor(key.as_str()))
+                    }
+                    Provider::Redis(_) => {
+                        rl.redis().suppressed().get_suppression_factor(&key).await
+                    }
+                };
+                let got = got.map_err(|e| fail(e.to_string()))?;
+                (Suppressed(got, true), Suppressed(want, true))
+            }
+        };
+        if !same(got, want) {
+            return Err(fail(format!("got {got:?}, expected {want:?}")));
+        }
+    }
+    Ok(())
+}
+
+fn provider_name(provider: &Provider) -> &'static str {
+    match provider {
+        Provider::Local => "local",
+        Provider::Redis(_) => "redis",
+    }
+}
+
+/// Runs the whole table and fails with every disagreement.
+pub async fn run_table(provider: &Provider) {
+    let prefix = super::unique_prefix("conformance");
+    let mut failures = Vec::new();
+    let table = table();
+    for (index, s) in table.iter().enumerate() {
+        if let Err(failure) = run_scenario(s, index, provider, &prefix).await {
+            failures.push(failure);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        table.len(),
+        failures.join("\n")
+    );
+}
