@@ -66,3 +66,163 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use tower::{Layer, Service, ServiceExt};
+
+    use crate::layer::extract::Key;
+    use crate::layer::provider::{AsyncProvider, DecisionFuture, Strategy};
+    use crate::layer::{ProviderErrorPolicy, RateLimitLayer};
+    use crate::local::LocalRateLimiterOptions;
+    use crate::{Error, ManualClock, RateLimit, RateLimiter, RateLimiterBuilder};
+
+    /// Answers from the local limiter after one trip through the executor, like a network
+    /// provider would.
+    struct Deferred(Arc<RateLimiter>);
+
+    impl AsyncProvider for Deferred {
+        fn inc(&self, key: &Key, rate: RateLimit, cost: u64) -> DecisionFuture {
+            let (rl, key) = (self.0.clone(), key.clone());
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                rl.local().absolute().try_inc(key.as_str(), &rate, cost)
+            })
+        }
+    }
+
+    /// Always fails, like an unreachable Redis.
+    struct Down;
+
+    impl AsyncProvider for Down {
+        fn inc(&self, _: &Key, _: RateLimit, _: u64) -> DecisionFuture {
+            Box::pin(async {
+                Err(Error::InvalidKey {
+                    key: "k".into(),
+                    reason: "stand-in for a provider failure",
+                })
+            })
+        }
+    }
+
+    /// Panics when called without a `poll_ready` first; a clone starts unready.
+    struct Strict {
+        ready: bool,
+    }
+
+    impl Clone for Strict {
+        fn clone(&self) -> Self {
+            Strict { ready: false }
+        }
+    }
+
+    impl Service<Request<()>> for Strict {
+        type Response = Response<Bytes>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            assert!(self.ready, "called a service that was not polled ready");
+            self.ready = false;
+            Box::pin(async { Ok(Response::new(Bytes::from_static(b"ok"))) })
+        }
+    }
+
+    fn limiter() -> Arc<RateLimiter> {
+        Arc::new(
+            RateLimiterBuilder::new(LocalRateLimiterOptions {
+                window_size_seconds: 10.try_into().unwrap(),
+                rate_group_size_ms: 100.try_into().unwrap(),
+                hard_limit_factor: Default::default(),
+                suppression_factor_cache_ms: Default::default(),
+            })
+            .clock(ManualClock::new(0))
+            .build()
+            .unwrap(),
+        )
+    }
+
+    fn request() -> Request<()> {
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert("192.0.2.1:5000".parse::<SocketAddr>().unwrap());
+        req
+    }
+
+    fn builder(rl: &Arc<RateLimiter>) -> crate::layer::RateLimitLayerBuilder {
+        RateLimitLayer::builder(rl.clone())
+            .rate(RateLimit::try_from(0.2).unwrap())
+            .strategy(Strategy::Absolute)
+    }
+
+    #[tokio::test]
+    async fn an_async_decision_calls_the_service_that_was_polled_ready() {
+        let rl = limiter();
+        let layer = builder(&rl)
+            .async_provider(Arc::new(Deferred(rl.clone())))
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(Strict { ready: false });
+        for _ in 0..2 {
+            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+        let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key(http::header::RETRY_AFTER));
+        assert_eq!(rl.local().absolute().usage("192.0.2.1"), 2);
+    }
+
+    #[tokio::test]
+    async fn provider_failures_fail_open_by_default_and_are_counted() {
+        let rl = limiter();
+        let layer = builder(&rl).async_provider(Arc::new(Down)).build().unwrap();
+        let mut svc = layer.layer(Strict { ready: false });
+        for _ in 0..5 {
+            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+        assert_eq!(layer.provider_errors(), 5);
+    }
+
+    #[tokio::test]
+    async fn provider_failures_can_fail_closed() {
+        let rl = limiter();
+        let layer = builder(&rl)
+            .async_provider(Arc::new(Down))
+            .on_provider_error(ProviderErrorPolicy::FailClosed)
+            .build()
+            .unwrap();
+        let resp = layer
+            .layer(Strict { ready: false })
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(layer.provider_errors(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_local_path_calls_the_inner_service_in_place() {
+        let rl = limiter();
+        let mut svc = builder(&rl).build().unwrap().layer(Strict { ready: false });
+        for _ in 0..2 {
+            let resp = svc.ready().await.unwrap().call(request()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+    }
+}
