@@ -71,7 +71,7 @@ impl AbsoluteState {
     pub(crate) fn inc(&mut self, geo: &Geometry, call: Call) -> RateLimitDecision {
         self.rate = call.rate;
         self.window.expire(geo, call.now_ms);
-        if capacity::fits(self.window.total() + call.count, call.cap) {
+        if capacity::fits_more(self.window.total(), call.count, call.cap) {
             self.window.add(geo, call.now_ms, call.count);
             RateLimitDecision::Allowed
         } else {
@@ -83,7 +83,7 @@ impl AbsoluteState {
     pub(crate) fn check(&mut self, geo: &Geometry, now_ms: u64) -> RateLimitDecision {
         self.window.expire(geo, now_ms);
         let cap = capacity::of(self.rate, geo.window_seconds());
-        if capacity::fits(self.window.total() + 1, cap) {
+        if capacity::fits_more(self.window.total(), 1, cap) {
             RateLimitDecision::Allowed
         } else {
             self.rejection(geo, now_ms, 1, cap)
@@ -94,7 +94,7 @@ impl AbsoluteState {
     fn rejection(&self, geo: &Geometry, now_ms: u64, count: u64, cap: f64) -> RateLimitDecision {
         let (retry_after_ms, remaining_after_waiting) = self
             .window
-            .release_until(geo, now_ms, |left| capacity::fits(left + count, cap))
+            .release_until(geo, now_ms, |left| capacity::fits_more(left, count, cap))
             .unwrap_or((u64::MAX, 0));
         RateLimitDecision::Rejected {
             window_size_seconds: geo.window_seconds(),

@@ -134,6 +134,14 @@ pub(crate) mod capacity {
         used as f64 <= capacity * (1.0 + SLACK)
     }
 
+    /// Whether `more` units on top of `used` fit in `capacity`; a sum past `u64::MAX` does
+    /// not (capacities above it exist: `rate` is any finite f64).
+    #[inline]
+    pub(crate) fn fits_more(used: u64, more: u64, capacity: f64) -> bool {
+        used.checked_add(more)
+            .is_some_and(|total| fits(total, capacity))
+    }
+
     /// Whether `used` units reach `limit` (the suppressed strategy's hard-limit test).
     #[inline]
     pub(crate) fn reaches(used: u64, limit: f64) -> bool {
@@ -197,6 +205,8 @@ mod tests {
         assert!(capacity::fits(7, capacity::of(0.7, 10)));
         assert!(!capacity::fits(8, capacity::of(0.7, 10)));
         assert!(!capacity::fits(11, capacity::of(0.7, 15)));
+        assert!(capacity::fits_more(6, 1, 7.0));
+        assert!(!capacity::fits_more(u64::MAX, 1, 1e20), "a wrapped sum never fits");
         assert!(RateLimit::per_minute(f64::NAN).is_err());
         assert!((RateLimit::per_minute(30.0).unwrap().get() - 0.5).abs() < 1e-12);
     }

@@ -76,6 +76,14 @@ impl SuppressedState {
         }
         self.window.expire(geo, now_ms);
         let total = self.window.total();
+        // Observed usage past `u64::MAX` cannot be recorded (only counts near 2^63 on a
+        // capacity above 2^64 get here): decline as over the limit, recording nothing.
+        if total.observed.checked_add(count).is_none() {
+            return RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false,
+            };
+        }
         if capacity::reaches(total.observed, cap * params.hard_limit_factor) {
             self.record(geo, now_ms, 0, count);
             return RateLimitDecision::Suppressed {
@@ -83,7 +91,7 @@ impl SuppressedState {
                 is_allowed: false,
             };
         }
-        if capacity::fits(total.accepted + count, cap) {
+        if capacity::fits_more(total.accepted, count, cap) {
             self.record(geo, now_ms, count, count);
             return RateLimitDecision::Allowed;
         }
@@ -109,7 +117,7 @@ impl SuppressedState {
         let total = self.window.total();
         if capacity::reaches(total.observed, cap * params.hard_limit_factor) {
             1.0
-        } else if capacity::fits(total.accepted + 1, cap) {
+        } else if capacity::fits_more(total.accepted, 1, cap) {
             0.0
         } else {
             self.formula(geo, now_ms)
