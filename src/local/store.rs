@@ -50,13 +50,18 @@ impl<S> KeyStore<S> {
     /// Keeps the keys for which `keep` holds; gives the freed table space back when the map
     /// has shrunk to under a quarter of its capacity. Returns how many keys were removed.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, state| keep(state.get_mut()));
-        let after = self.map.len();
-        if after * 4 < self.map.capacity() {
+        // Counted as they go: calls may add keys while the pass runs, so the map's length
+        // before and after says nothing about how many were removed.
+        let mut removed = 0;
+        self.map.retain(|_, state| {
+            let kept = keep(state.get_mut());
+            removed += usize::from(!kept);
+            kept
+        });
+        if self.map.len() * 4 < self.map.capacity() {
             self.map.shrink_to_fit();
         }
-        before - after
+        removed
     }
 
     pub(crate) fn len(&self) -> usize {
