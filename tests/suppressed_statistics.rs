@@ -121,7 +121,10 @@ fn load_between_capacity_and_hard_limit_settles_at_the_rate() {
                 let seconds = simulate(load, 1.5, group_ms, seed, 4);
                 let what = format!("load {load}× r, group {group_ms} ms, seed {seed}");
                 let mut shed = 0;
+                let (mut low, mut high) = (u64::MAX, 0);
                 for (from, span) in spans_after_the_first_window(&seconds) {
+                    low = low.min(span.admitted);
+                    high = high.max(span.admitted);
                     assert!(
                         within(span.admitted),
                         "{what}: {} admitted in [{from} s, {} s), want {CAPACITY} ± 5 %",
@@ -134,6 +137,9 @@ fn load_between_capacity_and_hard_limit_settles_at_the_rate() {
                     );
                     shed += span.shed_by_factor;
                 }
+                println!(
+                    "{what}: every window after the first admitted {low}..={high} of {CAPACITY}"
+                );
                 // The rate is held by shedding, not by step 2 alone.
                 assert!(shed > 0, "{what}: no call was shed");
                 let first = window_from(&seconds, 0);
