@@ -35,9 +35,7 @@ impl Key {
     pub fn from_ip(ip: IpAddr, ipv6_prefix: u8) -> Self {
         let mut out = CompactString::default();
         match normalize_ip(ip) {
-            IpAddr::V4(v4) => {
-                let _ = write!(out, "{v4}");
-            }
+            IpAddr::V4(v4) => return Key(ipv4_text(v4)),
             IpAddr::V6(v6) if ipv6_prefix >= 128 => {
                 let _ = write!(out, "{v6}");
             }
@@ -71,6 +69,31 @@ impl From<String> for Key {
     fn from(value: String) -> Self {
         Key(CompactString::from(value))
     }
+}
+
+/// Dotted-quad text without the formatting machinery (the peer-IP key is on every
+/// request's path).
+fn ipv4_text(ip: std::net::Ipv4Addr) -> CompactString {
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    let text = std::str::from_utf8(&buf[..len]).expect("ASCII digits and dots");
+    CompactString::new(text)
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries; any
@@ -500,6 +523,14 @@ mod tests {
             .header(h);
         let req = req_from(peer, header);
         ex.extract(&RequestHead::from(&req))
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "1.20.199.250"] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ipv4_text(ip), ip.to_string());
+        }
     }
 
     #[test]
