@@ -14,15 +14,17 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct MonotonicClock {
     clock: quanta::Clock,
-    origin: quanta::Instant,
+    /// The epoch as a raw counter reading: each read is one counter read, one scaling
+    /// multiply and a divide by a constant, with no `Instant` or `Duration` in between.
+    origin_raw: u64,
 }
 
 impl MonotonicClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
-        let origin = clock.now();
-        MonotonicClock { clock, origin }
+        let origin_raw = clock.raw();
+        MonotonicClock { clock, origin_raw }
     }
 }
 
@@ -35,7 +37,7 @@ impl Default for MonotonicClock {
 impl Clock for MonotonicClock {
     #[inline]
     fn now_ms(&self) -> u64 {
-        self.clock.now().duration_since(self.origin).as_millis() as u64
+        self.clock.delta_as_nanos(self.origin_raw, self.clock.raw()) / 1_000_000
     }
 }
 

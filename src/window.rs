@@ -43,6 +43,7 @@ impl Geometry {
         self.window_ms / 1000
     }
 
+    #[cfg(feature = "redis-tokio")]
     pub(crate) fn group_ms(&self) -> u64 {
         self.group_ms
     }
@@ -58,10 +59,17 @@ impl Geometry {
         now_ms.saturating_sub(self.window_ms) / self.group_ms
     }
 
-    /// The first instant at which bucket `id` no longer counts.
+    /// The first instant after bucket `id`: `now_ms < end_of(id)` iff `bucket_of(now_ms) <= id`.
+    #[inline]
+    pub(crate) fn end_of(&self, id: u64) -> u64 {
+        (id + 1) * self.group_ms
+    }
+
+    /// The first instant at which bucket `id` no longer counts: `now_ms < expires_at(id)` iff
+    /// `id >= oldest_live(now_ms)`.
     #[inline]
     pub(crate) fn expires_at(&self, id: u64) -> u64 {
-        (id + 1) * self.group_ms + self.window_ms
+        self.end_of(id) + self.window_ms
     }
 }
 
@@ -141,7 +149,8 @@ impl<C: Counts> Window<C> {
     /// Drops the buckets that no longer count at `now_ms`.
     #[inline]
     pub(crate) fn expire(&mut self, geo: &Geometry, now_ms: u64) {
-        if self.is_empty() || self.oldest_id() >= geo.oldest_live(now_ms) {
+        // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
+        if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
             return;
         }
         self.expire_slow(geo.oldest_live(now_ms));
@@ -177,12 +186,16 @@ impl<C: Counts> Window<C> {
     #[inline]
     pub(crate) fn add(&mut self, geo: &Geometry, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero());
-        let id = geo.bucket_of(now_ms);
         if self.is_empty() {
-            self.newest = Bucket { id, counts };
-        } else if id <= self.newest.id {
+            self.newest = Bucket {
+                id: geo.bucket_of(now_ms),
+                counts,
+            };
+        } else if now_ms < geo.end_of(self.newest.id) {
+            // `bucket_of(now_ms) <= newest.id` without the divide: the common case.
             self.newest.counts.add(counts);
         } else {
+            let id = geo.bucket_of(now_ms);
             let previous = std::mem::replace(&mut self.newest, Bucket { id, counts });
             self.older
                 .get_or_insert_with(Default::default)
@@ -221,7 +234,7 @@ impl<C: Counts> Window<C> {
         let cutoff = now_ms.saturating_sub(span_ms);
         let mut sum = C::default();
         for bucket in self.buckets().rev() {
-            if (bucket.id + 1) * geo.group_ms() <= cutoff {
+            if geo.end_of(bucket.id) <= cutoff {
                 break;
             }
             sum.add(bucket.counts);
