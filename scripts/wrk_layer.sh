@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Requests per second of the same axum app without and with RateLimitLayer (local
+# provider, a rate it never reaches), over loopback with wrk. Bounded: ROUNDS x 2 runs of
+# DURATION each.
+#
+#   scripts/wrk_layer.sh                 # defaults: 3 rounds of 10 s, 64 connections
+#   DURATION=5s ROUNDS=2 scripts/wrk_layer.sh
+#
+# Needs wrk (`apt-get install wrk`). On a machine with two or more CPUs the server is
+# pinned to CPU 0 with one tokio worker and wrk to CPU 1, so the two do not fight over a
+# core; the bare and layered servers never run at the same time. Prints each run and the
+# ratio of the medians (target: layer >= 97% of bare).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+PORT=${PORT:-3917}
+HOST=127.0.0.1 # loopback only
+
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+
+cargo build --release --quiet --example axum --features axum
+BIN=target/release/examples/axum
+
+SERVER_PIN=()
+CLIENT_PIN=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    SERVER_PIN=(taskset -c 0)
+    CLIENT_PIN=(taskset -c 1)
+    export TOKIO_WORKER_THREADS=1
+fi
+
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null || true; }
+trap cleanup EXIT
+
+# run MODE: starts the server, runs wrk once, prints requests/s.
+run() {
+    "${SERVER_PIN[@]}" "$BIN" --bench-target "$1" "$PORT" >/dev/null &
+    server=$!
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "http://$HOST:$PORT/" && break
+        sleep 0.05
+    done
+    local rps
+    rps=$("${CLIENT_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://$HOST:$PORT/" \
+        | awk '/Requests\/sec/ {print $2}')
+    kill "$server"
+    wait "$server" 2>/dev/null || true
+    server=""
+    echo "$rps"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+bare=()
+layer=()
+for round in $(seq 1 "$ROUNDS"); do
+    b=$(run bare)
+    l=$(run layer)
+    echo "round $round: bare $b req/s, layer $l req/s"
+    bare+=("$b")
+    layer+=("$l")
+done
+mb=$(printf '%s\n' "${bare[@]}" | median)
+ml=$(printf '%s\n' "${layer[@]}" | median)
+awk -v b="$mb" -v l="$ml" 'BEGIN {
+    printf "median: bare %.0f req/s, layer %.0f req/s, layer/bare = %.1f%%\n", b, l, 100 * l / b
+}'
