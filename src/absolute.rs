@@ -103,6 +103,15 @@ impl AbsoluteState {
         }
     }
 
+    /// Records `count` admitted units decided elsewhere (the hybrid provider's shares).
+    #[cfg(feature = "redis-tokio")]
+    #[inline]
+    pub(crate) fn record(&mut self, geo: &Geometry, now_ms: u64, rate: f64, count: u64) {
+        self.rate = rate;
+        self.window.expire(geo, now_ms);
+        self.window.add(geo, now_ms, count);
+    }
+
     /// Admitted usage still inside the window at `now_ms`.
     pub(crate) fn usage(&mut self, geo: &Geometry, now_ms: u64) -> u64 {
         self.window.expire(geo, now_ms);

@@ -66,6 +66,10 @@ pub use config::{
 };
 pub use decision::RateLimitDecision;
 pub use error::Error;
+
+/// The seeds' name for [`Error`], so code written against them compiles with only the crate
+/// name changed (`fn main() -> Result<(), sluicegate::TrypemaError>`).
+pub type TrypemaError = Error;
 pub use random::{RandomSource, SeededRandom, ThreadRandom};
 
 use local::{LocalRateLimiter, LocalRateLimiterOptions};
@@ -86,6 +90,8 @@ pub struct RateLimiter {
     local: LocalRateLimiter,
     #[cfg(feature = "redis-tokio")]
     redis: crate::redis::RedisRateLimiter,
+    #[cfg(feature = "redis-tokio")]
+    hybrid: crate::hybrid::HybridRateLimiter,
     window_seconds: u64,
     cleanup: cleanup::CleanupHandle,
 }
@@ -134,9 +140,22 @@ impl RateLimiter {
         &self.redis
     }
 
+    /// The hybrid provider: decisions from local state with no Redis I/O, flushed to Redis
+    /// in the background every `sync_interval_ms`, with Redis-wide limits (see
+    /// [`hybrid`](crate::hybrid)). On a limiter built without Redis options, every call
+    /// returns [`Error::RedisNotConfigured`].
+    #[cfg(feature = "redis-tokio")]
+    pub fn hybrid(&self) -> &crate::hybrid::HybridRateLimiter {
+        &self.hybrid
+    }
+
     /// Drops every key with no usage left in its window, in every provider; returns how many.
+    /// Hybrid keys stay while they hold unsent increments or a live lease.
     pub fn cleanup(&self) -> usize {
-        self.local.cleanup()
+        let removed = self.local.cleanup();
+        #[cfg(feature = "redis-tokio")]
+        let removed = removed + self.hybrid.cleanup();
+        removed
     }
 
     /// Starts a background thread that calls [`cleanup`](Self::cleanup) every half window
@@ -168,6 +187,7 @@ struct RedisBuilderParts {
     connection: Option<(crate::redis::RedisConnection, crate::redis::RedisSettings)>,
     timeout: Duration,
     test_clock: Option<Arc<dyn Clock>>,
+    hybrid_max_pending_buckets: usize,
 }
 
 impl RateLimiterBuilder {
@@ -183,6 +203,7 @@ impl RateLimiterBuilder {
                 connection: None,
                 timeout: crate::redis::DEFAULT_REDIS_TIMEOUT,
                 test_clock: None,
+                hybrid_max_pending_buckets: crate::hybrid::DEFAULT_MAX_PENDING_BUCKETS,
             },
         }
     }
@@ -227,6 +248,16 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// The hybrid provider's memory bound: how many buckets of increments not yet in Redis
+    /// (during an outage) it holds before dropping the oldest (default
+    /// [`DEFAULT_MAX_PENDING_BUCKETS`](crate::hybrid::DEFAULT_MAX_PENDING_BUCKETS)). At
+    /// least 1.
+    #[cfg(feature = "redis-tokio")]
+    pub fn hybrid_max_pending_buckets(mut self, buckets: usize) -> Self {
+        self.redis.hybrid_max_pending_buckets = buckets.max(1);
+        self
+    }
+
     /// Tests only: the Redis scripts take "now" from `clock` instead of the server's `TIME`,
     /// so a test can drive Redis and the local provider from one [`ManualClock`]. Never use
     /// it in production: instances with different clocks would disagree.
@@ -239,6 +270,10 @@ impl RateLimiterBuilder {
 
     /// Checks the options together and builds the limiter.
     pub fn build(self) -> Result<RateLimiter, Error> {
+        #[cfg(feature = "redis-tokio")]
+        let clock = self.clock.clone();
+        #[cfg(feature = "redis-tokio")]
+        let max_pending = self.redis.hybrid_max_pending_buckets;
         #[cfg(feature = "redis-tokio")]
         let redis = {
             let parts = self.redis;
@@ -258,11 +293,15 @@ impl RateLimiterBuilder {
             };
             crate::redis::RedisRateLimiter::new(core)
         };
+        #[cfg(feature = "redis-tokio")]
+        let hybrid = crate::hybrid::HybridRateLimiter::new(redis.core(), clock, max_pending);
         let local = LocalRateLimiter::new(&self.local, self.clock, self.random)?;
         Ok(RateLimiter {
             local,
             #[cfg(feature = "redis-tokio")]
             redis,
+            #[cfg(feature = "redis-tokio")]
+            hybrid,
             window_seconds: self.local.window_size_seconds.get(),
             cleanup: Default::default(),
         })

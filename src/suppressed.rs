@@ -143,8 +143,9 @@ impl SuppressedState {
         (1.0 - self.rate / perceived).clamp(0.0, 1.0)
     }
 
+    /// Records a call's outcome (also one decided elsewhere: the hybrid provider's shares).
     #[inline]
-    fn record(&mut self, geo: &Geometry, now_ms: u64, accepted: u64, observed: u64) {
+    pub(crate) fn record(&mut self, geo: &Geometry, now_ms: u64, accepted: u64, observed: u64) {
         self.window.add(geo, now_ms, Usage { accepted, observed });
     }
 

@@ -1,9 +1,123 @@
-//! The hybrid provider's settings: decisions from local state, flushed to Redis in batches.
+//! The hybrid provider: decisions from local state with no Redis I/O, Redis-wide limits.
 //!
-//! For now this module holds only [`SyncIntervalMs`], the knob
-//! [`RedisRateLimiterOptions`](crate::redis::RedisRateLimiterOptions) carries for it.
+//! ```no_run
+//! use std::sync::Arc;
+//! use sluicegate::{RateLimit, RateLimitDecision, RateLimiter, RateLimiterOptions};
+//! use sluicegate::hybrid::SyncIntervalMs;
+//! use sluicegate::local::LocalRateLimiterOptions;
+//! use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
+//!
+//! # async fn run() -> Result<(), sluicegate::Error> {
+//! let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+//! let connection_manager = client.get_connection_manager().await?;
+//! let local = LocalRateLimiterOptions {
+//!     window_size_seconds: 60.try_into()?,
+//!     rate_group_size_ms: 10.try_into()?,
+//!     hard_limit_factor: 1.5.try_into()?,
+//!     suppression_factor_cache_ms: Default::default(),
+//! };
+//! let rl = Arc::new(RateLimiter::new(RateLimiterOptions {
+//!     local,
+//!     redis: RedisRateLimiterOptions {
+//!         connection_manager,
+//!         prefix: None,
+//!         window_size_seconds: local.window_size_seconds,
+//!         rate_group_size_ms: local.rate_group_size_ms,
+//!         hard_limit_factor: local.hard_limit_factor,
+//!         suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+//!         sync_interval_ms: SyncIntervalMs::try_from(10)?,
+//!     },
+//! }));
+//! let key = RedisKey::try_from("user_123")?;
+//! let rate = RateLimit::try_from(10.0)?;
+//! if rl.hybrid().absolute().inc(&key, &rate, 1).await?.is_allowed() { /* serve */ }
+//! println!("{:?}", rl.hybrid().stats());
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//! A call never waits on Redis: it reads and updates the key's in-process state and
+//! returns. A background task, the committer (started on the tokio runtime the limiter is
+//! built in, or on the first hybrid call; it ends when the limiter is dropped), wakes every
+//! `sync_interval_ms` and sends, in **one pipelined round trip** (up to 512 keys a
+//! pipeline; more keys, more pipelines sent at once), one script call per key touched since
+//! the last cycle. The script:
+//!
+//! 1. adds the key's unsent increments to the same Redis keys, buckets and TTLs the Redis
+//!    provider uses (each increment carries its grid-aligned bucket id, on the server's
+//!    clock, learned from the script's `TIME`); a bucket already out of the window is
+//!    dropped, as it no longer counts;
+//! 2. grants this instance a **lease**: `(C − A − L) / N`, where `A` is the key's accepted
+//!    usage in Redis, `L` the unspent leases of the other instances holding a live lease on
+//!    the key and `N` those instances plus this one (at least the largest count this
+//!    instance could not fit, if that much is left, so a share below one call does not
+//!    strand the last units);
+//! 3. returns what the instance decides on until the next cycle: the lease, the key's
+//!    usage, the wait until a unit fits, and for the suppressed strategy the key's global
+//!    suppression factor and hard-limit state.
+//!
+//! Between cycles an instance admits a call outright while the units it admitted since its
+//! last refresh plus the call fit its lease. Past that, the absolute strategy rejects (the
+//! retry time is the refresh's wait, or one sync interval when other instances hold the
+//! rest) and the suppressed strategy admits with probability `1 − sf`, `sf` the key's global
+//! factor. Each key is refreshed by the committer at most once per cycle, however many
+//! callers hit it: there is no thundering herd. A new key (or one idle longer than a
+//! lease) admits up to `max(1, rate × sync_interval)` units before its first refresh under
+//! the absolute strategy; under the suppressed one it is decided as in an outage (below)
+//! until then.
+//!
+//! # How far several instances can over-admit
+//! Leases are reserved in Redis, so at each grant `A + L + lease ≤ C`, and an instance
+//! admits outright only within its lease: in steady operation the admitted usage of a key
+//! never exceeds `C` by more than
+//!
+//! - what instances admit for it before their first refresh, at most
+//!   `N × max(1, rate × sync_interval)`, and
+//! - what an instance admits during one Redis round trip beyond its next lease (increments
+//!   made while a refresh is in flight count against the lease it returns),
+//!
+//! plus, for the suppressed strategy, its probabilistic admissions above capacity, which are
+//! by design (`rate` at steady load). A lease lives `max(5 × sync_interval, 50 ms)`; the
+//! lease of an instance that dies is freed after that. Decisions lag Redis by about one
+//! sync interval. The test `tests/hybrid_accuracy.rs` holds four instances hammering one
+//! key to 0.9–1.05 × capacity.
+//!
+//! # Redis outages
+//! When a cycle fails (logged with `tracing`, counted in [`HybridStats::flush_errors`]),
+//! increments stay in memory and the failed batches are sent again, under the same sequence
+//! number, on every later cycle. The script applies a batch only if its sequence number is
+//! above the last one it applied for this instance and key, so a batch whose reply was lost
+//! lands exactly once. Leases still valid are used up; after that each instance decides on
+//! its own usage against `1 / N` of the capacity (`N` the holders it last saw), with the
+//! local core's algorithm. Memory stays bounded: unsent buckets that leave the window are
+//! dropped ([`HybridStats::units_expired`]), and past
+//! [`RateLimiterBuilder::hybrid_max_pending_buckets`](crate::RateLimiterBuilder::hybrid_max_pending_buckets)
+//! (default 1,000,000 buckets) the oldest are dropped and counted in
+//! [`HybridStats::units_dropped`].
+//!
+//! # Runtime
+//! The committer is a tokio task: on a `current_thread` runtime it runs only when callers
+//! yield, so a loop that only calls `inc` (which never awaits) should yield now and then, or
+//! run on a multi-thread runtime.
 
-use crate::Error;
+mod committer;
+mod state;
+mod stats;
+
+use std::sync::Arc;
+
+pub use stats::HybridStats;
+
+use crate::absolute::{Call, checked_capacity};
+use crate::redis::{Core, RedisKey};
+use crate::{Clock, Error, RateLimit, RateLimitDecision};
+use committer::Shared;
+use state::{AbsoluteKey, Ctx, SuppressedKey};
+
+/// The memory bound on unsent increments unless
+/// [`RateLimiterBuilder::hybrid_max_pending_buckets`](crate::RateLimiterBuilder::hybrid_max_pending_buckets)
+/// says otherwise.
+pub const DEFAULT_MAX_PENDING_BUCKETS: usize = 1_000_000;
 
 /// How often the hybrid provider flushes local increments to Redis, in milliseconds: at
 /// least 1. Default 10. A good rule of thumb is at most the rate group size.
@@ -49,6 +163,215 @@ impl From<SyncIntervalMs> for u64 {
 impl std::fmt::Display for SyncIntervalMs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+fn shared_of(shared: &Option<Arc<Shared>>) -> Result<&Arc<Shared>, Error> {
+    let shared = shared.as_ref().ok_or(Error::RedisNotConfigured)?;
+    shared.ensure_started();
+    Ok(shared)
+}
+
+fn ctx(shared: &Shared) -> Ctx<'_> {
+    Ctx {
+        geo: &shared.core.geo,
+        params: &shared.core.params,
+        sync_ms: shared.core.sync_interval_ms.get(),
+        healthy: shared.healthy.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+/// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
+///
+/// On a limiter built without Redis options every call returns
+/// [`Error::RedisNotConfigured`].
+#[derive(Debug, Clone)]
+pub struct HybridRateLimiter {
+    shared: Option<Arc<Shared>>,
+    absolute: AbsoluteHybridRateLimiter,
+    suppressed: SuppressedHybridRateLimiter,
+}
+
+impl HybridRateLimiter {
+    pub(crate) fn new(
+        core: Option<&Arc<Core>>,
+        clock: Arc<dyn Clock>,
+        max_pending_buckets: usize,
+    ) -> Self {
+        let shared =
+            core.map(|core| Arc::new(Shared::new(core.clone(), clock, max_pending_buckets)));
+        if let Some(shared) = &shared {
+            // Inside a runtime already: start now, so the first call finds a lease sooner.
+            shared.start();
+        }
+        HybridRateLimiter {
+            absolute: AbsoluteHybridRateLimiter {
+                shared: shared.clone(),
+            },
+            suppressed: SuppressedHybridRateLimiter {
+                shared: shared.clone(),
+            },
+            shared,
+        }
+    }
+
+    /// The absolute strategy: admit up to capacity, reject the rest with a retry time.
+    pub fn absolute(&self) -> &AbsoluteHybridRateLimiter {
+        &self.absolute
+    }
+
+    /// The suppressed strategy: shed load probabilistically between capacity and the hard
+    /// limit.
+    pub fn suppressed(&self) -> &SuppressedHybridRateLimiter {
+        &self.suppressed
+    }
+
+    /// The committer's counters (all zero without Redis).
+    pub fn stats(&self) -> HybridStats {
+        self.shared
+            .as_ref()
+            .map_or_else(HybridStats::default, |s| s.stats.snapshot())
+    }
+
+    /// Runs one flush-and-refresh cycle now and waits for it (it waits for a running one
+    /// first): before a graceful shutdown, or in tests.
+    ///
+    /// # Errors
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis. A failed flush is not
+    /// an error here: it is counted in [`HybridStats::flush_errors`] and retried.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let shared = shared_of(&self.shared)?;
+        shared.cycle().await;
+        Ok(())
+    }
+
+    /// Keys held in memory, both strategies.
+    pub fn key_count(&self) -> usize {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.absolute.len() + s.suppressed.len())
+    }
+
+    /// Drops keys with nothing unsent, no live lease and no usage of this instance left in
+    /// the window; returns how many.
+    pub(crate) fn cleanup(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.cleanup())
+    }
+}
+
+/// `rl.hybrid().absolute()`: the absolute strategy, decided in process on a lease of the
+/// key's Redis-wide capacity.
+#[derive(Debug, Clone)]
+pub struct AbsoluteHybridRateLimiter {
+    shared: Option<Arc<Shared>>,
+}
+
+impl AbsoluteHybridRateLimiter {
+    /// Admits `count` units for `key` if they fit this instance's lease (see the module
+    /// docs); never waits on Redis.
+    ///
+    /// # Errors
+    /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and [`Error::CountAboveCapacity`]
+    /// for a call that can never be served (nothing is recorded);
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis failures are
+    /// never returned here: the committer counts and logs them.
+    pub async fn inc(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, Error> {
+        let shared = shared_of(&self.shared)?;
+        let rate = rate.get();
+        let cap = checked_capacity(rate, shared.core.geo.window_seconds(), count)?;
+        let now = shared.now();
+        let call = Call {
+            now_ms: now.server,
+            rate,
+            count,
+            cap,
+        };
+        let ctx = ctx(shared);
+        if let Some(mut state) = shared.absolute.get_mut(key.as_str()) {
+            return Ok(state.inc(&ctx, now, call));
+        }
+        let mut state = shared
+            .absolute
+            .entry(key.as_str().into())
+            .or_insert_with(|| AbsoluteKey::new(rate, cap));
+        Ok(state.inc(&ctx, now, call))
+    }
+
+    /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, from
+    /// local state. Records nothing; a key this instance has not seen is `Allowed`.
+    ///
+    /// # Errors
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
+    pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, Error> {
+        let shared = shared_of(&self.shared)?;
+        let now = shared.now();
+        let ctx = ctx(shared);
+        Ok(shared
+            .absolute
+            .get_mut(key.as_str())
+            .map_or(RateLimitDecision::Allowed, |mut s| s.check(&ctx, now)))
+    }
+}
+
+/// `rl.hybrid().suppressed()`: the suppressed strategy, decided in process; above this
+/// instance's lease it sheds with the key's Redis-wide suppression factor.
+#[derive(Debug, Clone)]
+pub struct SuppressedHybridRateLimiter {
+    shared: Option<Arc<Shared>>,
+}
+
+impl SuppressedHybridRateLimiter {
+    /// Decides one call: `Allowed` within the lease, `Suppressed { is_allowed, .. }` beyond
+    /// it (always check `is_allowed`). Every call counts as observed.
+    ///
+    /// # Errors
+    /// As [`AbsoluteHybridRateLimiter::inc`].
+    pub async fn inc(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, Error> {
+        let shared = shared_of(&self.shared)?;
+        let rate = rate.get();
+        let cap = checked_capacity(rate, shared.core.geo.window_seconds(), count)?;
+        let now = shared.now();
+        let call = Call {
+            now_ms: now.server,
+            rate,
+            count,
+            cap,
+        };
+        let ctx = ctx(shared);
+        let draw = || shared.core.random.next_f64();
+        if let Some(mut state) = shared.suppressed.get_mut(key.as_str()) {
+            return Ok(state.inc(&ctx, now, call, draw));
+        }
+        let mut state = shared
+            .suppressed
+            .entry(key.as_str().into())
+            .or_insert_with(|| SuppressedKey::new(rate, cap));
+        Ok(state.inc(&ctx, now, call, draw))
+    }
+
+    /// The key's suppression factor now, in `[0, 1]`, from local state: 0 within the lease
+    /// or for a key this instance has not seen, 1 over the hard limit. Records nothing.
+    ///
+    /// # Errors
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
+    pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, Error> {
+        let shared = shared_of(&self.shared)?;
+        let now = shared.now();
+        let ctx = ctx(shared);
+        Ok(shared
+            .suppressed
+            .get_mut(key.as_str())
+            .map_or(0.0, |mut s| s.factor(&ctx, now)))
     }
 }
 

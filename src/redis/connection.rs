@@ -79,4 +79,24 @@ impl Connection {
             }),
         }
     }
+
+    /// Sends a pipeline in one round trip (the hybrid provider's flush), under the same
+    /// deadline.
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &::redis::Pipeline,
+    ) -> Result<T, Error> {
+        let call = async {
+            match self.conn.clone() {
+                RedisConnection::Single(mut manager) => pipeline.query_async(&mut manager).await,
+                RedisConnection::Cluster(mut cluster) => pipeline.query_async(&mut cluster).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(Error::RedisTimeout {
+                timeout_ms: self.timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            }),
+        }
+    }
 }

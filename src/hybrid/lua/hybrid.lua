@@ -1,0 +1,186 @@
+-- The hybrid provider's flush-and-refresh of one limiter key (src/hybrid/committer.rs),
+-- appended to src/redis/lua/window.lua, so increments land in the same buckets, totals and
+-- TTLs the Redis provider's scripts use.
+--
+-- KEYS[1..2] as in window.lua; KEYS[3]: the key's lease hash (same hash tag), fields per
+-- instance id: 'l:'..id lease (units granted, not yet flushed), 'e:'..id lease expiry (ms),
+-- 'q:'..id the last flush sequence number applied (exactly once).
+-- ARGV[1..4] as in window.lua; mode 'a' (absolute, counter '') or 's' (suppressed,
+-- counters 'a' and 'o').
+-- ARGV[5] instance id, ARGV[6] flush sequence number (0: nothing to flush),
+-- ARGV[7] lease time to live in ms, ARGV[8] latest rate, ARGV[9] capacity,
+-- ARGV[10] units the instance could not fit in its last lease (at least 1),
+-- ARGV[11] hard limit factor, ARGV[12] number of buckets, then per bucket its id and its
+-- counts (absolute: units; suppressed: accepted, observed).
+--
+-- Returns {server now ms, 1 if the batch was applied / 0 if it was a repeat or empty,
+-- units dropped as already expired, lease (string), accepted total, live lease holders,
+-- retry wait ms (-1 never, -2 room left), usage left after it, observed total,
+-- factor (string), 1 if over the hard limit}.
+
+local inst = ARGV[5]
+local seq = tonumber(ARGV[6])
+local lease_ttl = tonumber(ARGV[7])
+local rate = tonumber(ARGV[8])
+local cap = tonumber(ARGV[9])
+local wanted = tonumber(ARGV[10])
+local hard_factor = tonumber(ARGV[11])
+local nbuckets = tonumber(ARGV[12])
+local meta = KEYS[3]
+local COUNTERS, WIDTH, ACCEPTED
+if mode == 'a' then
+  COUNTERS, WIDTH, ACCEPTED = {''}, 1, ''
+else
+  COUNTERS, WIDTH, ACCEPTED = {'a', 'o'}, 2, 'a'
+end
+
+-- Records values under counters in bucket `id`: as window.lua's add, at a given bucket.  A
+-- bucket behind the newest one counts in the newest, which expires later, never earlier.
+local function add_at(id, values)
+  local newest = redis.call('LINDEX', ids, -1)
+  local bucket
+  if newest and tonumber(newest) >= id then
+    bucket = newest
+  else
+    bucket = string.format('%d', id)
+    redis.call('RPUSH', ids, bucket)
+  end
+  for i, c in ipairs(COUNTERS) do
+    local v = values[i]
+    if v ~= 0 then
+      redis.call('HINCRBY', hash, c .. bucket, v)
+      redis.call('HINCRBY', hash, 't' .. c, v)
+    end
+  end
+  local ttl = expires_at(tonumber(bucket)) - now
+  if ttl < 1 then ttl = 1 end
+  redis.call('PEXPIRE', ids, ttl)
+  redis.call('PEXPIRE', hash, ttl)
+end
+
+expire(COUNTERS)
+
+-- 1. The batch, exactly once: a sequence number at or below the last one applied is a
+-- repeat whose reply was lost.
+local applied, expired, flushed = 0, 0, 0
+local field_q = 'q:' .. inst
+if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
+  applied = 1
+  local live = oldest_live(now)
+  local at = 13
+  for _ = 1, nbuckets do
+    local id = tonumber(ARGV[at])
+    local values = {}
+    for i = 1, WIDTH do values[i] = tonumber(ARGV[at + i]) end
+    if id < live then
+      expired = expired + values[1]
+    else
+      add_at(id, values)
+      flushed = flushed + values[1]
+    end
+    at = at + 1 + WIDTH
+  end
+  redis.call('HSET', meta, field_q, seq)
+end
+
+-- The latest rate, as the Redis provider's scripts keep it (a new rate drops a cached factor).
+if total(ACCEPTED) > 0 or total('o') > 0 then
+  if tonumber(redis.call('HGET', hash, 'r')) ~= rate then
+    if mode == 'a' then
+      redis.call('HSET', hash, 'r', ARGV[8])
+    else
+      redis.call('HSET', hash, 'r', ARGV[8], 'sfu', 0)
+    end
+  end
+end
+
+-- 2. Leases: what other live instances may still admit is not ours to grant.
+local others, holders = 0, 1
+local entries = redis.call('HGETALL', meta)
+for i = 1, #entries, 2 do
+  local f = entries[i]
+  if string.sub(f, 1, 2) == 'e:' then
+    local id = string.sub(f, 3)
+    if id ~= inst then
+      local until_ms = tonumber(entries[i + 1])
+      if until_ms > now then
+        holders = holders + 1
+        others = others + (tonumber(redis.call('HGET', meta, 'l:' .. id)) or 0)
+      elseif until_ms + W + G < now then
+        -- Gone longer than any of its batches can live: forget it entirely.
+        redis.call('HDEL', meta, f, 'l:' .. id, 'q:' .. id)
+      end
+    end
+  end
+end
+
+local used = total(ACCEPTED)
+local remaining = cap * (1 + SLACK) - used - others
+local lease = 0
+if remaining > 0 then
+  lease = remaining / holders
+  -- A share below what the instance needs for one call would strand the last units.
+  local floor_share = math.min(remaining, wanted)
+  if lease < floor_share then lease = floor_share end
+end
+redis.call('HSET', meta, 'l:' .. inst, string.format('%.17g', lease), 'e:' .. inst, now + lease_ttl)
+redis.call('PEXPIRE', meta, W + G + 2 * lease_ttl)
+
+-- 3. What the instance decides on until its next refresh.
+local wait, left = -2, used
+if not fits(used + 1, cap) then
+  -- The absolute script's walk: oldest buckets first until one more unit fits.
+  wait, left = -1, 0
+  local rest = used
+  local from = 0
+  local done = false
+  while not done do
+    local chunk = redis.call('LRANGE', ids, from, from + 31)
+    if #chunk == 0 then break end
+    for _, id in ipairs(chunk) do
+      rest = rest - (tonumber(redis.call('HGET', hash, ACCEPTED .. id)) or 0)
+      if fits(rest + 1, cap) then
+        wait = expires_at(tonumber(id)) - now
+        if wait < 0 then wait = 0 end
+        left = rest
+        done = true
+        break
+      end
+    end
+    from = from + 32
+  end
+end
+
+local observed, factor, hard = 0, 0, 0
+if mode == 's' then
+  observed = total('o')
+  if reaches(observed, cap * hard_factor) then
+    factor, hard = 1, 1
+  else
+    -- The suppressed script's formula: perceived rate = max(O / W, observed in the last second).
+    local cutoff = now - 1000
+    if cutoff < 0 then cutoff = 0 end
+    local last_second = 0
+    local from = -1
+    local done = false
+    while not done do
+      local chunk = redis.call('LRANGE', ids, from - 31, from)
+      if #chunk == 0 then break end
+      for i = #chunk, 1, -1 do
+        local id = chunk[i]
+        if (tonumber(id) + 1) * G <= cutoff then done = true break end
+        last_second = last_second + (tonumber(redis.call('HGET', hash, 'o' .. id)) or 0)
+      end
+      if #chunk < 32 then break end
+      from = from - 32
+    end
+    local perceived = math.max(observed / window_s, last_second)
+    if perceived > 0 then
+      factor = 1 - rate / perceived
+      if factor < 0 then factor = 0 elseif factor > 1 then factor = 1 end
+    end
+  end
+end
+
+return {now, applied, expired, string.format('%.17g', lease), used, holders, wait, left,
+  observed, string.format('%.17g', factor), hard}
