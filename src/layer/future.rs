@@ -41,13 +41,19 @@ pin_project! {
             response: Option<Response<Bytes>>,
         },
         Deciding {
-            decision: DecisionFuture,
-            pending: Pending,
-            service: Option<S>,
-            request: Option<Request<ReqBody>>,
-            shared: Arc<Shared>,
+            // Boxed: it holds the request and a service, and only networked providers
+            // (already a round trip) take this path; the local path's future stays small.
+            deciding: Box<Deciding<S, ReqBody>>,
         },
     }
+}
+
+struct Deciding<S, ReqBody> {
+    decision: DecisionFuture,
+    pending: Pending,
+    service: Option<S>,
+    request: Option<Request<ReqBody>>,
+    shared: Arc<Shared>,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
@@ -80,11 +86,13 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Deciding {
-                decision,
-                pending,
-                service: Some(service),
-                request: Some(request),
-                shared,
+                deciding: Box::new(Deciding {
+                    decision,
+                    pending,
+                    service: Some(service),
+                    request: Some(request),
+                    shared,
+                }),
             },
         }
     }
@@ -113,13 +121,14 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
-                StateProj::Deciding {
-                    decision,
-                    pending,
-                    service,
-                    request,
-                    shared,
-                } => {
+                StateProj::Deciding { deciding } => {
+                    let Deciding {
+                        decision,
+                        pending,
+                        service,
+                        request,
+                        shared,
+                    } = &mut **deciding;
                     let result = ready!(decision.as_mut().poll(cx));
                     let next = match shared.finish(result, pending) {
                         Verdict::Pass(note) => {
