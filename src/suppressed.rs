@@ -2,7 +2,8 @@
 //!
 //! In order: over the hard limit → declined with factor 1; below capacity → `Allowed`;
 //! otherwise admit with probability `1 − sf`, where `sf = clamp(1 − r / R, 0, 1)` and `R` is
-//! the key's perceived rate, `max(O / W, observed usage in the last second)`. At a steady
+//! the key's perceived rate, `max(O / W, observed usage in the last second)` (each sum over
+//! the time its bucket positions cover, so coarse groups do not bias it). At a steady
 //! offered load of `k·r` (`1 < k < h`) this admits `r`; at `h·r` or more the observed usage
 //! stays at or over the hard limit and everything is shed.
 
@@ -133,9 +134,24 @@ impl SuppressedState {
         self.cached_factor
     }
 
+    /// `clamp(1 − r / R, 0, 1)`, where the perceived rate `R` is the larger of the window's
+    /// and the last second's observed rate. Each sum is divided by the time its bucket
+    /// positions cover (from the grid start of the oldest position it may include, up to now,
+    /// at least a second), not by a nominal span: live buckets reach back up to one group
+    /// further than the window (or the second), so a nominal divisor overstates the rate when
+    /// groups are coarse. With fine groups this is `O / W`.
     fn formula(&self, geo: &Geometry, now_ms: u64) -> f64 {
-        let average = self.window.total().observed as f64 / geo.window_seconds() as f64;
-        let last_second = self.window.recent(geo, now_ms, RECENT_MS).observed as f64;
+        let per_second = |observed: u64, first_bucket: u64| {
+            let covered_ms = now_ms
+                .saturating_sub(first_bucket * geo.group_ms())
+                .max(RECENT_MS);
+            observed as f64 * 1000.0 / covered_ms as f64
+        };
+        let average = per_second(self.window.total().observed, geo.oldest_live(now_ms));
+        let last_second = per_second(
+            self.window.recent(geo, now_ms, RECENT_MS).observed,
+            geo.bucket_of(now_ms.saturating_sub(RECENT_MS)),
+        );
         let perceived = average.max(last_second);
         if perceived <= 0.0 {
             return 0.0;

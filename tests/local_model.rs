@@ -138,8 +138,15 @@ impl ModelKey {
             .fold((0, 0), |(a, o), e| (a + e.accepted, o + e.observed))
     }
 
-    /// `clamp(1 − r/R, 0, 1)` with `R = max(O/W, observed in the last second)`.
+    /// `clamp(1 − r/R, 0, 1)` with `R = max(O/W, observed in the last second)`, each sum
+    /// divided by the time its bucket positions cover: from the grid start of the oldest
+    /// bucket that may count (for the window) or that overlaps the last second, up to now,
+    /// at least one second.
     fn formula(&self, cfg: &Config, now: u64) -> f64 {
+        let per_second = |observed: u64, first_bucket: u64| {
+            let covered_ms = now.saturating_sub(first_bucket * cfg.group_ms).max(1000);
+            observed as f64 * 1000.0 / covered_ms as f64
+        };
         let (_, observed) = self.usage(cfg, now);
         let last_second: u64 = self
             .events
@@ -147,7 +154,12 @@ impl ModelKey {
             .filter(|e| cfg.counts_at(e, now) && cfg.in_last_second(e, now))
             .map(|e| e.observed)
             .sum();
-        let perceived = (observed as f64 / cfg.window_s as f64).max(last_second as f64);
+        let average = per_second(
+            observed,
+            now.saturating_sub(cfg.window_s * 1000) / cfg.group_ms,
+        );
+        let recent = per_second(last_second, now.saturating_sub(1000) / cfg.group_ms);
+        let perceived = average.max(recent);
         if perceived <= 0.0 {
             0.0
         } else {

@@ -277,10 +277,16 @@ pub fn table() -> Vec<Scenario> {
                 // Last second holds 5: R = 5/s beats the average 1/s.
                 Sup(1.0, 1, 0.8, Suppressed(1.0 - 1.0 / 5.0, true)),
                 At(8000),
-                // Nothing in the last second: R is the average, 11 over 10 s.
+                // Nothing in the last second: R is the average, 11 over the 10 s the live
+                // bucket positions cover.
                 Sup(1.0, 1, 0.5, Suppressed(1.0 - 1.0 / (11.0 / 10.0), true)),
                 Factor(1.0 - 1.0 / (12.0 / 10.0)),
                 Sup(1.0, 3, 0.5, Suppressed(1.0 - 1.0 / (12.0 / 10.0), true)),
+                At(9500),
+                // The last second (8.5 s, 9.5 s] overlaps bucket 8, which holds the 4 units
+                // of t=8000: they came over the 1.5 s that bucket's position covers, not a
+                // nominal second (4/s would give 0.75). The average, 15 over 10.5 s, is lower.
+                Factor(1.0 - 1.0 / (4.0 / 1.5)),
             ],
         ),
     ]

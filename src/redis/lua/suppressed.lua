@@ -1,12 +1,12 @@
--- The suppressed strategy of src/suppressed.rs.  Counters 'a' (accepted) and 'o' (observed):
--- bucket fields 'a'..id / 'o'..id, totals 'ta' / 'to'; 'r' latest rate; 'sf' / 'sfu' the
--- cached factor and the ms until which it may be reused.
+-- The suppressed strategy of src/suppressed.rs.  Counters 'o' (observed) and 'd' (declined;
+-- accepted = observed - declined): bucket fields 'o'..id / 'd'..id, totals 'to' / 'td';
+-- 'r' latest rate; 'sf' / 'sfu' the cached factor and the ms until which it may be reused.
 -- ARGV[5] hard limit factor, ARGV[6] cache ms.
 -- mode 'i' (inc): ARGV[7] rate, ARGV[8] count, ARGV[9] capacity, ARGV[10] the draw in [0, 1).
 --   Returns {0} (allowed below capacity) or {1, is_allowed (0/1), factor as a string}.
 -- mode 'f' (get_suppression_factor): returns the factor now as a string; records nothing.
 
-local COUNTERS = {'a', 'o'}
+local COUNTERS = {'o', 'd'}
 local RECENT_MS = 1000
 local hard_factor = tonumber(ARGV[5])
 
@@ -30,7 +30,7 @@ local function recent_observed()
 end
 
 local function formula(rate)
-  local average = total('o') / window_s
+  local average = totals['o'] / window_s
   local last_second = recent_observed()
   local perceived = math.max(average, last_second)
   if perceived <= 0 then return 0 end
@@ -41,39 +41,43 @@ end
 
 local function show(sf) return string.format('%.17g', sf) end
 
-expire(COUNTERS)
+local state = redis.call('HMGET', hash, 'n', 'l', 'to', 'td', 'r', 'sfu', 'sf')
+local exists = load(state, COUNTERS)
 
 if mode == 'i' then
   local rate = tonumber(ARGV[7])
   local count = tonumber(ARGV[8])
   local cap = tonumber(ARGV[9])
-  if tonumber(redis.call('HGET', hash, 'r')) ~= rate then
+  local cached_until = tonumber(state[6]) or 0
+  if not exists or tonumber(state[5]) ~= rate then
     redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0)
+    cached_until = 0
   end
-  if reaches(total('o'), cap * hard_factor) then
-    add(COUNTERS, {0, count})
+  local observed = totals['o']
+  if reaches(observed, cap * hard_factor) then
+    add(COUNTERS, {count, count})
     return {1, 0, '1'}
   end
-  if fits(total('a') + count, cap) then
-    add(COUNTERS, {count, count})
+  if fits(observed - totals['d'] + count, cap) then
+    add(COUNTERS, {count, 0})
     return {0}
   end
   local sf
-  if now < (tonumber(redis.call('HGET', hash, 'sfu')) or 0) then
-    sf = tonumber(redis.call('HGET', hash, 'sf'))
+  if now < cached_until then
+    sf = tonumber(state[7])
   else
     sf = formula(rate)
     redis.call('HSET', hash, 'sf', show(sf), 'sfu', now + tonumber(ARGV[6]))
   end
   local allowed = tonumber(ARGV[10]) >= sf
-  if allowed then add(COUNTERS, {count, count}) else add(COUNTERS, {0, count}) end
+  if allowed then add(COUNTERS, {count, 0}) else add(COUNTERS, {count, count}) end
   return {1, allowed and 1 or 0, show(sf)}
 end
 
 -- mode 'f'
-local rate = tonumber(redis.call('HGET', hash, 'r'))
-if not rate then return '0' end
+if not exists then return '0' end
+local rate = tonumber(state[5])
 local cap = rate * window_s
-if reaches(total('o'), cap * hard_factor) then return '1' end
-if fits(total('a') + 1, cap) then return '0' end
+if reaches(totals['o'], cap * hard_factor) then return '1' end
+if fits(totals['o'] - totals['d'] + 1, cap) then return '0' end
 return show(formula(rate))
