@@ -93,10 +93,15 @@ fn round_robin<T>(
     keys: &[String],
     call: impl Fn(&String) -> T,
 ) {
-    for key in keys {
-        black_box(call(key));
-    }
+    let mut created = false;
     group.bench_function(name, |b| {
+        // Here rather than before: a filtered-out case creates no keys.
+        if !created {
+            for key in keys {
+                black_box(call(key));
+            }
+            created = true;
+        }
         let mut i = 0;
         b.iter(|| {
             let key = &keys[i];
@@ -182,7 +187,10 @@ fn absolute(c: &mut Criterion) {
             round_robin(&mut g, "sluicegate", &keys, |k| {
                 rl.local().absolute().inc(k, &hot, 1)
             });
-            assert_eq!(rl.local().absolute().key_count(), n);
+            assert!(
+                [0, n].contains(&rl.local().absolute().key_count()),
+                "0 if filtered out"
+            );
         }
         {
             let tr = trypema_local();
@@ -193,7 +201,7 @@ fn absolute(c: &mut Criterion) {
         {
             let gv = governor_keyed(HOT_RATE);
             round_robin(&mut g, "governor", &keys, |k| gv.check_key(k));
-            assert_eq!(gv.len(), n);
+            assert!([0, n].contains(&gv.len()), "0 if filtered out");
         }
         g.finish();
     }
@@ -278,7 +286,10 @@ fn suppressed(c: &mut Criterion) {
             round_robin(&mut g, "sluicegate", &keys, |k| {
                 rl.local().suppressed().inc(k, &hot, 1)
             });
-            assert_eq!(rl.local().suppressed().key_count(), n);
+            assert!(
+                [0, n].contains(&rl.local().suppressed().key_count()),
+                "0 if filtered out"
+            );
         }
         {
             let tr = trypema_local();

@@ -43,7 +43,6 @@ impl Geometry {
         self.window_ms / 1000
     }
 
-    #[cfg(feature = "redis-tokio")]
     pub(crate) fn group_ms(&self) -> u64 {
         self.group_ms
     }
