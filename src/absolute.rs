@@ -17,25 +17,33 @@ pub(crate) struct Call {
 
 /// The capacity a call may use, or why the call is malformed. Shared by every provider and
 /// both strategies, so they refuse the same inputs the same way.
+#[inline]
 pub(crate) fn checked_capacity(rate: f64, window_seconds: u64, count: u64) -> Result<f64, Error> {
     let cap = capacity::of(rate, window_seconds);
+    if count != 0 && capacity::fits(1, cap) && capacity::fits(count, cap) {
+        Ok(cap)
+    } else {
+        Err(malformed(rate, window_seconds, count, cap))
+    }
+}
+
+/// Why a call that `checked_capacity` refused is malformed; off the hot path.
+#[cold]
+fn malformed(rate: f64, window_seconds: u64, count: u64, cap: f64) -> Error {
     if !capacity::fits(1, cap) {
-        return Err(Error::CapacityBelowOne {
+        Error::CapacityBelowOne {
             rate_limit: rate,
             window_size_seconds: window_seconds,
             capacity: cap,
-        });
-    }
-    if count == 0 {
-        return Err(Error::ZeroCount);
-    }
-    if !capacity::fits(count, cap) {
-        return Err(Error::CountAboveCapacity {
+        }
+    } else if count == 0 {
+        Error::ZeroCount
+    } else {
+        Error::CountAboveCapacity {
             count,
             capacity: cap,
-        });
+        }
     }
-    Ok(cap)
 }
 
 /// What the infallible absolute `inc` answers for a malformed call (see the local module docs).

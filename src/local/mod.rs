@@ -126,8 +126,12 @@ impl AbsoluteLocalRateLimiter {
     /// are one atomic step. See the module docs for malformed calls.
     #[inline]
     pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
-        self.try_inc(key, rate, count)
-            .unwrap_or_else(|err| absolute::answer_for_invalid(&err, self.geo.window_seconds()))
+        // Not through `try_inc`: moving its `Result` (the error type is large) costs more
+        // than the rest of a call.
+        match absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count) {
+            Ok(cap) => self.decide(key, rate.get(), count, cap),
+            Err(err) => absolute::answer_for_invalid(&err, self.geo.window_seconds()),
+        }
     }
 
     /// [`inc`](Self::inc), with malformed calls returned as errors.
@@ -138,17 +142,21 @@ impl AbsoluteLocalRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let rate = rate.get();
-        let cap = absolute::checked_capacity(rate, self.geo.window_seconds(), count)?;
+        let cap = absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count)?;
+        Ok(self.decide(key, rate.get(), count, cap))
+    }
+
+    /// A well-formed call, decided on the key's state now.
+    #[inline]
+    fn decide(&self, key: &str, rate: f64, count: u64, cap: f64) -> RateLimitDecision {
         let call = Call {
             now_ms: self.clock.now_ms(),
             rate,
             count,
             cap,
         };
-        Ok(self
-            .keys
-            .with(key, || AbsoluteState::new(rate), |s| s.inc(&self.geo, call)))
+        self.keys
+            .with(key, || AbsoluteState::new(rate), |s| s.inc(&self.geo, call))
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
@@ -195,8 +203,11 @@ impl SuppressedLocalRateLimiter {
     /// malformed calls.
     #[inline]
     pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
-        self.try_inc(key, rate, count)
-            .unwrap_or_else(|err| suppressed::answer_for_invalid(&err))
+        // Not through `try_inc`, as for the absolute strategy.
+        match absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count) {
+            Ok(cap) => self.decide(key, rate.get(), count, cap),
+            Err(err) => suppressed::answer_for_invalid(&err),
+        }
     }
 
     /// [`inc`](Self::inc), with malformed calls returned as errors.
@@ -207,19 +218,24 @@ impl SuppressedLocalRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let rate = rate.get();
-        let cap = absolute::checked_capacity(rate, self.geo.window_seconds(), count)?;
+        let cap = absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count)?;
+        Ok(self.decide(key, rate.get(), count, cap))
+    }
+
+    /// A well-formed call, decided on the key's state now.
+    #[inline]
+    fn decide(&self, key: &str, rate: f64, count: u64, cap: f64) -> RateLimitDecision {
         let call = Call {
             now_ms: self.clock.now_ms(),
             rate,
             count,
             cap,
         };
-        Ok(self.keys.with(
+        self.keys.with(
             key,
             || SuppressedState::new(rate),
             |s| s.inc(&self.geo, &self.params, call, || self.random.next_f64()),
-        ))
+        )
     }
 
     /// The key's suppression factor now, in `[0, 1]`: 0 below capacity or for an unknown
