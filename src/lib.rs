@@ -142,7 +142,7 @@ impl RateLimiter {
 
     /// The hybrid provider: decisions from local state with no Redis I/O, flushed to Redis
     /// in the background every `sync_interval_ms`, with Redis-wide limits (see
-    /// [`hybrid`](crate::hybrid)). On a limiter built without Redis options, every call
+    /// the [module docs](crate::hybrid)). On a limiter built without Redis options, every call
     /// returns [`Error::RedisNotConfigured`].
     #[cfg(feature = "redis-tokio")]
     pub fn hybrid(&self) -> &crate::hybrid::HybridRateLimiter {

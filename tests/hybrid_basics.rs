@@ -187,7 +187,11 @@ async fn suppressed_flushes_accepted_and_observed() {
         Some(40),
         "every call observed"
     );
-    assert_eq!(hget(&redis, &hash, "ta").await, Some(accepted));
+    assert_eq!(
+        hget(&redis, &hash, "td").await,
+        Some(40 - accepted),
+        "declined = observed - accepted"
+    );
     assert!((10..20).contains(&accepted), "{accepted}");
     // 40 observed is over the hard limit of 20: fully suppressed, in both providers.
     assert_eq!(

@@ -75,7 +75,7 @@ impl Shared {
             script_loaded: AtomicBool::new(false),
             started: AtomicBool::new(false),
             max_pending_buckets,
-            lease_ttl_ms: (5 * sync_ms).max(50),
+            lease_ttl_ms: (10 * sync_ms).max(200),
             cycle_lock: tokio::sync::Mutex::new(()),
             core,
             clock,
@@ -155,15 +155,16 @@ impl Shared {
         self.stats
             .pending_buckets
             .store(held as u64, Ordering::Relaxed);
+        let ctx = super::ctx(self);
         for mut entry in self.absolute.iter_mut() {
             if entry.value().is_dirty() {
-                let job = entry.value_mut().job(next_seq);
+                let job = entry.value_mut().job(&ctx, now.local, next_seq);
                 jobs.push((entry.key().clone(), Strategy::Absolute, widen(job)));
             }
         }
         for mut entry in self.suppressed.iter_mut() {
             if entry.value().is_dirty() {
-                let job = entry.value_mut().job(next_seq);
+                let job = entry.value_mut().job(&ctx, now.local, next_seq);
                 jobs.push((entry.key().clone(), Strategy::Suppressed, job));
             }
         }
@@ -279,13 +280,18 @@ impl Shared {
             .arg(job.rate)
             .arg(job.cap)
             .arg(job.wanted)
+            .arg(job.held)
             .arg(self.core.params.hard_limit_factor)
             .arg(job.buckets.len());
         for bucket in &job.buckets {
-            cmd.arg(bucket.id).arg(bucket.counts.accepted);
-            if strategy == Strategy::Suppressed {
-                cmd.arg(bucket.counts.observed);
-            }
+            let Usage { accepted, observed } = bucket.counts;
+            match strategy {
+                Strategy::Absolute => cmd.arg(bucket.id).arg(accepted),
+                Strategy::Suppressed => cmd
+                    .arg(bucket.id)
+                    .arg(observed)
+                    .arg(observed.saturating_sub(accepted)),
+            };
         }
         cmd
     }
@@ -393,6 +399,7 @@ fn widen(job: Job<u64>) -> Job<Usage> {
         rate: job.rate,
         cap: job.cap,
         wanted: job.wanted,
+        held: job.held,
     }
 }
 

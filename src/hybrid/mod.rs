@@ -67,20 +67,18 @@
 //! until then.
 //!
 //! # How far several instances can over-admit
-//! Leases are reserved in Redis, so at each grant `A + L + lease ≤ C`, and an instance
-//! admits outright only within its lease: in steady operation the admitted usage of a key
-//! never exceeds `C` by more than
-//!
-//! - what instances admit for it before their first refresh, at most
-//!   `N × max(1, rate × sync_interval)`, and
-//! - what an instance admits during one Redis round trip beyond its next lease (increments
-//!   made while a refresh is in flight count against the lease it returns),
-//!
-//! plus, for the suppressed strategy, its probabilistic admissions above capacity, which are
-//! by design (`rate` at steady load). A lease lives `max(5 × sync_interval, 50 ms)`; the
-//! lease of an instance that dies is freed after that. Decisions lag Redis by about one
-//! sync interval. The test `tests/hybrid_accuracy.rs` holds four instances hammering one
-//! key to 0.9–1.05 × capacity.
+//! Leases are reserved in Redis: at each grant `A + L + lease ≤ C`, an instance admits
+//! outright only within its lease, and what it may still spend of a lease while a refresh
+//! is in flight stays reserved (the refresh never shrinks a lease below it). So in steady
+//! operation a key's admitted usage never exceeds `C` by more than what instances admit for
+//! it before their first refresh: at most `N × max(1, rate × sync_interval)` for `N`
+//! instances that start on the key within one sync interval (the first refresh reserves
+//! what is left of it). The suppressed strategy adds its probabilistic admissions above
+//! capacity, which are by design (`rate` at steady load). A lease lives
+//! `max(10 × sync_interval, 200 ms)`; the lease of an instance that dies or stops calling
+//! is freed after that (until then the others may under-admit by it). Decisions lag Redis
+//! by about one sync interval. `tests/hybrid_accuracy.rs` holds four instances hammering
+//! one key to 0.9–1.05 × capacity (they admit `C + 3`: the three provisional units).
 //!
 //! # Redis outages
 //! When a cycle fails (logged with `tracing`, counted in [`HybridStats::flush_errors`]),
@@ -172,7 +170,7 @@ fn shared_of(shared: &Option<Arc<Shared>>) -> Result<&Arc<Shared>, Error> {
     Ok(shared)
 }
 
-fn ctx(shared: &Shared) -> Ctx<'_> {
+pub(crate) fn ctx(shared: &Shared) -> Ctx<'_> {
     Ctx {
         geo: &shared.core.geo,
         params: &shared.core.params,

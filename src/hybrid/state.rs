@@ -93,6 +93,9 @@ pub(crate) struct Job<C> {
     pub(crate) rate: f64,
     pub(crate) cap: f64,
     pub(crate) wanted: u64,
+    /// What this instance may still admit on its current lease (or provisional allowance):
+    /// it may spend that while the refresh is in flight, so Redis keeps it reserved.
+    pub(crate) held: f64,
 }
 
 /// The refresh part of a reply.
@@ -169,6 +172,17 @@ impl<S, C: Units> KeyState<S, C> {
             if now.local < view.valid_until {
                 return Mode::Lease(view);
             }
+            if ctx.healthy && view.wait_ms != -2 {
+                let full_until = match u64::try_from(view.wait_ms) {
+                    Ok(wait) => view.taken_at.saturating_add(wait),
+                    Err(_) => u64::MAX,
+                };
+                if now.local < full_until {
+                    // The lease ran out but the key was full when last seen and still is:
+                    // nothing to grant until the next refresh says otherwise.
+                    return Mode::Lease(View { lease: 0.0, ..view });
+                }
+            }
             // The lease ran out in Redis too: what is unflushed is all that is not counted.
             self.view = None;
             self.spent = self.pending.iter().map(|b| b.counts.accepted()).sum();
@@ -237,7 +251,19 @@ impl<S, C: Units> KeyState<S, C> {
 
     /// Takes what to send: the unacknowledged batch again, or the pending buckets under a
     /// new sequence number from `next_seq`.
-    pub(crate) fn job(&mut self, next_seq: impl FnOnce() -> u64) -> Job<C> {
+    pub(crate) fn job(
+        &mut self,
+        ctx: &Ctx<'_>,
+        now_local: u64,
+        next_seq: impl FnOnce() -> u64,
+    ) -> Job<C> {
+        let allowance = match self.view {
+            Some(view) if now_local < view.valid_until => view.lease,
+            Some(_) => 0.0,
+            None if ctx.healthy => ctx.provisional(self.cap),
+            None => 0.0,
+        };
+        let held = (allowance - self.spent as f64).max(0.0);
         if self.inflight.is_none() && !self.pending.is_empty() {
             self.inflight = Some(Batch {
                 seq: next_seq(),
@@ -255,6 +281,7 @@ impl<S, C: Units> KeyState<S, C> {
             rate: self.rate,
             cap: self.cap,
             wanted: self.wanted,
+            held,
         }
     }
 

@@ -2,7 +2,7 @@
 -- appended to src/redis/lua/window.lua, so increments land in the same buckets, totals and
 -- TTLs the Redis provider's scripts use.
 --
--- KEYS[1..2] as in window.lua; KEYS[3]: the key's lease hash (same hash tag), fields per
+-- KEYS[1..2] as in window.lua (state read with one HMGET and window.lua's `load`); KEYS[3]: the key's lease hash (same hash tag), fields per
 -- instance id: 'l:'..id lease (units granted, not yet flushed), 'e:'..id lease expiry (ms),
 -- 'q:'..id the last flush sequence number applied (exactly once).
 -- ARGV[1..4] as in window.lua; mode 'a' (absolute, counter '') or 's' (suppressed,
@@ -10,8 +10,10 @@
 -- ARGV[5] instance id, ARGV[6] flush sequence number (0: nothing to flush),
 -- ARGV[7] lease time to live in ms, ARGV[8] latest rate, ARGV[9] capacity,
 -- ARGV[10] units the instance could not fit in its last lease (at least 1),
--- ARGV[11] hard limit factor, ARGV[12] number of buckets, then per bucket its id and its
--- counts (absolute: units; suppressed: accepted, observed).
+-- ARGV[11] units still unspent on its lease when it sent this (it may spend them before the
+-- reply arrives, so they stay reserved), ARGV[12] hard limit factor,
+-- ARGV[13] number of buckets, then per bucket its id and its
+-- counts (absolute: units; suppressed: observed, declined).
 --
 -- Returns {server now ms, 1 if the batch was applied / 0 if it was a repeat or empty,
 -- units dropped as already expired, lease (string), accepted total, live lease holders,
@@ -24,73 +26,95 @@ local lease_ttl = tonumber(ARGV[7])
 local rate = tonumber(ARGV[8])
 local cap = tonumber(ARGV[9])
 local wanted = tonumber(ARGV[10])
-local hard_factor = tonumber(ARGV[11])
-local nbuckets = tonumber(ARGV[12])
+local held = tonumber(ARGV[11])
+local hard_factor = tonumber(ARGV[12])
+local nbuckets = tonumber(ARGV[13])
 local meta = KEYS[3]
-local COUNTERS, WIDTH, ACCEPTED
-if mode == 'a' then
-  COUNTERS, WIDTH, ACCEPTED = {''}, 1, ''
-else
-  COUNTERS, WIDTH, ACCEPTED = {'a', 'o'}, 2, 'a'
+-- The counters of the Redis provider's scripts: absolute '' (accepted units); suppressed
+-- 'o' (observed) and 'd' (declined), accepted = observed - declined.
+local COUNTERS
+if mode == 'a' then COUNTERS = {''} else COUNTERS = {'o', 'd'} end
+local WIDTH = #COUNTERS
+
+local fields = {'n', 'l'}
+for _, c in ipairs(COUNTERS) do fields[#fields + 1] = 't' .. c end
+fields[#fields + 1] = 'r'
+local state = redis.call('HMGET', hash, unpack(fields))
+load(state, COUNTERS)
+local stored_rate = state[#fields]
+
+local function accepted()
+  if mode == 'a' then return totals[''] end
+  return totals['o'] - totals['d']
 end
 
--- Records values under counters in bucket `id`: as window.lua's add, at a given bucket.  A
--- bucket behind the newest one counts in the newest, which expires later, never earlier.
+-- window.lua's add, at a given bucket: a bucket behind the newest one counts in the newest,
+-- which expires later, never earlier.
 local function add_at(id, values)
-  local newest = redis.call('LINDEX', ids, -1)
-  local bucket
-  if newest and tonumber(newest) >= id then
-    bucket = newest
-  else
+  local bucket = newest
+  local fresh = not bucket or tonumber(bucket) < id
+  if fresh then
     bucket = string.format('%d', id)
     redis.call('RPUSH', ids, bucket)
+    if oldest then
+      redis.call('HSET', hash, 'n', bucket)
+    else
+      redis.call('HSET', hash, 'n', bucket, 'l', bucket)
+      oldest = bucket
+    end
+    newest = bucket
   end
   for i, c in ipairs(COUNTERS) do
     local v = values[i]
     if v ~= 0 then
       redis.call('HINCRBY', hash, c .. bucket, v)
       redis.call('HINCRBY', hash, 't' .. c, v)
+      totals[c] = totals[c] + v
     end
   end
-  local ttl = expires_at(tonumber(bucket)) - now
-  if ttl < 1 then ttl = 1 end
-  redis.call('PEXPIRE', ids, ttl)
-  redis.call('PEXPIRE', hash, ttl)
+  if fresh then
+    local ttl = expires_at(id) - now
+    if ttl < 1 then ttl = 1 end
+    redis.call('PEXPIRE', ids, ttl)
+    redis.call('PEXPIRE', hash, ttl)
+  end
 end
-
-expire(COUNTERS)
 
 -- 1. The batch, exactly once: a sequence number at or below the last one applied is a
 -- repeat whose reply was lost.
-local applied, expired, flushed = 0, 0, 0
+local applied, expired = 0, 0
 local field_q = 'q:' .. inst
 if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
   applied = 1
-  local live = oldest_live(now)
-  local at = 13
+  local live = now - W
+  if live < 0 then live = 0 end
+  live = math.floor(live / G)
+  local at = 14
   for _ = 1, nbuckets do
     local id = tonumber(ARGV[at])
     local values = {}
     for i = 1, WIDTH do values[i] = tonumber(ARGV[at + i]) end
     if id < live then
-      expired = expired + values[1]
+      if mode == 'a' then
+        expired = expired + values[1]
+      else
+        expired = expired + values[1] - values[2]
+      end
     else
       add_at(id, values)
-      flushed = flushed + values[1]
     end
     at = at + 1 + WIDTH
   end
   redis.call('HSET', meta, field_q, seq)
 end
 
--- The latest rate, as the Redis provider's scripts keep it (a new rate drops a cached factor).
-if total(ACCEPTED) > 0 or total('o') > 0 then
-  if tonumber(redis.call('HGET', hash, 'r')) ~= rate then
-    if mode == 'a' then
-      redis.call('HSET', hash, 'r', ARGV[8])
-    else
-      redis.call('HSET', hash, 'r', ARGV[8], 'sfu', 0)
-    end
+-- The latest rate, as the Redis provider's scripts keep it (a new rate drops a cached
+-- factor); only on a key with state, which has a TTL.
+if newest and tonumber(stored_rate) ~= rate then
+  if mode == 'a' then
+    redis.call('HSET', hash, 'r', ARGV[8])
+  else
+    redis.call('HSET', hash, 'r', ARGV[8], 'sfu', 0)
   end
 end
 
@@ -114,7 +138,7 @@ for i = 1, #entries, 2 do
   end
 end
 
-local used = total(ACCEPTED)
+local used = accepted()
 local remaining = cap * (1 + SLACK) - used - others
 local lease = 0
 if remaining > 0 then
@@ -123,12 +147,13 @@ if remaining > 0 then
   local floor_share = math.min(remaining, wanted)
   if lease < floor_share then lease = floor_share end
 end
+if lease < held then lease = held end
 redis.call('HSET', meta, 'l:' .. inst, string.format('%.17g', lease), 'e:' .. inst, now + lease_ttl)
 redis.call('PEXPIRE', meta, W + G + 2 * lease_ttl)
 
 -- 3. What the instance decides on until its next refresh.
 local wait, left = -2, used
-if not fits(used + 1, cap) then
+if mode == 'a' and not fits(used + 1, cap) then
   -- The absolute script's walk: oldest buckets first until one more unit fits.
   wait, left = -1, 0
   local rest = used
@@ -138,7 +163,7 @@ if not fits(used + 1, cap) then
     local chunk = redis.call('LRANGE', ids, from, from + 31)
     if #chunk == 0 then break end
     for _, id in ipairs(chunk) do
-      rest = rest - (tonumber(redis.call('HGET', hash, ACCEPTED .. id)) or 0)
+      rest = rest - (tonumber(redis.call('HGET', hash, id)) or 0)
       if fits(rest + 1, cap) then
         wait = expires_at(tonumber(id)) - now
         if wait < 0 then wait = 0 end
@@ -153,7 +178,7 @@ end
 
 local observed, factor, hard = 0, 0, 0
 if mode == 's' then
-  observed = total('o')
+  observed = totals['o']
   if reaches(observed, cap * hard_factor) then
     factor, hard = 1, 1
   else

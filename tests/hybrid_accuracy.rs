@@ -1,0 +1,262 @@
+//! Several hybrid instances (each its own `RateLimiter` and connection) on one key of one
+//! real Redis: how close to the limit they stay together, and how often they refresh.
+#![cfg(feature = "redis-tokio")]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use sluicegate::hybrid::SyncIntervalMs;
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
+use support::TestRedis;
+
+fn instance(
+    manager: redis::aio::ConnectionManager,
+    prefix: &RedisKey,
+    window_s: u64,
+    group_ms: u64,
+    hard_limit_factor: f64,
+) -> Arc<RateLimiter> {
+    let local = LocalRateLimiterOptions {
+        window_size_seconds: window_s.try_into().unwrap(),
+        rate_group_size_ms: group_ms.try_into().unwrap(),
+        hard_limit_factor: hard_limit_factor.try_into().unwrap(),
+        suppression_factor_cache_ms: Default::default(),
+    };
+    Arc::new(
+        RateLimiterBuilder::new(local)
+            .redis_connection(
+                manager,
+                RedisSettings {
+                    prefix: Some(prefix.clone()),
+                    window_size_seconds: local.window_size_seconds,
+                    rate_group_size_ms: local.rate_group_size_ms,
+                    hard_limit_factor: local.hard_limit_factor,
+                    suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+                    sync_interval_ms: SyncIntervalMs::try_from(10).unwrap(),
+                },
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn instances(
+    redis: &TestRedis,
+    prefix: &RedisKey,
+    n: usize,
+    window_s: u64,
+    group_ms: u64,
+    h: f64,
+) -> Vec<Arc<RateLimiter>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(instance(
+            redis.manager().await,
+            prefix,
+            window_s,
+            group_ms,
+            h,
+        ));
+    }
+    out
+}
+
+/// Hammers `key` from `tasks_each` tasks per instance for `run`, as fast as they go
+/// (yielding now and then so the committers run); returns the admitted count.
+async fn hammer(
+    rls: &[Arc<RateLimiter>],
+    key: &RedisKey,
+    rate: RateLimit,
+    tasks_each: usize,
+    run: Duration,
+) -> (u64, u64) {
+    let admitted = Arc::new(AtomicU64::new(0));
+    let offered = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for rl in rls {
+        for _ in 0..tasks_each {
+            let (rl, key, admitted, offered, stop) = (
+                rl.clone(),
+                key.clone(),
+                admitted.clone(),
+                offered.clone(),
+                stop.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let d = rl.hybrid().absolute().inc(&key, &rate, 1).await.unwrap();
+                    if d.is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                    if i % 32 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                offered.fetch_add(i, Ordering::Relaxed);
+            }));
+        }
+    }
+    tokio::time::sleep(run).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    (
+        admitted.load(Ordering::Relaxed),
+        offered.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_far_over_capacity_admit_about_the_capacity() {
+    let redis = TestRedis::get();
+    let prefix = support::unique_prefix("hybrid_four");
+    // 100/s over 10 s: capacity 1000, none of it expires during the 3 s run.
+    let rls = instances(&redis, &prefix, 4, 10, 100, 1.5).await;
+    let key = RedisKey::try_from("hot").unwrap();
+    let rate = RateLimit::try_from(100.0).unwrap();
+    let (admitted, offered) = hammer(&rls, &key, rate, 2, Duration::from_secs(3)).await;
+    for rl in &rls {
+        rl.hybrid().flush().await.unwrap();
+    }
+    eprintln!("4 instances: offered {offered}, admitted {admitted} of capacity 1000");
+    assert!(
+        offered > 40_000,
+        "the load was not far over capacity: {offered}"
+    );
+    assert!(
+        (900..=1050).contains(&admitted),
+        "admitted {admitted} of capacity 1000"
+    );
+    let mut conn = redis.manager().await;
+    let total: i64 = conn
+        .hget(format!("{}:{{hot}}:a:h", prefix.as_str()), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        total as u64, admitted,
+        "Redis holds exactly what was admitted"
+    );
+}
+
+/// Offers `per_second` calls a second, evenly, from one instance until `stop`; records the
+/// admission times (ms since `start`).
+async fn steady(
+    rl: Arc<RateLimiter>,
+    key: RedisKey,
+    rate: RateLimit,
+    per_second: f64,
+    suppressed: bool,
+    start: Instant,
+    run: Duration,
+) -> Vec<u64> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    let mut admitted = Vec::new();
+    while start.elapsed() < run {
+        tick.tick().await;
+        let d = if suppressed {
+            rl.hybrid().suppressed().inc(&key, &rate, 1).await.unwrap()
+        } else {
+            rl.hybrid().absolute().inc(&key, &rate, 1).await.unwrap()
+        };
+        if d.is_allowed() {
+            admitted.push(start.elapsed().as_millis() as u64);
+        }
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_at_one_and_a_half_times_the_rate_admit_the_rate() {
+    let redis = TestRedis::get();
+    let prefix = support::unique_prefix("hybrid_two");
+    // 100/s over 2 s, hard limit 2× (so 1.5× is inside the suppressed band).
+    let rls = instances(&redis, &prefix, 2, 2, 10, 2.0).await;
+    let rate = RateLimit::try_from(100.0).unwrap();
+    let start = Instant::now();
+    let run = Duration::from_secs(9);
+    let mut handles = Vec::new();
+    for (name, suppressed) in [("steady_sup", true), ("steady_abs", false)] {
+        for rl in &rls {
+            let key = RedisKey::try_from(name).unwrap();
+            handles.push((
+                name,
+                tokio::spawn(steady(rl.clone(), key, rate, 75.0, suppressed, start, run)),
+            ));
+        }
+    }
+    let mut admitted: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for (name, h) in handles {
+        admitted.entry(name).or_default().extend(h.await.unwrap());
+    }
+    // After the first windows have filled: seconds 3 to 9.
+    for (name, times) in admitted {
+        let in_span = times
+            .iter()
+            .filter(|&&t| (3_000..9_000).contains(&t))
+            .count();
+        let per_second = in_span as f64 / 6.0;
+        eprintln!("{name}: admitted {per_second:.1}/s at a rate of 100/s, offered 150/s");
+        assert!(
+            (95.0..=105.0).contains(&per_second),
+            "{name}: admitted {per_second:.1}/s, want 100/s ± 5%"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_callers_on_an_exhausted_key_cause_one_refresh_per_cycle() {
+    let redis = TestRedis::get();
+    let prefix = support::unique_prefix("hybrid_herd");
+    let rls = instances(&redis, &prefix, 1, 10, 100, 1.5).await;
+    let key = RedisKey::try_from("herd").unwrap();
+    let rate = RateLimit::try_from(10.0).unwrap(); // capacity 100: exhausted at once
+    let mut conn = redis.manager().await;
+    let before = evalsha_calls(&mut conn).await;
+    let (admitted, offered) = hammer(&rls, &key, rate, 50, Duration::from_secs(1)).await;
+    let stats = rls[0].hybrid().stats();
+    let after = evalsha_calls(&mut conn).await;
+    eprintln!(
+        "herd: {offered} calls, {admitted} admitted, {stats:?}, {} EVALSHA",
+        after - before
+    );
+    assert_eq!(admitted, 100);
+    assert!(offered > 10_000, "{offered}");
+    // One key, one refresh per 10 ms cycle at most, whatever the number of callers.
+    assert!(
+        stats.refreshes <= stats.flushes + stats.flush_errors + 1,
+        "{stats:?}"
+    );
+    assert!(stats.refreshes <= 1_000 / 10 + 10, "{stats:?}");
+    assert!(
+        stats.refreshes >= 5,
+        "the committer kept refreshing: {stats:?}"
+    );
+    assert!(
+        after - before <= stats.refreshes + 5,
+        "{} EVALSHA",
+        after - before
+    );
+}
+
+async fn evalsha_calls(conn: &mut redis::aio::ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
