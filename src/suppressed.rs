@@ -34,6 +34,25 @@ pub(crate) fn answer_for_invalid(err: &crate::Error) -> RateLimitDecision {
     }
 }
 
+/// The factor from a key's observed usage: `observed` in its whole window and `recent` in
+/// the buckets overlapping the last second, at `now_ms`. Shared with the hybrid provider,
+/// which gets both sums from Redis.
+pub(crate) fn factor_of(geo: &Geometry, now_ms: u64, rate: f64, observed: u64, recent: u64) -> f64 {
+    let per_second = |observed: u64, first_bucket: u64| {
+        let covered_ms = now_ms
+            .saturating_sub(first_bucket * geo.group_ms())
+            .max(RECENT_MS);
+        observed as f64 * 1000.0 / covered_ms as f64
+    };
+    let average = per_second(observed, geo.oldest_live(now_ms));
+    let last_second = per_second(recent, geo.bucket_of(now_ms.saturating_sub(RECENT_MS)));
+    let perceived = average.max(last_second);
+    if perceived <= 0.0 {
+        return 0.0;
+    }
+    (1.0 - rate / perceived).clamp(0.0, 1.0)
+}
+
 /// One key under the suppressed strategy.
 #[derive(Debug, Clone)]
 pub(crate) struct SuppressedState {
@@ -141,22 +160,13 @@ impl SuppressedState {
     /// further than the window (or the second), so a nominal divisor overstates the rate when
     /// groups are coarse. With fine groups this is `O / W`.
     fn formula(&self, geo: &Geometry, now_ms: u64) -> f64 {
-        let per_second = |observed: u64, first_bucket: u64| {
-            let covered_ms = now_ms
-                .saturating_sub(first_bucket * geo.group_ms())
-                .max(RECENT_MS);
-            observed as f64 * 1000.0 / covered_ms as f64
-        };
-        let average = per_second(self.window.total().observed, geo.oldest_live(now_ms));
-        let last_second = per_second(
+        factor_of(
+            geo,
+            now_ms,
+            self.rate,
+            self.window.total().observed,
             self.window.recent(geo, now_ms, RECENT_MS).observed,
-            geo.bucket_of(now_ms.saturating_sub(RECENT_MS)),
-        );
-        let perceived = average.max(last_second);
-        if perceived <= 0.0 {
-            return 0.0;
-        }
-        (1.0 - self.rate / perceived).clamp(0.0, 1.0)
+        )
     }
 
     /// Records a call's outcome (also one decided elsewhere: the hybrid provider's shares).

@@ -15,7 +15,9 @@ use super::state::{AbsoluteKey, Job, Now, Refresh, SuppressedKey, View};
 use super::stats::Counters;
 use crate::Error;
 use crate::clock::Clock;
+use crate::config::capacity;
 use crate::redis::{Core, KeyNames, RedisKey, Strategy, TimeSource};
+use crate::suppressed::factor_of;
 use crate::window::Usage;
 
 /// The flush-and-refresh script: the shared sliding window and the hybrid part.
@@ -330,6 +332,24 @@ impl Shared {
                     self.stats.repeats_skipped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // The suppressed strategy's factor, as the local core computes it, at the
+            // script's time, from the key's Redis-wide observed usage.
+            let (factor, hard) = match strategy {
+                Strategy::Absolute => (0.0, false),
+                Strategy::Suppressed => {
+                    let at = u64::try_from(parsed.server_now).unwrap_or(0);
+                    let hard = capacity::reaches(
+                        parsed.observed,
+                        job.cap * self.core.params.hard_limit_factor,
+                    );
+                    let factor = if hard {
+                        1.0
+                    } else {
+                        factor_of(&self.core.geo, at, job.rate, parsed.observed, parsed.recent)
+                    };
+                    (factor, hard)
+                }
+            };
             let view = View {
                 lease: parsed.lease,
                 used: parsed.used,
@@ -337,8 +357,8 @@ impl Shared {
                 wait_ms: parsed.wait_ms,
                 left: parsed.left,
                 observed: parsed.observed,
-                factor: parsed.factor,
-                hard: parsed.hard,
+                factor,
+                hard,
                 taken_at: sent,
                 valid_until: sent + self.lease_ttl_ms,
             };
@@ -430,8 +450,7 @@ struct Parsed {
     wait_ms: i64,
     left: u64,
     observed: u64,
-    factor: f64,
-    hard: bool,
+    recent: u64,
 }
 
 fn parse(value: &Value) -> Result<Parsed, Error> {
@@ -463,7 +482,6 @@ fn parse(value: &Value) -> Result<Parsed, Error> {
         wait_ms: int(6)?,
         left: unsigned(int(7)?),
         observed: unsigned(int(8)?),
-        factor: real(9)?.clamp(0.0, 1.0),
-        hard: int(10)? == 1,
+        recent: unsigned(int(9)?),
     })
 }

@@ -2,23 +2,25 @@
 -- appended to src/redis/lua/window.lua, so increments land in the same buckets, totals and
 -- TTLs the Redis provider's scripts use.
 --
--- KEYS[1..2] as in window.lua (state read with one HMGET and window.lua's `load`); KEYS[3]: the key's lease hash (same hash tag), fields per
--- instance id: 'l:'..id lease (units granted, not yet flushed), 'e:'..id lease expiry (ms),
--- 'q:'..id the last flush sequence number applied (exactly once).
+-- KEYS[1..2] as in window.lua (state read with one HMGET and window.lua's `load`).
+-- KEYS[3]: the key's lease hash (same hash tag), fields per instance id: 'l:'..id lease
+-- (units granted, not yet flushed), 'e:'..id lease expiry (ms), 'q:'..id the last flush
+-- sequence number applied (exactly once).
 -- ARGV[1..4] as in window.lua; mode 'a' (absolute, counter '') or 's' (suppressed,
--- counters 'a' and 'o').
+-- counters 'o' and 'd', as suppressed.lua).
 -- ARGV[5] instance id, ARGV[6] flush sequence number (0: nothing to flush),
 -- ARGV[7] lease time to live in ms, ARGV[8] latest rate, ARGV[9] capacity,
 -- ARGV[10] units the instance could not fit in its last lease (at least 1),
 -- ARGV[11] units still unspent on its lease when it sent this (it may spend them before the
--- reply arrives, so they stay reserved), ARGV[12] hard limit factor,
+-- reply arrives, so they stay reserved), ARGV[12] the hard limit factor (for the log: the
+-- hard-limit test and the factor are computed in Rust from the sums returned),
 -- ARGV[13] number of buckets, then per bucket its id and its
 -- counts (absolute: units; suppressed: observed, declined).
 --
 -- Returns {server now ms, 1 if the batch was applied / 0 if it was a repeat or empty,
 -- units dropped as already expired, lease (string), accepted total, live lease holders,
--- retry wait ms (-1 never, -2 room left), usage left after it, observed total,
--- factor (string), 1 if over the hard limit}.
+-- retry wait ms (-1 never, -2 room left), usage left after it, observed total, observed in
+-- the buckets overlapping the last second}.
 
 local inst = ARGV[5]
 local seq = tonumber(ARGV[6])
@@ -27,7 +29,6 @@ local rate = tonumber(ARGV[8])
 local cap = tonumber(ARGV[9])
 local wanted = tonumber(ARGV[10])
 local held = tonumber(ARGV[11])
-local hard_factor = tonumber(ARGV[12])
 local nbuckets = tonumber(ARGV[13])
 local meta = KEYS[3]
 -- The counters of the Redis provider's scripts: absolute '' (accepted units); suppressed
@@ -176,36 +177,30 @@ if mode == 'a' and not fits(used + 1, cap) then
   end
 end
 
-local observed, factor, hard = 0, 0, 0
+-- The suppressed strategy's inputs: observed usage in the window and in the buckets that
+-- overlap the last second (the factor itself is computed in Rust, by src/suppressed.rs).
+local observed, recent = 0, 0
 if mode == 's' then
   observed = totals['o']
-  if reaches(observed, cap * hard_factor) then
-    factor, hard = 1, 1
-  else
-    -- The suppressed script's formula: perceived rate = max(O / W, observed in the last second).
-    local cutoff = now - 1000
-    if cutoff < 0 then cutoff = 0 end
-    local last_second = 0
-    local from = -1
-    local done = false
-    while not done do
-      local chunk = redis.call('LRANGE', ids, from - 31, from)
-      if #chunk == 0 then break end
-      for i = #chunk, 1, -1 do
-        local id = chunk[i]
-        if (tonumber(id) + 1) * G <= cutoff then done = true break end
-        last_second = last_second + (tonumber(redis.call('HGET', hash, 'o' .. id)) or 0)
+  local cutoff = now - 1000
+  if cutoff < 0 then cutoff = 0 end
+  local from = -1
+  local done = false
+  while not done do
+    local chunk = redis.call('LRANGE', ids, from - 31, from)
+    if #chunk == 0 then break end
+    for i = #chunk, 1, -1 do
+      local id = chunk[i]
+      if (tonumber(id) + 1) * G <= cutoff then
+        done = true
+        break
       end
-      if #chunk < 32 then break end
-      from = from - 32
+      recent = recent + (tonumber(redis.call('HGET', hash, 'o' .. id)) or 0)
     end
-    local perceived = math.max(observed / window_s, last_second)
-    if perceived > 0 then
-      factor = 1 - rate / perceived
-      if factor < 0 then factor = 0 elseif factor > 1 then factor = 1 end
-    end
+    if #chunk < 32 then break end
+    from = from - 32
   end
 end
 
 return {now, applied, expired, string.format('%.17g', lease), used, holders, wait, left,
-  observed, string.format('%.17g', factor), hard}
+  observed, recent}
