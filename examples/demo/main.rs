@@ -1,0 +1,202 @@
+//! The showcase: an axum server limited by sluicegate, loaded by itself over loopback HTTP,
+//! with a table and a chart of what was admitted.
+//!
+//! ```text
+//! cargo run --release --example demo                      # 20 s of load, then a table and a chart
+//! cargo run --release --example demo -- --quick           # the same story in 2 s
+//! cargo run --release --example demo -- --serve --addr 127.0.0.1:3000   # serve only; try it with curl
+//! ```
+//!
+//! - `GET /api`: absolute strategy, keyed by `x-api-key`; `pro_` keys 50 per 10 s, other
+//!   keys 5; no key is `401`. Over the limit: `429` with `Retry-After` and the IETF
+//!   `RateLimit` / `RateLimit-Policy` fields.
+//! - `GET /feed`: suppressed strategy, keyed by client IP, 5/s over a 10 s window, hard limit
+//!   factor 1.5. Past the capacity a share of requests is shed (`503` with
+//!   `x-suppression-factor`) so the admitted rate settles at the limit; past the hard limit
+//!   everything is shed.
+//! - `GET /health`: not limited.
+//!
+//! The load runs in phases: below the limit, at it, 1.3x and 3x. Options: `--out PATH`
+//! (where the SVG goes; default `target/sluicegate-demo.svg`), `--quick`, `--no-progress`,
+//! `--serve [--addr 127.0.0.1:PORT]`, and with the `redis-tokio` feature `--redis URL`.
+
+mod app;
+mod load;
+mod report;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use load::{Exchange, PRO_KEY, Route, Scenario};
+use run::Provider;
+
+/// What the command line asked for.
+#[derive(Debug)]
+struct Args {
+    quick: bool,
+    serve: bool,
+    progress: bool,
+    addr: SocketAddr,
+    out: PathBuf,
+    provider: Provider,
+}
+
+const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis URL]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        serve: false,
+        progress: true,
+        addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        out: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target/sluicegate-demo.svg"
+        )),
+        provider: Provider::Local,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--serve" => args.serve = true,
+            "--no-progress" => args.progress = false,
+            "--out" => args.out = PathBuf::from(value("--out")?),
+            "--addr" => {
+                let addr: SocketAddr = value("--addr")?
+                    .parse()
+                    .map_err(|e| format!("--addr: {e}; give 127.0.0.1:PORT"))?;
+                if !addr.ip().is_loopback() {
+                    return Err(format!(
+                        "--addr {addr}: the demo serves on loopback only (127.0.0.1:PORT or [::1]:PORT)"
+                    ));
+                }
+                args.addr = addr;
+            }
+            "--redis" => {
+                let url = value("--redis")?;
+                args.provider = redis_provider(url)?;
+            }
+            "--hybrid" => {
+                return Err("--hybrid: the hybrid provider is not in sluicegate yet".to_owned());
+            }
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(feature = "redis-tokio")]
+fn redis_provider(url: String) -> Result<Provider, String> {
+    Ok(Provider::Redis(url))
+}
+
+#[cfg(not(feature = "redis-tokio"))]
+fn redis_provider(_url: String) -> Result<Provider, String> {
+    Err("--redis needs the `redis-tokio` feature: \
+         cargo run --release --example demo --features redis-tokio -- --redis redis://127.0.0.1:6379/"
+        .to_owned())
+}
+
+fn print_exchange(e: &Exchange, with_body: bool) {
+    let fields: Vec<String> = e.fields.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+    println!("  {}\n    -> {} {}", e.curl, e.status, fields.join("; "));
+    if with_body {
+        println!("       {}", e.body.trim());
+    }
+}
+
+async fn serve(args: &Args, scenario: &Scenario) -> Result<(), Box<dyn std::error::Error>> {
+    let limiter = args.provider.limiter(scenario).await?;
+    let server = app::Server::start(app::router(limiter, scenario.limits)?, args.addr).await?;
+    let base = format!("http://{}", server.addr);
+    println!(
+        "sluicegate demo serving on {base} ({} provider); Ctrl-C stops it. Try:",
+        args.provider.name()
+    );
+    println!("  curl -i {base}/health");
+    println!("  curl -i {base}/api                                  # 401: send x-api-key");
+    println!("  curl -i -H 'x-api-key: free_me' {base}/api          # the 6th in 10 s is 429");
+    println!("  curl -i -H 'x-api-key: {PRO_KEY}' {base}/api         # 50 per 10 s");
+    println!(
+        "  for i in $(seq 80); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/feed; done; echo"
+    );
+    server.wait().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match demo(&args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("demo failed: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let scenario = if args.quick {
+        Scenario::quick()
+    } else {
+        Scenario::full()
+    };
+    if args.serve {
+        return serve(args, &scenario).await;
+    }
+    let outcome = run::run(
+        &scenario,
+        &args.provider,
+        &args.out,
+        args.progress,
+        |addr, tour| {
+            println!(
+                "sluicegate demo: axum on http://{addr}, {} provider, {} s window\n",
+                args.provider.name(),
+                scenario.limits.window_s
+            );
+            println!("What a client sees:");
+            for (i, e) in tour.iter().enumerate() {
+                print_exchange(e, e.status != 200 || i == 0);
+            }
+            println!(
+                "\nLoad: {:.0} s in {} phases on /api (key {PRO_KEY}) and /feed, offered as multiples of {} requests/s, plus /health:",
+                scenario.duration_s(),
+                scenario.phases.len(),
+                scenario.limits.limit_per_s()
+            );
+        },
+    )
+    .await?;
+    println!("{}", outcome.table);
+
+    println!("First refusals under load:");
+    for (route, status) in [(Route::Api, 429), (Route::Feed, 503)] {
+        if let Some(s) = outcome
+            .samples
+            .iter()
+            .find(|s| s.route == route && s.status == status)
+        {
+            let fields: Vec<String> = s.fields.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+            println!(
+                "  {} at {:.1} s -> {status} {}",
+                route.path(),
+                s.sent_s,
+                fields.join("; ")
+            );
+        }
+    }
+    println!("\nchart: {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The demo (`examples/demo/`) in its quick form: the same server, tour, load, table and chart
+//! as `cargo run --release --example demo`, with a 1 s window and 2 s of load, so a broken
+//! demo fails CI. Real HTTP on a free loopback port.
+#![cfg(feature = "tower")]
+
+#[allow(dead_code)]
+#[path = "../examples/demo/app.rs"]
+mod app;
+#[allow(dead_code)]
+#[path = "../examples/demo/load.rs"]
+mod load;
+#[allow(dead_code)]
+#[path = "../examples/demo/report.rs"]
+mod report;
+#[allow(dead_code)]
+#[path = "../examples/demo/run.rs"]
+mod run;
+
+use load::{Route, Sample, Scenario};
+use report::Counts;
+
+fn counts(samples: &[Sample], route: Route, phase: Option<usize>) -> Counts {
+    Counts::of(
+        samples
+            .iter()
+            .filter(|s| s.route == route && phase.is_none_or(|p| s.phase == p)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_demo_refuses_sheds_and_draws() {
+    let scenario = Scenario::quick();
+    let chart =
+        std::env::temp_dir().join(format!("sluicegate-demo-smoke-{}.svg", std::process::id()));
+    let mut tour = Vec::new();
+    let outcome = run::run(
+        &scenario,
+        &run::Provider::Local,
+        &chart,
+        false,
+        |addr, t| {
+            assert!(addr.ip().is_loopback());
+            tour = t.to_vec();
+        },
+    )
+    .await
+    .expect("the quick demo runs");
+
+    // The tour: health, no key (401 that says what to send), a free key's 5 then a 429.
+    let statuses: Vec<u16> = tour.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [200, 401, 200, 200, 200, 200, 200, 429]);
+    assert!(tour[1].body.contains("x-api-key"), "{}", tour[1].body);
+    let refused = &tour[7];
+    let retry_after: u64 = refused
+        .fields
+        .iter()
+        .find(|(n, _)| *n == "retry-after")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("a 429 carries Retry-After");
+    assert!(retry_after >= 1);
+    assert!(refused.fields.iter().any(|(n, _)| *n == "ratelimit"));
+
+    // Every planned request was answered.
+    let samples = &outcome.samples;
+    let planned: u64 = scenario
+        .phases
+        .iter()
+        .flat_map(|p| Route::ALL.map(|r| (scenario.offered_per_s(r, p) * p.secs).round() as u64))
+        .sum();
+    assert_eq!(samples.len() as u64, planned);
+    assert!(samples.iter().all(|s| s.status != 0), "a request failed");
+
+    // Below the limit everything is admitted.
+    for route in Route::ALL {
+        let below = counts(samples, route, Some(0));
+        assert_eq!(below.ok, below.offered, "{route:?} below the limit");
+    }
+    // /health is never limited.
+    let health = counts(samples, Route::Health, None);
+    assert_eq!(health.ok, health.offered);
+
+    // /api: absolute, so over the limit it answers 429 with Retry-After, never 503.
+    let api = counts(samples, Route::Api, None);
+    assert!(api.too_many > 0, "{api:?}");
+    assert_eq!(api.ok + api.too_many, api.offered, "{api:?}");
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.status == 429)
+            .all(|s| s.retry_after_s.is_some_and(|r| r >= 1)),
+        "every 429 carries Retry-After >= 1"
+    );
+
+    // /feed: suppressed, so it sheds with 503 and a factor, never 429; at 3x the hard limit
+    // is crossed and the factor reaches 1.
+    let feed = counts(samples, Route::Feed, None);
+    assert_eq!(feed.too_many, 0, "{feed:?}");
+    assert!(feed.unavailable > 0, "{feed:?}");
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.status == 503)
+            .all(|s| s.suppression_factor.is_some_and(|f| f > 0.0 && f <= 1.0)),
+        "every 503 carries a suppression factor in (0, 1]"
+    );
+    let flood = counts(samples, Route::Feed, Some(scenario.phases.len() - 1));
+    assert_eq!(flood.factor.map(|(_, hi)| hi), Some(1.0), "{flood:?}");
+
+    // The table names every route; the chart is an SVG with both panels.
+    for route in Route::ALL {
+        assert!(outcome.table.contains(route.path()), "{}", outcome.table);
+    }
+    let svg = std::fs::read_to_string(&chart).expect("the chart was written");
+    let _ = std::fs::remove_file(&chart);
+    assert!(svg.starts_with("<svg"), "not an SVG");
+    assert!(svg.contains("GET /api") && svg.contains("GET /feed"));
+    assert!(svg.contains("<polyline"), "no series drawn");
+}
