@@ -114,7 +114,8 @@ impl Strategy {
 ///
 /// A limiter key `k` under strategy `s` uses two Redis keys, both with the hash tag `{k}`:
 /// `prefix:{k}:s:b`, the list of its live bucket ids oldest first, and `prefix:{k}:s:h`, a
-/// hash of per-bucket counts, running totals and the key's latest rate.
+/// hash of per-bucket counts, running totals, the newest and oldest bucket ids and the key's
+/// latest rate (see `lua/window.lua`).
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
     prefix: String,

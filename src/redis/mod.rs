@@ -45,12 +45,21 @@
 //!
 //! A limiter key `k` is stored in two Redis keys per strategy, `prefix:{k}:a:b` (the list of
 //! live bucket ids, oldest first) and `prefix:{k}:a:h` (per-bucket counts, running totals,
-//! the key's latest rate); `s` instead of `a` for the suppressed strategy. Both share the hash
-//! tag `{k}`, so one key lives on one Redis Cluster slot, and both carry a TTL equal to the
-//! time until their newest bucket stops counting (at most window + group), so nothing
-//! outlives its window even if every process dies. The script keeps a running total and
-//! pops only the buckets that expired since the previous call: each bucket is written once
-//! and removed once, and no call unpacks a list.
+//! the newest and oldest bucket ids, the key's latest rate); `s` instead of `a` for the
+//! suppressed strategy, which counts observed and declined units (accepted = observed −
+//! declined). Both share the hash tag `{k}`, so one key lives on one Redis Cluster slot, and
+//! both carry a TTL equal to the time until their newest bucket stops counting (at most
+//! window + group), so nothing outlives its window even if every process dies.
+//!
+//! A call reads its state with one `HMGET`; an admitted call in the current bucket then
+//! writes two `HINCRBY`s (`TIME` aside, four commands in all). Only the buckets that expired
+//! since the previous call are popped: each bucket is written once and removed once, a key
+//! whose newest bucket has expired is dropped whole, and no call unpacks a list. A rejection
+//! walks the oldest buckets until the call would fit (one for a single unit, usually); the
+//! suppressed factor reads the buckets of the last second, at most once per
+//! `suppression_factor_cache_ms`. Keep an eviction policy that evicts by TTL or not at all
+//! (`volatile-*` or `noeviction`): evicting one of a key's two Redis keys but not the other
+//! would leave its usage stale until the survivor's TTL ends.
 //!
 //! # Errors and time bounds
 //! Malformed calls get the same errors as the local provider's `try_inc`

@@ -1,4 +1,4 @@
--- The absolute strategy of src/absolute.rs.  Counter '' : bucket field = id, total = 't'.
+-- The absolute strategy of src/absolute.rs.  One counter, '': bucket field = id, total 't'.
 -- mode 'i' (inc): ARGV[5] rate, ARGV[6] count, ARGV[7] capacity (rate × window, from Rust).
 -- mode 'c' (is_allowed): one unit at the key's latest rate; records nothing.
 -- Returns {0} (allowed) or {1, retry_after_ms, remaining_after_waiting}; retry -1 = never.
@@ -6,8 +6,8 @@
 local COUNTERS = {''}
 
 -- Walks the buckets oldest first, as if each expired in turn, until `count` fits.
-local function rejection(used, count, cap)
-  local left = used
+local function rejection(count, cap)
+  local left = totals['']
   local from = 0
   while true do
     local chunk = redis.call('LRANGE', ids, from, from + 31)
@@ -24,25 +24,22 @@ local function rejection(used, count, cap)
   end
 end
 
-expire(COUNTERS)
-local used = total('')
+local state = redis.call('HMGET', hash, 'n', 'l', 't', 'r')
+local exists = load(state, COUNTERS)
 
 if mode == 'i' then
   local count = tonumber(ARGV[6])
   local cap = tonumber(ARGV[7])
-  if fits(used + count, cap) then
-    add(COUNTERS, {count})
-    redis.call('HSET', hash, 'r', ARGV[5])
-    return {0}
-  end
-  -- Rejected: nothing is recorded, but the key's latest rate is (the hash exists: used > 0).
-  redis.call('HSET', hash, 'r', ARGV[5])
-  return rejection(used, count, cap)
+  local admitted = fits(totals[''] + count, cap)
+  if admitted then add(COUNTERS, {count}) end
+  -- The key's latest rate, for is_allowed (a rejected key always exists).
+  if not exists or state[4] ~= ARGV[5] then redis.call('HSET', hash, 'r', ARGV[5]) end
+  if admitted then return {0} end
+  return rejection(count, cap)
 end
 
 -- mode 'c'
-local rate = tonumber(redis.call('HGET', hash, 'r'))
-if not rate then return {0} end
-local cap = rate * window_s
-if fits(used + 1, cap) then return {0} end
-return rejection(used, 1, cap)
+if not exists then return {0} end
+local cap = tonumber(state[4]) * window_s
+if fits(totals[''] + 1, cap) then return {0} end
+return rejection(1, cap)

@@ -1,6 +1,7 @@
 -- The suppressed strategy of src/suppressed.rs.  Counters 'o' (observed) and 'd' (declined;
--- accepted = observed - declined): bucket fields 'o'..id / 'd'..id, totals 'to' / 'td';
--- 'r' latest rate; 'sf' / 'sfu' the cached factor and the ms until which it may be reused.
+-- accepted = observed - declined, so an admitted call writes one counter): bucket fields
+-- 'o'..id / 'd'..id, totals 'to' / 'td'; 'r' latest rate; 'sf' / 'sfu' the cached factor
+-- and the ms until which it may be reused.
 -- ARGV[5] hard limit factor, ARGV[6] cache ms.
 -- mode 'i' (inc): ARGV[7] rate, ARGV[8] count, ARGV[9] capacity, ARGV[10] the draw in [0, 1).
 --   Returns {0} (allowed below capacity) or {1, is_allowed (0/1), factor as a string}.
@@ -29,9 +30,17 @@ local function recent_observed()
   end
 end
 
+-- Observed units per second over the time the bucket positions from `first_bucket` on
+-- cover, up to now (at least a second): SuppressedState::formula.
+local function per_second(observed, first_bucket)
+  local covered = now - first_bucket * G
+  if covered < RECENT_MS then covered = RECENT_MS end
+  return observed * 1000 / covered
+end
+
 local function formula(rate)
-  local average = totals['o'] / window_s
-  local last_second = recent_observed()
+  local average = per_second(totals['o'], oldest_live(now))
+  local last_second = per_second(recent_observed(), math.floor(math.max(now - RECENT_MS, 0) / G))
   local perceived = math.max(average, last_second)
   if perceived <= 0 then return 0 end
   local sf = 1 - rate / perceived
@@ -53,12 +62,11 @@ if mode == 'i' then
     redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0)
     cached_until = 0
   end
-  local observed = totals['o']
-  if reaches(observed, cap * hard_factor) then
+  if reaches(totals['o'], cap * hard_factor) then
     add(COUNTERS, {count, count})
     return {1, 0, '1'}
   end
-  if fits(observed - totals['d'] + count, cap) then
+  if fits(totals['o'] - totals['d'] + count, cap) then
     add(COUNTERS, {count, 0})
     return {0}
   end

@@ -1,13 +1,16 @@
 -- The sliding window of src/window.rs, for one limiter key (prepended to each script).
 --
--- KEYS[1]: list of live bucket ids, oldest first.  KEYS[2]: hash of counts and totals.
+-- KEYS[1]: list of live bucket ids, oldest first.  KEYS[2]: hash with, per bucket, one
+-- field per counter (counter .. id), the running totals ('t' .. counter), the newest and
+-- oldest bucket ids ('n', 'l') and the key's latest rate ('r').
 -- ARGV[1]: "" to read the server's TIME, or a test clock's milliseconds (tests only).
 -- ARGV[2]: window in whole seconds.  ARGV[3]: group in ms.  ARGV[4]: mode.
 --
--- Bucket id = floor(t / g); bucket b counts while (b + 1) * g + W > t; an increment behind the
--- newest bucket (a clock that stepped back) counts in the newest one.  Work per call is the
--- buckets that expired since the last call (each is pushed once and popped once) plus a
--- bounded walk; no list is ever unpacked.
+-- Bucket id = floor(t / g); bucket b counts while (b + 1) * g + W > t; an increment behind
+-- the newest bucket (a clock that stepped back) counts in the newest one.  A call reads its
+-- state with one HMGET; only the buckets that expired since the previous call are popped
+-- (each bucket is pushed once and popped once) and no list is ever unpacked.  Both keys
+-- expire when their newest bucket stops counting (at most W + g from its creation).
 
 local ids, hash = KEYS[1], KEYS[2]
 local window_s = tonumber(ARGV[2])
@@ -28,63 +31,119 @@ local SLACK = 1e-9
 local function fits(used, cap) return used <= cap * (1 + SLACK) end
 local function reaches(used, limit) return used >= limit * (1 - SLACK) end
 
+local function expires_at(id) return (id + 1) * G + W end
+
+-- The oldest bucket still live at t.
 local function oldest_live(t)
   local s = t - W
   if s < 0 then s = 0 end
   return math.floor(s / G)
 end
-local function expires_at(id) return (id + 1) * G + W end
 
--- Drops the buckets that no longer count; `counters` names the per-bucket fields (bucket
--- field = counter .. id, total field = 't' .. counter).  If even the newest bucket is dead,
--- the key's state is dropped whole, as its TTL would have done.
-local function expire(counters)
-  local newest = redis.call('LINDEX', ids, -1)
-  if not newest then return end
+-- The key's window: `newest` / `oldest` are the bucket ids as stored (strings) or false,
+-- `totals[c]` the running total of counter c.
+local newest, oldest
+local totals = {}
+
+-- Takes the values of one HMGET of 'n', 'l', then 't' .. c for each counter, and drops the
+-- buckets that no longer count.  If even the newest bucket is dead the state is dropped
+-- whole, as the keys' TTL would have done.  Returns false when the key has no state.
+local function load(values, counters)
+  newest, oldest = values[1], values[2]
+  for i, c in ipairs(counters) do totals[c] = tonumber(values[i + 2]) or 0 end
+  if not newest then return false end
   local live = oldest_live(now)
   if tonumber(newest) < live then
     redis.call('DEL', ids, hash)
-    return
+    newest, oldest = false, false
+    for _, c in ipairs(counters) do totals[c] = 0 end
+    return false
   end
+  if not oldest or tonumber(oldest) >= live then return true end
+  local dropped = {}
+  for _, c in ipairs(counters) do dropped[c] = 0 end
   while true do
-    local oldest = redis.call('LINDEX', ids, 0)
-    if tonumber(oldest) >= live then return end
-    redis.call('LPOP', ids)
-    for _, c in ipairs(counters) do
-      local v = tonumber(redis.call('HGET', hash, c .. oldest))
-      if v then
-        redis.call('HINCRBY', hash, 't' .. c, -v)
-        redis.call('HDEL', hash, c .. oldest)
+    local chunk = redis.call('LRANGE', ids, 0, 31)
+    local gone = 0
+    for i, id in ipairs(chunk) do
+      if tonumber(id) >= live then
+        oldest = id
+        break
+      end
+      gone = i
+      for _, c in ipairs(counters) do
+        local v = tonumber(redis.call('HGET', hash, c .. id))
+        if v then
+          dropped[c] = dropped[c] + v
+          redis.call('HDEL', hash, c .. id)
+        end
       end
     end
+    if gone > 0 then redis.call('LTRIM', ids, gone, -1) end
+    if gone < 32 then break end
   end
+  for _, c in ipairs(counters) do
+    if dropped[c] ~= 0 then
+      totals[c] = totals[c] - dropped[c]
+      redis.call('HINCRBY', hash, 't' .. c, -dropped[c])
+    end
+  end
+  redis.call('HSET', hash, 'l', oldest)
+  return true
 end
 
--- Records values[i] under counters[i] in the bucket of `now`, and keeps both keys' TTL at
--- the moment their newest bucket stops counting (at most W + g from now).
-local function add(counters, values)
-  local id = math.floor(now / G)
-  local newest = redis.call('LINDEX', ids, -1)
-  local bucket
-  if newest and tonumber(newest) >= id then
-    bucket = newest
-  else
+-- Records values[i] under counters[i] in bucket `id` (behind the newest bucket: in the
+-- newest, which expires later, never earlier).  A new bucket is pushed and sets both keys'
+-- TTL to the moment it stops counting.
+local function add_at(counters, id, values)
+  local bucket = newest
+  if not bucket or tonumber(bucket) < id then
+    -- A new bucket: one HSET names it newest (and oldest if it is the only one) and sets
+    -- its counts.
     bucket = string.format('%d', id)
     redis.call('RPUSH', ids, bucket)
+    local fields = {'n', bucket}
+    if not oldest then
+      fields[3], fields[4] = 'l', bucket
+      oldest = bucket
+    end
+    for i, c in ipairs(counters) do
+      local v = values[i]
+      if v ~= 0 then
+        fields[#fields + 1] = c .. bucket
+        fields[#fields + 1] = v
+        redis.call('HINCRBY', hash, 't' .. c, v)
+        totals[c] = totals[c] + v
+      end
+    end
+    redis.call('HSET', hash, unpack(fields))
+    newest = bucket
+    local ttl = expires_at(id) - now
+    if ttl < 1 then ttl = 1 end
+    redis.call('PEXPIRE', ids, ttl)
+    redis.call('PEXPIRE', hash, ttl)
+    return
   end
   for i, c in ipairs(counters) do
     local v = values[i]
     if v ~= 0 then
       redis.call('HINCRBY', hash, c .. bucket, v)
       redis.call('HINCRBY', hash, 't' .. c, v)
+      totals[c] = totals[c] + v
     end
   end
-  local ttl = expires_at(tonumber(bucket)) - now
-  if ttl < 1 then ttl = 1 end
-  redis.call('PEXPIRE', ids, ttl)
-  redis.call('PEXPIRE', hash, ttl)
 end
 
-local function total(counter)
-  return tonumber(redis.call('HGET', hash, 't' .. counter)) or 0
+-- Records values[i] under counters[i] in the bucket of `now`.
+local function add(counters, values)
+  add_at(counters, math.floor(now / G), values)
 end
+
+-- For scripts that need no other field: one HMGET of the window's fields, then load.
+local function expire(counters)
+  local fields = {'n', 'l'}
+  for _, c in ipairs(counters) do fields[#fields + 1] = 't' .. c end
+  return load(redis.call('HMGET', hash, unpack(fields)), counters)
+end
+
+local function total(counter) return totals[counter] end

@@ -1,0 +1,334 @@
+//! The Redis provider on a loopback Redis: sequential latency (p50 / p99) and the
+//! throughput of 64 concurrent tasks on one multiplexed connection, for both strategies,
+//! beside a raw `EVALSHA` of a one-line script (the floor) and trypema 2.x's Redis provider.
+//!
+//! ```sh
+//! cargo bench --bench redis --features redis-tokio
+//! # against a running server on this machine instead of one started by the bench:
+//! SLUICEGATE_REDIS_URL=redis://127.0.0.1:6379/ cargo bench --bench redis --features redis-tokio
+//! ```
+//!
+//! Before criterion's own runs it prints a table: p50 / p99 over 20 000 sequential calls and
+//! the median of three 64-task runs, with the ratios the targets are stated in. Every
+//! subject uses a 60 s window with 10 ms groups, a hard limit factor of 1.5, 100 keys in
+//! turn and a rate no call reaches (the admitted path: the common case), and the same
+//! `ConnectionManager` type from the same redis crate.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use redis::aio::ConnectionManager;
+use sluicegate::hybrid::SyncIntervalMs;
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
+use sluicegate::{RateLimit, RateLimiter, RateLimiterOptions};
+use trypema::RateLimiterBuilder as _;
+
+const KEYS: usize = 100;
+const SEQUENTIAL_CALLS: usize = 20_000;
+const TASKS: usize = 64;
+const CALLS_PER_TASK: usize = 500;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subject {
+    RawEvalsha,
+    Absolute,
+    Suppressed,
+    TrypemaAbsolute,
+    TrypemaSuppressed,
+}
+
+impl Subject {
+    const ALL: [Subject; 5] = [
+        Subject::RawEvalsha,
+        Subject::Absolute,
+        Subject::Suppressed,
+        Subject::TrypemaAbsolute,
+        Subject::TrypemaSuppressed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Subject::RawEvalsha => "raw_evalsha_return_1",
+            Subject::Absolute => "sluicegate_absolute",
+            Subject::Suppressed => "sluicegate_suppressed",
+            Subject::TrypemaAbsolute => "trypema_absolute",
+            Subject::TrypemaSuppressed => "trypema_suppressed",
+        }
+    }
+}
+
+/// Everything the subjects call, sharing one multiplexed connection each.
+struct Bench {
+    conn: ConnectionManager,
+    floor: redis::Script,
+    ours: RateLimiter,
+    theirs: Arc<trypema::redis::RedisRateLimiterProvider>,
+    our_keys: Vec<RedisKey>,
+    their_keys: Vec<trypema::redis::RedisKey>,
+    our_rate: RateLimit,
+    their_rate: trypema::RateLimit,
+}
+
+impl Bench {
+    async fn new(url: &str, run: &str) -> Self {
+        let client = redis::Client::open(url).unwrap();
+        let conn = client.get_connection_manager().await.unwrap();
+        let local = LocalRateLimiterOptions {
+            window_size_seconds: 60.try_into().unwrap(),
+            rate_group_size_ms: 10.try_into().unwrap(),
+            hard_limit_factor: 1.5.try_into().unwrap(),
+            suppression_factor_cache_ms: Default::default(),
+        };
+        let ours = RateLimiter::new(RateLimiterOptions {
+            local,
+            redis: RedisRateLimiterOptions {
+                connection_manager: client.get_connection_manager().await.unwrap(),
+                prefix: Some(RedisKey::try_from(format!("bench_{run}")).unwrap()),
+                window_size_seconds: local.window_size_seconds,
+                rate_group_size_ms: local.rate_group_size_ms,
+                hard_limit_factor: local.hard_limit_factor,
+                suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+                sync_interval_ms: SyncIntervalMs::default(),
+            },
+        });
+        let theirs = trypema::redis::RedisRateLimiterProvider::builder(
+            client.get_connection_manager().await.unwrap(),
+        )
+        .prefix(trypema::redis::RedisKey::try_from(format!("trypema_{run}").as_str()).unwrap())
+        .window_size(trypema::WindowSize::seconds(60).unwrap())
+        .bucket_size(trypema::BucketSize::milliseconds(10).unwrap())
+        .hard_limit_factor(trypema::HardLimitFactor::try_from(1.5).unwrap())
+        .disable_cleanup()
+        .build()
+        .unwrap();
+        Bench {
+            conn,
+            floor: redis::Script::new("return 1"),
+            ours,
+            theirs,
+            our_keys: (0..KEYS)
+                .map(|i| RedisKey::try_from(format!("user{i}")).unwrap())
+                .collect(),
+            their_keys: (0..KEYS)
+                .map(|i| trypema::redis::RedisKey::try_from(format!("user{i}").as_str()).unwrap())
+                .collect(),
+            our_rate: RateLimit::try_from(1e7).unwrap(),
+            their_rate: trypema::RateLimit::per_second(1e7).unwrap(),
+        }
+    }
+
+    async fn call(&self, subject: Subject, i: usize) {
+        let k = i % KEYS;
+        let admitted = match subject {
+            Subject::RawEvalsha => {
+                let mut conn = self.conn.clone();
+                let one: i64 = self.floor.invoke_async(&mut conn).await.unwrap();
+                one == 1
+            }
+            Subject::Absolute => self
+                .ours
+                .redis()
+                .absolute()
+                .inc(&self.our_keys[k], &self.our_rate, 1)
+                .await
+                .unwrap()
+                .is_allowed(),
+            Subject::Suppressed => self
+                .ours
+                .redis()
+                .suppressed()
+                .inc(&self.our_keys[k], &self.our_rate, 1)
+                .await
+                .unwrap()
+                .is_allowed(),
+            Subject::TrypemaAbsolute => matches!(
+                self.theirs
+                    .absolute()
+                    .inc(&self.their_keys[k], &self.their_rate, 1)
+                    .await
+                    .unwrap(),
+                trypema::RateLimitDecision::Allowed
+            ),
+            Subject::TrypemaSuppressed => matches!(
+                self.theirs
+                    .suppressed()
+                    .inc(&self.their_keys[k], &self.their_rate, 1)
+                    .await
+                    .unwrap(),
+                trypema::RateLimitDecision::Allowed
+            ),
+        };
+        assert!(
+            black_box(admitted),
+            "{subject:?} refused a call far below its rate"
+        );
+    }
+
+    /// `TASKS` tasks of `calls` calls each; returns the wall time.
+    async fn concurrent(self: &Arc<Self>, subject: Subject, calls: usize) -> Duration {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let bench = self.clone();
+                tokio::spawn(async move {
+                    for i in 0..calls {
+                        bench.call(subject, t * calls + i).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        started.elapsed()
+    }
+}
+
+struct Summary {
+    p50: Duration,
+    p99: Duration,
+    ops_per_s: f64,
+    /// Server time per script call (`INFO commandstats`, evalsha `usec_per_call`).
+    server_us: f64,
+}
+
+/// `usec_per_call` of EVALSHA since the last `CONFIG RESETSTAT`.
+async fn server_us_per_call(conn: &ConnectionManager) -> f64 {
+    let mut conn = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("usec_per_call=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+async fn reset_stats(conn: &ConnectionManager) {
+    let mut conn = conn.clone();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn summarize(bench: &Arc<Bench>, subject: Subject) -> Summary {
+    for i in 0..2_000 {
+        bench.call(subject, i).await;
+    }
+    reset_stats(&bench.conn).await;
+    let mut samples = Vec::with_capacity(SEQUENTIAL_CALLS);
+    for i in 0..SEQUENTIAL_CALLS {
+        let started = Instant::now();
+        bench.call(subject, i).await;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let mut runs: Vec<f64> = Vec::new();
+    for _ in 0..3 {
+        let took = bench.concurrent(subject, CALLS_PER_TASK).await;
+        runs.push((TASKS * CALLS_PER_TASK) as f64 / took.as_secs_f64());
+    }
+    runs.sort_by(f64::total_cmp);
+    let server_us = server_us_per_call(&bench.conn).await;
+    Summary {
+        server_us,
+        p50: samples[samples.len() / 2],
+        p99: samples[samples.len() * 99 / 100],
+        ops_per_s: runs[1],
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = support::TestRedis::get();
+    let run = support::unique("run");
+    let bench = Arc::new(runtime.block_on(Bench::new(redis.url(), &run)));
+
+    println!(
+        "redis at {}; {SEQUENTIAL_CALLS} sequential calls, {TASKS} tasks x {CALLS_PER_TASK} calls (median of 3)",
+        redis.url()
+    );
+    let mut table = Vec::new();
+    for subject in Subject::ALL {
+        let s = runtime.block_on(summarize(&bench, subject));
+        println!(
+            "{:<24} p50 {:>7.1} us   p99 {:>7.1} us   {:>9.0} ops/s   server {:>5.1} us/call",
+            subject.name(),
+            micros(s.p50),
+            micros(s.p99),
+            s.ops_per_s,
+            s.server_us
+        );
+        table.push((subject, s));
+    }
+    let get = |subject| &table.iter().find(|(s, _)| *s == subject).unwrap().1;
+    let floor = get(Subject::RawEvalsha);
+    for (ours, theirs) in [
+        (Subject::Absolute, Subject::TrypemaAbsolute),
+        (Subject::Suppressed, Subject::TrypemaSuppressed),
+    ] {
+        println!(
+            "{:<24} p50 / raw EVALSHA p50 = {:.2} (target <= 1.5)   throughput / trypema = {:.2} (target >= 1.3)",
+            ours.name(),
+            micros(get(ours).p50) / micros(floor.p50),
+            get(ours).ops_per_s / get(theirs).ops_per_s
+        );
+    }
+
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    {
+        let mut group = c.benchmark_group("redis_sequential");
+        for subject in Subject::ALL {
+            let bench = bench.clone();
+            let mut i = 0;
+            group.bench_function(subject.name(), |b| {
+                b.to_async(&runtime).iter(|| {
+                    i += 1;
+                    let bench = bench.clone();
+                    let n = i;
+                    async move { bench.call(subject, n).await }
+                })
+            });
+        }
+        group.finish();
+    }
+    {
+        let mut group = c.benchmark_group("redis_concurrent_64_tasks");
+        group.throughput(Throughput::Elements(TASKS as u64));
+        group.sample_size(20);
+        for subject in Subject::ALL {
+            let bench = bench.clone();
+            group.bench_function(subject.name(), |b| {
+                b.to_async(&runtime).iter_custom(|iters| {
+                    let bench = bench.clone();
+                    async move { bench.concurrent(subject, iters as usize).await }
+                })
+            });
+        }
+        group.finish();
+    }
+    c.final_summary();
+}
