@@ -323,23 +323,28 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Headers to add to the inner service's response.
+/// Headers to add to the inner service's response: none on the common path, so the
+/// local path's future carries one pointer, not three header values.
 #[derive(Debug, Default)]
-pub(crate) struct Note {
-    pub(crate) policy: Option<HeaderValue>,
-    pub(crate) ratelimit: Option<HeaderValue>,
-    pub(crate) factor: Option<HeaderValue>,
+pub(crate) struct Note(Option<Box<NoteFields>>);
+
+#[derive(Debug, Default)]
+pub(crate) struct NoteFields {
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+    factor: Option<HeaderValue>,
 }
 
 impl Note {
     pub(crate) fn apply(self, headers: &mut http::HeaderMap) {
-        if let Some(v) = self.policy {
+        let Some(fields) = self.0 else { return };
+        if let Some(v) = fields.policy {
             headers.insert(headers::RATELIMIT_POLICY, v);
         }
-        if let Some(v) = self.ratelimit {
+        if let Some(v) = fields.ratelimit {
             headers.insert(headers::RATELIMIT, v);
         }
-        if let Some(v) = self.factor {
+        if let Some(v) = fields.factor {
             headers.insert(headers::SUPPRESSION_FACTOR, v);
         }
     }
@@ -349,8 +354,9 @@ impl Note {
 pub(crate) enum Verdict {
     /// Call the inner service, then add these headers.
     Pass(Note),
-    /// Answer with this response.
-    Reject(Response<Bytes>),
+    /// Answer with this response (boxed: it is large, and the allowed path's future
+    /// should not be).
+    Reject(Box<Response<Bytes>>),
     /// Wait for a networked provider, then [`Shared::finish`].
     Pending(DecisionFuture, Pending),
 }
@@ -404,10 +410,10 @@ impl Shared {
                 tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");
                 match self.on_provider_error {
                     ProviderErrorPolicy::FailOpen => Verdict::Pass(Note::default()),
-                    ProviderErrorPolicy::FailClosed => Verdict::Reject(
+                    ProviderErrorPolicy::FailClosed => Verdict::Reject(Box::new(
                         self.body
                             .build(&Rejection::ProviderUnavailable { error: &err }),
-                    ),
+                    )),
                 }
             }
         }
@@ -426,29 +432,29 @@ impl Shared {
                 if !self.headers_on_allowed {
                     return Verdict::Pass(Note::default());
                 }
-                Verdict::Pass(self.allowed_fields(key, rate, local))
+                Verdict::Pass(Note(Some(Box::new(self.allowed_fields(key, rate, local)))))
             }
             RateLimitDecision::Suppressed {
                 is_allowed: true,
                 suppression_factor,
             } => {
-                let mut note = if self.headers_on_allowed {
+                let mut fields = if self.headers_on_allowed {
                     self.allowed_fields(key, rate, local)
                 } else {
-                    Note::default()
+                    NoteFields::default()
                 };
                 if self.factor_on_allowed && suppression_factor > 0.0 {
-                    note.factor = Some(self.prebuilt.factor(suppression_factor));
+                    fields.factor = Some(self.prebuilt.factor(suppression_factor));
                 }
-                Verdict::Pass(note)
+                Verdict::Pass(Note(Some(Box::new(fields))))
             }
             RateLimitDecision::Rejected { retry_after_ms, .. } => {
-                Verdict::Reject(self.limited(key, rate, retry_after_ms))
+                Verdict::Reject(Box::new(self.limited(key, rate, retry_after_ms)))
             }
             RateLimitDecision::Suppressed {
                 is_allowed: false,
                 suppression_factor,
-            } => Verdict::Reject(self.shed(key, suppression_factor)),
+            } => Verdict::Reject(Box::new(self.shed(key, suppression_factor))),
         }
     }
 
@@ -456,14 +462,14 @@ impl Shared {
         matches!(self.rate, RateSource::Fixed(_))
     }
 
-    fn allowed_fields(&self, key: &Key, rate: RateLimit, local: bool) -> Note {
+    fn allowed_fields(&self, key: &Key, rate: RateLimit, local: bool) -> NoteFields {
         let p = &self.prebuilt;
         let ratelimit = local.then(|| {
             let used = provider::local_used(&self.limiter, self.strategy, key);
             let left = headers::quota(rate.get(), p.window_s).saturating_sub(used);
             headers::ratelimit_value(&p.name, left, p.window_s)
         });
-        Note {
+        NoteFields {
             policy: Some(p.policy_for(rate.get(), self.fixed())),
             ratelimit,
             factor: None,
@@ -523,15 +529,17 @@ impl Shared {
         if status.is_server_error() {
             tracing::error!(error = %err, "sluicegate: no rate-limit key");
         }
-        Verdict::Reject(
+        Verdict::Reject(Box::new(
             self.body
                 .build(&Rejection::KeyUnavailable { error: err, status }),
-        )
+        ))
     }
 
     #[cold]
     fn misconfigured(&self, err: &Error) -> Verdict {
         tracing::error!(error = %err, "sluicegate: resolved rate or cost does not fit the limiter");
-        Verdict::Reject(self.body.build(&Rejection::Misconfigured { error: err }))
+        Verdict::Reject(Box::new(
+            self.body.build(&Rejection::Misconfigured { error: err }),
+        ))
     }
 }

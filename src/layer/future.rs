@@ -35,10 +35,10 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            note: Option<Note>,
+            note: Note,
         },
         Reply {
-            response: Option<Response<Bytes>>,
+            response: Option<Box<Response<Bytes>>>,
         },
         Deciding {
             // Boxed: it holds the request and a service, and only networked providers
@@ -62,14 +62,11 @@ where
 {
     pub(crate) fn inner(future: S::Future, note: Note) -> Self {
         ResponseFuture {
-            state: State::Inner {
-                future,
-                note: Some(note),
-            },
+            state: State::Inner { future, note },
         }
     }
 
-    pub(crate) fn reply(response: Response<Bytes>) -> Self {
+    pub(crate) fn reply(response: Box<Response<Bytes>>) -> Self {
         ResponseFuture {
             state: State::Reply {
                 response: Some(response),
@@ -110,16 +107,14 @@ where
             match state.as_mut().project() {
                 StateProj::Inner { future, note } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(note) = note.take() {
-                        note.apply(response.headers_mut());
-                    }
+                    std::mem::take(note).apply(response.headers_mut());
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Reply { response } => {
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok((*response).map(ResponseBody::full)));
                 }
                 StateProj::Deciding { deciding } => {
                     let Deciding {
@@ -140,7 +135,7 @@ where
                                 .expect("ResponseFuture polled after completion");
                             State::Inner {
                                 future: service.call(request),
-                                note: Some(note),
+                                note,
                             }
                         }
                         Verdict::Reject(response) => State::Reply {
