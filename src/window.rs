@@ -121,23 +121,35 @@ pub(crate) struct Bucket<C> {
 
 /// One key's live buckets and their running total.
 ///
-/// The newest bucket lives inline and older ones in a deque that exists only while there are
-/// any, so an idle key costs no allocation beyond its map entry.
+/// The newest bucket lives inline and older ones, with their sum, in a box that exists only
+/// while there are any, so an idle key costs no allocation beyond its map entry, and its
+/// entry holds one bucket and one pointer (the sum of a lone bucket is the bucket).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Window<C> {
     /// Zero counts means the window is empty (an increment is never zero).
     newest: Bucket<C>,
-    /// Oldest first; `None` when empty. Boxed on purpose: 8 bytes in every idle key's
-    /// entry instead of the 32 of an inline `VecDeque`.
-    #[allow(clippy::box_collection)]
-    older: Option<Box<VecDeque<Bucket<C>>>>,
+    /// `None` when there is no bucket but the newest. Boxed on purpose: 8 bytes in every
+    /// idle key's entry instead of the 32 of an inline `VecDeque` and the sum.
+    older: Option<Box<Older<C>>>,
+}
+
+/// The buckets before the newest: never empty while it exists.
+#[derive(Debug, Clone, Default)]
+struct Older<C> {
+    /// Oldest first.
+    buckets: VecDeque<Bucket<C>>,
     total: C,
 }
 
 impl<C: Counts> Window<C> {
+    /// The sum of every live bucket.
     #[inline]
     pub(crate) fn total(&self) -> C {
-        self.total
+        let mut total = self.newest.counts;
+        if let Some(older) = &self.older {
+            total.add(older.total);
+        }
+        total
     }
 
     #[inline]
@@ -156,7 +168,7 @@ impl<C: Counts> Window<C> {
     }
 
     fn oldest_id(&self) -> u64 {
-        match self.older.as_deref().and_then(VecDeque::front) {
+        match self.older.as_deref().and_then(|o| o.buckets.front()) {
             Some(b) => b.id,
             None => self.newest.id,
         }
@@ -165,17 +177,16 @@ impl<C: Counts> Window<C> {
     #[cold]
     fn expire_slow(&mut self, oldest_live: u64) {
         if let Some(older) = self.older.as_deref_mut() {
-            while let Some(front) = older.front() {
+            while let Some(front) = older.buckets.front() {
                 if front.id >= oldest_live {
                     return;
                 }
-                self.total.sub(front.counts);
-                older.pop_front();
+                older.total.sub(front.counts);
+                older.buckets.pop_front();
             }
             self.older = None;
         }
         if self.newest.id < oldest_live {
-            self.total.sub(self.newest.counts);
             self.newest = Bucket::default();
         }
     }
@@ -196,17 +207,19 @@ impl<C: Counts> Window<C> {
         } else {
             let id = geo.bucket_of(now_ms);
             let previous = std::mem::replace(&mut self.newest, Bucket { id, counts });
-            self.older
-                .get_or_insert_with(Default::default)
-                .push_back(previous);
+            let older = self.older.get_or_insert_with(Default::default);
+            older.buckets.push_back(previous);
+            older.total.add(previous.counts);
         }
-        self.total.add(counts);
     }
 
     /// Live buckets, oldest first.
     pub(crate) fn buckets(&self) -> impl DoubleEndedIterator<Item = &Bucket<C>> {
         let newest = (!self.is_empty()).then_some(&self.newest);
-        self.older.iter().flat_map(|d| d.iter()).chain(newest)
+        self.older
+            .iter()
+            .flat_map(|o| o.buckets.iter())
+            .chain(newest)
     }
 
     /// Walks the buckets oldest first, as if each expired in turn, until `done(what is
@@ -218,7 +231,7 @@ impl<C: Counts> Window<C> {
         now_ms: u64,
         mut done: impl FnMut(C) -> bool,
     ) -> Option<(u64, C)> {
-        let mut left = self.total;
+        let mut left = self.total();
         for bucket in self.buckets() {
             left.sub(bucket.counts);
             if done(left) {
