@@ -20,6 +20,10 @@ use crate::config::capacity;
 use crate::suppressed::{SuppressedState, SuppressionParams};
 use crate::window::{Bucket, Counts, Geometry, Usage};
 
+/// The most buckets one key sends in one flush (oldest first): after a long outage the rest
+/// follow in the next cycles, so no script call carries an unbounded list.
+pub(crate) const MAX_BUCKETS_PER_BATCH: usize = 256;
+
 /// What the last refresh said about a key, from Redis.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct View {
@@ -265,9 +269,10 @@ impl<S, C: Units> KeyState<S, C> {
         };
         let held = (allowance - self.spent as f64).max(0.0);
         if self.inflight.is_none() && !self.pending.is_empty() {
+            let take = self.pending.len().min(MAX_BUCKETS_PER_BATCH);
             self.inflight = Some(Batch {
                 seq: next_seq(),
-                buckets: self.pending.drain(..).collect(),
+                buckets: self.pending.drain(..take).collect(),
             });
         }
         self.touched = false;

@@ -49,40 +49,13 @@ local function accepted()
   return totals['o'] - totals['d']
 end
 
--- window.lua's add, at a given bucket: a bucket behind the newest one counts in the newest,
--- which expires later, never earlier.
-local function add_at(id, values)
-  local bucket = newest
-  local fresh = not bucket or tonumber(bucket) < id
-  if fresh then
-    bucket = string.format('%d', id)
-    redis.call('RPUSH', ids, bucket)
-    if oldest then
-      redis.call('HSET', hash, 'n', bucket)
-    else
-      redis.call('HSET', hash, 'n', bucket, 'l', bucket)
-      oldest = bucket
-    end
-    newest = bucket
-  end
-  for i, c in ipairs(COUNTERS) do
-    local v = values[i]
-    if v ~= 0 then
-      redis.call('HINCRBY', hash, c .. bucket, v)
-      redis.call('HINCRBY', hash, 't' .. c, v)
-      totals[c] = totals[c] + v
-    end
-  end
-  if fresh then
-    local ttl = expires_at(id) - now
-    if ttl < 1 then ttl = 1 end
-    redis.call('PEXPIRE', ids, ttl)
-    redis.call('PEXPIRE', hash, ttl)
-  end
-end
-
 -- 1. The batch, exactly once: a sequence number at or below the last one applied is a
--- repeat whose reply was lost.
+-- repeat whose reply was lost.  Ids arrive oldest first.  Like window.lua's add, a bucket
+-- behind the newest one counts in the newest, which expires later, never earlier.  The
+-- writes are batched so that their number does not grow with the buckets in the batch:
+-- one HINCRBY per counter into the newest existing bucket, one RPUSH and one HSET (in
+-- chunks of 64) for the new ones, one HINCRBY per counter for the totals, one PEXPIRE
+-- per key.
 local applied, expired = 0, 0
 local field_q = 'q:' .. inst
 if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
@@ -90,11 +63,16 @@ if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
   local live = now - W
   if live < 0 then live = 0 end
   live = math.floor(live / G)
+  local into_newest = nil
+  local fresh = {}
+  local sums = {}
+  for i = 1, WIDTH do sums[i] = 0 end
   local at = 14
   for _ = 1, nbuckets do
     local id = tonumber(ARGV[at])
     local values = {}
     for i = 1, WIDTH do values[i] = tonumber(ARGV[at + i]) end
+    at = at + 1 + WIDTH
     if id < live then
       if mode == 'a' then
         expired = expired + values[1]
@@ -102,9 +80,59 @@ if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
         expired = expired + values[1] - values[2]
       end
     else
-      add_at(id, values)
+      for i = 1, WIDTH do sums[i] = sums[i] + values[i] end
+      local top = fresh[#fresh]
+      if top and top[1] >= id then
+        for i = 1, WIDTH do top[2][i] = top[2][i] + values[i] end
+      elseif #fresh == 0 and newest and tonumber(newest) >= id then
+        into_newest = into_newest or {}
+        for i = 1, WIDTH do into_newest[i] = (into_newest[i] or 0) + values[i] end
+      else
+        fresh[#fresh + 1] = {id, values}
+      end
     end
-    at = at + 1 + WIDTH
+  end
+  if into_newest then
+    for i, c in ipairs(COUNTERS) do
+      if into_newest[i] ~= 0 then redis.call('HINCRBY', hash, c .. newest, into_newest[i]) end
+    end
+  end
+  if #fresh > 0 then
+    local first = string.format('%d', fresh[1][1])
+    local last = string.format('%d', fresh[#fresh][1])
+    for from = 1, #fresh, 64 do
+      local push, set = {}, {}
+      for j = from, math.min(from + 63, #fresh) do
+        local bucket = string.format('%d', fresh[j][1])
+        push[#push + 1] = bucket
+        for i, c in ipairs(COUNTERS) do
+          local v = fresh[j][2][i]
+          if v ~= 0 then
+            set[#set + 1] = c .. bucket
+            set[#set + 1] = v
+          end
+        end
+      end
+      redis.call('RPUSH', ids, unpack(push))
+      if #set > 0 then redis.call('HSET', hash, unpack(set)) end
+    end
+    if oldest then
+      redis.call('HSET', hash, 'n', last)
+    else
+      redis.call('HSET', hash, 'n', last, 'l', first)
+      oldest = first
+    end
+    newest = last
+    local ttl = expires_at(fresh[#fresh][1]) - now
+    if ttl < 1 then ttl = 1 end
+    redis.call('PEXPIRE', ids, ttl)
+    redis.call('PEXPIRE', hash, ttl)
+  end
+  for i, c in ipairs(COUNTERS) do
+    if sums[i] ~= 0 then
+      redis.call('HINCRBY', hash, 't' .. c, sums[i])
+      totals[c] = totals[c] + sums[i]
+    end
   end
   redis.call('HSET', meta, field_q, seq)
 end
