@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
 use http::HeaderName;
-use sluicegate::layer::{HeaderKey, PeerIp, RateLimitLayer, Strategy};
+use sluicegate::layer::{HeaderKey, PeerIp, Provider, RateLimitLayer, Strategy};
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 use tokio::net::TcpListener;
@@ -43,26 +43,33 @@ impl Limits {
         PRO_PER_WINDOW / self.window_s as f64
     }
 
-    /// The in-process limiter: buckets of a hundredth of the window, the suppression factor
+    /// The limiter's settings: buckets of a hundredth of the window, the suppression factor
     /// re-estimated as often.
-    pub fn local_limiter(self) -> Result<Arc<RateLimiter>, sluicegate::Error> {
+    pub fn options(self) -> Result<LocalRateLimiterOptions, sluicegate::Error> {
         let grain_ms = self.window_s * 10;
-        let limiter = RateLimiterBuilder::new(LocalRateLimiterOptions {
+        Ok(LocalRateLimiterOptions {
             window_size_seconds: self.window_s.try_into()?,
             rate_group_size_ms: grain_ms.try_into()?,
             hard_limit_factor: HARD_LIMIT_FACTOR.try_into()?,
             suppression_factor_cache_ms: grain_ms.try_into()?,
         })
-        .build()?;
-        let limiter = Arc::new(limiter);
+    }
+
+    /// The in-process limiter.
+    pub fn local_limiter(self) -> Result<Arc<RateLimiter>, sluicegate::Error> {
+        let limiter = Arc::new(RateLimiterBuilder::new(self.options()?).build()?);
         // Drops idle keys in the background; stops when the limiter is dropped.
         limiter.run_cleanup_loop();
         Ok(limiter)
     }
 }
 
-/// The three routes on `limiter`.
-pub fn router(limiter: Arc<RateLimiter>, limits: Limits) -> Result<Router, sluicegate::Error> {
+/// The three routes on `limiter`, decided by `provider`.
+pub fn router(
+    limiter: Arc<RateLimiter>,
+    limits: Limits,
+    provider: Provider,
+) -> Result<Router, sluicegate::Error> {
     let window = limits.window_s as f64;
     let api = RateLimitLayer::builder(limiter.clone())
         .key(HeaderKey::new(API_KEY))
@@ -75,6 +82,7 @@ pub fn router(limiter: Arc<RateLimiter>, limits: Limits) -> Result<Router, sluic
             RateLimit::try_from(per_window / window).expect("plan rates are positive")
         })
         .strategy(Strategy::Absolute)
+        .provider(provider)
         .policy_name("api")
         .headers_on_allowed(true)
         .build()?;
@@ -82,6 +90,7 @@ pub fn router(limiter: Arc<RateLimiter>, limits: Limits) -> Result<Router, sluic
         .key(PeerIp::new())
         .rate(RateLimit::try_from(limits.limit_per_s())?)
         .strategy(Strategy::Suppressed)
+        .provider(provider)
         .policy_name("feed")
         .build()?;
 

@@ -95,9 +95,9 @@ impl Scenario {
         Scenario {
             limits: Limits { window_s },
             phases: vec![
-                phase("below the limit", 0.6, 4.0),
-                phase("at the limit", 1.0, 4.0),
-                phase("1.3x the limit", 1.3, 7.0),
+                phase("below the limit", 0.6, 3.0),
+                phase("at the limit", 1.0, 3.0),
+                phase("1.3x the limit", 1.3, 9.0),
                 phase("3x the limit", 3.0, 5.0),
             ],
             health_per_s: 2.0 / time,

@@ -18,7 +18,9 @@
 //!
 //! The load runs in phases: below the limit, at it, 1.3x and 3x. Options: `--out PATH`
 //! (where the SVG goes; default `target/sluicegate-demo.svg`), `--quick`, `--no-progress`,
-//! `--serve [--addr 127.0.0.1:PORT]`, and with the `redis-tokio` feature `--redis URL`.
+//! `--serve [--addr 127.0.0.1:PORT]`, and with the `redis-tokio` feature `--redis URL` (the
+//! Redis provider) and `--hybrid` (the hybrid provider, on `--redis URL` or
+//! `redis://127.0.0.1:6379/`).
 
 mod app;
 mod load;
@@ -42,7 +44,7 @@ struct Args {
     provider: Provider,
 }
 
-const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis URL]";
+const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis URL] [--hybrid]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -56,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         )),
         provider: Provider::Local,
     };
+    let (mut redis_url, mut hybrid) = (None, false);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value\n{USAGE}"));
@@ -75,35 +78,43 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.addr = addr;
             }
-            "--redis" => {
-                let url = value("--redis")?;
-                args.provider = redis_provider(url)?;
-            }
-            "--hybrid" => {
-                return Err("--hybrid: the hybrid provider is not in sluicegate yet".to_owned());
-            }
+            "--redis" => redis_url = Some(value("--redis")?),
+            "--hybrid" => hybrid = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
+    args.provider = provider(redis_url, hybrid)?;
     Ok(args)
 }
 
+/// The Redis server `--hybrid` uses unless `--redis` names one.
 #[cfg(feature = "redis-tokio")]
-fn redis_provider(url: String) -> Result<Provider, String> {
-    Ok(Provider::Redis(url))
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+#[cfg(feature = "redis-tokio")]
+fn provider(redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
+    Ok(match (redis_url, hybrid) {
+        (None, false) => Provider::Local,
+        (Some(url), false) => Provider::Redis(url),
+        (url, true) => Provider::Hybrid(url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
+    })
 }
 
 #[cfg(not(feature = "redis-tokio"))]
-fn redis_provider(_url: String) -> Result<Provider, String> {
-    Err("--redis needs the `redis-tokio` feature: \
-         cargo run --release --example demo --features redis-tokio -- --redis redis://127.0.0.1:6379/"
+fn provider(redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
+    if redis_url.is_none() && !hybrid {
+        return Ok(Provider::Local);
+    }
+    Err("--redis and --hybrid need the `redis-tokio` feature: \
+         cargo run --release --example demo --features redis-tokio -- --redis redis://127.0.0.1:6379/ [--hybrid]"
         .to_owned())
 }
 
 fn print_exchange(e: &Exchange, with_body: bool) {
     let fields: Vec<String> = e.fields.iter().map(|(n, v)| format!("{n}: {v}")).collect();
-    println!("  {}\n    -> {} {}", e.curl, e.status, fields.join("; "));
+    let answer = format!("{} {}", e.status, fields.join("; "));
+    println!("  {}\n    -> {}", e.curl, answer.trim_end());
     if with_body {
         println!("       {}", e.body.trim());
     }
@@ -111,7 +122,8 @@ fn print_exchange(e: &Exchange, with_body: bool) {
 
 async fn serve(args: &Args, scenario: &Scenario) -> Result<(), Box<dyn std::error::Error>> {
     let limiter = args.provider.limiter(scenario).await?;
-    let server = app::Server::start(app::router(limiter, scenario.limits)?, args.addr).await?;
+    let router = app::router(limiter, scenario.limits, args.provider.layer_provider()?)?;
+    let server = app::Server::start(router, args.addr).await?;
     let base = format!("http://{}", server.addr);
     println!(
         "sluicegate demo serving on {base} ({} provider); Ctrl-C stops it. Try:",

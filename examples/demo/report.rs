@@ -58,10 +58,10 @@ pub fn describe(route: Route, scenario: &Scenario) -> String {
     let w = scenario.limits.window_s;
     match route {
         Route::Api => format!(
-            "absolute, per x-api-key: {PRO_KEY} ({PRO_PER_WINDOW} per {w} s; other keys {FREE_PER_WINDOW})"
+            "absolute, keyed by x-api-key: {PRO_KEY} has {PRO_PER_WINDOW} per {w} s, other keys {FREE_PER_WINDOW}"
         ),
         Route::Feed => format!(
-            "suppressed, per client IP: {PRO_PER_WINDOW} per {w} s, hard limit x{HARD_LIMIT_FACTOR}"
+            "suppressed, keyed by client IP: {PRO_PER_WINDOW} per {w} s, hard limit x{HARD_LIMIT_FACTOR}"
         ),
         Route::Health => "not limited".to_owned(),
     }
@@ -87,7 +87,7 @@ fn line(c: [&str; 9]) -> String {
 pub fn table(samples: &[Sample], scenario: &Scenario) -> String {
     let mut out = String::new();
     for route in Route::ALL {
-        let _ = writeln!(out, "\n{}  ({})", route.path(), describe(route, scenario));
+        let _ = writeln!(out, "\n{}: {}", route.path(), describe(route, scenario));
         let _ = writeln!(
             out,
             "{}",
@@ -285,7 +285,7 @@ pub fn chart(
             .y_label_area_size(55)
             .right_y_label_area_size(55)
             .build_cartesian_2d(0.0..duration, 0.0..top)?
-            .set_secondary_coord(0.0..duration, 0.0..1.0);
+            .set_secondary_coord(0.0..duration, 0.0..1.1);
         chart
             .configure_mesh()
             .disable_x_mesh()

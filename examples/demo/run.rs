@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluicegate::RateLimiter;
+use sluicegate::layer::Provider as LayerProvider;
 
 use crate::app::{self, Server};
 use crate::load::{self, Exchange, Sample, Scenario};
@@ -18,6 +19,9 @@ pub enum Provider {
     /// A Redis server at this URL, one script call per decision.
     #[cfg(feature = "redis-tokio")]
     Redis(String),
+    /// Local decisions, flushed to the Redis server at this URL in batches.
+    #[cfg(feature = "redis-tokio")]
+    Hybrid(String),
 }
 
 impl Provider {
@@ -27,6 +31,8 @@ impl Provider {
             Provider::Local => "local",
             #[cfg(feature = "redis-tokio")]
             Provider::Redis(_) => "Redis",
+            #[cfg(feature = "redis-tokio")]
+            Provider::Hybrid(_) => "hybrid",
         }
     }
 
@@ -38,12 +44,61 @@ impl Provider {
         match self {
             Provider::Local => Ok(scenario.limits.local_limiter()?),
             #[cfg(feature = "redis-tokio")]
-            Provider::Redis(url) => Err(format!(
-                "--redis {url}: the Redis provider is not wired into the demo yet"
-            )
-            .into()),
+            Provider::Redis(url) | Provider::Hybrid(url) => {
+                networked_limiter(url, scenario.limits).await
+            }
         }
     }
+
+    /// How the layer reaches this provider.
+    pub fn layer_provider(&self) -> Result<LayerProvider, String> {
+        match self {
+            Provider::Local => Ok(LayerProvider::Local),
+            #[cfg(feature = "redis-tokio")]
+            Provider::Redis(_) | Provider::Hybrid(_) => Err(format!(
+                "RateLimitLayer does not offer the {} provider yet",
+                self.name()
+            )),
+        }
+    }
+}
+
+/// A limiter with a Redis connection; its keys go under a prefix of their own, so a run
+/// never sees the counts of an earlier one.
+#[cfg(feature = "redis-tokio")]
+async fn networked_limiter(
+    url: &str,
+    limits: crate::app::Limits,
+) -> Result<Arc<RateLimiter>, Box<dyn std::error::Error>> {
+    use sluicegate::hybrid::SyncIntervalMs;
+    use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
+    use sluicegate::{RateLimiterOptions, redis::DEFAULT_REDIS_TIMEOUT};
+
+    let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+    let connect = client.get_connection_manager();
+    let connection_manager = tokio::time::timeout(DEFAULT_REDIS_TIMEOUT * 5, connect)
+        .await
+        .map_err(|_| format!("--redis {url}: no answer within 5 s; is redis-server running?"))?
+        .map_err(|e| format!("--redis {url}: {e}; is redis-server running?"))?;
+    let local = limits.options()?;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let limiter = RateLimiter::try_new(RateLimiterOptions {
+        local,
+        redis: RedisRateLimiterOptions {
+            connection_manager,
+            prefix: Some(RedisKey::try_from(format!("sluicegate_demo_{started}"))?),
+            window_size_seconds: local.window_size_seconds,
+            rate_group_size_ms: local.rate_group_size_ms,
+            hard_limit_factor: local.hard_limit_factor,
+            suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+            sync_interval_ms: SyncIntervalMs::default(),
+        },
+    })?;
+    let limiter = Arc::new(limiter);
+    limiter.run_cleanup_loop();
+    Ok(limiter)
 }
 
 /// Everything a run produced.
@@ -65,7 +120,7 @@ pub async fn run(
     on_ready: impl FnOnce(SocketAddr, &[Exchange]),
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let limiter = provider.limiter(scenario).await?;
-    let router = app::router(limiter, scenario.limits)?;
+    let router = app::router(limiter, scenario.limits, provider.layer_provider()?)?;
     let server = Server::start(router, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = server.addr;
     let tour = load::tour(addr).await?;
