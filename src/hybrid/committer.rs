@@ -182,7 +182,7 @@ impl Shared {
         let mut ok = true;
         for (chunk, reply) in chunks.zip(replies) {
             match reply {
-                Ok(values) => self.apply(chunk, &values, now.local, received),
+                Ok(values) => ok &= self.apply(chunk, &values, now.local, received),
                 Err(err) => {
                     ok = false;
                     self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
@@ -224,11 +224,19 @@ impl Shared {
         (buckets, units)
     }
 
+    /// One chunk's round trip: a pipeline on a single server; on a cluster (where a
+    /// pipeline must stay in one slot) the keys' calls go out at once, each to its node.
     async fn send(
         &self,
         chunk: &[(CompactString, Strategy, Job<Usage>)],
         server_now: u64,
-    ) -> Result<Vec<Value>, Error> {
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        self.stats
+            .refreshes
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if self.core.conn.is_cluster() {
+            return self.send_each(chunk, server_now).await;
+        }
         let mut pipe = ::redis::pipe();
         let load = !self.script_loaded.load(Ordering::Relaxed);
         if load {
@@ -242,10 +250,31 @@ impl Shared {
             Ok(_) => self.script_loaded.store(true, Ordering::Relaxed),
             Err(_) => self.script_loaded.store(false, Ordering::Relaxed),
         }
-        self.stats
-            .refreshes
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        reply
+        reply.map(|values| values.into_iter().map(Ok).collect())
+    }
+
+    async fn send_each(
+        &self,
+        chunk: &[(CompactString, Strategy, Job<Usage>)],
+        server_now: u64,
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        if !self.script_loaded.load(Ordering::Relaxed) {
+            let mut load = ::redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(SCRIPT_SOURCE);
+            self.core.conn.query::<Value>(&load).await?;
+            self.script_loaded.store(true, Ordering::Relaxed);
+        }
+        let commands: Vec<Cmd> = chunk
+            .iter()
+            .map(|(key, strategy, job)| self.command(key, *strategy, job, server_now))
+            .collect();
+        let replies =
+            futures_util::future::join_all(commands.iter().map(|c| self.core.conn.query(c))).await;
+        if replies.iter().any(Result::is_err) {
+            // A node may have restarted without the script: load it again next time.
+            self.script_loaded.store(false, Ordering::Relaxed);
+        }
+        Ok(replies)
     }
 
     fn command(&self, key: &str, strategy: Strategy, job: &Job<Usage>, server_now: u64) -> Cmd {
@@ -298,19 +327,26 @@ impl Shared {
         cmd
     }
 
+    /// Applies a chunk's replies; returns whether every key's reply was good.
     fn apply(
         &self,
         chunk: &[(CompactString, Strategy, Job<Usage>)],
-        values: &[Value],
+        values: &[Result<Value, Error>],
         sent: u64,
         received: u64,
-    ) {
+    ) -> bool {
+        let mut all_good = true;
         for ((key, strategy, job), value) in chunk.iter().zip(values) {
-            let parsed = match parse(value) {
+            let parsed = match value
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|v| parse(v).map_err(|e| e.to_string()))
+            {
                 Ok(parsed) => parsed,
                 Err(err) => {
+                    all_good = false;
                     self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%err, key = %key, "sluicegate hybrid: unreadable flush reply");
+                    tracing::warn!(%err, key = %key, "sluicegate hybrid: a key's flush failed; kept for the next one");
                     continue;
                 }
             };
@@ -376,6 +412,7 @@ impl Shared {
                 }
             }
         }
+        all_good
     }
 
     /// Drops idle keys; returns how many.

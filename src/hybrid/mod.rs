@@ -41,7 +41,8 @@
 //! built in, or on the first hybrid call; it ends when the limiter is dropped), wakes every
 //! `sync_interval_ms` and sends, in **one pipelined round trip** (up to 512 keys a
 //! pipeline; more keys, more pipelines sent at once), one script call per key touched since
-//! the last cycle. The script:
+//! the last cycle (on a Redis Cluster, where a pipeline must stay in one slot, those
+//! calls go out at once, each to its key's node). The script:
 //!
 //! 1. adds the key's unsent increments to the same Redis keys, buckets and TTLs the Redis
 //!    provider uses (each increment carries its grid-aligned bucket id, on the server's

@@ -80,6 +80,28 @@ impl Connection {
         }
     }
 
+    /// Whether this is a Redis Cluster connection (where a pipeline must stay in one slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.conn, RedisConnection::Cluster(_))
+    }
+
+    /// Sends one command (routed by its first key on a cluster; `SCRIPT LOAD` to every
+    /// node), under the same deadline.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, Error> {
+        let call = async {
+            match self.conn.clone() {
+                RedisConnection::Single(mut manager) => cmd.query_async(&mut manager).await,
+                RedisConnection::Cluster(mut cluster) => cmd.query_async(&mut cluster).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(Error::RedisTimeout {
+                timeout_ms: self.timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
     /// Sends a pipeline in one round trip (the hybrid provider's flush), under the same
     /// deadline.
     pub(crate) async fn pipeline<T: FromRedisValue>(
