@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -266,6 +267,17 @@ impl RateLimitLayerBuilder {
             Some(p) => Backend::Async(p),
             None => match self.provider {
                 Provider::Local => Backend::Local(self.strategy),
+                #[cfg(feature = "redis-tokio")]
+                Provider::Redis | Provider::Hybrid => {
+                    if !self.limiter.redis().is_configured() {
+                        return Err(Error::RedisNotConfigured);
+                    }
+                    Backend::Async(Arc::new(provider::Networked {
+                        limiter: self.limiter.clone(),
+                        strategy: self.strategy,
+                        hybrid: self.provider == Provider::Hybrid,
+                    }))
+                }
             },
         };
         let prebuilt = Prebuilt::new(
@@ -390,7 +402,17 @@ impl Shared {
                     Err(err) => self.misconfigured(&err),
                 }
             }
-            Backend::Async(p) => Verdict::Pending(p.inc(&key, rate, cost), Pending { key, rate }),
+            Backend::Async(p) => {
+                let mut decision = p.inc(&key, rate, cost);
+                let pending = Pending { key, rate };
+                // The hybrid provider answers without waiting: poll once in place, and only a
+                // decision that is really on its way takes the boxed-state path.
+                let mut cx = Context::from_waker(Waker::noop());
+                match decision.as_mut().poll(&mut cx) {
+                    Poll::Ready(result) => self.finish(result, &pending),
+                    Poll::Pending => Verdict::Pending(decision, pending),
+                }
+            }
         }
     }
 
@@ -405,6 +427,10 @@ impl Shared {
             Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
                 self.misconfigured(&err)
             }
+            Err(Error::InvalidKey { key, reason }) => self.key_failure(&KeyError::custom(
+                StatusCode::BAD_REQUEST,
+                format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),
+            )),
             Err(err) => {
                 self.provider_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");

@@ -30,6 +30,16 @@ pub enum Provider {
     /// In-process (`rl.local()`): synchronous, exact, one process.
     #[default]
     Local,
+    /// Redis (`rl.redis()`): one script round trip per request, shared by every instance.
+    /// Needs a limiter built with Redis options. Keys are escaped for Redis (`%`, `:`,
+    /// `{`, `}` become `%25`, `%3A`, `%7B`, `%7D`); a key longer than 255 bytes once
+    /// escaped is a key error (400 by default).
+    #[cfg(feature = "redis-tokio")]
+    Redis,
+    /// Hybrid (`rl.hybrid()`): local decisions on Redis-granted leases, flushed in the
+    /// background; no Redis round trip on the request path. Keys as for `Redis`.
+    #[cfg(feature = "redis-tokio")]
+    Hybrid,
 }
 
 /// A boxed decision from a networked provider.
@@ -80,5 +90,74 @@ pub(crate) fn local_used(limiter: &RateLimiter, strategy: Strategy, key: &Key) -
     match strategy {
         Strategy::Absolute => limiter.local().absolute().usage(key.as_str()),
         Strategy::Suppressed => limiter.local().suppressed().usage(key.as_str()).0,
+    }
+}
+
+/// The Redis and hybrid providers behind the asynchronous seam.
+#[cfg(feature = "redis-tokio")]
+pub(crate) struct Networked {
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) strategy: Strategy,
+    pub(crate) hybrid: bool,
+}
+
+#[cfg(feature = "redis-tokio")]
+impl AsyncProvider for Networked {
+    fn inc(&self, key: &Key, rate: RateLimit, cost: u64) -> DecisionFuture {
+        let key = match redis_key(key) {
+            Ok(key) => key,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
+        };
+        let rl = self.limiter.clone();
+        let (strategy, hybrid) = (self.strategy, self.hybrid);
+        Box::pin(async move {
+            match (hybrid, strategy) {
+                (false, Strategy::Absolute) => rl.redis().absolute().inc(&key, &rate, cost).await,
+                (false, Strategy::Suppressed) => {
+                    rl.redis().suppressed().inc(&key, &rate, cost).await
+                }
+                (true, Strategy::Absolute) => rl.hybrid().absolute().inc(&key, &rate, cost).await,
+                (true, Strategy::Suppressed) => {
+                    rl.hybrid().suppressed().inc(&key, &rate, cost).await
+                }
+            }
+        })
+    }
+}
+
+/// A layer key as a Redis key: `%`, `:`, `{` and `}` percent-escaped, so that distinct
+/// keys stay distinct and none breaks Redis key names or hash tags.
+#[cfg(feature = "redis-tokio")]
+pub(crate) fn redis_key(key: &Key) -> Result<crate::redis::RedisKey, Error> {
+    let raw = key.as_str();
+    if !raw.contains(['%', ':', '{', '}']) {
+        return crate::redis::RedisKey::try_from(raw);
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for c in raw.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    crate::redis::RedisKey::try_from(out)
+}
+
+#[cfg(all(test, feature = "redis-tokio"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_keys_are_escaped_injectively() {
+        let k = |s: &str| redis_key(&Key::new(s)).map(|k| k.as_str().to_owned());
+        assert_eq!(k("1.2.3.4").unwrap(), "1.2.3.4");
+        assert_eq!(k("2001:db8::/64").unwrap(), "2001%3Adb8%3A%3A/64");
+        assert_eq!(k("{a}%").unwrap(), "%7Ba%7D%25");
+        assert_ne!(k("%3A").unwrap(), k(":").unwrap());
+        assert!(k("").is_err());
+        assert!(k(&":".repeat(100)).is_err(), "300 bytes once escaped");
     }
 }

@@ -1,0 +1,255 @@
+//! `RateLimitLayer` on the Redis and hybrid providers, chosen by configuration, against a
+//! real `redis-server` (our own on a loopback port, or `SLUICEGATE_REDIS_URL`), served by
+//! axum on 127.0.0.1:0 and called with reqwest. Redis failures: fail open (counted) and
+//! fail closed, with the server really killed.
+#![cfg(all(feature = "axum", feature = "redis-tokio"))]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::StatusCode;
+use sluicegate::hybrid::SyncIntervalMs;
+use sluicegate::layer::{
+    GlobalKey, Key, Provider, ProviderErrorPolicy, RateLimitLayer, Strategy, key_fn,
+};
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::{Error, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder};
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+fn local() -> LocalRateLimiterOptions {
+    LocalRateLimiterOptions {
+        window_size_seconds: 10.try_into().unwrap(),
+        rate_group_size_ms: 100.try_into().unwrap(),
+        hard_limit_factor: Default::default(),
+        suppression_factor_cache_ms: Default::default(),
+    }
+}
+
+async fn limiter(url: &str, prefix: &RedisKey) -> Arc<RateLimiter> {
+    let manager = redis::Client::open(url)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let local = local();
+    Arc::new(
+        RateLimiterBuilder::new(local)
+            .redis_connection(
+                manager,
+                RedisSettings {
+                    prefix: Some(prefix.clone()),
+                    window_size_seconds: local.window_size_seconds,
+                    rate_group_size_ms: local.rate_group_size_ms,
+                    hard_limit_factor: local.hard_limit_factor,
+                    suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+                    sync_interval_ms: SyncIntervalMs::default(),
+                },
+            )
+            .redis_timeout(TIMEOUT)
+            .build()
+            .unwrap(),
+    )
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+async fn status(url: &str) -> StatusCode {
+    reqwest::get(url).await.unwrap().status()
+}
+
+fn rate(per_second: f64) -> RateLimit {
+    RateLimit::try_from(per_second).unwrap()
+}
+
+#[tokio::test]
+async fn redis_provider_limits_across_layers_and_writes_to_redis() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("layer");
+    let rl = limiter(redis.url(), &prefix).await;
+    let layer = RateLimitLayer::builder(rl.clone())
+        .rate(rate(0.3)) // 3 a window
+        .provider(Provider::Redis)
+        .headers_on_allowed(true)
+        .build()
+        .unwrap();
+    // Two servers, one Redis: the budget is shared.
+    let a = serve(hello().layer(layer.clone())).await;
+    let b = serve(hello().layer(layer.clone())).await;
+    let resp = reqwest::get(&a).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["ratelimit-policy"], "\"default\";q=3;w=10");
+    assert_eq!(status(&b).await, StatusCode::OK);
+    assert_eq!(status(&a).await, StatusCode::OK);
+    let resp = reqwest::get(&b).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=11).contains(&retry), "{retry}");
+    assert_eq!(
+        resp.headers()["ratelimit"],
+        format!("\"default\";r=0;t={retry}").as_str()
+    );
+    // The state is Redis's: the local provider never saw the key.
+    assert_eq!(rl.local().absolute().usage("127.0.0.1"), 0);
+    let key = RedisKey::try_from("127.0.0.1").unwrap();
+    assert!(matches!(
+        rl.redis().absolute().is_allowed(&key).await.unwrap(),
+        RateLimitDecision::Rejected { .. }
+    ));
+    assert_eq!(layer.provider_errors(), 0);
+}
+
+#[tokio::test]
+async fn redis_keys_with_colons_are_escaped_and_overlong_ones_are_400() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("layer");
+    let rl = limiter(redis.url(), &prefix).await;
+    let layer = RateLimitLayer::builder(rl)
+        .key(key_fn(|head| {
+            let path = head.uri.path();
+            Ok(Key::new(if path == "/long" {
+                "x".repeat(300)
+            } else {
+                "2001:db8::/64".into()
+            }))
+        }))
+        .rate(rate(0.1))
+        .provider(Provider::Redis)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/v6", get(|| async { "v6" }))
+        .route("/long", get(|| async { "long" }))
+        .layer(layer.clone());
+    let url = serve(app).await;
+    assert_eq!(status(&format!("{url}/v6")).await, StatusCode::OK);
+    assert_eq!(
+        status(&format!("{url}/v6")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let resp = reqwest::get(format!("{url}/long")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("cannot be stored in Redis")
+    );
+    assert_eq!(
+        layer.provider_errors(),
+        0,
+        "a bad key is not a Redis failure"
+    );
+}
+
+#[tokio::test]
+async fn hybrid_provider_decides_locally_and_flushes_to_redis() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("layer");
+    let rl = limiter(redis.url(), &prefix).await;
+    let layer = RateLimitLayer::builder(rl.clone())
+        .key(GlobalKey::new("hybrid-global"))
+        .rate(rate(0.5)) // 5 a window
+        .provider(Provider::Hybrid)
+        .build()
+        .unwrap();
+    let url = serve(hello().layer(layer.clone())).await;
+    // A new key admits one unit before its first refresh, then decides on its lease.
+    assert_eq!(status(&url).await, StatusCode::OK);
+    rl.hybrid().flush().await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(status(&url).await, StatusCode::OK);
+    }
+    rl.hybrid().flush().await.unwrap();
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    // The five admitted units reached Redis.
+    let key = RedisKey::try_from("hybrid-global").unwrap();
+    assert!(matches!(
+        rl.redis().absolute().is_allowed(&key).await.unwrap(),
+        RateLimitDecision::Rejected { .. }
+    ));
+    assert_eq!(layer.provider_errors(), 0);
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_open_by_default_and_closed_if_asked() {
+    let mut server = support::RedisServer::start();
+    let prefix = support::unique_prefix("layer");
+    let rl = limiter(&server.url(), &prefix).await;
+    let open = RateLimitLayer::builder(rl.clone())
+        .rate(rate(0.1))
+        .provider(Provider::Redis)
+        .build()
+        .unwrap();
+    let closed = RateLimitLayer::builder(rl.clone())
+        .rate(rate(0.1))
+        .strategy(Strategy::Suppressed)
+        .provider(Provider::Redis)
+        .on_provider_error(ProviderErrorPolicy::FailClosed)
+        .build()
+        .unwrap();
+    let open_url = serve(hello().layer(open.clone())).await;
+    let closed_url = serve(hello().layer(closed.clone())).await;
+    assert_eq!(status(&open_url).await, StatusCode::OK);
+    assert_eq!(status(&open_url).await, StatusCode::TOO_MANY_REQUESTS);
+
+    server.kill();
+    for _ in 0..3 {
+        assert_eq!(status(&open_url).await, StatusCode::OK, "fail open");
+    }
+    assert_eq!(open.provider_errors(), 3);
+    let resp = reqwest::get(&closed_url).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "fail closed"
+    );
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("rate limiter unavailable")
+    );
+    assert_eq!(closed.provider_errors(), 1);
+}
+
+#[test]
+fn redis_providers_need_a_redis_connection() {
+    let rl = Arc::new(RateLimiterBuilder::new(local()).build().unwrap());
+    for provider in [Provider::Redis, Provider::Hybrid] {
+        let err = RateLimitLayer::builder(rl.clone())
+            .rate(rate(1.0))
+            .provider(provider)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::RedisNotConfigured), "{err:?}");
+    }
+}
