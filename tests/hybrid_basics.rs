@@ -284,3 +284,35 @@ async fn malformed_calls_and_missing_redis_are_errors() {
         Err(Error::RedisNotConfigured)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_loop_drops_hybrid_keys_once_nothing_of_them_counts() {
+    let redis = TestRedis::get();
+    let prefix = support::unique_prefix("hybrid_clean");
+    // A 1 s window: a key's usage stops counting 1.1 s after its bucket.
+    let rl = Arc::new(hybrid_instance(redis.manager().await, &prefix, 1, 100, 10));
+    let rate = RateLimit::try_from(50.0).unwrap();
+    for i in 0..20 {
+        let key = RedisKey::try_from(format!("c{i}")).unwrap();
+        rl.hybrid().absolute().inc(&key, &rate, 1).await.unwrap();
+        rl.hybrid().suppressed().inc(&key, &rate, 1).await.unwrap();
+    }
+    rl.hybrid().flush().await.unwrap();
+    assert_eq!(rl.hybrid().key_count(), 40);
+    assert_eq!(
+        rl.cleanup(),
+        0,
+        "usage still in the window is never dropped"
+    );
+    rl.run_cleanup_loop_every(Duration::from_millis(50));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rl.hybrid().key_count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} keys left",
+            rl.hybrid().key_count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rl.hybrid().stats().pending_buckets, 0);
+}
