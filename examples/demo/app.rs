@@ -64,12 +64,30 @@ impl Limits {
     }
 }
 
+/// The demo's app: the router, and its two layers (cheap clones) to read their counters.
+pub struct App {
+    /// The three routes.
+    pub router: Router,
+    layers: [RateLimitLayer; 2],
+}
+
+impl App {
+    /// How many decisions a networked provider failed to make (each one let through: the
+    /// layers fail open, the default). Always 0 on the local provider.
+    pub fn provider_errors(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(RateLimitLayer::provider_errors)
+            .sum()
+    }
+}
+
 /// The three routes on `limiter`, decided by `provider`.
-pub fn router(
+pub fn app(
     limiter: Arc<RateLimiter>,
     limits: Limits,
     provider: Provider,
-) -> Result<Router, sluicegate::Error> {
+) -> Result<App, sluicegate::Error> {
     let window = limits.window_s as f64;
     let api = RateLimitLayer::builder(limiter.clone())
         .key(HeaderKey::new(API_KEY))
@@ -94,13 +112,17 @@ pub fn router(
         .policy_name("feed")
         .build()?;
 
-    Ok(Router::new()
-        .route("/api", get(|| async { "api: ok\n" }).layer(api))
-        .route("/feed", get(|| async { "feed: ok\n" }).layer(feed))
+    let router = Router::new()
+        .route("/api", get(|| async { "api: ok\n" }).layer(api.clone()))
+        .route("/feed", get(|| async { "feed: ok\n" }).layer(feed.clone()))
         .route("/health", get(|| async { "ok\n" }))
         // `PeerIp` reads the connection's address from a `SocketAddr` request extension
         // (with the crate's `axum` feature it also reads axum's `ConnectInfo` itself).
-        .layer(axum::middleware::map_request(copy_peer_addr)))
+        .layer(axum::middleware::map_request(copy_peer_addr));
+    Ok(App {
+        router,
+        layers: [api, feed],
+    })
 }
 
 async fn copy_peer_addr(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request) -> Request {

@@ -267,7 +267,7 @@ impl Tally {
     fn message(&self) -> String {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "/api {} ok {} x429 | /feed {} ok {} x503",
+            "/api 200:{} 429:{} | /feed 200:{} 503:{}",
             n(&self.api[0]),
             n(&self.api[1]),
             n(&self.feed[0]),

@@ -122,8 +122,8 @@ fn print_exchange(e: &Exchange, with_body: bool) {
 
 async fn serve(args: &Args, scenario: &Scenario) -> Result<(), Box<dyn std::error::Error>> {
     let limiter = args.provider.limiter(scenario).await?;
-    let router = app::router(limiter, scenario.limits, args.provider.layer_provider()?)?;
-    let server = app::Server::start(router, args.addr).await?;
+    let app = app::app(limiter, scenario.limits, args.provider.layer_provider())?;
+    let server = app::Server::start(app.router, args.addr).await?;
     let base = format!("http://{}", server.addr);
     println!(
         "sluicegate demo serving on {base} ({} provider); Ctrl-C stops it. Try:",
@@ -191,7 +191,7 @@ async fn demo(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
-    println!("{}", outcome.table);
+    println!("\n{}", outcome.table.trim_start());
 
     println!("First refusals under load:");
     for (route, status) in [(Route::Api, 429), (Route::Feed, 503)] {
@@ -208,6 +208,13 @@ async fn demo(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 fields.join("; ")
             );
         }
+    }
+    if outcome.provider_errors > 0 {
+        println!(
+            "\n{} decisions failed on the {} provider and were let through (the layers fail open)",
+            outcome.provider_errors,
+            args.provider.name()
+        );
     }
     println!("\nchart: {}", args.out.display());
     Ok(())

@@ -51,14 +51,13 @@ impl Provider {
     }
 
     /// How the layer reaches this provider.
-    pub fn layer_provider(&self) -> Result<LayerProvider, String> {
+    pub fn layer_provider(&self) -> LayerProvider {
         match self {
-            Provider::Local => Ok(LayerProvider::Local),
+            Provider::Local => LayerProvider::Local,
             #[cfg(feature = "redis-tokio")]
-            Provider::Redis(_) | Provider::Hybrid(_) => Err(format!(
-                "RateLimitLayer does not offer the {} provider yet",
-                self.name()
-            )),
+            Provider::Redis(_) => LayerProvider::Redis,
+            #[cfg(feature = "redis-tokio")]
+            Provider::Hybrid(_) => LayerProvider::Hybrid,
         }
     }
 }
@@ -108,6 +107,8 @@ pub struct Outcome {
     pub samples: Vec<Sample>,
     /// The per-route table, as printed.
     pub table: String,
+    /// Decisions the provider failed to make (let through).
+    pub provider_errors: u64,
 }
 
 /// Runs the demo end to end on a free loopback port and writes the chart to `chart`.
@@ -120,8 +121,8 @@ pub async fn run(
     on_ready: impl FnOnce(SocketAddr, &[Exchange]),
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let limiter = provider.limiter(scenario).await?;
-    let router = app::router(limiter, scenario.limits, provider.layer_provider()?)?;
-    let server = Server::start(router, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let app = app::app(limiter, scenario.limits, provider.layer_provider())?;
+    let server = Server::start(app.router.clone(), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = server.addr;
     let tour = load::tour(addr).await?;
     on_ready(addr, &tour);
@@ -132,5 +133,9 @@ pub async fn run(
         std::fs::create_dir_all(dir)?;
     }
     report::chart(&samples, scenario, provider.name(), chart)?;
-    Ok(Outcome { samples, table })
+    Ok(Outcome {
+        samples,
+        table,
+        provider_errors: app.provider_errors(),
+    })
 }
