@@ -15,10 +15,8 @@ use super::state::{AbsoluteKey, Job, Now, Refresh, SuppressedKey, View};
 use super::stats::Counters;
 use crate::Error;
 use crate::clock::Clock;
-use crate::config::capacity;
 use crate::redis::{Core, KeyNames, RedisKey, Strategy, TimeSource};
-use crate::suppressed::factor_of;
-use crate::window::Usage;
+use crate::window::{Bucket, Usage};
 
 /// The flush-and-refresh script: the shared sliding window and the hybrid part.
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
@@ -157,16 +155,15 @@ impl Shared {
         self.stats
             .pending_buckets
             .store(held as u64, Ordering::Relaxed);
-        let ctx = super::ctx(self);
         for mut entry in self.absolute.iter_mut() {
             if entry.value().is_dirty() {
-                let job = entry.value_mut().job(&ctx, now.local, next_seq);
+                let job = entry.value_mut().job(now.local, next_seq);
                 jobs.push((entry.key().clone(), Strategy::Absolute, widen(job)));
             }
         }
         for mut entry in self.suppressed.iter_mut() {
             if entry.value().is_dirty() {
-                let job = entry.value_mut().job(&ctx, now.local, next_seq);
+                let job = entry.value_mut().job(now.local, next_seq);
                 jobs.push((entry.key().clone(), Strategy::Suppressed, job));
             }
         }
@@ -337,7 +334,7 @@ impl Shared {
     ) -> bool {
         let mut all_good = true;
         for ((key, strategy, job), value) in chunk.iter().zip(values) {
-            let parsed = match value
+            let mut parsed = match value
                 .as_ref()
                 .map_err(|e| e.to_string())
                 .and_then(|v| parse(v).map_err(|e| e.to_string()))
@@ -368,37 +365,20 @@ impl Shared {
                     self.stats.repeats_skipped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            // The suppressed strategy's factor, as the local core computes it, at the
-            // script's time, from the key's Redis-wide observed usage.
-            let (factor, hard) = match strategy {
-                Strategy::Absolute => (0.0, false),
-                Strategy::Suppressed => {
-                    let at = u64::try_from(parsed.server_now).unwrap_or(0);
-                    let hard = capacity::reaches(
-                        parsed.observed,
-                        job.cap * self.core.params.hard_limit_factor,
-                    );
-                    let factor = if hard {
-                        1.0
-                    } else {
-                        factor_of(&self.core.geo, at, job.rate, parsed.observed, parsed.recent)
-                    };
-                    (factor, hard)
-                }
-            };
             let view = View {
                 lease: parsed.lease,
                 used: parsed.used,
                 holders: parsed.holders,
-                wait_ms: parsed.wait_ms,
-                left: parsed.left,
+                cap: job.cap,
                 observed: parsed.observed,
-                factor,
-                hard,
-                taken_at: sent,
+                recent: parsed.recent,
+                at: u64::try_from(parsed.server_now).unwrap_or(0),
                 valid_until: sent + self.lease_ttl_ms,
             };
-            let refresh = Refresh { view };
+            let refresh = Refresh {
+                view,
+                oldest: std::mem::take(&mut parsed.oldest),
+            };
             match strategy {
                 Strategy::Absolute => {
                     if let Some(mut state) = self.absolute.get_mut(key.as_str()) {
@@ -484,10 +464,9 @@ struct Parsed {
     lease: f64,
     used: u64,
     holders: u64,
-    wait_ms: i64,
-    left: u64,
     observed: u64,
     recent: u64,
+    oldest: Vec<Bucket<u64>>,
 }
 
 fn parse(value: &Value) -> Result<Parsed, Error> {
@@ -516,9 +495,20 @@ fn parse(value: &Value) -> Result<Parsed, Error> {
         lease: real(3)?.max(0.0),
         used: unsigned(int(4)?),
         holders: unsigned(int(5)?).max(1),
-        wait_ms: int(6)?,
-        left: unsigned(int(7)?),
-        observed: unsigned(int(8)?),
-        recent: unsigned(int(9)?),
+        observed: unsigned(int(6)?),
+        recent: unsigned(int(7)?),
+        oldest: match items.get(8) {
+            Some(Value::Array(flat)) => flat
+                .chunks_exact(2)
+                .map(|pair| match pair {
+                    [Value::Int(id), Value::Int(units)] => Ok(Bucket {
+                        id: unsigned(*id),
+                        counts: unsigned(*units),
+                    }),
+                    _ => Err(unexpected()),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(unexpected()),
+        },
     })
 }

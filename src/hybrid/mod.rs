@@ -54,18 +54,24 @@
 //!    instance could not fit, if that much is left, so a share below one call does not
 //!    strand the last units);
 //! 3. returns what the instance decides on until the next cycle: the lease, the key's
-//!    usage, the wait until a unit fits, and for the suppressed strategy the key's global
-//!    suppression factor and hard-limit state.
+//!    usage, the holders, past half the capacity the key's 32 oldest buckets (absolute),
+//!    and the observed sums the suppression factor is computed from (suppressed).
 //!
 //! Between cycles an instance admits a call outright while the units it admitted since its
-//! last refresh plus the call fit its lease. Past that, the absolute strategy rejects (the
-//! retry time is the refresh's wait, or one sync interval when other instances hold the
-//! rest) and the suppressed strategy admits with probability `1 − sf`, `sf` the key's global
-//! factor. Each key is refreshed by the committer at most once per cycle, however many
-//! callers hit it: there is no thundering herd. A new key (or one idle longer than a
-//! lease) admits up to `max(1, rate × sync_interval)` units before its first refresh under
-//! the absolute strategy; under the suppressed one it is decided as in an outage (below)
-//! until then.
+//! last refresh plus the call fit its lease and the call's capacity (a rate given to a call
+//! applies to that call). Capacity that appears before the next refresh (buckets that
+//! expire, a higher rate) is shared as the lease was: the instance takes `1 / N` of it.
+//! Past that, the absolute strategy rejects, with the wait until enough of the oldest
+//! buckets expire for this call (one sync interval when other instances' leases hold the
+//! rest), and the suppressed strategy admits with probability `1 − sf`, `sf` the local
+//! core's formula on the key's Redis-wide observed usage, cached per instance for
+//! `suppression_factor_cache_ms`. With a refresh before each call, one instance answers the
+//! shared conformance table exactly as the Redis and local providers do
+//! (`tests/hybrid_conformance.rs`). Each key is refreshed by the committer at most once per
+//! cycle, however many callers hit it: there is no thundering herd. A new key (or one idle
+//! longer than a lease) admits up to `max(1, rate × sync_interval)` units (at most its
+//! capacity) before its first refresh under the absolute strategy; under the suppressed one
+//! it is decided as in an outage (below) until then.
 //!
 //! # How far several instances can over-admit
 //! Leases are reserved in Redis: at each grant `A + L + lease ≤ C`, an instance admits

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use crate::RateLimitDecision;
 use crate::absolute::{AbsoluteState, Call};
 use crate::config::capacity;
-use crate::suppressed::{SuppressedState, SuppressionParams};
+use crate::suppressed::{SuppressedState, SuppressionParams, factor_of};
 use crate::window::{Bucket, Counts, Geometry, Usage};
 
 /// The most buckets one key sends in one flush (oldest first): after a long outage the rest
@@ -33,18 +33,14 @@ pub(crate) struct View {
     pub(crate) used: u64,
     /// Instances holding a live lease on the key, this one included.
     pub(crate) holders: u64,
-    /// Wait until one more unit fits (`-1` never, `-2` room left), at the refresh.
-    pub(crate) wait_ms: i64,
-    /// Accepted usage left after that wait.
-    pub(crate) left: u64,
+    /// The capacity the lease was computed for (the rate of the key's latest call then).
+    pub(crate) cap: f64,
     /// Observed usage in Redis (suppressed strategy).
     pub(crate) observed: u64,
-    /// The key's suppression factor from its global usage (suppressed strategy).
-    pub(crate) factor: f64,
-    /// Whether the key was over its hard limit (suppressed strategy).
-    pub(crate) hard: bool,
-    /// Local time the refresh was sent.
-    pub(crate) taken_at: u64,
+    /// Observed usage in Redis in the buckets overlapping the last second before `at`.
+    pub(crate) recent: u64,
+    /// The server's time of the refresh.
+    pub(crate) at: u64,
     /// Local time until which the lease holds (its Redis entry outlives it).
     pub(crate) valid_until: u64,
 }
@@ -78,7 +74,9 @@ impl Ctx<'_> {
     /// Units a key may admit before its first refresh: the rate over one sync interval, at
     /// least one unit.
     fn provisional(&self, cap: f64) -> f64 {
-        (cap * self.sync_ms as f64 / (self.geo.window_seconds() * 1000) as f64).max(1.0)
+        (cap * self.sync_ms as f64 / (self.geo.window_seconds() * 1000) as f64)
+            .min(cap)
+            .max(1.0)
     }
 }
 
@@ -103,9 +101,11 @@ pub(crate) struct Job<C> {
 }
 
 /// The refresh part of a reply.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Refresh {
     pub(crate) view: View,
+    /// The key's oldest buckets in Redis, oldest first (absolute, past half capacity).
+    pub(crate) oldest: Vec<Bucket<u64>>,
 }
 
 /// One key: `S` is the local core's state of this instance's own admissions (for outage
@@ -117,6 +117,8 @@ pub(crate) struct KeyState<S, C> {
     pending: VecDeque<Bucket<C>>,
     inflight: Option<Batch<C>>,
     view: Option<View>,
+    /// The key's oldest buckets in Redis at the last refresh, for rejections' waits.
+    oldest: Vec<Bucket<u64>>,
     /// Accepted units since the view's snapshot (counted against its lease).
     spent: u64,
     /// Observed units since the view's snapshot.
@@ -128,6 +130,10 @@ pub(crate) struct KeyState<S, C> {
     /// Decided on since the last refresh.
     touched: bool,
     holders_last: u64,
+    /// The suppressed strategy's cached factor, reused while the server's time is below
+    /// `factor_until` (`suppression_factor_cache_ms`).
+    factor_cached: f64,
+    factor_until: u64,
 }
 
 /// Accepted units of a bucket's counts (the first value the script reads).
@@ -161,6 +167,7 @@ impl<S, C: Units> KeyState<S, C> {
             pending: VecDeque::new(),
             inflight: None,
             view: None,
+            oldest: Vec::new(),
             spent: 0,
             observed_since: 0,
             wanted: 1,
@@ -168,6 +175,8 @@ impl<S, C: Units> KeyState<S, C> {
             cap,
             touched: true,
             holders_last: 1,
+            factor_cached: 0.0,
+            factor_until: 0,
         }
     }
 
@@ -176,15 +185,13 @@ impl<S, C: Units> KeyState<S, C> {
             if now.local < view.valid_until {
                 return Mode::Lease(view);
             }
-            if ctx.healthy && view.wait_ms != -2 {
-                let full_until = match u64::try_from(view.wait_ms) {
-                    Ok(wait) => view.taken_at.saturating_add(wait),
-                    Err(_) => u64::MAX,
-                };
-                if now.local < full_until {
-                    // The lease ran out but the key was full when last seen and still is:
-                    // nothing to grant until the next refresh says otherwise.
-                    return Mode::Lease(View { lease: 0.0, ..view });
+            if ctx.healthy && !capacity::fits_more(view.used, 1, self.cap) {
+                if let Some(wait) = self.wait(ctx, now, 1) {
+                    if wait.0 > 0 {
+                        // The lease ran out but the key was full when last seen and still
+                        // is: nothing to grant until the next refresh says otherwise.
+                        return Mode::Lease(View { lease: 0.0, ..view });
+                    }
                 }
             }
             // The lease ran out in Redis too: what is unflushed is all that is not counted.
@@ -255,17 +262,11 @@ impl<S, C: Units> KeyState<S, C> {
 
     /// Takes what to send: the unacknowledged batch again, or the pending buckets under a
     /// new sequence number from `next_seq`.
-    pub(crate) fn job(
-        &mut self,
-        ctx: &Ctx<'_>,
-        now_local: u64,
-        next_seq: impl FnOnce() -> u64,
-    ) -> Job<C> {
+    pub(crate) fn job(&mut self, now_local: u64, next_seq: impl FnOnce() -> u64) -> Job<C> {
+        // Only a lease is reserved: provisional units are the documented bound.
         let allowance = match self.view {
             Some(view) if now_local < view.valid_until => view.lease,
-            Some(_) => 0.0,
-            None if ctx.healthy => ctx.provisional(self.cap),
-            None => 0.0,
+            _ => 0.0,
         };
         let held = (allowance - self.spent as f64).max(0.0);
         if self.inflight.is_none() && !self.pending.is_empty() {
@@ -291,7 +292,7 @@ impl<S, C: Units> KeyState<S, C> {
     }
 
     /// Applies a successful reply to the job with sequence number `seq`.
-    pub(crate) fn refreshed(&mut self, seq: u64, refresh: Refresh) {
+    pub(crate) fn refreshed(&mut self, seq: u64, mut refresh: Refresh) {
         if self.inflight.as_ref().is_some_and(|b| b.seq == seq) {
             self.inflight = None;
         }
@@ -301,6 +302,7 @@ impl<S, C: Units> KeyState<S, C> {
         self.wanted = 1;
         self.holders_last = refresh.view.holders.max(1);
         self.view = Some(refresh.view);
+        std::mem::swap(&mut self.oldest, &mut refresh.oldest);
     }
 
     /// Whether cleanup may drop the key: nothing unsent, no lease, nothing recent.
@@ -311,20 +313,75 @@ impl<S, C: Units> KeyState<S, C> {
             && self.view.is_none_or(|v| now_local >= v.valid_until)
     }
 
-    fn rejection(&self, ctx: &Ctx<'_>, mode: &Mode, now: Now) -> RateLimitDecision {
+    /// Units of the key's oldest buckets (as Redis sent them) that stopped counting since.
+    fn freed(&self, ctx: &Ctx<'_>, now: Now) -> u64 {
+        self.oldest
+            .iter()
+            .take_while(|b| ctx.geo.expires_at(b.id) <= now.server)
+            .map(|b| b.counts)
+            .sum()
+    }
+
+    /// Whether `count` more units fit the lease and the call's capacity `cap`, on what this
+    /// instance knows. Capacity that appeared since the refresh (buckets that expired, a
+    /// higher rate) is shared as the lease was: this instance takes `1 / holders` of it.
+    fn lease_fits(&self, ctx: &Ctx<'_>, now: Now, view: &View, count: u64, cap: f64) -> bool {
+        if capacity::fits_more(self.spent, count, view.lease)
+            && capacity::fits_more(view.used + self.spent, count, cap)
+        {
+            return true;
+        }
+        let freed = self.freed(ctx, now);
+        let extra = (cap - view.cap).max(0.0) + freed as f64;
+        extra > 0.0
+            && capacity::fits_more(self.spent, count, view.lease + extra / view.holders as f64)
+            && capacity::fits_more(view.used.saturating_sub(freed) + self.spent, count, cap)
+    }
+
+    /// How long until `count` more units fit the key's capacity, and the usage left then,
+    /// from its oldest buckets in Redis (expired ones count as gone now); `None` if the
+    /// buckets known do not free enough.
+    fn wait(&self, ctx: &Ctx<'_>, now: Now, count: u64) -> Option<(u64, u64)> {
+        let view = self.view?;
+        let mut left = view.used + self.spent;
+        for bucket in &self.oldest {
+            left = left.saturating_sub(bucket.counts);
+            if capacity::fits_more(left, count, self.cap) {
+                let wait = ctx.geo.expires_at(bucket.id).saturating_sub(now.server);
+                return Some((wait, left));
+            }
+        }
+        None
+    }
+
+    fn rejection(&self, ctx: &Ctx<'_>, mode: &Mode, now: Now, count: u64) -> RateLimitDecision {
         let (retry_after_ms, remaining_after_waiting) = match mode {
-            Mode::Lease(view) => match view.wait_ms {
-                -1 => (u64::MAX, 0),
-                wait if wait >= 0 => {
-                    let elapsed = now.local.saturating_sub(view.taken_at);
-                    match (wait as u64).checked_sub(elapsed) {
-                        Some(left) if left > 0 => (left, view.left),
-                        _ => (ctx.sync_ms, view.left),
-                    }
+            Mode::Lease(view)
+                if !capacity::fits_more(
+                    view.used.saturating_sub(self.freed(ctx, now)) + self.spent,
+                    count,
+                    self.cap,
+                ) =>
+            {
+                match self.wait(ctx, now, count) {
+                    Some((wait, left)) if wait > 0 => (wait, left),
+                    // Freed already, by what Redis said: ask again after the next refresh.
+                    Some((_, left)) => (ctx.sync_ms, left),
+                    None => match self.oldest.last() {
+                        // More buckets than were sent must expire: at least this long.
+                        Some(last) if self.oldest.len() >= 32 => (
+                            ctx.geo
+                                .expires_at(last.id)
+                                .saturating_sub(now.server)
+                                .max(ctx.sync_ms),
+                            0,
+                        ),
+                        _ => (ctx.sync_ms, view.used + self.spent),
+                    },
                 }
-                // Room left in Redis, held by other instances' leases: ask after the next refresh.
-                _ => (ctx.sync_ms, view.used),
-            },
+            }
+            // Room left in Redis, held by other instances' leases: ask after the next refresh.
+            Mode::Lease(view) => (ctx.sync_ms, view.used + self.spent),
             _ => (ctx.sync_ms, self.spent),
         };
         RateLimitDecision::Rejected {
@@ -350,7 +407,9 @@ impl AbsoluteKey {
         self.touched = true;
         let mode = self.mode(ctx, now);
         let admitted = match mode {
-            Mode::Lease(view) => capacity::fits_more(self.spent, call.count, view.lease),
+            // Within the lease, and within the call's own capacity on what this instance
+            // knows (a lower rate applies at once, not at the next refresh).
+            Mode::Lease(view) => self.lease_fits(ctx, now, &view, call.count, call.cap),
             Mode::Provisional => {
                 capacity::fits_more(self.spent, call.count, ctx.provisional(call.cap))
             }
@@ -373,7 +432,7 @@ impl AbsoluteKey {
             RateLimitDecision::Allowed
         } else {
             self.wanted = self.wanted.max(call.count);
-            self.rejection(ctx, &mode, now)
+            self.rejection(ctx, &mode, now, call.count)
         }
     }
 
@@ -381,7 +440,7 @@ impl AbsoluteKey {
     pub(crate) fn check(&mut self, ctx: &Ctx<'_>, now: Now) -> RateLimitDecision {
         let mode = self.mode(ctx, now);
         let fits = match mode {
-            Mode::Lease(view) => capacity::fits_more(self.spent, 1, view.lease),
+            Mode::Lease(view) => self.lease_fits(ctx, now, &view, 1, self.cap),
             Mode::Provisional => capacity::fits_more(self.spent, 1, ctx.provisional(self.cap)),
             Mode::Outage(holders) => capacity::fits_more(
                 self.own.usage(ctx.geo, now.server),
@@ -392,7 +451,7 @@ impl AbsoluteKey {
         if fits {
             RateLimitDecision::Allowed
         } else {
-            self.rejection(ctx, &mode, now)
+            self.rejection(ctx, &mode, now, 1)
         }
     }
 
@@ -415,6 +474,18 @@ impl SuppressedKey {
         self.push(ctx.geo, now, Usage { accepted, observed });
     }
 
+    /// The key's observed usage: Redis's at the refresh, plus what this instance observed
+    /// since, times the holders (the others observe about as much).
+    fn observed_estimate(&self, view: &View) -> u64 {
+        view.observed
+            .saturating_add(self.observed_since.saturating_mul(view.holders))
+    }
+
+    /// The local core's formula on the key's Redis-wide observed usage at the refresh.
+    fn formula(&self, ctx: &Ctx<'_>, view: &View) -> f64 {
+        factor_of(ctx.geo, view.at, self.rate, view.observed, view.recent)
+    }
+
     /// Decides one checked call from local state; `draw` as in the local core.
     pub(crate) fn inc(
         &mut self,
@@ -423,30 +494,35 @@ impl SuppressedKey {
         call: Call,
         draw: impl FnOnce() -> f64,
     ) -> RateLimitDecision {
+        if call.rate != self.rate {
+            self.factor_until = 0;
+        }
         self.rate = call.rate;
         self.cap = call.cap;
         self.touched = true;
         let n = call.count;
         match self.mode(ctx, now) {
             Mode::Lease(view) => {
-                // Others observe about as much as this instance since the refresh.
-                let observed = view
-                    .observed
-                    .saturating_add(self.observed_since.saturating_mul(view.holders));
                 let hard = call.cap * ctx.params.hard_limit_factor;
-                if view.hard || capacity::reaches(observed, hard) {
+                if capacity::reaches(self.observed_estimate(&view), hard) {
                     self.record(ctx, now, 0, n);
                     return RateLimitDecision::Suppressed {
                         suppression_factor: 1.0,
                         is_allowed: false,
                     };
                 }
-                if capacity::fits_more(self.spent, n, view.lease) {
+                if self.lease_fits(ctx, now, &view, n, call.cap) {
                     self.record(ctx, now, n, n);
                     return RateLimitDecision::Allowed;
                 }
                 self.wanted = self.wanted.max(n);
-                let factor = view.factor;
+                let factor = if now.server < self.factor_until {
+                    self.factor_cached
+                } else {
+                    self.factor_cached = self.formula(ctx, &view);
+                    self.factor_until = now.server.saturating_add(ctx.params.cache_ms);
+                    self.factor_cached
+                };
                 let is_allowed = draw() >= factor;
                 self.record(ctx, now, if is_allowed { n } else { 0 }, n);
                 RateLimitDecision::Suppressed {
@@ -482,16 +558,13 @@ impl SuppressedKey {
     pub(crate) fn factor(&mut self, ctx: &Ctx<'_>, now: Now) -> f64 {
         match self.mode(ctx, now) {
             Mode::Lease(view) => {
-                let observed = view
-                    .observed
-                    .saturating_add(self.observed_since.saturating_mul(view.holders));
-                if view.hard || capacity::reaches(observed, self.cap * ctx.params.hard_limit_factor)
-                {
+                let hard = self.cap * ctx.params.hard_limit_factor;
+                if capacity::reaches(self.observed_estimate(&view), hard) {
                     1.0
-                } else if capacity::fits_more(self.spent, 1, view.lease) {
+                } else if self.lease_fits(ctx, now, &view, 1, self.cap) {
                     0.0
                 } else {
-                    view.factor
+                    self.formula(ctx, &view)
                 }
             }
             Mode::Provisional | Mode::Outage(_) => {

@@ -19,8 +19,8 @@
 --
 -- Returns {server now ms, 1 if the batch was applied / 0 if it was a repeat or empty,
 -- units dropped as already expired, lease (string), accepted total, live lease holders,
--- retry wait ms (-1 never, -2 room left), usage left after it, observed total, observed in
--- the buckets overlapping the last second}.
+-- observed total, observed in the buckets overlapping the last second, the oldest buckets
+-- as {id, units, id, units, ...} (absolute, past half the capacity; else empty)}.
 
 local inst = ARGV[5]
 local seq = tonumber(ARGV[6])
@@ -180,28 +180,18 @@ if lease < held then lease = held end
 redis.call('HSET', meta, 'l:' .. inst, string.format('%.17g', lease), 'e:' .. inst, now + lease_ttl)
 redis.call('PEXPIRE', meta, W + G + 2 * lease_ttl)
 
--- 3. What the instance decides on until its next refresh.
-local wait, left = -2, used
-if mode == 'a' and not fits(used + 1, cap) then
-  -- The absolute script's walk: oldest buckets first until one more unit fits.
-  wait, left = -1, 0
-  local rest = used
-  local from = 0
-  local done = false
-  while not done do
-    local chunk = redis.call('LRANGE', ids, from, from + 31)
-    if #chunk == 0 then break end
-    for _, id in ipairs(chunk) do
-      rest = rest - (tonumber(redis.call('HGET', hash, id)) or 0)
-      if fits(rest + 1, cap) then
-        wait = expires_at(tonumber(id)) - now
-        if wait < 0 then wait = 0 end
-        left = rest
-        done = true
-        break
-      end
+-- 3. What the instance decides on until its next refresh.  Past half its capacity, the
+-- key's 32 oldest buckets (id, units): from them a rejection says how long until a call of
+-- any count fits.
+local oldest_buckets = {}
+if mode == 'a' and used * 2 > cap then
+  local chunk = redis.call('LRANGE', ids, 0, 31)
+  if #chunk > 0 then
+    local counts = redis.call('HMGET', hash, unpack(chunk))
+    for i, id in ipairs(chunk) do
+      oldest_buckets[#oldest_buckets + 1] = tonumber(id)
+      oldest_buckets[#oldest_buckets + 1] = tonumber(counts[i]) or 0
     end
-    from = from + 32
   end
 end
 
@@ -230,5 +220,5 @@ if mode == 's' then
   end
 end
 
-return {now, applied, expired, string.format('%.17g', lease), used, holders, wait, left,
-  observed, recent}
+return {now, applied, expired, string.format('%.17g', lease), used, holders, observed, recent,
+  oldest_buckets}
