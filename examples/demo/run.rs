@@ -80,14 +80,17 @@ async fn networked_limiter(
         .map_err(|_| format!("--redis {url}: no answer within 5 s; is redis-server running?"))?
         .map_err(|e| format!("--redis {url}: {e}; is redis-server running?"))?;
     let local = limits.options()?;
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
+    let prefix = format!("sluicegate_demo_{started}_{}_{run}", std::process::id());
     let limiter = RateLimiter::try_new(RateLimiterOptions {
         local,
         redis: RedisRateLimiterOptions {
             connection_manager,
-            prefix: Some(RedisKey::try_from(format!("sluicegate_demo_{started}"))?),
+            prefix: Some(RedisKey::try_from(prefix)?),
             window_size_seconds: local.window_size_seconds,
             rate_group_size_ms: local.rate_group_size_ms,
             hard_limit_factor: local.hard_limit_factor,
