@@ -137,7 +137,7 @@ pub fn table(samples: &[Sample], scenario: &Scenario) -> String {
     out
 }
 
-/// Requests per second in each time bin: (bin start, offered, by outcome, mean factor).
+/// One time bin: requests per second offered, admitted and refused, and the factors reported.
 #[derive(Debug, Clone, Default)]
 struct Bin {
     offered: f64,

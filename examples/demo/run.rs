@@ -73,12 +73,12 @@ async fn networked_limiter(
     use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
     use sluicegate::{RateLimiterOptions, redis::DEFAULT_REDIS_TIMEOUT};
 
-    let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+    let client = redis::Client::open(url).map_err(|e| format!("Redis at {url}: {e}"))?;
     let connect = client.get_connection_manager();
     let connection_manager = tokio::time::timeout(DEFAULT_REDIS_TIMEOUT * 5, connect)
         .await
-        .map_err(|_| format!("--redis {url}: no answer within 5 s; is redis-server running?"))?
-        .map_err(|e| format!("--redis {url}: {e}; is redis-server running?"))?;
+        .map_err(|_| format!("Redis at {url}: no answer within 5 s; is redis-server running?"))?
+        .map_err(|e| format!("Redis at {url}: {e}; is redis-server running?"))?;
     let local = limits.options()?;
     static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
