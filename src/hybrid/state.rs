@@ -577,3 +577,206 @@ impl SuppressedKey {
         self.own.usage(geo, now.server).observed == 0 && self.is_idle(now.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RateGroupSizeMs, WindowSizeSeconds};
+
+    const PARAMS: SuppressionParams = SuppressionParams {
+        hard_limit_factor: 1.5,
+        cache_ms: 0,
+    };
+
+    fn geo() -> Geometry {
+        Geometry::new(
+            WindowSizeSeconds::try_from(10).unwrap(),
+            RateGroupSizeMs::try_from(100).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn ctx(geo: &Geometry, healthy: bool) -> Ctx<'_> {
+        Ctx {
+            geo,
+            params: &PARAMS,
+            sync_ms: 10,
+            healthy,
+        }
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            local: ms,
+            server: 1_000_000 + ms,
+        }
+    }
+
+    /// 10/s over 10 s: capacity 100.
+    fn call(now: Now, count: u64) -> Call {
+        Call {
+            now_ms: now.server,
+            rate: 10.0,
+            count,
+            cap: 100.0,
+        }
+    }
+
+    fn view(lease: f64, used: u64, holders: u64, now: Now) -> Refresh {
+        Refresh {
+            view: View {
+                lease,
+                used,
+                holders,
+                cap: 100.0,
+                observed: used,
+                recent: 0,
+                at: now.server,
+                valid_until: now.local + 200,
+            },
+            oldest: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_key_admits_its_provisional_units_then_waits_for_a_refresh() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0);
+        // max(1, 100 × 10 ms / 10 s) = 1 unit before the first refresh.
+        assert!(key.inc(&c, at(0), call(at(0), 1)).is_allowed());
+        match key.inc(&c, at(1), call(at(1), 1)) {
+            RateLimitDecision::Rejected { retry_after_ms, .. } => assert_eq!(retry_after_ms, 10),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(key.held_buckets(), 1);
+    }
+
+    #[test]
+    fn a_lease_is_spent_then_refreshed_and_batches_are_resent_until_acknowledged() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0);
+        key.refreshed(0, view(5.0, 0, 1, at(0)));
+        for i in 0..5 {
+            assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed(), "call {i}");
+        }
+        assert!(!key.inc(&c, at(5), call(at(5), 1)).is_allowed());
+        let mut seq = 0;
+        let first = key.job(6, || {
+            seq += 1;
+            seq
+        });
+        assert_eq!((first.seq, first.buckets.len()), (1, 1));
+        assert_eq!(first.buckets[0].counts, 5);
+        assert_eq!(first.held, 0.0, "the lease is spent: nothing to hold");
+        // No reply: the same batch goes again, new increments wait.
+        key.refreshed(99, view(0.0, 0, 1, at(6))); // a reply to something else
+        assert!(key.inflight.is_some());
+        let again = key.job(7, || {
+            unreachable!("no new sequence number while one is out")
+        });
+        assert_eq!((again.seq, again.buckets[0].counts), (1, 5));
+        key.refreshed(1, view(3.0, 5, 1, at(7)));
+        assert!(key.inflight.is_none());
+        assert_eq!(key.spent, 0);
+        for i in 0..3 {
+            assert!(key.inc(&c, at(8 + i), call(at(8 + i), 1)).is_allowed());
+        }
+        assert!(!key.inc(&c, at(12), call(at(12), 1)).is_allowed());
+    }
+
+    #[test]
+    fn capacity_freed_between_refreshes_is_shared_by_the_holders() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut refresh = view(0.0, 100, 2, at(0));
+        // Bucket 9_990 (the server's 999 000 ms) expires at 1 000 100 + 10 000 = local 10 000 - 900.
+        refresh.oldest = vec![Bucket {
+            id: 9_990,
+            counts: 40,
+        }];
+        refresh.view.valid_until = 1_000_000;
+        key.refreshed(0, refresh);
+        let expiry_local = g.expires_at(9_990) - 1_000_000;
+        match key.inc(&c, at(expiry_local - 1), call(at(expiry_local - 1), 1)) {
+            RateLimitDecision::Rejected {
+                retry_after_ms,
+                remaining_after_waiting,
+                ..
+            } => assert_eq!((retry_after_ms, remaining_after_waiting), (1, 60)),
+            other => panic!("{other:?}"),
+        }
+        // 40 freed, 2 holders: 20 for this instance.
+        let now = at(expiry_local);
+        let admitted = (0..30)
+            .filter(|_| key.inc(&c, now, call(now, 1)).is_allowed())
+            .count();
+        assert_eq!(admitted, 20);
+    }
+
+    #[test]
+    fn without_redis_and_without_a_lease_the_local_core_decides_on_a_share() {
+        let g = geo();
+        let c = ctx(&g, false);
+        let mut key = AbsoluteKey::new(10.0, 100.0);
+        // Last seen with 4 holders; the lease ran out (valid until 200).
+        key.refreshed(0, view(0.0, 0, 4, at(0)));
+        let now = at(500);
+        let admitted = (0..100)
+            .filter(|_| key.inc(&c, now, call(now, 1)).is_allowed())
+            .count();
+        assert_eq!(admitted, 25, "a quarter of the capacity");
+        assert_eq!(key.held_buckets(), 1, "everything admitted waits for Redis");
+    }
+
+    #[test]
+    fn held_buckets_out_of_the_window_or_over_the_bound_are_dropped_and_counted() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut refresh = view(50.0, 0, 1, at(0));
+        refresh.view.valid_until = u64::MAX;
+        key.refreshed(0, refresh);
+        for t in [0, 100, 200, 300] {
+            assert!(key.inc(&c, at(t), call(at(t), 2)).is_allowed());
+        }
+        assert_eq!(key.held_buckets(), 4);
+        assert_eq!(key.drop_oldest(), Some(2));
+        // At +10.2 s the buckets of 100 and 200 ms have left the window (expire at +10.2 s
+        // and +10.3 s); only the one of 300 ms is left.
+        assert_eq!(key.drop_expired(&g, at(10_300).server), 4);
+        assert_eq!(key.held_buckets(), 1);
+    }
+
+    #[test]
+    fn suppressed_sheds_with_the_redis_wide_factor_past_its_lease() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = SuppressedKey::new(10.0, 100.0);
+        let mut refresh = view(0.0, 100, 1, at(0));
+        // 120 observed in the window, 20 in the last second: R = max(12, 20) = 20/s.
+        refresh.view.observed = 120;
+        refresh.view.recent = 20;
+        key.refreshed(0, refresh);
+        let expected = factor_of(&g, at(0).server, 10.0, 120, 20);
+        assert!(expected > 0.0);
+        match key.inc(&c, at(1), call(at(1), 1), || 0.0) {
+            RateLimitDecision::Suppressed {
+                suppression_factor,
+                is_allowed,
+            } => {
+                assert_eq!(suppression_factor, expected);
+                assert!(!is_allowed);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(key.factor(&c, at(2)), expected);
+        // The hard limit (150) on Redis-wide observed usage: factor 1.
+        let mut over = view(0.0, 100, 1, at(3));
+        over.view.observed = 150;
+        key.refreshed(0, over);
+        assert_eq!(key.factor(&c, at(3)), 1.0);
+    }
+}
