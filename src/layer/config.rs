@@ -189,7 +189,9 @@ impl RateLimitLayerBuilder {
 
     /// Whether admitted responses carry `RateLimit-Policy` and `RateLimit` too (default
     /// false: only limited ones do). On an admitted response `r` is the quota left and `t`
-    /// is the window, the longest time until all of the current usage has expired.
+    /// is the window, the longest time until all of the current usage has expired. With the
+    /// Redis and hybrid providers admitted responses carry only `RateLimit-Policy`: the
+    /// usage would cost another round trip.
     pub fn headers_on_allowed(mut self, on: bool) -> Self {
         self.headers_on_allowed = on;
         self

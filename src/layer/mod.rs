@@ -45,8 +45,18 @@
 //! on one limiter with the same keys share budgets.
 //!
 //! # Providers
-//! The local provider decides inside `call`, with no boxing; the Redis and hybrid
-//! providers plug into the same layer through an internal asynchronous seam.
+//! One layer type for every provider, chosen with
+//! [`provider`](RateLimitLayerBuilder::provider) and [`strategy`](RateLimitLayerBuilder::strategy):
+//! [`Provider::Local`] decides inside `call` with no boxing and no clone of the inner
+//! service; `Provider::Redis` and `Provider::Hybrid` (feature `redis-tokio`) return a boxed
+//! future, polled once in place (the hybrid provider answers at once, so it takes the same
+//! path as the local one), and only a decision still on its way over the network moves the
+//! ready inner service into the response future. Redis failures follow
+//! [`ProviderErrorPolicy`] and are counted in [`RateLimitLayer::provider_errors`].
+//!
+//! # Fuzzing
+//! `fuzz/` holds a cargo-fuzz target for the proxy-chain parsing ([`forwarded`]):
+//! `cd fuzz && cargo +nightly fuzz run forwarded -- -max_total_time=60`.
 
 mod body;
 mod config;
