@@ -583,3 +583,32 @@ async fn a_request_can_cost_more_than_one() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+#[tokio::test]
+async fn ipv6_peers_are_keyed_by_their_prefix() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock);
+    let layer = RateLimitLayer::builder(rl.clone())
+        .rate(rate(0.2))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = hello().layer(layer);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let url = format!("http://{addr}/");
+    assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
+    assert_eq!(rl.local().absolute().usage("::/64"), 1);
+    assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_with(&url, &[]).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
