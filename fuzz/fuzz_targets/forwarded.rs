@@ -37,8 +37,9 @@ fuzz_target!(|data: &[u8]| {
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(name, value.clone());
-            let ex = ClientIp::trusting(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
-                .header(header);
+            let ex =
+                ClientIp::trusting(["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
+                    .header(header);
             if let Ok(ip) = ex.client_ip("127.0.0.1".parse().unwrap(), &headers) {
                 // The client is never an IPv4-mapped IPv6 address.
                 if let IpAddr::V6(v6) = ip {
