@@ -1,6 +1,7 @@
 //! The Redis provider on a loopback Redis: sequential latency (p50 / p99) and the
 //! throughput of 64 concurrent tasks on one multiplexed connection, for both strategies,
-//! beside a raw `EVALSHA` of a one-line script (the floor) and trypema 2.x's Redis provider.
+//! beside a raw `EVALSHA` of a one-line script (the floor), the same with sluicegate's keys
+//! and arguments, and trypema 2.x's Redis provider.
 //!
 //! ```sh
 //! cargo bench --bench redis --features redis-tokio
@@ -32,11 +33,13 @@ use trypema::RateLimiterBuilder as _;
 const KEYS: usize = 100;
 const SEQUENTIAL_CALLS: usize = 20_000;
 const TASKS: usize = 64;
-const CALLS_PER_TASK: usize = 500;
+const CALLS_PER_TASK: usize = 300;
+const ROUNDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Subject {
     RawEvalsha,
+    RawOurArgs,
     Absolute,
     Suppressed,
     TrypemaAbsolute,
@@ -44,8 +47,9 @@ enum Subject {
 }
 
 impl Subject {
-    const ALL: [Subject; 5] = [
+    const ALL: [Subject; 6] = [
         Subject::RawEvalsha,
+        Subject::RawOurArgs,
         Subject::Absolute,
         Subject::Suppressed,
         Subject::TrypemaAbsolute,
@@ -55,6 +59,7 @@ impl Subject {
     fn name(self) -> &'static str {
         match self {
             Subject::RawEvalsha => "raw_evalsha_return_1",
+            Subject::RawOurArgs => "raw_evalsha_our_arguments",
             Subject::Absolute => "sluicegate_absolute",
             Subject::Suppressed => "sluicegate_suppressed",
             Subject::TrypemaAbsolute => "trypema_absolute",
@@ -67,6 +72,7 @@ impl Subject {
 struct Bench {
     conn: ConnectionManager,
     floor: redis::Script,
+    floor_with_arguments: redis::Script,
     ours: RateLimiter,
     theirs: Arc<trypema::redis::RedisRateLimiterProvider>,
     our_keys: Vec<RedisKey>,
@@ -110,6 +116,7 @@ impl Bench {
         Bench {
             conn,
             floor: redis::Script::new("return 1"),
+            floor_with_arguments: redis::Script::new("return {0}"),
             ours,
             theirs,
             our_keys: (0..KEYS)
@@ -130,6 +137,29 @@ impl Bench {
                 let mut conn = self.conn.clone();
                 let one: i64 = self.floor.invoke_async(&mut conn).await.unwrap();
                 one == 1
+            }
+            Subject::RawOurArgs => {
+                // The same keys and arguments as sluicegate's absolute inc, to a script that
+                // only answers: what the protocol and argument handling cost.
+                let mut conn = self.conn.clone();
+                let list = format!("bench:{{user{k}}}:a:b");
+                let hash = format!("bench:{{user{k}}}:a:h");
+                let reply: Vec<i64> = self
+                    .floor_with_arguments
+                    .prepare_invoke()
+                    .key(&list)
+                    .key(&hash)
+                    .arg("")
+                    .arg(60u64)
+                    .arg(10u64)
+                    .arg("i")
+                    .arg(1e7f64)
+                    .arg(1u64)
+                    .arg(6e8f64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                reply == [0]
             }
             Subject::Absolute => self
                 .ours
@@ -194,24 +224,38 @@ struct Summary {
     p50: Duration,
     p99: Duration,
     ops_per_s: f64,
-    /// Server time per script call (`INFO commandstats`, evalsha `usec_per_call`).
+    /// Server time per script call (`INFO commandstats`, evalsha `usec / calls`).
     server_us: f64,
 }
 
-/// `usec_per_call` of EVALSHA since the last `CONFIG RESETSTAT`.
-async fn server_us_per_call(conn: &ConnectionManager) -> f64 {
+/// `(usec, calls)` of EVALSHA since the last `CONFIG RESETSTAT`, and every command's line.
+async fn evalsha_stats(conn: &ConnectionManager) -> (f64, f64, Vec<String>) {
     let mut conn = conn.clone();
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut conn)
         .await
         .unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split("usec_per_call=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    let field = |line: &str, name: &str| -> f64 {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let evalsha = info.lines().find(|l| l.starts_with("cmdstat_evalsha:"));
+    let lines = info
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_"))
+        .map(str::to_owned)
+        .collect();
+    match evalsha {
+        Some(line) => (field(line, "usec="), field(line, "calls="), lines),
+        None => (0.0, 0.0, lines),
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 async fn reset_stats(conn: &ConnectionManager) {
@@ -223,35 +267,56 @@ async fn reset_stats(conn: &ConnectionManager) {
         .unwrap();
 }
 
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-async fn summarize(bench: &Arc<Bench>, subject: Subject) -> Summary {
-    for i in 0..2_000 {
-        bench.call(subject, i).await;
+/// Rounds of every subject in turn, so a burst of load from elsewhere on the machine falls
+/// on all of them alike: latency samples pooled over the rounds, throughput the median
+/// round, server time summed over the rounds.
+async fn summarize_all(bench: &Arc<Bench>) -> Vec<(Subject, Summary)> {
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); Subject::ALL.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); Subject::ALL.len()];
+    let mut server: Vec<(f64, f64)> = vec![(0.0, 0.0); Subject::ALL.len()];
+    for subject in Subject::ALL {
+        for i in 0..1_000 {
+            bench.call(subject, i).await;
+        }
     }
-    reset_stats(&bench.conn).await;
-    let mut samples = Vec::with_capacity(SEQUENTIAL_CALLS);
-    for i in 0..SEQUENTIAL_CALLS {
-        let started = Instant::now();
-        bench.call(subject, i).await;
-        samples.push(started.elapsed());
+    for round in 0..ROUNDS {
+        for (n, subject) in Subject::ALL.into_iter().enumerate() {
+            reset_stats(&bench.conn).await;
+            for i in 0..SEQUENTIAL_CALLS / ROUNDS {
+                let started = Instant::now();
+                bench.call(subject, i).await;
+                samples[n].push(started.elapsed());
+            }
+            let took = bench.concurrent(subject, CALLS_PER_TASK).await;
+            rates[n].push((TASKS * CALLS_PER_TASK) as f64 / took.as_secs_f64());
+            let (usec, calls, lines) = evalsha_stats(&bench.conn).await;
+            server[n].0 += usec;
+            server[n].1 += calls;
+            if round == 0 && std::env::var_os("SLUICEGATE_BENCH_COMMANDSTATS").is_some() {
+                // What each script spends its server time on: the commands it runs.
+                println!("{}:", subject.name());
+                for line in lines {
+                    println!("    {line}");
+                }
+            }
+        }
     }
-    samples.sort();
-    let mut runs: Vec<f64> = Vec::new();
-    for _ in 0..3 {
-        let took = bench.concurrent(subject, CALLS_PER_TASK).await;
-        runs.push((TASKS * CALLS_PER_TASK) as f64 / took.as_secs_f64());
-    }
-    runs.sort_by(f64::total_cmp);
-    let server_us = server_us_per_call(&bench.conn).await;
-    Summary {
-        server_us,
-        p50: samples[samples.len() / 2],
-        p99: samples[samples.len() * 99 / 100],
-        ops_per_s: runs[1],
-    }
+    Subject::ALL
+        .into_iter()
+        .enumerate()
+        .map(|(n, subject)| {
+            samples[n].sort();
+            rates[n].sort_by(f64::total_cmp);
+            let s = &samples[n];
+            let summary = Summary {
+                p50: s[s.len() / 2],
+                p99: s[s.len() * 99 / 100],
+                ops_per_s: rates[n][rates[n].len() / 2],
+                server_us: server[n].0 / server[n].1,
+            };
+            (subject, summary)
+        })
+        .collect()
 }
 
 fn main() {
@@ -265,12 +330,12 @@ fn main() {
     let bench = Arc::new(runtime.block_on(Bench::new(redis.url(), &run)));
 
     println!(
-        "redis at {}; {SEQUENTIAL_CALLS} sequential calls, {TASKS} tasks x {CALLS_PER_TASK} calls (median of 3)",
+        "redis at {}; {ROUNDS} rounds of every subject in turn: {SEQUENTIAL_CALLS} sequential \
+         calls in all, {TASKS} tasks x {CALLS_PER_TASK} calls a round (median round)",
         redis.url()
     );
-    let mut table = Vec::new();
-    for subject in Subject::ALL {
-        let s = runtime.block_on(summarize(&bench, subject));
+    let table = runtime.block_on(summarize_all(&bench));
+    for (subject, s) in &table {
         println!(
             "{:<24} p50 {:>7.1} us   p99 {:>7.1} us   {:>9.0} ops/s   server {:>5.1} us/call",
             subject.name(),
@@ -279,7 +344,6 @@ fn main() {
             s.ops_per_s,
             s.server_us
         );
-        table.push((subject, s));
     }
     let get = |subject| &table.iter().find(|(s, _)| *s == subject).unwrap().1;
     let floor = get(Subject::RawEvalsha);

@@ -2,6 +2,9 @@
 -- mode 'i' (inc): ARGV[5] rate, ARGV[6] count, ARGV[7] capacity (rate × window, from Rust).
 -- mode 'c' (is_allowed): one unit at the key's latest rate; records nothing.
 -- Returns {0} (allowed) or {1, retry_after_ms, remaining_after_waiting}; retry -1 = never.
+--
+-- The common case (the key's newest bucket is the bucket of now and nothing expired) is
+-- written out: TIME, one HMGET, one HSET.
 
 local COUNTERS = {''}
 
@@ -24,22 +27,45 @@ local function rejection(count, cap)
   end
 end
 
-local state = redis.call('HMGET', hash, 'n', 'l', 't', 'r')
-local exists = load(state, COUNTERS)
+local state = redis.call('HMGET', hash, 'n', 'l', 't', current, 'r')
+local hot = state[1] == current and (tonumber(state[2]) or 0) >= oldest_live(now)
+local exists
+current_counts[''] = tonumber(state[4]) or 0
+if hot then
+  newest, oldest = state[1], state[2]
+  totals[''] = tonumber(state[3]) or 0
+  exists = true
+else
+  exists = load(state, COUNTERS)
+end
 
 if mode == 'i' then
   local count = tonumber(ARGV[6])
   local cap = tonumber(ARGV[7])
-  local admitted = fits(totals[''] + count, cap)
-  if admitted then add(COUNTERS, {count}) end
+  local used = totals['']
   -- The key's latest rate, for is_allowed (a rejected key always exists).
-  if not exists or state[4] ~= ARGV[5] then redis.call('HSET', hash, 'r', ARGV[5]) end
-  if admitted then return {0} end
+  local new_rate = not exists or state[5] ~= ARGV[5]
+  if fits(used + count, cap) then
+    if hot then
+      if new_rate then
+        redis.call('HSET', hash, current, string.format('%d', current_counts[''] + count),
+          't', string.format('%d', used + count), 'r', ARGV[5])
+      else
+        redis.call('HSET', hash, current, string.format('%d', current_counts[''] + count),
+          't', string.format('%d', used + count))
+      end
+    else
+      add(COUNTERS, {count})
+      if new_rate then redis.call('HSET', hash, 'r', ARGV[5]) end
+    end
+    return {0}
+  end
+  if new_rate then redis.call('HSET', hash, 'r', ARGV[5]) end
   return rejection(count, cap)
 end
 
 -- mode 'c'
 if not exists then return {0} end
-local cap = tonumber(state[4]) * window_s
+local cap = tonumber(state[5]) * window_s
 if fits(totals[''] + 1, cap) then return {0} end
 return rejection(1, cap)

@@ -8,7 +8,7 @@
 --
 -- Bucket id = floor(t / g); bucket b counts while (b + 1) * g + W > t; an increment behind
 -- the newest bucket (a clock that stepped back) counts in the newest one.  A call reads its
--- state with one HMGET; only the buckets that expired since the previous call are popped
+-- state with one HMGET and, in the common case, writes it with one HSET; only the buckets that expired since the previous call are popped
 -- (each bucket is pushed once and popped once) and no list is ever unpacked.  Both keys
 -- expire when their newest bucket stops counting (at most W + g from its creation).
 
@@ -41,9 +41,14 @@ local function oldest_live(t)
 end
 
 -- The key's window: `newest` / `oldest` are the bucket ids as stored (strings) or false,
--- `totals[c]` the running total of counter c.
+-- `totals[c]` the running total of counter c; `current` is the id of the bucket of now and
+-- `current_counts[c]` counter c in it (the scripts read both with their HMGET, so an
+-- increment there is one HSET).
 local newest, oldest
 local totals = {}
+local current_id = math.floor(now / G)
+local current = string.format('%d', current_id)
+local current_counts = {}
 
 -- Takes the values of one HMGET of 'n', 'l', then 't' .. c for each counter, and drops the
 -- buckets that no longer count.  If even the newest bucket is dead the state is dropped
@@ -56,7 +61,10 @@ local function load(values, counters)
   if tonumber(newest) < live then
     redis.call('DEL', ids, hash)
     newest, oldest = false, false
-    for _, c in ipairs(counters) do totals[c] = 0 end
+    for _, c in ipairs(counters) do
+      totals[c] = 0
+      current_counts[c] = 0
+    end
     return false
   end
   if not oldest or tonumber(oldest) >= live then return true end
@@ -93,16 +101,34 @@ local function load(values, counters)
 end
 
 -- Records values[i] under counters[i] in bucket `id` (behind the newest bucket: in the
--- newest, which expires later, never earlier).  A new bucket is pushed and sets both keys'
--- TTL to the moment it stops counting.
+-- newest, which expires later, never earlier).  Into the bucket of now, whose counts the
+-- script read into `current_counts` with its HMGET:
+-- one HSET of the new counts and totals (the script is atomic, so that is an increment).
+-- A new bucket is pushed and sets both keys' TTL to the moment it stops counting.
 local function add_at(counters, id, values)
   local bucket = newest
+  local fields = {}
+  if bucket and id == current_id and bucket == current then
+    for i, c in ipairs(counters) do
+      local v = values[i]
+      if v ~= 0 then
+        current_counts[c] = current_counts[c] + v
+        totals[c] = totals[c] + v
+        fields[#fields + 1] = c .. bucket
+        fields[#fields + 1] = string.format('%d', current_counts[c])
+        fields[#fields + 1] = 't' .. c
+        fields[#fields + 1] = string.format('%d', totals[c])
+      end
+    end
+    redis.call('HSET', hash, unpack(fields))
+    return
+  end
   if not bucket or tonumber(bucket) < id then
     -- A new bucket: one HSET names it newest (and oldest if it is the only one) and sets
-    -- its counts.
+    -- its counts and the totals.
     bucket = string.format('%d', id)
     redis.call('RPUSH', ids, bucket)
-    local fields = {'n', bucket}
+    fields[1], fields[2] = 'n', bucket
     if not oldest then
       fields[3], fields[4] = 'l', bucket
       oldest = bucket
@@ -110,11 +136,13 @@ local function add_at(counters, id, values)
     for i, c in ipairs(counters) do
       local v = values[i]
       if v ~= 0 then
-        fields[#fields + 1] = c .. bucket
-        fields[#fields + 1] = v
-        redis.call('HINCRBY', hash, 't' .. c, v)
         totals[c] = totals[c] + v
+        fields[#fields + 1] = c .. bucket
+        fields[#fields + 1] = string.format('%d', v)
+        fields[#fields + 1] = 't' .. c
+        fields[#fields + 1] = string.format('%d', totals[c])
       end
+      if bucket == current then current_counts[c] = v end
     end
     redis.call('HSET', hash, unpack(fields))
     newest = bucket
@@ -138,12 +166,3 @@ end
 local function add(counters, values)
   add_at(counters, math.floor(now / G), values)
 end
-
--- For scripts that need no other field: one HMGET of the window's fields, then load.
-local function expire(counters)
-  local fields = {'n', 'l'}
-  for _, c in ipairs(counters) do fields[#fields + 1] = 't' .. c end
-  return load(redis.call('HMGET', hash, unpack(fields)), counters)
-end
-
-local function total(counter) return totals[counter] end
