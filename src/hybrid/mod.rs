@@ -69,23 +69,25 @@
 //! shared conformance table exactly as the Redis and local providers do
 //! (`tests/hybrid_conformance.rs`). Each key is refreshed by the committer at most once per
 //! cycle, however many callers hit it: there is no thundering herd. A new key (or one idle
-//! longer than a lease) admits up to `max(1, rate × sync_interval)` units (at most its
-//! capacity) before its first refresh under the absolute strategy; under the suppressed one
-//! it is decided as in an outage (below) until then.
+//! longer than a lease) admits at its rate before its first refresh under the absolute
+//! strategy: `max(1, rate × (t + sync_interval))` units `t` after its first call, at most
+//! its capacity, so a refresh that comes late (a busy runtime) does not turn a key under
+//! its rate away; under the suppressed strategy it is decided as in an outage (below)
+//! until then.
 //!
 //! # How far several instances can over-admit
 //! Leases are reserved in Redis: at each grant `A + L + lease ≤ C`, an instance admits
 //! outright only within its lease, and what it may still spend of a lease while a refresh
 //! is in flight stays reserved (the refresh never shrinks a lease below it). So in steady
 //! operation a key's admitted usage never exceeds `C` by more than what instances admit for
-//! it before their first refresh: at most `N × max(1, rate × sync_interval)` for `N`
-//! instances that start on the key within one sync interval (the first refresh reserves
-//! what is left of it). The suppressed strategy adds its probabilistic admissions above
+//! it before their first refresh: at most `N × max(1, rate × (T + sync_interval))` for
+//! `N` instances that start on the key together and get their first refresh `T` later
+//! (`T` is about one sync interval; the first refresh reserves what is left). The suppressed strategy adds its probabilistic admissions above
 //! capacity, which are by design (`rate` at steady load). A lease lives
 //! `max(10 × sync_interval, 200 ms)`; the lease of an instance that dies or stops calling
 //! is freed after that (until then the others may under-admit by it). Decisions lag Redis
 //! by about one sync interval. `tests/hybrid_accuracy.rs` holds four instances hammering
-//! one key to 0.9–1.05 × capacity (they admit `C + 3`: the three provisional units).
+//! one key to 0.9–1.05 × capacity (they admit `C` plus a few provisional units).
 //!
 //! # Redis outages
 //! When a cycle fails (logged with `tracing`, counted in [`HybridStats::flush_errors`]),
@@ -303,7 +305,7 @@ impl AbsoluteHybridRateLimiter {
         let mut state = shared
             .absolute
             .entry(key.as_str().into())
-            .or_insert_with(|| AbsoluteKey::new(rate, cap));
+            .or_insert_with(|| AbsoluteKey::new(rate, cap, now.local));
         Ok(state.inc(&ctx, now, call))
     }
 
@@ -360,7 +362,7 @@ impl SuppressedHybridRateLimiter {
         let mut state = shared
             .suppressed
             .entry(key.as_str().into())
-            .or_insert_with(|| SuppressedKey::new(rate, cap));
+            .or_insert_with(|| SuppressedKey::new(rate, cap, now.local));
         Ok(state.inc(&ctx, now, call, draw))
     }
 

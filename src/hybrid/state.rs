@@ -7,8 +7,8 @@
 //!   plus the call fit the lease. Past it, the absolute strategy rejects (with the wait the
 //!   refresh computed) and the suppressed one sheds with the key's global factor.
 //! - **provisional**: no valid view yet (a new or long idle key) while Redis answers: the
-//!   absolute strategy admits up to `max(1, rate × sync interval)` units until the first
-//!   refresh; the suppressed one decides as in an outage.
+//!   absolute strategy admits at the key's rate (`rate × (time waited + sync interval)`, at
+//!   least one unit) until the first refresh; the suppressed one decides as in an outage.
 //! - **outage**: no valid view and the last flush failed: the local core decides on this
 //!   instance's own usage against `1 / N` of the capacity, `N` the lease holders last seen.
 
@@ -71,10 +71,13 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Units a key may admit before its first refresh: the rate over one sync interval, at
-    /// least one unit.
-    fn provisional(&self, cap: f64) -> f64 {
-        (cap * self.sync_ms as f64 / (self.geo.window_seconds() * 1000) as f64)
+    /// Units a key may admit before its first refresh, `elapsed_ms` after it started
+    /// waiting for one: its rate over that time plus one sync interval, at least one unit,
+    /// at most its capacity. A refresh that is late (a busy runtime) does not turn a key
+    /// under its rate away.
+    fn provisional(&self, cap: f64, elapsed_ms: u64) -> f64 {
+        let span_ms = elapsed_ms.saturating_add(self.sync_ms) as f64;
+        (cap * span_ms / (self.geo.window_seconds() * 1000) as f64)
             .min(cap)
             .max(1.0)
     }
@@ -129,6 +132,8 @@ pub(crate) struct KeyState<S, C> {
     cap: f64,
     /// Decided on since the last refresh.
     touched: bool,
+    /// Local time since which the key has had no lease (creation, or its lease ran out).
+    unleased_since: u64,
     holders_last: u64,
     /// The suppressed strategy's cached factor, reused while the server's time is below
     /// `factor_until` (`suppression_factor_cache_ms`).
@@ -161,7 +166,7 @@ impl Units for Usage {
 }
 
 impl<S, C: Units> KeyState<S, C> {
-    fn with_own(own: S, rate: f64, cap: f64) -> Self {
+    fn with_own(own: S, rate: f64, cap: f64, now_local: u64) -> Self {
         KeyState {
             own,
             pending: VecDeque::new(),
@@ -174,6 +179,7 @@ impl<S, C: Units> KeyState<S, C> {
             rate,
             cap,
             touched: true,
+            unleased_since: now_local,
             holders_last: 1,
             factor_cached: 0.0,
             factor_until: 0,
@@ -196,6 +202,7 @@ impl<S, C: Units> KeyState<S, C> {
             }
             // The lease ran out in Redis too: what is unflushed is all that is not counted.
             self.view = None;
+            self.unleased_since = now.local;
             self.spent = self.pending.iter().map(|b| b.counts.accepted()).sum();
             self.observed_since = self.pending.iter().map(|b| b.counts.observed()).sum();
         }
@@ -396,8 +403,8 @@ impl<S, C: Units> KeyState<S, C> {
 pub(crate) type AbsoluteKey = KeyState<AbsoluteState, u64>;
 
 impl AbsoluteKey {
-    pub(crate) fn new(rate: f64, cap: f64) -> Self {
-        Self::with_own(AbsoluteState::new(rate), rate, cap)
+    pub(crate) fn new(rate: f64, cap: f64, now_local: u64) -> Self {
+        Self::with_own(AbsoluteState::new(rate), rate, cap, now_local)
     }
 
     /// Decides one checked call from local state.
@@ -411,7 +418,8 @@ impl AbsoluteKey {
             // knows (a lower rate applies at once, not at the next refresh).
             Mode::Lease(view) => self.lease_fits(ctx, now, &view, call.count, call.cap),
             Mode::Provisional => {
-                capacity::fits_more(self.spent, call.count, ctx.provisional(call.cap))
+                let elapsed = now.local.saturating_sub(self.unleased_since);
+                capacity::fits_more(self.spent, call.count, ctx.provisional(call.cap, elapsed))
             }
             Mode::Outage(holders) => {
                 let share = Call {
@@ -441,7 +449,10 @@ impl AbsoluteKey {
         let mode = self.mode(ctx, now);
         let fits = match mode {
             Mode::Lease(view) => self.lease_fits(ctx, now, &view, 1, self.cap),
-            Mode::Provisional => capacity::fits_more(self.spent, 1, ctx.provisional(self.cap)),
+            Mode::Provisional => {
+                let elapsed = now.local.saturating_sub(self.unleased_since);
+                capacity::fits_more(self.spent, 1, ctx.provisional(self.cap, elapsed))
+            }
             Mode::Outage(holders) => capacity::fits_more(
                 self.own.usage(ctx.geo, now.server),
                 1,
@@ -464,8 +475,8 @@ impl AbsoluteKey {
 pub(crate) type SuppressedKey = KeyState<SuppressedState, Usage>;
 
 impl SuppressedKey {
-    pub(crate) fn new(rate: f64, cap: f64) -> Self {
-        Self::with_own(SuppressedState::new(rate), rate, cap)
+    pub(crate) fn new(rate: f64, cap: f64, now_local: u64) -> Self {
+        Self::with_own(SuppressedState::new(rate), rate, cap, now_local)
     }
 
     fn record(&mut self, ctx: &Ctx<'_>, now: Now, accepted: u64, observed: u64) {
@@ -642,7 +653,7 @@ mod tests {
     fn a_new_key_admits_its_provisional_units_then_waits_for_a_refresh() {
         let g = geo();
         let c = ctx(&g, true);
-        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
         // max(1, 100 × 10 ms / 10 s) = 1 unit before the first refresh.
         assert!(key.inc(&c, at(0), call(at(0), 1)).is_allowed());
         match key.inc(&c, at(1), call(at(1), 1)) {
@@ -650,13 +661,18 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(key.held_buckets(), 1);
+        // A late refresh: the key goes on at its rate, 10/s: rate × (t + 10 ms) reaches two
+        // units at t = 190 ms (1.6 at 150 ms).
+        assert!(!key.inc(&c, at(150), call(at(150), 1)).is_allowed());
+        assert!(key.inc(&c, at(190), call(at(190), 1)).is_allowed());
+        assert!(!key.inc(&c, at(200), call(at(200), 1)).is_allowed());
     }
 
     #[test]
     fn a_lease_is_spent_then_refreshed_and_batches_are_resent_until_acknowledged() {
         let g = geo();
         let c = ctx(&g, true);
-        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
         key.refreshed(0, view(5.0, 0, 1, at(0)));
         for i in 0..5 {
             assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed(), "call {i}");
@@ -690,7 +706,7 @@ mod tests {
     fn capacity_freed_between_refreshes_is_shared_by_the_holders() {
         let g = geo();
         let c = ctx(&g, true);
-        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
         let mut refresh = view(0.0, 100, 2, at(0));
         // Bucket 9_990 (the server's 999 000 ms) expires at 1 000 100 + 10 000 = local 10 000 - 900.
         refresh.oldest = vec![Bucket {
@@ -720,7 +736,7 @@ mod tests {
     fn without_redis_and_without_a_lease_the_local_core_decides_on_a_share() {
         let g = geo();
         let c = ctx(&g, false);
-        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
         // Last seen with 4 holders; the lease ran out (valid until 200).
         key.refreshed(0, view(0.0, 0, 4, at(0)));
         let now = at(500);
@@ -735,7 +751,7 @@ mod tests {
     fn held_buckets_out_of_the_window_or_over_the_bound_are_dropped_and_counted() {
         let g = geo();
         let c = ctx(&g, true);
-        let mut key = AbsoluteKey::new(10.0, 100.0);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
         let mut refresh = view(50.0, 0, 1, at(0));
         refresh.view.valid_until = u64::MAX;
         key.refreshed(0, refresh);
@@ -754,7 +770,7 @@ mod tests {
     fn suppressed_sheds_with_the_redis_wide_factor_past_its_lease() {
         let g = geo();
         let c = ctx(&g, true);
-        let mut key = SuppressedKey::new(10.0, 100.0);
+        let mut key = SuppressedKey::new(10.0, 100.0, 0);
         let mut refresh = view(0.0, 100, 1, at(0));
         // 120 observed in the window, 20 in the last second: R = max(12, 20) = 20/s.
         refresh.view.observed = 120;
