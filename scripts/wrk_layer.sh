@@ -9,9 +9,9 @@
 # Needs wrk (`apt-get install wrk`). On a machine with two or more CPUs the server is
 # pinned to CPU 0 with one tokio worker and wrk to CPU 1, so the two do not fight over a
 # core; the bare and layered servers never run at the same time, and they alternate. Prints
-# each run, then the ratio of the medians and of the best runs (target: layer >= 97% of
-# bare). On a machine shared with other work the best runs are the fairer comparison:
-# interference only ever lowers a run.
+# each run, then the ratio of the median throughputs and of the median server CPU time per
+# request (target: layer >= 97% of bare). On a machine shared with other work, trust the
+# CPU-time ratio: throughput swings with whatever else runs, CPU time per request hardly.
 set -euo pipefail
 
 DURATION=${DURATION:-5s}
@@ -38,7 +38,9 @@ server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null || true; }
 trap cleanup EXIT
 
-# run MODE: starts the server, runs wrk once, prints requests/s.
+# run MODE: starts the server, runs wrk once, prints "requests/s server-CPU-us/request".
+# The server's CPU time per request (utime + stime from /proc) barely moves when other
+# processes compete for the CPU, unlike requests/s.
 run() {
     "${SERVER_PIN[@]}" "$BIN" --bench-target "$1" "$PORT" >/dev/null &
     server=$!
@@ -46,31 +48,39 @@ run() {
         curl -s -o /dev/null "http://$HOST:$PORT/" && break
         sleep 0.05
     done
-    local rps
-    rps=$("${CLIENT_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://$HOST:$PORT/" \
-        | awk '/Requests\/sec/ {print $2}')
+    local out rps requests ticks_before ticks_after
+    ticks_before=$(awk '{print $14 + $15}' "/proc/$server/stat")
+    out=$("${CLIENT_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "http://$HOST:$PORT/")
+    ticks_after=$(awk '{print $14 + $15}' "/proc/$server/stat")
     kill "$server"
     wait "$server" 2>/dev/null || true
     server=""
-    echo "$rps"
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    awk -v r="$rps" -v n="$requests" -v t="$((ticks_after - ticks_before))" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%s %.2f\n", r, 1e6 * t / hz / n }'
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 bare=()
 layer=()
+bare_cpu=()
+layer_cpu=()
 for round in $(seq 1 "$ROUNDS"); do
-    b=$(run bare)
-    l=$(run layer)
-    echo "round $round: bare $b req/s, layer $l req/s"
+    read -r b bc <<<"$(run bare)"
+    read -r l lc <<<"$(run layer)"
+    echo "round $round: bare $b req/s ($bc us CPU/req), layer $l req/s ($lc us CPU/req)"
     bare+=("$b")
     layer+=("$l")
+    bare_cpu+=("$bc")
+    layer_cpu+=("$lc")
 done
 mb=$(printf '%s\n' "${bare[@]}" | median)
 ml=$(printf '%s\n' "${layer[@]}" | median)
-bb=$(printf '%s\n' "${bare[@]}" | sort -n | tail -1)
-bl=$(printf '%s\n' "${layer[@]}" | sort -n | tail -1)
-awk -v b="$mb" -v l="$ml" -v bb="$bb" -v bl="$bl" 'BEGIN {
-    printf "median: bare %.0f req/s, layer %.0f req/s, layer/bare = %.1f%%\n", b, l, 100 * l / b
-    printf "best:   bare %.0f req/s, layer %.0f req/s, layer/bare = %.1f%%\n", bb, bl, 100 * bl / bb
+cb=$(printf '%s\n' "${bare_cpu[@]}" | median)
+cl=$(printf '%s\n' "${layer_cpu[@]}" | median)
+awk -v b="$mb" -v l="$ml" -v cb="$cb" -v cl="$cl" 'BEGIN {
+    printf "median throughput: bare %.0f req/s, layer %.0f req/s, layer/bare = %.1f%%\n", b, l, 100 * l / b
+    printf "median server CPU: bare %.2f us/req, layer %.2f us/req, so a CPU-bound server keeps %.1f%% of its req/s\n", cb, cl, 100 * cb / cl
 }'
