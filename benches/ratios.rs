@@ -1,0 +1,360 @@
+//! The cases of `benches/local.rs`, measured in interleaved rounds: on a shared machine a
+//! burst of someone else's load lands on every subject alike instead of on whichever
+//! criterion happened to be measuring, so the ratios hold still. Prints a table.
+//!
+//! ```text
+//! cargo bench --bench ratios            # about two minutes
+//! cargo bench --bench ratios -- 40      # rounds (default 60)
+//! ```
+//!
+//! Each round runs one batch (about 2 ms) of every subject of a case, starting with a
+//! different subject each round; a subject's figure is the median (and the best) of its
+//! batches, in ns per call. Limiters are configured as in `benches/local.rs`; for two
+//! threads the figure is the wall time for each thread to make one call.
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota};
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::{
+    HardLimitFactor, RateGroupSizeMs, RateLimit, RateLimiter, RateLimiterBuilder,
+    SuppressionFactorCacheMs, WindowSizeSeconds,
+};
+use trypema::RateLimiterBuilder as _;
+use trypema::local::LocalRateLimiterProvider;
+
+const WINDOW_S: u64 = 10;
+const GROUP_MS: u64 = 100;
+const HOT_RATE: f64 = 1e9;
+const REJECT_RATE: f64 = 0.1;
+
+/// Runs `calls` calls and says how long they took.
+type Batch<'a> = Box<dyn Fn(u64) -> Duration + Sync + 'a>;
+
+fn ours() -> RateLimiter {
+    RateLimiterBuilder::new(LocalRateLimiterOptions {
+        window_size_seconds: WindowSizeSeconds::try_from(WINDOW_S).unwrap(),
+        rate_group_size_ms: RateGroupSizeMs::try_from(GROUP_MS).unwrap(),
+        hard_limit_factor: HardLimitFactor::try_from(1.5).unwrap(),
+        suppression_factor_cache_ms: SuppressionFactorCacheMs::try_from(100).unwrap(),
+    })
+    .build()
+    .unwrap()
+}
+
+fn trypema_local() -> Arc<LocalRateLimiterProvider> {
+    LocalRateLimiterProvider::builder()
+        .window_size(trypema::WindowSize::seconds_or_panic(WINDOW_S))
+        .bucket_size(trypema::BucketSize::milliseconds_or_panic(GROUP_MS))
+        .hard_limit_factor(trypema::HardLimitFactor::new_or_panic(1.5))
+        .suppression_factor_cache_period(
+            trypema::SuppressionFactorCachePeriod::milliseconds_or_panic(100),
+        )
+        .disable_cleanup()
+        .build()
+        .unwrap()
+}
+
+/// As in `benches/local.rs`: `rate × window` cells of burst, refilled at `rate` per second.
+fn governor_keyed(rate: f64) -> DefaultKeyedRateLimiter<String> {
+    let burst = (rate * WINDOW_S as f64).clamp(1.0, u32::MAX as f64) as u32;
+    let quota = if rate >= 1.0 {
+        Quota::per_second(NonZeroU32::new(rate.min(u32::MAX as f64) as u32).unwrap())
+    } else {
+        Quota::with_period(Duration::from_secs_f64(1.0 / rate)).unwrap()
+    };
+    DefaultKeyedRateLimiter::keyed(quota.allow_burst(NonZeroU32::new(burst).unwrap()))
+}
+
+/// A batch of calls on `keys` round robin (each subject keeps its own position).
+fn cycling<'a, T>(keys: &'a [String], call: impl Fn(&String) -> T + Sync + 'a) -> Batch<'a> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    Box::new(move |calls| {
+        let mut i = next.load(std::sync::atomic::Ordering::Relaxed);
+        let start = Instant::now();
+        for _ in 0..calls {
+            black_box(call(black_box(&keys[i])));
+            i += 1;
+            if i == keys.len() {
+                i = 0;
+            }
+        }
+        let took = start.elapsed();
+        next.store(i, std::sync::atomic::Ordering::Relaxed);
+        took
+    })
+}
+
+/// A batch of `calls` calls on each of two threads at once.
+fn two_threads<'a, T>(call: impl Fn() -> T + Sync + 'a) -> Batch<'a> {
+    Box::new(move |calls| {
+        let barrier = Barrier::new(3);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..calls {
+                        black_box(call());
+                    }
+                });
+            }
+            barrier.wait();
+            Instant::now()
+        })
+        .elapsed()
+    })
+}
+
+/// Measures the subjects of one case in interleaved rounds; returns (name, median, best).
+fn measure(
+    rounds: usize,
+    per_call_ns: f64,
+    subjects: &[(&str, Batch<'_>)],
+) -> Vec<(String, f64, f64)> {
+    let calls = ((2e6 / per_call_ns) as u64).max(100);
+    for (_, batch) in subjects {
+        batch(calls); // warm-up
+    }
+    let mut samples = vec![Vec::with_capacity(rounds); subjects.len()];
+    for round in 0..rounds {
+        for j in 0..subjects.len() {
+            let k = (round + j) % subjects.len();
+            let took = (subjects[k].1)(calls);
+            samples[k].push(took.as_nanos() as f64 / calls as f64);
+        }
+    }
+    subjects
+        .iter()
+        .zip(samples)
+        .map(|((name, _), mut s)| {
+            s.sort_by(f64::total_cmp);
+            (name.to_string(), s[s.len() / 2], s[0])
+        })
+        .collect()
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("user_{i:08}")).collect()
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(60);
+    let hot = RateLimit::try_from(HOT_RATE).unwrap();
+    let t_hot = trypema::RateLimit::per_second_or_panic(HOT_RATE);
+    let slow = RateLimit::try_from(REJECT_RATE).unwrap();
+    let t_slow = trypema::RateLimit::per_second_or_panic(REJECT_RATE);
+
+    println!("{rounds} interleaved rounds; ns per call, median (best)\n");
+    println!(
+        "| case | sluicegate | trypema | governor | trypema / sluicegate | governor / sluicegate |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    let report = |case: &str, rows: Vec<(String, f64, f64)>| {
+        let get = |name: &str| rows.iter().find(|r| r.0 == name).map(|r| (r.1, r.2));
+        let ours = get("sluicegate").expect("sluicegate measured").0;
+        let cell = |name: &str| get(name).map_or("–".into(), |(m, b)| format!("{m:.1} ({b:.1})"));
+        let ratio =
+            |name: &str| get(name).map_or("–".into(), |(m, _)| format!("{:.2}×", m / ours));
+        println!(
+            "| {case} | {} | {} | {} | {} | {} |",
+            cell("sluicegate"),
+            cell("trypema"),
+            cell("governor"),
+            ratio("trypema"),
+            ratio("governor")
+        );
+    };
+
+    // One key, always allowed.
+    {
+        let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
+        let one = keys(1);
+        report(
+            "absolute/hot_key",
+            measure(
+                rounds,
+                50.0,
+                &[
+                    (
+                        "sluicegate",
+                        cycling(&one, |k| rl.local().absolute().inc(k, &hot, 1)),
+                    ),
+                    (
+                        "trypema",
+                        cycling(&one, |k| tr.absolute().inc(k, &t_hot, 1)),
+                    ),
+                    ("governor", cycling(&one, |k| gv.check_key(k))),
+                ],
+            ),
+        );
+        report(
+            "suppressed/hot_key",
+            measure(
+                rounds,
+                50.0,
+                &[
+                    (
+                        "sluicegate",
+                        cycling(&one, |k| rl.local().suppressed().inc(k, &hot, 1)),
+                    ),
+                    (
+                        "trypema",
+                        cycling(&one, |k| tr.suppressed().inc(k, &t_hot, 1)),
+                    ),
+                ],
+            ),
+        );
+    }
+
+    // Many keys, every one created before measuring.
+    for (label, n, per_call) in [("1k_keys", 1_000, 60.0), ("1M_keys", 1_000_000, 400.0)] {
+        let keys = keys(n);
+        let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
+        for k in &keys {
+            rl.local().absolute().inc(k, &hot, 1);
+            rl.local().suppressed().inc(k, &hot, 1);
+            tr.absolute().inc(k, &t_hot, 1);
+            tr.suppressed().inc(k, &t_hot, 1);
+            let _ = gv.check_key(k);
+        }
+        report(
+            &format!("absolute/{label}"),
+            measure(
+                rounds,
+                per_call,
+                &[
+                    (
+                        "sluicegate",
+                        cycling(&keys, |k| rl.local().absolute().inc(k, &hot, 1)),
+                    ),
+                    (
+                        "trypema",
+                        cycling(&keys, |k| tr.absolute().inc(k, &t_hot, 1)),
+                    ),
+                    ("governor", cycling(&keys, |k| gv.check_key(k))),
+                ],
+            ),
+        );
+        report(
+            &format!("suppressed/{label}"),
+            measure(
+                rounds,
+                per_call,
+                &[
+                    (
+                        "sluicegate",
+                        cycling(&keys, |k| rl.local().suppressed().inc(k, &hot, 1)),
+                    ),
+                    (
+                        "trypema",
+                        cycling(&keys, |k| tr.suppressed().inc(k, &t_hot, 1)),
+                    ),
+                ],
+            ),
+        );
+    }
+
+    // A key kept over its limit (suppressed: over the hard limit, declined with factor 1).
+    {
+        let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(REJECT_RATE));
+        let over = keys(1);
+        for _ in 0..3 {
+            rl.local().absolute().inc(&over[0], &slow, 1);
+            rl.local().suppressed().inc(&over[0], &slow, 1);
+            tr.absolute().inc(&over[0], &t_slow, 1);
+            tr.suppressed().inc(&over[0], &t_slow, 1);
+            let _ = gv.check_key(&over[0]);
+        }
+        assert!(!rl.local().absolute().inc(&over[0], &slow, 1).is_allowed());
+        assert!(!rl.local().suppressed().inc(&over[0], &slow, 1).is_allowed());
+        assert!(matches!(
+            tr.absolute().inc(&over[0], &t_slow, 1),
+            trypema::RateLimitDecision::Rejected { .. }
+        ));
+        assert!(gv.check_key(&over[0]).is_err());
+        report(
+            "absolute/reject",
+            measure(
+                rounds,
+                50.0,
+                &[
+                    (
+                        "sluicegate",
+                        cycling(&over, |k| rl.local().absolute().inc(k, &slow, 1)),
+                    ),
+                    (
+                        "trypema",
+                        cycling(&over, |k| tr.absolute().inc(k, &t_slow, 1)),
+                    ),
+                    ("governor", cycling(&over, |k| gv.check_key(k))),
+                ],
+            ),
+        );
+        report(
+            "suppressed/reject",
+            measure(
+                rounds,
+                50.0,
+                &[
+                    (
+                        "sluicegate",
+                        cycling(&over, |k| rl.local().suppressed().inc(k, &slow, 1)),
+                    ),
+                    (
+                        "trypema",
+                        cycling(&over, |k| tr.suppressed().inc(k, &t_slow, 1)),
+                    ),
+                ],
+            ),
+        );
+    }
+
+    // Two threads on one hot key.
+    {
+        let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
+        let key = String::from("user_hot");
+        report(
+            "absolute/2_threads_one_key",
+            measure(
+                rounds,
+                150.0,
+                &[
+                    (
+                        "sluicegate",
+                        two_threads(|| rl.local().absolute().inc(black_box(&key), &hot, 1)),
+                    ),
+                    (
+                        "trypema",
+                        two_threads(|| tr.absolute().inc(black_box(&key), &t_hot, 1)),
+                    ),
+                    ("governor", two_threads(|| gv.check_key(black_box(&key)))),
+                ],
+            ),
+        );
+        report(
+            "suppressed/2_threads_one_key",
+            measure(
+                rounds,
+                150.0,
+                &[
+                    (
+                        "sluicegate",
+                        two_threads(|| rl.local().suppressed().inc(black_box(&key), &hot, 1)),
+                    ),
+                    (
+                        "trypema",
+                        two_threads(|| tr.suppressed().inc(black_box(&key), &t_hot, 1)),
+                    ),
+                ],
+            ),
+        );
+        assert!(rl.local().absolute().inc(&key, &hot, 1).is_allowed());
+        assert!(gv.check_key(&key).is_ok(), "the hot key stayed allowed");
+    }
+}
