@@ -100,7 +100,6 @@ use crate::suppressed::SuppressionParams;
 use crate::window::Geometry;
 use crate::{Error, HardLimitFactor, RateGroupSizeMs, SuppressionFactorCacheMs, WindowSizeSeconds};
 pub(crate) use connection::Connection;
-#[allow(unused_imports)] // for the hybrid provider
 pub(crate) use key::{KeyNames, KeySpace, Strategy};
 
 /// The Redis (and hybrid) providers' settings on a single-server connection, as in
@@ -187,7 +186,6 @@ pub(crate) struct Core {
     pub(crate) geo: Geometry,
     pub(crate) params: SuppressionParams,
     /// Read by the hybrid provider's committer.
-    #[allow(dead_code)]
     pub(crate) sync_interval_ms: SyncIntervalMs,
     pub(crate) random: Arc<dyn RandomSource>,
     pub(crate) time: TimeSource,
@@ -282,7 +280,6 @@ impl RedisRateLimiter {
     }
 
     /// The shared core, for the hybrid provider.
-    #[allow(dead_code)]
     pub(crate) fn core(&self) -> Option<&Arc<Core>> {
         self.core.as_ref()
     }

@@ -267,6 +267,32 @@ pub fn table() -> Vec<Scenario> {
             ]),
         ),
         scenario(
+            "a bucket expiring in the middle of the current one",
+            // 800 ms groups do not divide the 2 s window: bucket 0 stops counting at 2800,
+            // inside bucket 3, so the call there both drops a bucket and adds to the newest.
+            (2, 800, 1.5, 0),
+            vec![
+                Sup(0.5, 1, 0.0, Allowed),
+                At(2500),
+                // Over capacity 1: the average is 1 over the 2.5 s bucket 0 on covers.
+                Sup(0.5, 1, 0.0, Suppressed(0.0, true)),
+                At(2800),
+                // Bucket 0 is gone: 1 observed over the window, 1 in the last second, which
+                // bucket 2 on covers (1.2 s).
+                Sup(
+                    0.5,
+                    1,
+                    0.0,
+                    Suppressed(1.0 - 0.5 / (1000.0 / 1200.0), false),
+                ),
+                Factor(1.0),
+                Sup(0.5, 1, 0.999, Suppressed(1.0, false)),
+                AbsCheck(Allowed),
+                Abs(0.5, 1, Allowed),
+                Abs(0.5, 1, Rejected(3200 + 2000 - 2800, 0)),
+            ],
+        ),
+        scenario(
             "the perceived rate is the larger of the average and the last second",
             (10, 1000, 2.0, 0),
             vec![
