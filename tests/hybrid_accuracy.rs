@@ -15,6 +15,10 @@ use sluicegate::redis::{RedisKey, RedisSettings};
 use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 use support::TestRedis;
 
+/// These tests measure rates on a shared machine: one at a time, so they do not starve
+/// each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn instance(
     manager: redis::aio::ConnectionManager,
     prefix: &RedisKey,
@@ -118,6 +122,7 @@ async fn hammer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_instances_far_over_capacity_admit_about_the_capacity() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let redis = TestRedis::get();
     let prefix = support::unique_prefix("hybrid_four");
     // 100/s over 10 s: capacity 1000, none of it expires during the 3 s run.
@@ -177,6 +182,7 @@ async fn steady(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_at_one_and_a_half_times_the_rate_admit_the_rate() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let redis = TestRedis::get();
     let prefix = support::unique_prefix("hybrid_two");
     // 100/s over 2 s, hard limit 2× (so 1.5× is inside the suppressed band).
@@ -215,6 +221,7 @@ async fn two_instances_at_one_and_a_half_times_the_rate_admit_the_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_callers_on_an_exhausted_key_cause_one_refresh_per_cycle() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let redis = TestRedis::get();
     let prefix = support::unique_prefix("hybrid_herd");
     let rls = instances(&redis, &prefix, 1, 10, 100, 1.5).await;

@@ -16,7 +16,8 @@ use super::stats::Counters;
 use crate::Error;
 use crate::clock::Clock;
 use crate::redis::{Core, KeyNames, RedisKey, Strategy, TimeSource};
-use crate::window::{Bucket, Usage};
+use crate::suppressed::SuppressionParams;
+use crate::window::{Bucket, Geometry, Usage};
 
 /// The flush-and-refresh script: the shared sliding window and the hybrid part.
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
@@ -35,6 +36,12 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
+    /// Copies of the core's settings the decision path reads, one pointer hop closer.
+    pub(crate) geo: Geometry,
+    pub(crate) params: SuppressionParams,
+    pub(crate) sync_ms: u64,
+    /// The test-only clock the scripts read instead of the server's `TIME`.
+    test_clock: Option<Arc<dyn Clock>>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Server time minus local time, in ms (0 under a test clock).
     offset_ms: AtomicI64,
@@ -65,6 +72,13 @@ impl Shared {
             }
         };
         Shared {
+            geo: core.geo,
+            params: core.params,
+            sync_ms,
+            test_clock: match &core.time {
+                TimeSource::TestClock(clock) => Some(clock.clone()),
+                TimeSource::Server => None,
+            },
             offset_ms: AtomicI64::new(offset),
             instance: instance_id(),
             seq: AtomicU64::new(0),
@@ -86,11 +100,9 @@ impl Shared {
     #[inline]
     pub(crate) fn now(&self) -> Now {
         let local = self.clock.now_ms();
-        let server = match &self.core.time {
-            TimeSource::TestClock(clock) => clock.now_ms(),
-            TimeSource::Server => {
-                (local as i64).saturating_add(self.offset_ms.load(Ordering::Relaxed)) as u64
-            }
+        let server = match &self.test_clock {
+            None => (local as i64).saturating_add(self.offset_ms.load(Ordering::Relaxed)) as u64,
+            Some(clock) => clock.now_ms(),
         };
         Now { local, server }
     }

@@ -181,9 +181,9 @@ fn shared_of(shared: &Option<Arc<Shared>>) -> Result<&Arc<Shared>, Error> {
 
 pub(crate) fn ctx(shared: &Shared) -> Ctx<'_> {
     Ctx {
-        geo: &shared.core.geo,
-        params: &shared.core.params,
-        sync_ms: shared.core.sync_interval_ms.get(),
+        geo: &shared.geo,
+        params: &shared.params,
+        sync_ms: shared.sync_ms,
         healthy: shared.healthy.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
@@ -290,7 +290,7 @@ impl AbsoluteHybridRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let shared = shared_of(&self.shared)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, shared.core.geo.window_seconds(), count)?;
+        let cap = checked_capacity(rate, shared.geo.window_seconds(), count)?;
         let now = shared.now();
         let call = Call {
             now_ms: now.server,
@@ -346,7 +346,7 @@ impl SuppressedHybridRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let shared = shared_of(&self.shared)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, shared.core.geo.window_seconds(), count)?;
+        let cap = checked_capacity(rate, shared.geo.window_seconds(), count)?;
         let now = shared.now();
         let call = Call {
             now_ms: now.server,

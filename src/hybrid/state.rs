@@ -213,12 +213,16 @@ impl<S, C: Units> KeyState<S, C> {
         }
     }
 
+    #[inline]
     fn push(&mut self, geo: &Geometry, now: Now, counts: C) {
-        let id = geo.bucket_of(now.server);
         match self.pending.back_mut() {
-            // A time behind the newest bucket counts in it: later, never earlier.
-            Some(last) if last.id >= id => last.counts.add(counts),
-            _ => self.pending.push_back(Bucket { id, counts }),
+            // Within (or behind: later, never earlier) the newest bucket; a multiply, not a
+            // divide, as in the local core's window.
+            Some(last) if now.server < geo.end_of(last.id) => last.counts.add(counts),
+            _ => self.pending.push_back(Bucket {
+                id: geo.bucket_of(now.server),
+                counts,
+            }),
         }
         self.spent += counts.accepted();
         self.observed_since += counts.observed();
@@ -408,7 +412,27 @@ impl AbsoluteKey {
     }
 
     /// Decides one checked call from local state.
+    #[inline]
     pub(crate) fn inc(&mut self, ctx: &Ctx<'_>, now: Now, call: Call) -> RateLimitDecision {
+        // The common case, kept small: a live lease with room, at the refresh's rate or less.
+        if let Some(view) = &self.view {
+            if now.local < view.valid_until
+                && capacity::fits_more(self.spent, call.count, view.lease)
+                && capacity::fits_more(view.used + self.spent, call.count, call.cap)
+            {
+                self.rate = call.rate;
+                self.cap = call.cap;
+                self.touched = true;
+                self.own.record(ctx.geo, now.server, call.rate, call.count);
+                self.push(ctx.geo, now, call.count);
+                return RateLimitDecision::Allowed;
+            }
+        }
+        self.inc_slow(ctx, now, call)
+    }
+
+    #[inline(never)]
+    fn inc_slow(&mut self, ctx: &Ctx<'_>, now: Now, call: Call) -> RateLimitDecision {
         self.rate = call.rate;
         self.cap = call.cap;
         self.touched = true;
@@ -498,7 +522,35 @@ impl SuppressedKey {
     }
 
     /// Decides one checked call from local state; `draw` as in the local core.
+    #[inline]
     pub(crate) fn inc(
+        &mut self,
+        ctx: &Ctx<'_>,
+        now: Now,
+        call: Call,
+        draw: impl FnOnce() -> f64,
+    ) -> RateLimitDecision {
+        // The common case, kept small: a live lease with room, under the hard limit.
+        if let Some(view) = &self.view {
+            if call.rate == self.rate
+                && now.local < view.valid_until
+                && capacity::fits_more(self.spent, call.count, view.lease)
+                && capacity::fits_more(view.used + self.spent, call.count, call.cap)
+                && !capacity::reaches(
+                    self.observed_estimate(view),
+                    call.cap * ctx.params.hard_limit_factor,
+                )
+            {
+                self.touched = true;
+                self.record(ctx, now, call.count, call.count);
+                return RateLimitDecision::Allowed;
+            }
+        }
+        self.inc_slow(ctx, now, call, draw)
+    }
+
+    #[inline(never)]
+    fn inc_slow(
         &mut self,
         ctx: &Ctx<'_>,
         now: Now,
