@@ -51,12 +51,13 @@
 //! both carry a TTL equal to the time until their newest bucket stops counting (at most
 //! window + group), so nothing outlives its window even if every process dies.
 //!
-//! A call reads its state with one `HMGET`; an admitted call in the current bucket then
-//! writes two `HINCRBY`s (`TIME` aside, four commands in all). Only the buckets that expired
-//! since the previous call are popped: each bucket is written once and removed once, a key
-//! whose newest bucket has expired is dropped whole, and no call unpacks a list. A rejection
-//! walks the oldest buckets until the call would fit (one for a single unit, usually); the
-//! suppressed factor reads the buckets of the last second, at most once per
+//! A call reads its state, the current bucket's counts included, with one `HMGET`; an
+//! admitted call in the current bucket then writes one `HSET` (with `TIME`, three commands;
+//! a call that opens a new bucket adds an `RPUSH` and the two `PEXPIRE`s). Only the buckets
+//! that expired since the previous call are popped: each bucket is written once and removed
+//! once, a key whose newest bucket has expired is dropped whole, and no call unpacks a list.
+//! A rejection walks the oldest buckets until the call would fit (one for a single unit,
+//! usually); the suppressed factor reads the buckets of the last second, at most once per
 //! `suppression_factor_cache_ms`. Keep an eviction policy that evicts by TTL or not at all
 //! (`volatile-*` or `noeviction`): evicting one of a key's two Redis keys but not the other
 //! would leave its usage stale until the survivor's TTL ends.
