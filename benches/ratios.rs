@@ -3,13 +3,13 @@
 //! criterion happened to be measuring, so the ratios hold still. Prints a table.
 //!
 //! ```text
-//! cargo bench --bench ratios            # about two minutes
+//! cargo bench --bench ratios            # about a minute
 //! cargo bench --bench ratios -- 40      # rounds (default 60)
 //! ```
 //!
 //! Each round runs one batch (about 2 ms) of every subject of a case, starting with a
 //! different subject each round; a subject's figure is the median (and the best) of its
-//! batches, in ns per call. Limiters are configured as in `benches/local.rs`; for two
+//! batches, in ns per call. The 1M-key cases run 30 times the rounds. Limiters are configured as in `benches/local.rs`; for two
 //! threads the figure is the wall time for each thread to make one call.
 
 use std::hint::black_box;
@@ -91,20 +91,27 @@ fn cycling<'a, T>(keys: &'a [String], call: impl Fn(&String) -> T + Sync + 'a) -
 /// A batch of `calls` calls on each of two threads at once.
 fn two_threads<'a, T>(call: impl Fn() -> T + Sync + 'a) -> Batch<'a> {
     Box::new(move |calls| {
-        let barrier = Barrier::new(3);
+        // The wall time from the first thread's start to the last one's end, as the threads
+        // see them: a descheduled main thread would read a late start.
+        let barrier = Barrier::new(2);
         std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| {
-                    barrier.wait();
-                    for _ in 0..calls {
-                        black_box(call());
-                    }
-                });
-            }
-            barrier.wait();
-            Instant::now()
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..calls {
+                            black_box(call());
+                        }
+                        (start, Instant::now())
+                    })
+                })
+                .collect();
+            let spans: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let first = spans.iter().map(|s| s.0).min().unwrap();
+            let last = spans.iter().map(|s| s.1).max().unwrap();
+            last - first
         })
-        .elapsed()
     })
 }
 
@@ -213,7 +220,12 @@ fn main() {
     }
 
     // Many keys, every one created before measuring.
-    for (label, n, per_call) in [("1k_keys", 1_000, 60.0), ("1M_keys", 1_000_000, 400.0)] {
+    // With 1M keys, as many rounds as give each key about ten calls per subject, as in
+    // `benches/local.rs`: every call then starts a new bucket on a key that has a few.
+    for (label, n, per_call, rounds) in [
+        ("1k_keys", 1_000, 60.0, rounds),
+        ("1M_keys", 1_000_000, 400.0, rounds * 30),
+    ] {
         let keys = keys(n);
         let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
         for k in &keys {
@@ -323,7 +335,8 @@ fn main() {
             "absolute/2_threads_one_key",
             measure(
                 rounds,
-                150.0,
+                // About 20 ms a batch, so that the two threads really overlap.
+                10.0,
                 &[
                     (
                         "sluicegate",
@@ -341,7 +354,8 @@ fn main() {
             "suppressed/2_threads_one_key",
             measure(
                 rounds,
-                150.0,
+                // About 20 ms a batch, so that the two threads really overlap.
+                10.0,
                 &[
                     (
                         "sluicegate",
