@@ -1,7 +1,8 @@
 //! The Redis provider on a loopback Redis: sequential latency (p50 / p99) and the
 //! throughput of 64 concurrent tasks on one multiplexed connection, for both strategies,
-//! beside a raw `EVALSHA` of a one-line script (the floor), the same with sluicegate's keys
-//! and arguments, and trypema 2.x's Redis provider.
+//! beside three floors (a raw `EVALSHA` of a one-line script; the same with sluicegate's keys
+//! and arguments; a script doing the least a limiter that records a call must: `TIME`, one
+//! `HMGET`, one `HSET`) and trypema 2.x's Redis provider.
 //!
 //! ```sh
 //! cargo bench --bench redis --features redis-tokio
@@ -42,6 +43,7 @@ const ROUNDS: usize = 9;
 enum Subject {
     RawEvalsha,
     RawOurArgs,
+    RawReadWrite,
     Absolute,
     Suppressed,
     TrypemaAbsolute,
@@ -49,9 +51,10 @@ enum Subject {
 }
 
 impl Subject {
-    const ALL: [Subject; 6] = [
+    const ALL: [Subject; 7] = [
         Subject::RawEvalsha,
         Subject::RawOurArgs,
+        Subject::RawReadWrite,
         // Each of ours next to trypema's, so both see the same moment of the machine.
         Subject::Absolute,
         Subject::TrypemaAbsolute,
@@ -63,6 +66,7 @@ impl Subject {
         match self {
             Subject::RawEvalsha => "raw_evalsha_return_1",
             Subject::RawOurArgs => "raw_evalsha_our_arguments",
+            Subject::RawReadWrite => "raw_evalsha_time_hmget_hset",
             Subject::Absolute => "sluicegate_absolute",
             Subject::Suppressed => "sluicegate_suppressed",
             Subject::TrypemaAbsolute => "trypema_absolute",
@@ -76,6 +80,7 @@ struct Bench {
     conn: ConnectionManager,
     floor: redis::Script,
     floor_with_arguments: redis::Script,
+    floor_read_write: redis::Script,
     ours: RateLimiter,
     theirs: Arc<trypema::redis::RedisRateLimiterProvider>,
     our_keys: Vec<RedisKey>,
@@ -120,6 +125,14 @@ impl Bench {
             conn,
             floor: redis::Script::new("return 1"),
             floor_with_arguments: redis::Script::new("return {0}"),
+            floor_read_write: redis::Script::new(
+                "local t = redis.call('TIME') \
+                 local b = tostring(math.floor((t[1] * 1000 + math.floor(t[2] / 1000)) / 10)) \
+                 local v = redis.call('HMGET', KEYS[2], 'n', 'l', 't', b, 'r') \
+                 redis.call('HSET', KEYS[2], b, (tonumber(v[4]) or 0) + 1, \
+                   't', (tonumber(v[3]) or 0) + 1) \
+                 return {0}",
+            ),
             ours,
             theirs,
             our_keys: (0..KEYS)
@@ -141,14 +154,19 @@ impl Bench {
                 let one: i64 = self.floor.invoke_async(&mut conn).await.unwrap();
                 one == 1
             }
-            Subject::RawOurArgs => {
+            Subject::RawOurArgs | Subject::RawReadWrite => {
                 // The same keys and arguments as sluicegate's absolute inc, to a script that
-                // only answers: what the protocol and argument handling cost.
+                // only answers (what the protocol and arguments cost), or that does the least
+                // any limiter recording a call must: read the time, read the key, write it.
+                let script = if subject == Subject::RawOurArgs {
+                    &self.floor_with_arguments
+                } else {
+                    &self.floor_read_write
+                };
                 let mut conn = self.conn.clone();
-                let list = format!("bench:{{user{k}}}:a:b");
-                let hash = format!("bench:{{user{k}}}:a:h");
-                let reply: Vec<i64> = self
-                    .floor_with_arguments
+                let list = format!("bench_floor:{{user{k}}}:a:b");
+                let hash = format!("bench_floor:{{user{k}}}:a:h");
+                let reply: Vec<i64> = script
                     .prepare_invoke()
                     .key(&list)
                     .key(&hash)
@@ -342,6 +360,17 @@ fn main() {
         redis.url()
     );
     let table = runtime.block_on(summarize_all(&bench));
+    // The floor script's keys carry no TTL (it is the bare minimum): drop them.
+    runtime.block_on(async {
+        let mut conn = bench.conn.clone();
+        for k in 0..KEYS {
+            let _: () = redis::cmd("DEL")
+                .arg(format!("bench_floor:{{user{k}}}:a:h"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
     for (subject, s) in &table {
         println!(
             "{:<24} p50 {:>7.1} us   p99 {:>7.1} us   {:>9.0} ops/s   server {:>5.1} us/call",

@@ -14,10 +14,70 @@ local COUNTERS = {'o', 'd'}
 local RECENT_MS = 1000
 local hard_factor = tonumber(ARGV[5])
 
+-- The hot path reads what an admitted call needs; the declined count of the bucket of now
+-- and the cached factor are read only when a call is over capacity.
+local state = redis.call('HMGET', hash, 'n', 'l', 'to', 'td', 'o' .. current, 'r')
+local hot = state[1] == current and (tonumber(state[2]) or 0) >= oldest_live(now)
+local exists
+current_counts['o'] = tonumber(state[5]) or 0
+if hot then
+  newest, oldest = state[1], state[2]
+  totals['o'] = tonumber(state[3]) or 0
+  totals['d'] = tonumber(state[4]) or 0
+  exists = true
+else
+  -- The slow path may still add into the bucket of now (when only older buckets expired).
+  current_counts['d'] = 0
+  if state[1] == current then
+    current_counts['d'] = tonumber(redis.call('HGET', hash, 'd' .. current)) or 0
+  end
+  exists = load(state, COUNTERS)
+end
+
+local rate, count, cap, rate_changed
+if mode == 'i' then
+  rate = tonumber(ARGV[7])
+  count = tonumber(ARGV[8])
+  cap = tonumber(ARGV[9])
+  rate_changed = not exists or tonumber(state[6]) ~= rate
+  if rate_changed then redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0) end
+  -- Below capacity (and under the hard limit): admitted, one HSET on the hot path.
+  if not reaches(totals['o'], cap * hard_factor)
+    and fits(totals['o'] - totals['d'] + count, cap) then
+    if hot then
+      redis.call('HSET', hash, 'o' .. current, string.format('%d', current_counts['o'] + count),
+        'to', string.format('%d', totals['o'] + count))
+    else
+      add(COUNTERS, {count, 0})
+    end
+    return {0}
+  end
+end
+
+-- Past this point a call is over capacity, or asks for the factor: the closures below are
+-- created only here (each costs the script time).
+
+-- Records `count` observed units, `declined` of them declined, in the bucket of now.
+local function record(declined)
+  if not hot then
+    add(COUNTERS, {count, declined})
+    return
+  end
+  local o = string.format('%d', current_counts['o'] + count)
+  local to = string.format('%d', totals['o'] + count)
+  if declined == 0 then
+    redis.call('HSET', hash, 'o' .. current, o, 'to', to)
+  else
+    redis.call('HSET', hash, 'o' .. current, o, 'to', to, 'td',
+      string.format('%d', totals['d'] + declined))
+    redis.call('HINCRBY', hash, 'd' .. current, declined)
+  end
+end
+
 -- The factor at `rate`, as suppressed::factor_of: the perceived rate is the larger of the
 -- window's and the last second's observed units per second, each over the time its bucket
--- positions cover (at least a second).  Only the uncommon paths create these closures.
-local function formula(rate)
+-- positions cover (at least a second).
+local function formula(at_rate)
   local function per_second(observed, first_bucket)
     local covered = now - first_bucket * G
     if covered < RECENT_MS then covered = RECENT_MS end
@@ -47,63 +107,17 @@ local function formula(rate)
   local last_second = per_second(recent, math.floor(math.max(now - RECENT_MS, 0) / G))
   local perceived = math.max(average, last_second)
   if perceived <= 0 then return 0 end
-  local sf = 1 - rate / perceived
+  local sf = 1 - at_rate / perceived
   if sf < 0 then sf = 0 elseif sf > 1 then sf = 1 end
   return sf
 end
 
 local function show(sf) return string.format('%.17g', sf) end
 
--- The hot path reads what an admitted call needs; the declined count of the bucket of now
--- and the cached factor are read only when a call is over capacity.
-local state = redis.call('HMGET', hash, 'n', 'l', 'to', 'td', 'o' .. current, 'r')
-local hot = state[1] == current and (tonumber(state[2]) or 0) >= oldest_live(now)
-local exists
-current_counts['o'] = tonumber(state[5]) or 0
-if hot then
-  newest, oldest = state[1], state[2]
-  totals['o'] = tonumber(state[3]) or 0
-  totals['d'] = tonumber(state[4]) or 0
-  exists = true
-else
-  -- The slow path may still add into the bucket of now (when only older buckets expired).
-  current_counts['d'] = 0
-  if state[1] == current then
-    current_counts['d'] = tonumber(redis.call('HGET', hash, 'd' .. current)) or 0
-  end
-  exists = load(state, COUNTERS)
-end
-
--- Records `count` observed units, `declined` of them declined, in the bucket of now.
-local function record(count, declined)
-  if not hot then
-    add(COUNTERS, {count, declined})
-    return
-  end
-  local o = string.format('%d', current_counts['o'] + count)
-  local to = string.format('%d', totals['o'] + count)
-  if declined == 0 then
-    redis.call('HSET', hash, 'o' .. current, o, 'to', to)
-  else
-    redis.call('HSET', hash, 'o' .. current, o, 'to', to, 'td',
-      string.format('%d', totals['d'] + declined))
-    redis.call('HINCRBY', hash, 'd' .. current, declined)
-  end
-end
-
 if mode == 'i' then
-  local rate = tonumber(ARGV[7])
-  local count = tonumber(ARGV[8])
-  local cap = tonumber(ARGV[9])
-  local rate_changed = not exists or tonumber(state[6]) ~= rate
-  if rate_changed then redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0) end
   if reaches(totals['o'], cap * hard_factor) then
-    record(count, count)
+    record(count)
     return {1, 0, '1'}
-  end
-  if fits(totals['o'] - totals['d'] + count, cap) then
-    record(count, 0)
-    return {0}
   end
   local cache = redis.call('HMGET', hash, 'sfu', 'sf')
   local sf
@@ -114,14 +128,14 @@ if mode == 'i' then
     redis.call('HSET', hash, 'sf', show(sf), 'sfu', now + tonumber(ARGV[6]))
   end
   local allowed = tonumber(ARGV[10]) >= sf
-  if allowed then record(count, 0) else record(count, count) end
+  if allowed then record(0) else record(count) end
   return {1, allowed and 1 or 0, show(sf)}
 end
 
 -- mode 'f'
 if not exists then return '0' end
-local rate = tonumber(state[6])
-local cap = rate * window_s
+rate = tonumber(state[6])
+cap = rate * window_s
 if reaches(totals['o'], cap * hard_factor) then return '1' end
 if fits(totals['o'] - totals['d'] + 1, cap) then return '0' end
 return show(formula(rate))
