@@ -134,9 +134,12 @@ async fn a_batch_whose_reply_was_lost_is_not_applied_twice() {
     drain(&rl).await;
     // Writes (scripts included) wait 500 ms on the server: the flush times out at 100 ms
     // and is resent, while the first send is still queued and runs once the pause ends.
+    // Pause before the second batch is decided (decisions need no Redis), so the committer
+    // cannot deliver it before the pause: whichever flush sends it, background or this one,
+    // times out while the send stays queued on the server.
     let client = redis::Client::open(server.url()).unwrap();
     let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let second = calls(&rl, &key, 50, Duration::ZERO).await;
+    let errors_before = rl.hybrid().stats().flush_errors;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(500)
@@ -144,7 +147,7 @@ async fn a_batch_whose_reply_was_lost_is_not_applied_twice() {
         .query_async(&mut admin)
         .await
         .unwrap();
-    let errors_before = rl.hybrid().stats().flush_errors;
+    let second = calls(&rl, &key, 50, Duration::ZERO).await;
     rl.hybrid().flush().await.unwrap();
     assert!(
         rl.hybrid().stats().flush_errors > errors_before,
