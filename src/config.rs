@@ -206,7 +206,10 @@ mod tests {
         assert!(!capacity::fits(8, capacity::of(0.7, 10)));
         assert!(!capacity::fits(11, capacity::of(0.7, 15)));
         assert!(capacity::fits_more(6, 1, 7.0));
-        assert!(!capacity::fits_more(u64::MAX, 1, 1e20), "a wrapped sum never fits");
+        assert!(
+            !capacity::fits_more(u64::MAX, 1, 1e20),
+            "a wrapped sum never fits"
+        );
         assert!(RateLimit::per_minute(f64::NAN).is_err());
         assert!((RateLimit::per_minute(30.0).unwrap().get() - 0.5).abs() < 1e-12);
     }
