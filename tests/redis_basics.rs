@@ -167,30 +167,9 @@ async fn prefixes_and_strategies_keep_separate_state() {
     ));
     let rate = RateLimit::try_from(0.2).unwrap(); // 2 per window
     let k = key("shared_name");
-    assert!(
-        one.redis()
-            .absolute()
-            .inc(&k, &rate, 2)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        !one.redis()
-            .absolute()
-            .inc(&k, &rate, 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        two.redis()
-            .absolute()
-            .inc(&k, &rate, 2)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(support::admitted(one.redis().absolute().inc(&k, &rate, 2)).await);
+    assert!(!support::admitted(one.redis().absolute().inc(&k, &rate, 1)).await);
+    assert!(support::admitted(two.redis().absolute().inc(&k, &rate, 2)).await);
     assert_eq!(
         one.redis().suppressed().inc(&k, &rate, 2).await.unwrap(),
         RateLimitDecision::Allowed,
@@ -209,36 +188,15 @@ async fn a_flushed_script_cache_is_reloaded() {
     ));
     let rate = RateLimit::try_from(1.0).unwrap();
     let k = key("k");
-    assert!(
-        rl.redis()
-            .absolute()
-            .inc(&k, &rate, 4)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(support::admitted(rl.redis().absolute().inc(&k, &rate, 4)).await);
     let mut conn = redis.manager().await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(
-        rl.redis()
-            .absolute()
-            .inc(&k, &rate, 6)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
-    assert!(
-        !rl.redis()
-            .absolute()
-            .inc(&k, &rate, 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(support::admitted(rl.redis().absolute().inc(&k, &rate, 6)).await);
+    assert!(!support::admitted(rl.redis().absolute().inc(&k, &rate, 1)).await);
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
@@ -281,22 +239,8 @@ async fn state_stays_bounded_however_long_a_key_lives() {
     let k = key("busy");
     for _ in 0..3000 {
         clock.advance(1);
-        assert!(
-            rl.redis()
-                .absolute()
-                .inc(&k, &rate, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        );
-        assert!(
-            rl.redis()
-                .suppressed()
-                .inc(&k, &rate, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(support::admitted(rl.redis().absolute().inc(&k, &rate, 1)).await);
+        assert!(support::admitted(rl.redis().suppressed().inc(&k, &rate, 1)).await);
     }
     let mut conn = redis.manager().await;
     for strategy in ["a", "s"] {
@@ -312,14 +256,7 @@ async fn state_stays_bounded_however_long_a_key_lives() {
     }
     // A long idle gap drops the whole state at once.
     clock.advance(60_000);
-    assert!(
-        rl.redis()
-            .absolute()
-            .inc(&k, &rate, 1)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(support::admitted(rl.redis().absolute().inc(&k, &rate, 1)).await);
     let buckets: usize = conn.llen(format!("{prefix}:{{busy}}:a:b")).await.unwrap();
     assert_eq!(buckets, 1);
     let total: u64 = conn

@@ -15,6 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluicegate::redis::RedisKey;
+use sluicegate::{Error, RateLimitDecision};
+
+/// Whether a networked provider's call admitted the request; a Redis error fails the test.
+/// `admitted(rl.redis().absolute().inc(&key, &rate, 1)).await`
+pub async fn admitted(call: impl Future<Output = Result<RateLimitDecision, Error>>) -> bool {
+    call.await.expect("the provider answered").is_allowed()
+}
 
 /// The variable that points single-server tests at an external Redis.
 pub const URL_VARIABLE: &str = "SLUICEGATE_REDIS_URL";
