@@ -202,22 +202,7 @@ if mode == 's' then
   observed = totals['o']
   local cutoff = now - 1000
   if cutoff < 0 then cutoff = 0 end
-  local from = -1
-  local done = false
-  while not done do
-    local chunk = redis.call('LRANGE', ids, from - 31, from)
-    if #chunk == 0 then break end
-    for i = #chunk, 1, -1 do
-      local id = chunk[i]
-      if (tonumber(id) + 1) * G <= cutoff then
-        done = true
-        break
-      end
-      recent = recent + (tonumber(redis.call('HGET', hash, 'o' .. id)) or 0)
-    end
-    if #chunk < 32 then break end
-    from = from - 32
-  end
+  recent = recent_sum('o', cutoff)
 end
 
 return {now, applied, expired, string.format('%.17g', lease), used, holders, observed, recent,

@@ -86,23 +86,7 @@ local function formula(at_rate)
   -- Observed usage in the buckets that overlap the last second, newest first.
   local cutoff = now - RECENT_MS
   if cutoff < 0 then cutoff = 0 end
-  local recent = 0
-  local from = -1
-  local done = false
-  while not done do
-    local chunk = redis.call('LRANGE', ids, from - 31, from)
-    if #chunk == 0 then break end
-    for i = #chunk, 1, -1 do
-      local id = chunk[i]
-      if (tonumber(id) + 1) * G <= cutoff then
-        done = true
-        break
-      end
-      recent = recent + (tonumber(redis.call('HGET', hash, 'o' .. id)) or 0)
-    end
-    if #chunk < 32 then break end
-    from = from - 32
-  end
+  local recent = recent_sum('o', cutoff)
   local average = per_second(totals['o'], oldest_live(now))
   local last_second = per_second(recent, math.floor(math.max(now - RECENT_MS, 0) / G))
   local perceived = math.max(average, last_second)

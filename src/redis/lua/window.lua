@@ -166,3 +166,22 @@ end
 local function add(counters, values)
   add_at(counters, math.floor(now / G), values)
 end
+
+-- The sum of `counter` over the buckets that overlap (cutoff, now], newest first, as
+-- `Window::recent` in src/window.rs: a walk of the newest buckets in chunks of 32, never an
+-- unbounded unpack.
+local function recent_sum(counter, cutoff)
+  local sum = 0
+  local from = -1
+  while true do
+    local chunk = redis.call('LRANGE', ids, from - 31, from)
+    if #chunk == 0 then return sum end
+    for i = #chunk, 1, -1 do
+      local id = chunk[i]
+      if (tonumber(id) + 1) * G <= cutoff then return sum end
+      sum = sum + (tonumber(redis.call('HGET', hash, counter .. id)) or 0)
+    end
+    if #chunk < 32 then return sum end
+    from = from - 32
+  end
+end
