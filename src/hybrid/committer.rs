@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redis::{Cmd, Script, Value};
 use compact_str::CompactString;
-use dashmap::DashMap;
 
 use super::state::{AbsoluteKey, Job, Now, Refresh, SuppressedKey, View};
 use super::stats::Counters;
 use crate::Error;
 use crate::clock::Clock;
+use crate::local::store::KeyStore;
 use crate::redis::{Core, KeyNames, RedisKey, Strategy, TimeSource};
 use crate::suppressed::SuppressionParams;
 use crate::window::{Bucket, Geometry, Usage};
@@ -29,8 +29,6 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
 
 /// Keys per pipeline: a cycle with more dirty keys sends several pipelines at once.
 pub(crate) const MAX_KEYS_PER_PIPELINE: usize = 512;
-
-type Hasher = foldhash::fast::RandomState;
 
 /// Everything the hybrid provider shares between callers and its committer.
 #[derive(Debug)]
@@ -47,8 +45,8 @@ pub(crate) struct Shared {
     offset_ms: AtomicI64,
     instance: String,
     seq: AtomicU64,
-    pub(crate) absolute: DashMap<CompactString, AbsoluteKey, Hasher>,
-    pub(crate) suppressed: DashMap<CompactString, SuppressedKey, Hasher>,
+    pub(crate) absolute: KeyStore<AbsoluteKey>,
+    pub(crate) suppressed: KeyStore<SuppressedKey>,
     pub(crate) stats: Counters,
     pub(crate) healthy: AtomicBool,
     script_loaded: AtomicBool,
@@ -82,8 +80,8 @@ impl Shared {
             offset_ms: AtomicI64::new(offset),
             instance: instance_id(),
             seq: AtomicU64::new(0),
-            absolute: DashMap::with_hasher(Hasher::default()),
-            suppressed: DashMap::with_hasher(Hasher::default()),
+            absolute: KeyStore::default(),
+            suppressed: KeyStore::default(),
             stats: Counters::default(),
             healthy: AtomicBool::new(true),
             script_loaded: AtomicBool::new(false),
@@ -393,14 +391,12 @@ impl Shared {
             };
             match strategy {
                 Strategy::Absolute => {
-                    if let Some(mut state) = self.absolute.get_mut(key.as_str()) {
-                        state.refreshed(job.seq, refresh);
-                    }
+                    self.absolute
+                        .peek(key.as_str(), |s| s.refreshed(job.seq, refresh));
                 }
                 Strategy::Suppressed => {
-                    if let Some(mut state) = self.suppressed.get_mut(key.as_str()) {
-                        state.refreshed(job.seq, refresh);
-                    }
+                    self.suppressed
+                        .peek(key.as_str(), |s| s.refreshed(job.seq, refresh));
                 }
             }
         }
@@ -411,18 +407,8 @@ impl Shared {
     pub(crate) fn cleanup(&self) -> usize {
         let now = self.now();
         let geo = self.core.geo;
-        let mut removed = 0;
-        self.absolute.retain(|_, s| {
-            let keep = !s.idle(&geo, now);
-            removed += usize::from(!keep);
-            keep
-        });
-        self.suppressed.retain(|_, s| {
-            let keep = !s.idle(&geo, now);
-            removed += usize::from(!keep);
-            keep
-        });
-        removed
+        self.absolute.retain(|s| !s.idle(&geo, now))
+            + self.suppressed.retain(|s| !s.idle(&geo, now))
     }
 }
 

@@ -299,14 +299,11 @@ impl AbsoluteHybridRateLimiter {
             cap,
         };
         let ctx = ctx(shared);
-        if let Some(mut state) = shared.absolute.get_mut(key.as_str()) {
-            return Ok(state.inc(&ctx, now, call));
-        }
-        let mut state = shared
-            .absolute
-            .entry(key.as_str().into())
-            .or_insert_with(|| AbsoluteKey::new(rate, cap, now.local));
-        Ok(state.inc(&ctx, now, call))
+        Ok(shared.absolute.with(
+            key.as_str(),
+            || AbsoluteKey::new(rate, cap, now.local),
+            |s| s.inc(&ctx, now, call),
+        ))
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, from
@@ -320,8 +317,8 @@ impl AbsoluteHybridRateLimiter {
         let ctx = ctx(shared);
         Ok(shared
             .absolute
-            .get_mut(key.as_str())
-            .map_or(RateLimitDecision::Allowed, |mut s| s.check(&ctx, now)))
+            .peek(key.as_str(), |s| s.check(&ctx, now))
+            .unwrap_or(RateLimitDecision::Allowed))
     }
 }
 
@@ -356,14 +353,11 @@ impl SuppressedHybridRateLimiter {
         };
         let ctx = ctx(shared);
         let draw = || shared.core.random.next_f64();
-        if let Some(mut state) = shared.suppressed.get_mut(key.as_str()) {
-            return Ok(state.inc(&ctx, now, call, draw));
-        }
-        let mut state = shared
-            .suppressed
-            .entry(key.as_str().into())
-            .or_insert_with(|| SuppressedKey::new(rate, cap, now.local));
-        Ok(state.inc(&ctx, now, call, draw))
+        Ok(shared.suppressed.with(
+            key.as_str(),
+            || SuppressedKey::new(rate, cap, now.local),
+            |s| s.inc(&ctx, now, call, draw),
+        ))
     }
 
     /// The key's suppression factor now, in `[0, 1]`, from local state: 0 within the lease
@@ -377,8 +371,8 @@ impl SuppressedHybridRateLimiter {
         let ctx = ctx(shared);
         Ok(shared
             .suppressed
-            .get_mut(key.as_str())
-            .map_or(0.0, |mut s| s.factor(&ctx, now)))
+            .peek(key.as_str(), |s| s.factor(&ctx, now))
+            .unwrap_or(0.0))
     }
 }
 

@@ -33,7 +33,7 @@
 //! not help such a call. Keys are opaque strings: any string, the empty one included, is a
 //! key of its own; keys of up to 24 bytes cost no allocation.
 
-mod store;
+pub(crate) mod store;
 
 use std::sync::Arc;
 

@@ -84,4 +84,10 @@ impl<S> KeyStore<S> {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// Every key and its state, one shard locked at a time: the hybrid committer's passes.
+    #[cfg(feature = "redis-tokio")]
+    pub(crate) fn iter_mut(&self) -> dashmap::iter::IterMut<'_, CompactString, S, Hasher> {
+        self.map.iter_mut()
+    }
 }
