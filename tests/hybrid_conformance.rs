@@ -10,8 +10,7 @@
 
 mod support;
 
-use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::redis::RedisKey;
 use sluicegate::{Error, ManualClock, RateLimit, RateLimitDecision, RateLimiterBuilder};
 use support::TestRedis;
 use support::conformance::{Expect, Scenario, ScriptedDraw, Step, table};
@@ -52,33 +51,17 @@ async fn run(
 ) -> Result<(), String> {
     let clock = ManualClock::new(T0);
     let draw = ScriptedDraw::default();
-    let window_size_seconds = s.window_s.try_into().unwrap();
-    let rate_group_size_ms = s.group_ms.try_into().unwrap();
-    let hard_limit_factor = s.hard_limit_factor.try_into().unwrap();
-    let suppression_factor_cache_ms = s.cache_ms.try_into().unwrap();
-    let rl = RateLimiterBuilder::new(LocalRateLimiterOptions {
-        window_size_seconds,
-        rate_group_size_ms,
-        hard_limit_factor,
-        suppression_factor_cache_ms,
-    })
-    .clock(clock.clone())
-    .random(draw.clone())
-    .redis_connection(
-        redis.manager().await,
-        RedisSettings {
-            prefix: Some(prefix.clone()),
-            window_size_seconds,
-            rate_group_size_ms,
-            hard_limit_factor,
-            suppression_factor_cache_ms,
+    let rl = RateLimiterBuilder::new(s.local_options())
+        .clock(clock.clone())
+        .random(draw.clone())
+        .redis_connection(
+            redis.manager().await,
             // Long: the committer stays out of the way of the explicit flushes.
-            sync_interval_ms: 3_600_000.try_into().unwrap(),
-        },
-    )
-    .redis_time_from_clock_for_tests_only(clock.clone())
-    .build()
-    .unwrap();
+            s.redis_settings(prefix, 3_600_000.try_into().unwrap()),
+        )
+        .redis_time_from_clock_for_tests_only(clock.clone())
+        .build()
+        .unwrap();
     let key = RedisKey::try_from(format!("hscenario{index}")).unwrap();
     let hybrid = rl.hybrid();
     for (i, step) in s.steps.iter().enumerate() {

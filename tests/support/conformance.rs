@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::{RedisConnection, RedisKey, RedisSettings};
 use sluicegate::{
@@ -71,6 +72,35 @@ pub struct Scenario {
     pub hard_limit_factor: f64,
     pub cache_ms: u64,
     pub steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// The scenario's window, grouping and suppression settings.
+    pub fn local_options(&self) -> LocalRateLimiterOptions {
+        LocalRateLimiterOptions {
+            window_size_seconds: self.window_s.try_into().unwrap(),
+            rate_group_size_ms: self.group_ms.try_into().unwrap(),
+            hard_limit_factor: self.hard_limit_factor.try_into().unwrap(),
+            suppression_factor_cache_ms: self.cache_ms.try_into().unwrap(),
+        }
+    }
+
+    /// The same settings for a networked provider, under `prefix`.
+    pub fn redis_settings(
+        &self,
+        prefix: &RedisKey,
+        sync_interval_ms: SyncIntervalMs,
+    ) -> RedisSettings {
+        let local = self.local_options();
+        RedisSettings {
+            prefix: Some(prefix.clone()),
+            window_size_seconds: local.window_size_seconds,
+            rate_group_size_ms: local.rate_group_size_ms,
+            hard_limit_factor: local.hard_limit_factor,
+            suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+            sync_interval_ms,
+        }
+    }
 }
 
 fn scenario(
@@ -332,32 +362,13 @@ fn limiter(
     draw: &ScriptedDraw,
     prefix: &RedisKey,
 ) -> RateLimiter {
-    let window_size_seconds = s.window_s.try_into().unwrap();
-    let rate_group_size_ms = s.group_ms.try_into().unwrap();
-    let hard_limit_factor = s.hard_limit_factor.try_into().unwrap();
-    let suppression_factor_cache_ms = s.cache_ms.try_into().unwrap();
-    let builder = RateLimiterBuilder::new(LocalRateLimiterOptions {
-        window_size_seconds,
-        rate_group_size_ms,
-        hard_limit_factor,
-        suppression_factor_cache_ms,
-    })
-    .clock(clock.clone())
-    .random(draw.clone());
+    let builder = RateLimiterBuilder::new(s.local_options())
+        .clock(clock.clone())
+        .random(draw.clone());
     let builder = match provider {
         Provider::Local => builder,
         Provider::Redis(conn) => builder
-            .redis_connection(
-                conn.clone(),
-                RedisSettings {
-                    prefix: Some(prefix.clone()),
-                    window_size_seconds,
-                    rate_group_size_ms,
-                    hard_limit_factor,
-                    suppression_factor_cache_ms,
-                    sync_interval_ms: Default::default(),
-                },
-            )
+            .redis_connection(conn.clone(), s.redis_settings(prefix, Default::default()))
             .redis_time_from_clock_for_tests_only(clock.clone()),
     };
     builder.build().unwrap()
