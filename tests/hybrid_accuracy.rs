@@ -180,51 +180,66 @@ async fn steady(
     admitted
 }
 
+/// Under steady overload a sliding window admits in a pattern that repeats every window
+/// (with the local provider too: at 1.5x the rate it admits for two thirds of each window
+/// and then waits for the oldest units to expire), so the admitted rate is read over whole
+/// windows: over 3..9 s a 5 s window admits 91.7/s, and over 5..15 s exactly 100/s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_at_one_and_a_half_times_the_rate_admit_the_rate() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let redis = TestRedis::get();
     let prefix = support::unique_prefix("hybrid_two");
-    // 100/s over 2 s, hard limit 2× (so 1.5× is inside the suppressed band).
-    let rls = instances(&redis, &prefix, 2, 2, 10, 2.0).await;
+    // 100/s, hard limit 2x (so 1.5x is inside the suppressed band), on a 2 s and a 5 s
+    // window at once: two instances each.
     let rate = RateLimit::try_from(100.0).unwrap();
     let start = Instant::now();
-    let run = Duration::from_secs(9);
+    let run = Duration::from_secs(16);
+    // (window, group, first second measured): the span is whole windows after the first.
+    let windows = [(2u64, 10u64, 3u64, 6u64), (5, 100, 5, 2)];
     let mut handles = Vec::new();
-    for (name, suppressed) in [("steady_sup", true), ("steady_abs", false)] {
-        for rl in &rls {
-            let key = RedisKey::try_from(name).unwrap();
-            handles.push((
-                name,
-                tokio::spawn(steady(rl.clone(), key, rate, 75.0, suppressed, start, run)),
-            ));
+    for (w, g, from, windows_measured) in windows {
+        let rls = instances(&redis, &prefix, 2, w, g, 2.0).await;
+        for (strategy, suppressed) in [("suppressed", true), ("absolute", false)] {
+            for rl in &rls {
+                let key = RedisKey::try_from(format!("steady_{strategy}_{w}s")).unwrap();
+                let span = (from * 1000, (from + windows_measured * w) * 1000);
+                handles.push((
+                    (strategy, w, span),
+                    tokio::spawn(steady(rl.clone(), key, rate, 75.0, suppressed, start, run)),
+                ));
+            }
         }
     }
-    let mut admitted: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    // (strategy, window, measured span in ms) -> admission times of both instances.
+    type Run = (&'static str, u64, (u64, u64));
+    let mut admitted: std::collections::BTreeMap<Run, Vec<u64>> = Default::default();
     for (name, h) in handles {
         admitted.entry(name).or_default().extend(h.await.unwrap());
     }
-    // After the first windows have filled: seconds 3 to 9.
-    for (name, times) in admitted {
-        let in_span = times
-            .iter()
-            .filter(|&&t| (3_000..9_000).contains(&t))
-            .count();
-        let per_second = in_span as f64 / 6.0;
-        eprintln!("{name}: admitted {per_second:.1}/s at a rate of 100/s, offered 150/s");
-        // Absolute: ±5 %. Suppressed admits by random draws: on 900 calls over these 6 s the
-        // binomial spread alone is about 2.4 % of the rate, and runs have measured 100.2 to
-        // 105.8/s (a small upward bias, open in issue #4), so it gets +10 % / −5 %.
-        let band = if name == "steady_sup" {
-            95.0..=110.0
+    let mut failures = Vec::new();
+    for ((strategy, w, (from, to)), times) in admitted {
+        let in_span = times.iter().filter(|&&t| (from..to).contains(&t)).count();
+        let per_second = in_span as f64 / ((to - from) as f64 / 1000.0);
+        eprintln!(
+            "{strategy}, {w} s window: admitted {per_second:.1}/s over {from}..{to} ms at a \
+             rate of 100/s, offered 150/s"
+        );
+        // Absolute: +-5 %. Suppressed admits by random draws: on 1500 calls offered in the
+        // span the binomial spread alone is about 1.8 % of the rate, and runs have measured
+        // 100.7 to 103.7/s (the factor lags Redis by a sync interval), so it gets three
+        // spreads above that: +8 % / -5 %.
+        let band = if strategy == "suppressed" {
+            95.0..=108.0
         } else {
             95.0..=105.0
         };
-        assert!(
-            band.contains(&per_second),
-            "{name}: admitted {per_second:.1}/s, want 100/s within {band:?}"
-        );
+        if !band.contains(&per_second) {
+            failures.push(format!(
+                "{strategy}, {w} s window: admitted {per_second:.1}/s, want 100/s within {band:?}"
+            ));
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
