@@ -20,12 +20,7 @@ use crate::suppressed::SuppressionParams;
 use crate::window::{Bucket, Geometry, Usage};
 
 /// The flush-and-refresh script: the shared sliding window and the hybrid part.
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("../redis/lua/window.lua"),
-        include_str!("lua/hybrid.lua")
-    ))
-});
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
 
 /// Keys per pipeline: a cycle with more dirty keys sends several pipelines at once.
 pub(crate) const MAX_KEYS_PER_PIPELINE: usize = 512;
@@ -413,6 +408,7 @@ impl Shared {
 }
 
 const SCRIPT_SOURCE: &str = concat!(
+    include_str!("../redis/lua/head.lua"),
     include_str!("../redis/lua/window.lua"),
     include_str!("lua/hybrid.lua")
 );

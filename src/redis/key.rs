@@ -113,9 +113,9 @@ impl Strategy {
 /// Names the Redis keys of limiter keys under one prefix.
 ///
 /// A limiter key `k` under strategy `s` uses two Redis keys, both with the hash tag `{k}`:
-/// `prefix:{k}:s:b`, the list of its live bucket ids oldest first, and `prefix:{k}:s:h`, a
-/// hash of per-bucket counts, running totals, the newest and oldest bucket ids and the key's
-/// latest rate (see `lua/window.lua`).
+/// `prefix:{k}:s:b`, the list of its closed buckets (id and counts) oldest first, and
+/// `prefix:{k}:s:h`, a small hash of the open bucket's id and counts, the running totals,
+/// the oldest bucket id and the key's latest rate (see `lua/head.lua` and `lua/window.lua`).
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
     prefix: String,

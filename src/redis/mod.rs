@@ -43,19 +43,22 @@
 //! while any part of it is inside the last `W` ms, the same capacity tolerance. Time is the
 //! server's `TIME`, read inside the script, so application clocks never matter.
 //!
-//! A limiter key `k` is stored in two Redis keys per strategy, `prefix:{k}:a:b` (the list of
-//! live bucket ids, oldest first) and `prefix:{k}:a:h` (per-bucket counts, running totals,
-//! the newest and oldest bucket ids, the key's latest rate); `s` instead of `a` for the
-//! suppressed strategy, which counts observed and declined units (accepted = observed −
-//! declined). Both share the hash tag `{k}`, so one key lives on one Redis Cluster slot, and
-//! both carry a TTL equal to the time until their newest bucket stops counting (at most
-//! window + group), so nothing outlives its window even if every process dies.
+//! A limiter key `k` is stored in two Redis keys per strategy: `prefix:{k}:a:h`, a small hash
+//! (the open bucket's id and counts, the running totals, the oldest bucket's id, the key's
+//! latest rate) and `prefix:{k}:a:b`, the list of its closed buckets, oldest first, each
+//! entry `id:count`; `s` instead of `a` for the suppressed strategy, which counts observed
+//! and declined units (accepted = observed − declined; entries `id:observed:declined`). Both
+//! share the hash tag `{k}`, so one key lives on one Redis Cluster slot, and both carry a
+//! TTL equal to the time until their newest bucket stops counting (at most window + group),
+//! so nothing outlives its window even if every process dies.
 //!
-//! A call reads its state, the current bucket's counts included, with one `HMGET`; an
-//! admitted call in the current bucket then writes one `HSET` (with `TIME`, three commands;
-//! a call that opens a new bucket adds an `RPUSH` and the two `PEXPIRE`s). Only the buckets
-//! that expired since the previous call are popped: each bucket is written once and removed
-//! once, a key whose newest bucket has expired is dropped whole, and no call unpacks a list.
+//! The hash stays a handful of fields however many buckets a key has, so reading and
+//! writing it costs the same for every key. A call reads it with one `HMGET`; an admitted
+//! call in the open bucket then writes one `HSET` (with `TIME`, three commands, and the
+//! script defines no function on that path); a call that opens a new bucket also pushes the
+//! closed one onto the list and renews the two TTLs. Only the buckets that expired since
+//! the previous call are popped: each bucket is pushed once and popped once, a key whose
+//! newest bucket has expired is dropped whole, and no call unpacks a list.
 //! A rejection walks the oldest buckets until the call would fit (one for a single unit,
 //! usually); the suppressed factor reads the buckets of the last second, at most once per
 //! `suppression_factor_cache_ms`. Keep an eviction policy that evicts by TTL or not at all
@@ -214,7 +217,7 @@ impl Core {
         })
     }
 
-    /// KEYS[1..2] and ARGV[1..4], the part of every call `window.lua` reads.
+    /// KEYS[1..2] and ARGV[1..4], the part of every call `head.lua` reads.
     pub(crate) fn common_args(
         &self,
         invocation: &mut ScriptInvocation<'_>,

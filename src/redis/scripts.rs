@@ -1,5 +1,8 @@
-//! The Lua scripts, each one atomic round trip: `src/redis/lua/window.lua` (the sliding
-//! window of `src/window.rs`) prepended to each strategy's script.
+//! The Lua scripts, each one atomic round trip: `src/redis/lua/head.lua` (arguments, the
+//! time), the strategy's hot path (`*_hot.lua`: an admitted call in the open bucket, with no
+//! closure created), `window.lua` (the sliding window of `src/window.rs`) and the rest of
+//! the strategy. The hot path comes before the helpers because defining them costs each
+//! call server time (measured: the hot path's server time fell by about a third).
 //!
 //! Both run through [`redis::Script`](::redis::Script): `EVALSHA`, with `SCRIPT LOAD` and one
 //! retry when the server answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
@@ -23,6 +26,8 @@ pub(crate) mod argv {
 /// The absolute strategy: `{0}` or `{1, retry_after_ms, remaining_after_waiting}`.
 pub(crate) static ABSOLUTE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        include_str!("lua/head.lua"),
+        include_str!("lua/absolute_hot.lua"),
         include_str!("lua/window.lua"),
         include_str!("lua/absolute.lua")
     ))
@@ -32,6 +37,8 @@ pub(crate) static ABSOLUTE: LazyLock<Script> = LazyLock::new(|| {
 /// as a string for a query.
 pub(crate) static SUPPRESSED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        include_str!("lua/head.lua"),
+        include_str!("lua/suppressed_hot.lua"),
         include_str!("lua/window.lua"),
         include_str!("lua/suppressed.lua")
     ))

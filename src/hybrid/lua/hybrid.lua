@@ -1,12 +1,12 @@
 -- The hybrid provider's flush-and-refresh of one limiter key (src/hybrid/committer.rs),
--- appended to src/redis/lua/window.lua, so increments land in the same buckets, totals and
--- TTLs the Redis provider's scripts use.
+-- after src/redis/lua/head.lua and window.lua, so increments land in the same buckets,
+-- totals and TTLs the Redis provider's scripts use.
 --
--- KEYS[1..2] as in window.lua (state read with one HMGET and window.lua's `load`).
+-- KEYS[1..2] as in head.lua (state read with one HMGET and window.lua's `load`).
 -- KEYS[3]: the key's lease hash (same hash tag), fields per instance id: 'l:'..id lease
 -- (units granted, not yet flushed), 'e:'..id lease expiry (ms), 'q:'..id the last flush
 -- sequence number applied (exactly once).
--- ARGV[1..4] as in window.lua; mode 'a' (absolute, counter '') or 's' (suppressed,
+-- ARGV[1..4] as in head.lua; mode 'a' (absolute, counter '') or 's' (suppressed,
 -- counters 'o' and 'd', as suppressed.lua).
 -- ARGV[5] instance id, ARGV[6] flush sequence number (0: nothing to flush),
 -- ARGV[7] lease time to live in ms, ARGV[8] latest rate, ARGV[9] capacity,
@@ -39,6 +39,7 @@ local WIDTH = #COUNTERS
 
 local fields = {'n', 'l'}
 for _, c in ipairs(COUNTERS) do fields[#fields + 1] = 't' .. c end
+for _, c in ipairs(COUNTERS) do fields[#fields + 1] = 'c' .. c end
 fields[#fields + 1] = 'r'
 local state = redis.call('HMGET', hash, unpack(fields))
 load(state, COUNTERS)
@@ -51,18 +52,15 @@ end
 
 -- 1. The batch, exactly once: a sequence number at or below the last one applied is a
 -- repeat whose reply was lost.  Ids arrive oldest first.  Like window.lua's add, a bucket
--- behind the newest one counts in the newest, which expires later, never earlier.  The
+-- behind the open one counts in the open one, which expires later, never earlier.  The
 -- writes are batched so that their number does not grow with the buckets in the batch:
--- one HINCRBY per counter into the newest existing bucket, one RPUSH and one HSET (in
--- chunks of 64) for the new ones, one HINCRBY per counter for the totals, one PEXPIRE
--- per key.
+-- for new buckets one RPUSH (in chunks of 64) of the open bucket and every new one but the
+-- last, which becomes the open one, and one PEXPIRE per key; then one HSET of the open
+-- bucket's counts and the totals.  The sequence number is written with the lease.
 local applied, expired = 0, 0
 local field_q = 'q:' .. inst
 if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
   applied = 1
-  local live = now - W
-  if live < 0 then live = 0 end
-  live = math.floor(live / G)
   local into_newest = nil
   local fresh = {}
   local sums = {}
@@ -92,50 +90,55 @@ if seq > 0 and seq > (tonumber(redis.call('HGET', meta, field_q)) or 0) then
       end
     end
   end
+  -- What lands in the open bucket is counted before it may close below.
   if into_newest then
-    for i, c in ipairs(COUNTERS) do
-      if into_newest[i] ~= 0 then redis.call('HINCRBY', hash, c .. newest, into_newest[i]) end
-    end
+    for i, c in ipairs(COUNTERS) do newest_counts[c] = newest_counts[c] + into_newest[i] end
   end
+  local set = unsaved
+  unsaved = {}
+  local ttl
   if #fresh > 0 then
-    local first = string.format('%d', fresh[1][1])
-    local last = string.format('%d', fresh[#fresh][1])
-    for from = 1, #fresh, 64 do
-      local push, set = {}, {}
-      for j = from, math.min(from + 63, #fresh) do
-        local bucket = string.format('%d', fresh[j][1])
-        push[#push + 1] = bucket
-        for i, c in ipairs(COUNTERS) do
-          local v = fresh[j][2][i]
-          if v ~= 0 then
-            set[#set + 1] = c .. bucket
-            set[#set + 1] = v
-          end
-        end
-      end
-      redis.call('RPUSH', ids, unpack(push))
-      if #set > 0 then redis.call('HSET', hash, unpack(set)) end
+    local closed = {}
+    if newest then closed[1] = entry(newest, newest_values(COUNTERS)) end
+    for j = 1, #fresh - 1 do
+      closed[#closed + 1] = entry(string.format('%d', fresh[j][1]), fresh[j][2])
     end
-    if oldest then
-      redis.call('HSET', hash, 'n', last)
-    else
-      redis.call('HSET', hash, 'n', last, 'l', first)
-      oldest = first
+    for from = 1, #closed, 64 do
+      redis.call('RPUSH', ids, unpack(closed, from, math.min(from + 63, #closed)))
     end
-    newest = last
-    local ttl = expires_at(fresh[#fresh][1]) - now
+    local last = fresh[#fresh]
+    if not newest then
+      oldest = string.format('%d', fresh[1][1])
+      set[#set + 1] = 'l'
+      set[#set + 1] = oldest
+    end
+    newest = string.format('%d', last[1])
+    set[#set + 1] = 'n'
+    set[#set + 1] = newest
+    for i, c in ipairs(COUNTERS) do newest_counts[c] = last[2][i] end
+    -- Both keys live until the open bucket stops counting.
+    ttl = expires_at(last[1]) - now
     if ttl < 1 then ttl = 1 end
     redis.call('PEXPIRE', ids, ttl)
-    redis.call('PEXPIRE', hash, ttl)
+  end
+  if #fresh > 0 or into_newest then
+    for _, c in ipairs(COUNTERS) do
+      set[#set + 1] = 'c' .. c
+      set[#set + 1] = string.format('%d', newest_counts[c])
+    end
   end
   for i, c in ipairs(COUNTERS) do
     if sums[i] ~= 0 then
-      redis.call('HINCRBY', hash, 't' .. c, sums[i])
       totals[c] = totals[c] + sums[i]
+      set[#set + 1] = 't' .. c
+      set[#set + 1] = string.format('%d', totals[c])
     end
   end
-  redis.call('HSET', meta, field_q, seq)
+  -- One write of the open bucket and the totals, however many buckets the batch held.
+  if #set > 0 then redis.call('HSET', hash, unpack(set)) end
+  if ttl then redis.call('PEXPIRE', hash, ttl) end
 end
+settle()
 
 -- The latest rate, as the Redis provider's scripts keep it (a new rate drops a cached
 -- factor); only on a key with state, which has a TTL.
@@ -177,7 +180,10 @@ if remaining > 0 then
   if lease < floor_share then lease = floor_share end
 end
 if lease < held then lease = held end
-redis.call('HSET', meta, 'l:' .. inst, string.format('%.17g', lease), 'e:' .. inst, now + lease_ttl)
+-- The lease, and the batch's sequence number when it was applied, in one write.
+local lease_fields = {'l:' .. inst, string.format('%.17g', lease), 'e:' .. inst, now + lease_ttl}
+if applied == 1 then lease_fields[5], lease_fields[6] = field_q, seq end
+redis.call('HSET', meta, unpack(lease_fields))
 redis.call('PEXPIRE', meta, W + G + 2 * lease_ttl)
 
 -- 3. What the instance decides on until its next refresh.  Past half its capacity, the
@@ -186,12 +192,14 @@ redis.call('PEXPIRE', meta, W + G + 2 * lease_ttl)
 local oldest_buckets = {}
 if mode == 'a' and used * 2 > cap then
   local chunk = redis.call('LRANGE', ids, 0, 31)
-  if #chunk > 0 then
-    local counts = redis.call('HMGET', hash, unpack(chunk))
-    for i, id in ipairs(chunk) do
-      oldest_buckets[#oldest_buckets + 1] = tonumber(id)
-      oldest_buckets[#oldest_buckets + 1] = tonumber(counts[i]) or 0
-    end
+  for _, item in ipairs(chunk) do
+    local v = parse(item)
+    oldest_buckets[#oldest_buckets + 1] = v[1]
+    oldest_buckets[#oldest_buckets + 1] = v[2]
+  end
+  if #chunk < 32 and newest then
+    oldest_buckets[#oldest_buckets + 1] = tonumber(newest)
+    oldest_buckets[#oldest_buckets + 1] = newest_counts['']
   end
 end
 
@@ -202,7 +210,7 @@ if mode == 's' then
   observed = totals['o']
   local cutoff = now - 1000
   if cutoff < 0 then cutoff = 0 end
-  recent = recent_sum('o', cutoff)
+  recent = recent_sum('o', 1, cutoff)
 end
 
 return {now, applied, expired, string.format('%.17g', lease), used, holders, observed, recent,

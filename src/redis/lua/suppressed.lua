@@ -1,77 +1,38 @@
--- The suppressed strategy of src/suppressed.rs.  Counters 'o' (observed) and 'd' (declined;
--- accepted = observed - declined, so an admitted call writes one counter): bucket fields
--- 'o'..id / 'd'..id, totals 'to' / 'td'; 'r' latest rate; 'sf' / 'sfu' the cached factor
--- and the ms until which it may be reused.
+-- The suppressed strategy of src/suppressed.rs, past its hot path (suppressed_hot.lua,
+-- whose HMGET `state` this reuses).  Counters 'o' (observed) and 'd' (declined; accepted =
+-- observed - declined, so an admitted call writes one counter): open bucket counts 'co' /
+-- 'cd', totals 'to' / 'td'; 'r' latest rate; 'sf' / 'sfu' the cached factor and the ms
+-- until which it may be reused.
 -- ARGV[5] hard limit factor, ARGV[6] cache ms.
 -- mode 'i' (inc): ARGV[7] rate, ARGV[8] count, ARGV[9] capacity, ARGV[10] the draw in [0, 1).
 --   Returns {0} (allowed below capacity) or {1, is_allowed (0/1), factor as a string}.
 -- mode 'f' (get_suppression_factor): returns the factor now as a string; records nothing.
---
--- The common case (the key's newest bucket is the bucket of now, nothing expired, below
--- capacity) is written out: TIME, one HMGET, one HSET.
 
 local COUNTERS = {'o', 'd'}
 local RECENT_MS = 1000
 local hard_factor = tonumber(ARGV[5])
-
--- The hot path reads what an admitted call needs; the declined count of the bucket of now
--- and the cached factor are read only when a call is over capacity.
-local state = redis.call('HMGET', hash, 'n', 'l', 'to', 'td', 'o' .. current, 'r')
-local hot = state[1] == current and (tonumber(state[2]) or 0) >= oldest_live(now)
-local exists
-current_counts['o'] = tonumber(state[5]) or 0
-if hot then
-  newest, oldest = state[1], state[2]
-  totals['o'] = tonumber(state[3]) or 0
-  totals['d'] = tonumber(state[4]) or 0
-  exists = true
-else
-  -- The slow path may still add into the bucket of now (when only older buckets expired).
-  current_counts['d'] = 0
-  if state[1] == current then
-    current_counts['d'] = tonumber(redis.call('HGET', hash, 'd' .. current)) or 0
-  end
-  exists = load(state, COUNTERS)
-end
+local exists = load(state, COUNTERS)
 
 local rate, count, cap, rate_changed
 if mode == 'i' then
   rate = tonumber(ARGV[7])
   count = tonumber(ARGV[8])
   cap = tonumber(ARGV[9])
-  rate_changed = not exists or tonumber(state[6]) ~= rate
+  rate_changed = not exists or tonumber(state[7]) ~= rate
   if rate_changed then redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0) end
-  -- Below capacity (and under the hard limit): admitted, one HSET on the hot path.
+  -- Below capacity (and under the hard limit): admitted.
   if not reaches(totals['o'], cap * hard_factor)
     and fits(totals['o'] - totals['d'] + count, cap) then
-    if hot then
-      redis.call('HSET', hash, 'o' .. current, string.format('%d', current_counts['o'] + count),
-        'to', string.format('%d', totals['o'] + count))
-    else
-      add(COUNTERS, {count, 0})
-    end
+    add(COUNTERS, {count, 0})
     return {0}
   end
 end
 
--- Past this point a call is over capacity, or asks for the factor: the closures below are
--- created only here (each costs the script time).
+-- Past this point a call is over capacity, or asks for the factor.
 
 -- Records `count` observed units, `declined` of them declined, in the bucket of now.
 local function record(declined)
-  if not hot then
-    add(COUNTERS, {count, declined})
-    return
-  end
-  local o = string.format('%d', current_counts['o'] + count)
-  local to = string.format('%d', totals['o'] + count)
-  if declined == 0 then
-    redis.call('HSET', hash, 'o' .. current, o, 'to', to)
-  else
-    redis.call('HSET', hash, 'o' .. current, o, 'to', to, 'td',
-      string.format('%d', totals['d'] + declined))
-    redis.call('HINCRBY', hash, 'd' .. current, declined)
-  end
+  add(COUNTERS, {count, declined})
 end
 
 -- The factor at `rate`, as suppressed::factor_of: the perceived rate is the larger of the
@@ -86,8 +47,8 @@ local function formula(at_rate)
   -- Observed usage in the buckets that overlap the last second, newest first.
   local cutoff = now - RECENT_MS
   if cutoff < 0 then cutoff = 0 end
-  local recent = recent_sum('o', cutoff)
-  local average = per_second(totals['o'], oldest_live(now))
+  local recent = recent_sum('o', 1, cutoff)
+  local average = per_second(totals['o'], live)
   local last_second = per_second(recent, math.floor(math.max(now - RECENT_MS, 0) / G))
   local perceived = math.max(average, last_second)
   if perceived <= 0 then return 0 end
@@ -117,8 +78,9 @@ if mode == 'i' then
 end
 
 -- mode 'f'
+settle()
 if not exists then return '0' end
-rate = tonumber(state[6])
+rate = tonumber(state[7])
 cap = rate * window_s
 if reaches(totals['o'], cap * hard_factor) then return '1' end
 if fits(totals['o'] - totals['d'] + 1, cap) then return '0' end

@@ -1,185 +1,175 @@
--- The sliding window of src/window.rs, for one limiter key (prepended to each script).
---
--- KEYS[1]: list of live bucket ids, oldest first.  KEYS[2]: hash with, per bucket, one
--- field per counter (counter .. id), the running totals ('t' .. counter), the newest and
--- oldest bucket ids ('n', 'l') and the key's latest rate ('r').
--- ARGV[1]: "" to read the server's TIME, or a test clock's milliseconds (tests only).
--- ARGV[2]: window in whole seconds.  ARGV[3]: group in ms.  ARGV[4]: mode.
+-- The sliding window of src/window.rs, for one limiter key (after head.lua and the
+-- strategy's hot path).
 --
 -- Bucket id = floor(t / g); bucket b counts while (b + 1) * g + W > t; an increment behind
--- the newest bucket (a clock that stepped back) counts in the newest one.  A call reads its
--- state with one HMGET and, in the common case, writes it with one HSET; only the buckets that expired since the previous call are popped
--- (each bucket is pushed once and popped once) and no list is ever unpacked.  Both keys
--- expire when their newest bucket stops counting (at most W + g from its creation).
+-- the newest bucket (a clock that stepped back) counts in the newest one.  The open bucket
+-- lives in the hash beside the totals, so the hash stays a handful of fields (a listpack
+-- whose reads and writes cost the same however many buckets the key has); when a newer
+-- bucket opens, the open one is pushed onto the list with its counts, and buckets leave the
+-- list from its head as they stop counting: each bucket is pushed once and popped once, and
+-- no list is ever unpacked.  Both keys expire when the open bucket stops counting (at most
+-- W + g after it opened).
 
-local ids, hash = KEYS[1], KEYS[2]
-local window_s = tonumber(ARGV[2])
-local W = window_s * 1000
-local G = tonumber(ARGV[3])
-local mode = ARGV[4]
-
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  now = tonumber(ARGV[1])
-end
-
--- config::capacity: relative slack that absorbs f64 rounding.
-local SLACK = 1e-9
 local function fits(used, cap) return used <= cap * (1 + SLACK) end
 local function reaches(used, limit) return used >= limit * (1 - SLACK) end
-
 local function expires_at(id) return (id + 1) * G + W end
 
--- The oldest bucket still live at t.
-local function oldest_live(t)
-  local s = t - W
-  if s < 0 then s = 0 end
-  return math.floor(s / G)
+-- The key's window: `newest` / `oldest` are the bucket ids as stored (strings) or false;
+-- `totals[c]` the running total of counter c and `newest_counts[c]` its count in the open
+-- bucket.
+local newest, oldest
+local totals, newest_counts = {}, {}
+
+-- Hash fields this call changed that no write has carried yet (`load`'s new oldest id and
+-- totals, a strategy's latest rate): `add` writes them with its own HSET; a script that ends
+-- without `add` calls `settle` first.
+local unsaved = {}
+
+local function settle()
+  if #unsaved > 0 then
+    redis.call('HSET', hash, unpack(unsaved))
+    unsaved = {}
+  end
 end
 
--- The key's window: `newest` / `oldest` are the bucket ids as stored (strings) or false,
--- `totals[c]` the running total of counter c; `current` is the id of the bucket of now and
--- `current_counts[c]` counter c in it (the scripts read both with their HMGET, so an
--- increment there is one HSET).
-local newest, oldest
-local totals = {}
-local current_id = math.floor(now / G)
-local current = string.format('%d', current_id)
-local current_counts = {}
+-- A closed bucket as the list holds it: "id:count:count...", one count per counter.
+local function entry(id, values)
+  local parts = {id}
+  for i = 1, #values do parts[i + 1] = string.format('%d', values[i]) end
+  return table.concat(parts, ':')
+end
 
--- Takes the values of one HMGET of 'n', 'l', then 't' .. c for each counter, and drops the
--- buckets that no longer count.  If even the newest bucket is dead the state is dropped
--- whole, as the keys' TTL would have done.  Returns false when the key has no state.
+-- A list entry's id and counts, as numbers: {id, count, count...}.
+local function parse(item)
+  local values = {}
+  for v in string.gmatch(item, '[^:]+') do values[#values + 1] = tonumber(v) end
+  return values
+end
+
+-- The open bucket's counts, in counter order.
+local function newest_values(counters)
+  local values = {}
+  for i, c in ipairs(counters) do values[i] = newest_counts[c] end
+  return values
+end
+
+-- Takes the values of one HMGET of 'n', 'l', then 't' .. c for each counter, then 'c' .. c
+-- for each counter, and drops the buckets that no longer count.  If even the open bucket is
+-- dead the state is dropped whole, as the keys' TTL would have done.  Returns false when
+-- the key has no state.
 local function load(values, counters)
   newest, oldest = values[1], values[2]
-  for i, c in ipairs(counters) do totals[c] = tonumber(values[i + 2]) or 0 end
+  local k = #counters
+  for i, c in ipairs(counters) do
+    totals[c] = tonumber(values[2 + i]) or 0
+    newest_counts[c] = tonumber(values[2 + k + i]) or 0
+  end
   if not newest then return false end
-  local live = oldest_live(now)
   if tonumber(newest) < live then
     redis.call('DEL', ids, hash)
     newest, oldest = false, false
     for _, c in ipairs(counters) do
       totals[c] = 0
-      current_counts[c] = 0
+      newest_counts[c] = 0
     end
     return false
   end
-  if not oldest or tonumber(oldest) >= live then return true end
+  if oldest and tonumber(oldest) >= live then return true end
   local dropped = {}
   for _, c in ipairs(counters) do dropped[c] = 0 end
-  while true do
+  local found = false
+  while not found do
     local chunk = redis.call('LRANGE', ids, 0, 31)
     local gone = 0
-    for i, id in ipairs(chunk) do
-      if tonumber(id) >= live then
-        oldest = id
+    for i, item in ipairs(chunk) do
+      local v = parse(item)
+      if v[1] >= live then
+        oldest = string.format('%d', v[1])
+        found = true
         break
       end
       gone = i
-      for _, c in ipairs(counters) do
-        local v = tonumber(redis.call('HGET', hash, c .. id))
-        if v then
-          dropped[c] = dropped[c] + v
-          redis.call('HDEL', hash, c .. id)
-        end
-      end
+      for j, c in ipairs(counters) do dropped[c] = dropped[c] + v[j + 1] end
     end
     if gone > 0 then redis.call('LTRIM', ids, gone, -1) end
     if gone < 32 then break end
   end
+  -- Every closed bucket is gone: the open one is the oldest.
+  if not found then oldest = newest end
+  -- The new oldest id and the totals ride on the call's next write of the hash.
+  unsaved = {'l', oldest}
   for _, c in ipairs(counters) do
     if dropped[c] ~= 0 then
       totals[c] = totals[c] - dropped[c]
-      redis.call('HINCRBY', hash, 't' .. c, -dropped[c])
+      unsaved[#unsaved + 1] = 't' .. c
+      unsaved[#unsaved + 1] = string.format('%d', totals[c])
     end
   end
-  redis.call('HSET', hash, 'l', oldest)
   return true
 end
 
--- Records values[i] under counters[i] in bucket `id` (behind the newest bucket: in the
--- newest, which expires later, never earlier).  Into the bucket of now, whose counts the
--- script read into `current_counts` with its HMGET:
--- one HSET of the new counts and totals (the script is atomic, so that is an increment).
--- A new bucket is pushed and sets both keys' TTL to the moment it stops counting.
-local function add_at(counters, id, values)
-  local bucket = newest
-  local fields = {}
-  if bucket and id == current_id and bucket == current then
+-- Records values[i] under counters[i] in the bucket of now (behind the open bucket: in the
+-- open one, which expires later, never earlier), with one HSET of the counts and totals
+-- (the script is atomic, so that is an increment).  A new bucket closes the open one onto
+-- the list and sets both keys' TTL to the moment the new one stops counting.
+local function add(counters, values)
+  local fields = unsaved
+  unsaved = {}
+  if newest and tonumber(newest) >= current_id then
     for i, c in ipairs(counters) do
       local v = values[i]
       if v ~= 0 then
-        current_counts[c] = current_counts[c] + v
+        newest_counts[c] = newest_counts[c] + v
         totals[c] = totals[c] + v
-        fields[#fields + 1] = c .. bucket
-        fields[#fields + 1] = string.format('%d', current_counts[c])
+        fields[#fields + 1] = 'c' .. c
+        fields[#fields + 1] = string.format('%d', newest_counts[c])
         fields[#fields + 1] = 't' .. c
         fields[#fields + 1] = string.format('%d', totals[c])
       end
     end
-    redis.call('HSET', hash, unpack(fields))
+    if #fields > 0 then redis.call('HSET', hash, unpack(fields)) end
     return
   end
-  if not bucket or tonumber(bucket) < id then
-    -- A new bucket: one HSET names it newest (and oldest if it is the only one) and sets
-    -- its counts and the totals.
-    bucket = string.format('%d', id)
-    redis.call('RPUSH', ids, bucket)
-    fields[1], fields[2] = 'n', bucket
-    if not oldest then
-      fields[3], fields[4] = 'l', bucket
-      oldest = bucket
-    end
-    for i, c in ipairs(counters) do
-      local v = values[i]
-      if v ~= 0 then
-        totals[c] = totals[c] + v
-        fields[#fields + 1] = c .. bucket
-        fields[#fields + 1] = string.format('%d', v)
-        fields[#fields + 1] = 't' .. c
-        fields[#fields + 1] = string.format('%d', totals[c])
-      end
-      if bucket == current then current_counts[c] = v end
-    end
-    redis.call('HSET', hash, unpack(fields))
-    newest = bucket
-    local ttl = expires_at(id) - now
-    if ttl < 1 then ttl = 1 end
-    redis.call('PEXPIRE', ids, ttl)
-    redis.call('PEXPIRE', hash, ttl)
-    return
+  if newest then
+    redis.call('RPUSH', ids, entry(newest, newest_values(counters)))
+  else
+    fields[#fields + 1] = 'l'
+    fields[#fields + 1] = current
+    oldest = current
   end
+  fields[#fields + 1] = 'n'
+  fields[#fields + 1] = current
   for i, c in ipairs(counters) do
     local v = values[i]
-    if v ~= 0 then
-      redis.call('HINCRBY', hash, c .. bucket, v)
-      redis.call('HINCRBY', hash, 't' .. c, v)
-      totals[c] = totals[c] + v
-    end
+    newest_counts[c] = v
+    totals[c] = totals[c] + v
+    fields[#fields + 1] = 'c' .. c
+    fields[#fields + 1] = string.format('%d', v)
+    fields[#fields + 1] = 't' .. c
+    fields[#fields + 1] = string.format('%d', totals[c])
   end
+  redis.call('HSET', hash, unpack(fields))
+  newest = current
+  local ttl = expires_at(current_id) - now
+  if ttl < 1 then ttl = 1 end
+  redis.call('PEXPIRE', ids, ttl)
+  redis.call('PEXPIRE', hash, ttl)
 end
 
--- Records values[i] under counters[i] in the bucket of `now`.
-local function add(counters, values)
-  add_at(counters, math.floor(now / G), values)
-end
-
--- The sum of `counter` over the buckets that overlap (cutoff, now], newest first, as
--- `Window::recent` in src/window.rs: a walk of the newest buckets in chunks of 32, never an
--- unbounded unpack.
-local function recent_sum(counter, cutoff)
-  local sum = 0
+-- The sum of counter `c` (the `index`-th of the key's counters) over the buckets that
+-- overlap (cutoff, now], newest first, as `Window::recent` in src/window.rs: the open
+-- bucket, then the list's tail in chunks of 32, never an unbounded unpack.
+local function recent_sum(c, index, cutoff)
+  if not newest or (tonumber(newest) + 1) * G <= cutoff then return 0 end
+  local sum = newest_counts[c]
   local from = -1
   while true do
     local chunk = redis.call('LRANGE', ids, from - 31, from)
     if #chunk == 0 then return sum end
     for i = #chunk, 1, -1 do
-      local id = chunk[i]
-      if (tonumber(id) + 1) * G <= cutoff then return sum end
-      sum = sum + (tonumber(redis.call('HGET', hash, counter .. id)) or 0)
+      local v = parse(chunk[i])
+      if (v[1] + 1) * G <= cutoff then return sum end
+      sum = sum + v[index + 1]
     end
     if #chunk < 32 then return sum end
     from = from - 32
