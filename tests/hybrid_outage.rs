@@ -155,6 +155,8 @@ async fn a_batch_whose_reply_was_lost_is_not_applied_twice() {
         first + second,
         "{stats:?}"
     );
+    // The skipped resend's units count once, as landed by the send whose reply was lost.
+    assert_eq!(stats.units_flushed, first + second, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

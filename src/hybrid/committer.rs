@@ -367,7 +367,12 @@ impl Shared {
                         .units_expired
                         .fetch_add(parsed.expired, Ordering::Relaxed);
                 } else {
+                    // An earlier send of this very batch landed and its reply was lost: its
+                    // units reached Redis then, so they count now, once.
                     self.stats.repeats_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .units_flushed
+                        .fetch_add(sent_units, Ordering::Relaxed);
                 }
             }
             let view = View {

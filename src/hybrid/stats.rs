@@ -26,7 +26,9 @@ pub struct HybridStats {
     pub flush_errors: u64,
     /// Key refreshes sent (one per dirty key per cycle, never one per caller).
     pub refreshes: u64,
-    /// Accepted units that reached Redis.
+    /// Accepted units that reached Redis. A batch Redis had already applied counts when its
+    /// resend is skipped: the lost reply's expiry count is unknown then, so units that
+    /// expired in that first application count here and not in `units_expired`.
     pub units_flushed: u64,
     /// Batches Redis had already applied (a reply lost, the batch resent): skipped there, so
     /// every increment lands exactly once.
