@@ -175,7 +175,7 @@ impl RateLimiter {
 /// [`RandomSource`].
 pub struct RateLimiterBuilder {
     local: LocalRateLimiterOptions,
-    clock: Arc<dyn Clock>,
+    clock: clock::Time,
     random: Arc<dyn RandomSource>,
     #[cfg(feature = "redis-tokio")]
     redis: RedisBuilderParts,
@@ -196,7 +196,7 @@ impl RateLimiterBuilder {
     pub fn new(local: LocalRateLimiterOptions) -> Self {
         RateLimiterBuilder {
             local,
-            clock: Arc::new(MonotonicClock::new()),
+            clock: clock::Time::Monotonic(MonotonicClock::new()),
             random: Arc::new(ThreadRandom),
             #[cfg(feature = "redis-tokio")]
             redis: RedisBuilderParts {
@@ -210,7 +210,7 @@ impl RateLimiterBuilder {
 
     /// The clock the local provider reads (default: [`MonotonicClock`]).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = clock::Time::Injected(Arc::new(clock));
         self
     }
 

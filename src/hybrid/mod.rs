@@ -116,8 +116,9 @@ use std::sync::Arc;
 pub use stats::HybridStats;
 
 use crate::absolute::{Call, checked_capacity};
+use crate::clock::Time;
 use crate::redis::{Core, RedisKey};
-use crate::{Clock, Error, RateLimit, RateLimitDecision};
+use crate::{Error, RateLimit, RateLimitDecision};
 use committer::Shared;
 use state::{AbsoluteKey, Ctx, SuppressedKey};
 
@@ -200,11 +201,7 @@ pub struct HybridRateLimiter {
 }
 
 impl HybridRateLimiter {
-    pub(crate) fn new(
-        core: Option<&Arc<Core>>,
-        clock: Arc<dyn Clock>,
-        max_pending_buckets: usize,
-    ) -> Self {
+    pub(crate) fn new(core: Option<&Arc<Core>>, clock: Time, max_pending_buckets: usize) -> Self {
         let shared =
             core.map(|core| Arc::new(Shared::new(core.clone(), clock, max_pending_buckets)));
         if let Some(shared) = &shared {

@@ -38,7 +38,7 @@ pub(crate) mod store;
 use std::sync::Arc;
 
 use crate::absolute::{self, AbsoluteState, Call};
-use crate::clock::Clock;
+use crate::clock::Time;
 use crate::random::RandomSource;
 use crate::suppressed::{self, SuppressedState, SuppressionParams};
 use crate::window::Geometry;
@@ -71,7 +71,7 @@ pub struct LocalRateLimiter {
 impl LocalRateLimiter {
     pub(crate) fn new(
         options: &LocalRateLimiterOptions,
-        clock: Arc<dyn Clock>,
+        clock: Time,
         random: Arc<dyn RandomSource>,
     ) -> Result<Self, Error> {
         let geo = Geometry::new(options.window_size_seconds, options.rate_group_size_ms)?;
@@ -117,7 +117,7 @@ impl LocalRateLimiter {
 pub struct AbsoluteLocalRateLimiter {
     keys: KeyStore<AbsoluteState>,
     geo: Geometry,
-    clock: Arc<dyn Clock>,
+    clock: Time,
 }
 
 impl AbsoluteLocalRateLimiter {
@@ -193,7 +193,7 @@ pub struct SuppressedLocalRateLimiter {
     keys: KeyStore<SuppressedState>,
     geo: Geometry,
     params: SuppressionParams,
-    clock: Arc<dyn Clock>,
+    clock: Time,
     random: Arc<dyn RandomSource>,
 }
 
