@@ -13,7 +13,7 @@ use compact_str::CompactString;
 use super::state::{AbsoluteKey, Job, Now, Refresh, SuppressedKey, View};
 use super::stats::Counters;
 use crate::Error;
-use crate::clock::Clock;
+use crate::clock::{Clock, Time};
 use crate::local::store::KeyStore;
 use crate::redis::{Core, KeyNames, RedisKey, Strategy, TimeSource};
 use crate::suppressed::SuppressionParams;
@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     pub(crate) sync_ms: u64,
     /// The test-only clock the scripts read instead of the server's `TIME`.
     test_clock: Option<Arc<dyn Clock>>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: Time,
     /// Server time minus local time, in ms (0 under a test clock).
     offset_ms: AtomicI64,
     instance: String,
@@ -53,7 +53,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(core: Arc<Core>, clock: Arc<dyn Clock>, max_pending_buckets: usize) -> Self {
+    pub(crate) fn new(core: Arc<Core>, clock: Time, max_pending_buckets: usize) -> Self {
         let sync_ms = core.sync_interval_ms.get();
         let offset = match core.time {
             TimeSource::TestClock(_) => 0,
@@ -131,16 +131,14 @@ impl Shared {
         let mut held = 0usize;
         let mut expired = 0u64;
         let next_seq = || self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        for mut entry in self.absolute.iter_mut() {
-            let state = entry.value_mut();
+        self.absolute.for_each(|_, state| {
             expired += state.drop_expired(&geo, now.server);
             held += state.held_buckets();
-        }
-        for mut entry in self.suppressed.iter_mut() {
-            let state = entry.value_mut();
+        });
+        self.suppressed.for_each(|_, state| {
             expired += state.drop_expired(&geo, now.server);
             held += state.held_buckets();
-        }
+        });
         if held > self.max_pending_buckets {
             let dropped = self.enforce_bound(held);
             held -= dropped.0;
@@ -160,18 +158,18 @@ impl Shared {
         self.stats
             .pending_buckets
             .store(held as u64, Ordering::Relaxed);
-        for mut entry in self.absolute.iter_mut() {
-            if entry.value().is_dirty() {
-                let job = entry.value_mut().job(now.local, next_seq);
-                jobs.push((entry.key().clone(), Strategy::Absolute, widen(job)));
+        self.absolute.for_each(|key, state| {
+            if state.is_dirty() {
+                let job = state.job(now.local, next_seq);
+                jobs.push((key.clone(), Strategy::Absolute, widen(job)));
             }
-        }
-        for mut entry in self.suppressed.iter_mut() {
-            if entry.value().is_dirty() {
-                let job = entry.value_mut().job(now.local, next_seq);
-                jobs.push((entry.key().clone(), Strategy::Suppressed, job));
+        });
+        self.suppressed.for_each(|key, state| {
+            if state.is_dirty() {
+                let job = state.job(now.local, next_seq);
+                jobs.push((key.clone(), Strategy::Suppressed, job));
             }
-        }
+        });
         if jobs.is_empty() {
             return;
         }
@@ -203,22 +201,18 @@ impl Shared {
         let (mut buckets, mut units) = (0usize, 0u64);
         while held > self.max_pending_buckets {
             let before = buckets;
-            for mut entry in self.absolute.iter_mut() {
-                if held <= self.max_pending_buckets {
-                    break;
-                }
-                if let Some(u) = entry.value_mut().drop_oldest() {
+            let bound = self.max_pending_buckets;
+            let mut drop_one = |drop_oldest: &mut dyn FnMut() -> Option<u64>| {
+                if held > bound
+                    && let Some(u) = drop_oldest()
+                {
                     (held, buckets, units) = (held - 1, buckets + 1, units + u);
                 }
-            }
-            for mut entry in self.suppressed.iter_mut() {
-                if held <= self.max_pending_buckets {
-                    break;
-                }
-                if let Some(u) = entry.value_mut().drop_oldest() {
-                    (held, buckets, units) = (held - 1, buckets + 1, units + u);
-                }
-            }
+            };
+            self.absolute
+                .for_each(|_, state| drop_one(&mut || state.drop_oldest()));
+            self.suppressed
+                .for_each(|_, state| drop_one(&mut || state.drop_oldest()));
             if buckets == before {
                 break;
             }

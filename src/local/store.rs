@@ -1,39 +1,99 @@
-//! The key map shared by the in-process providers: one sharded hash map whose shard lock
-//! also guards the key's state, keys of up to 24 bytes stored inline.
+//! The key map shared by the in-process providers: a hash table per shard, each behind a
+//! spin lock that also guards the keys' state, keys of up to 24 bytes stored inline.
+
+use std::cell::Cell;
+use std::hash::BuildHasher;
 
 use compact_str::CompactString;
-use dashmap::DashMap;
+use hashbrown::HashTable;
+use spin::mutex::SpinMutex;
 
 type Hasher = foldhash::fast::RandomState;
 
 /// Key → per-key state.
 ///
-/// A call takes its shard's write lock for the few nanoseconds it works on the key: one
-/// compare-and-swap to lock and one to unlock, where a read lock plus a per-key mutex costs
-/// four atomic operations. Keys of one shard wait for each other only that long, and there
-/// are many shards per core. The cleanup pass takes the same lock, so it can never remove a
-/// key under a running call.
-#[derive(Debug)]
+/// A call hashes the key once, locks its shard, finds the entry and runs on its state: one
+/// compare-and-swap to lock and a plain store to unlock. A sharded `RwLock` map takes a
+/// second compare-and-swap to unlock, which was a fifth of a hot-key call (`benches/ratios`).
+/// The lock is held for the few nanoseconds a call works on its key; a waiter spins and
+/// yields its thread now and then, so a holder that lost its core gets it back. Keys of one
+/// shard wait for each other only that long, and there are sixteen shards per core. The
+/// cleanup pass takes the same locks, one shard at a time, so it never removes a key under
+/// a running call.
 pub(crate) struct KeyStore<S> {
-    map: DashMap<CompactString, S, Hasher>,
+    hasher: Hasher,
+    shards: Box<[Shard<S>]>,
+    /// `64 - log2(shards)`: a hash's shard is taken from its bits below the top seven, which
+    /// the tables use as tags.
+    shift: u32,
 }
 
-impl<S> Default for KeyStore<S> {
-    fn default() -> Self {
-        KeyStore {
-            map: DashMap::with_hasher_and_shard_amount(Hasher::default(), shard_amount()),
+/// One shard on cache lines of its own, so shards' locks never share a line.
+#[repr(align(128))]
+struct Shard<S>(SpinMutex<HashTable<(CompactString, S)>, Backoff>);
+
+/// How a waiter spins: a pause per try, and a yield of its thread every 64 tries.
+struct Backoff;
+
+impl spin::RelaxStrategy for Backoff {
+    #[inline]
+    fn relax() {
+        thread_local!(static TRIES: Cell<u32> = const { Cell::new(0) });
+        let tries = TRIES.with(|t| {
+            let n = t.get().wrapping_add(1);
+            t.set(n);
+            n
+        });
+        if tries % 64 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
     }
 }
 
-/// Sixteen shards per core, a power of two as dashmap wants: two threads on different keys
-/// rarely meet on a shard lock.
+impl<S> std::fmt::Debug for KeyStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("shards", &self.shards.len())
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+impl<S> Default for KeyStore<S> {
+    fn default() -> Self {
+        let count = shard_amount();
+        KeyStore {
+            hasher: Hasher::default(),
+            shards: (0..count)
+                .map(|_| Shard(SpinMutex::new(HashTable::new())))
+                .collect(),
+            shift: 64 - count.trailing_zeros(),
+        }
+    }
+}
+
+/// Sixteen shards per core, a power of two: two threads on different keys rarely meet on a
+/// shard lock.
 fn shard_amount() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores * 16).next_power_of_two()
 }
 
 impl<S> KeyStore<S> {
+    #[inline]
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<(CompactString, S)>, Backoff> {
+        // `shift` is at most 64 - 1 (a single shard has shift 64, handled by `checked_shr`).
+        let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
+        &self.shards[index].0
+    }
+
     /// Runs `f` on the key's state, creating it with `create` if the key is new.
     #[inline]
     pub(crate) fn with<R>(
@@ -42,52 +102,113 @@ impl<S> KeyStore<S> {
         create: impl FnOnce() -> S,
         f: impl FnOnce(&mut S) -> R,
     ) -> R {
-        if let Some(mut entry) = self.map.get_mut(key) {
-            return f(entry.value_mut());
+        let hash = self.hash(key);
+        let mut table = self.shard(hash).lock();
+        if let Some(entry) = table.find_mut(hash, |e| e.0 == key) {
+            return f(&mut entry.1);
         }
-        self.with_new(key, create, f)
+        self.insert(&mut table, hash, key, create, f)
     }
 
-    /// The first call for a key (or a race to create it): the key is copied only here.
+    /// The first call for a key: the key is copied only here, under the shard's lock.
     #[cold]
-    fn with_new<R>(&self, key: &str, create: impl FnOnce() -> S, f: impl FnOnce(&mut S) -> R) -> R {
-        let mut entry = self
-            .map
-            .entry(CompactString::from(key))
-            .or_insert_with(create);
-        f(entry.value_mut())
+    fn insert<R>(
+        &self,
+        table: &mut HashTable<(CompactString, S)>,
+        hash: u64,
+        key: &str,
+        create: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> R {
+        let hasher = &self.hasher;
+        let mut entry = table.insert_unique(hash, (CompactString::from(key), create()), |e| {
+            hasher.hash_one(e.0.as_str())
+        });
+        f(&mut entry.get_mut().1)
     }
 
     /// Runs `f` on the key's state if the key exists; creates nothing.
     #[inline]
     pub(crate) fn peek<R>(&self, key: &str, f: impl FnOnce(&mut S) -> R) -> Option<R> {
-        self.map.get_mut(key).map(|mut entry| f(entry.value_mut()))
+        let hash = self.hash(key);
+        let mut table = self.shard(hash).lock();
+        table.find_mut(hash, |e| e.0 == key).map(|e| f(&mut e.1))
     }
 
-    /// Keeps the keys for which `keep` holds; gives the freed table space back when the map
-    /// has shrunk to under a quarter of its capacity. Returns how many keys were removed.
+    /// Keeps the keys for which `keep` holds, one shard locked at a time; gives a shard's
+    /// freed table space back once it has shrunk to under a quarter of its capacity.
+    /// Returns how many keys were removed.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> usize {
-        // Counted as they go: calls may add keys while the pass runs, so the map's length
-        // before and after says nothing about how many were removed.
+        // Counted as they go: calls may add keys to other shards while the pass runs.
         let mut removed = 0;
-        self.map.retain(|_, state| {
-            let kept = keep(state);
-            removed += usize::from(!kept);
-            kept
-        });
-        if self.map.len() * 4 < self.map.capacity() {
-            self.map.shrink_to_fit();
+        for shard in self.shards.iter() {
+            let mut table = shard.0.lock();
+            table.retain(|e| {
+                let kept = keep(&mut e.1);
+                removed += usize::from(!kept);
+                kept
+            });
+            if table.len() * 4 < table.capacity() {
+                let hasher = &self.hasher;
+                table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
+            }
         }
         removed
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 
-    /// Every key and its state, one shard locked at a time: the hybrid committer's passes.
+    /// Runs `f` on every key and its state, one shard locked at a time: the hybrid
+    /// committer's passes.
     #[cfg(feature = "redis-tokio")]
-    pub(crate) fn iter_mut(&self) -> dashmap::iter::IterMut<'_, CompactString, S, Hasher> {
-        self.map.iter_mut()
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&CompactString, &mut S)) {
+        for shard in self.shards.iter() {
+            for (key, state) in shard.0.lock().iter_mut() {
+                f(key, state);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_created_counted_and_removed() {
+        let store = KeyStore::<u64>::default();
+        for i in 0..10_000u64 {
+            store.with(&format!("key-{i}"), || i, |s| *s += 1);
+        }
+        assert_eq!(store.len(), 10_000);
+        assert_eq!(store.peek("key-17", |s| *s), Some(18));
+        assert_eq!(store.peek("missing", |s| *s), None);
+        assert_eq!(store.len(), 10_000, "peek creates nothing");
+        // Long keys (past the inline 24 bytes) are found the same way.
+        let long = "k".repeat(1 << 20);
+        store.with(&long, || 7, |_| ());
+        assert_eq!(store.peek(&long, |s| *s), Some(7));
+        // Odd states go: half the numbered keys and the long one.
+        assert_eq!(store.retain(|s| *s % 2 == 0), 5_001);
+        assert_eq!(store.len(), 5_000);
+        assert_eq!(store.peek("key-17", |s| *s), Some(18));
+        assert_eq!(store.peek("key-16", |s| *s), None);
+    }
+
+    #[test]
+    fn threads_on_one_key_lose_no_update() {
+        let store = KeyStore::<u64>::default();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50_000 {
+                        store.with("hot", || 0, |n| *n += 1);
+                    }
+                });
+            }
+        });
+        assert_eq!(store.peek("hot", |n| *n), Some(200_000));
     }
 }
