@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench ratios            # about a minute
 //! cargo bench --bench ratios -- 40      # rounds (default 60)
+//! cargo bench --bench ratios -- hot_key 1k_keys   # only these cases
 //! ```
 //!
 //! Each round runs one batch (about 2 ms) of every subject of a case, starting with a
@@ -152,6 +153,12 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(60);
+    // Any other argument picks cases by name: `-- 60 hot_key 2_threads`.
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with("--"))
+        .collect();
+    let wanted = |case: &str| names.is_empty() || names.iter().any(|n| case.contains(n.as_str()));
     let hot = RateLimit::try_from(HOT_RATE).unwrap();
     let t_hot = trypema::RateLimit::per_second_or_panic(HOT_RATE);
     let slow = RateLimit::try_from(REJECT_RATE).unwrap();
@@ -179,7 +186,7 @@ fn main() {
     };
 
     // One key, always allowed.
-    {
+    if wanted("hot_key") {
         let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
         let one = keys(1);
         report(
@@ -226,6 +233,9 @@ fn main() {
         ("1k_keys", 1_000, 60.0, rounds),
         ("1M_keys", 1_000_000, 400.0, rounds * 30),
     ] {
+        if !wanted(label) {
+            continue;
+        }
         let keys = keys(n);
         let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
         for k in &keys {
@@ -273,7 +283,7 @@ fn main() {
     }
 
     // A key kept over its limit (suppressed: over the hard limit, declined with factor 1).
-    {
+    if wanted("reject") {
         let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(REJECT_RATE));
         let over = keys(1);
         for _ in 0..3 {
@@ -328,7 +338,7 @@ fn main() {
     }
 
     // Two threads on one hot key.
-    {
+    if wanted("2_threads_one_key") {
         let (rl, tr, gv) = (ours(), trypema_local(), governor_keyed(HOT_RATE));
         let key = String::from("user_hot");
         report(
