@@ -174,12 +174,23 @@ impl std::fmt::Display for SyncIntervalMs {
     }
 }
 
+#[inline]
 fn shared_of(shared: &Option<Arc<Shared>>) -> Result<&Arc<Shared>, Error> {
-    let shared = shared.as_ref().ok_or(Error::RedisNotConfigured)?;
-    shared.ensure_started();
-    Ok(shared)
+    match shared {
+        Some(shared) => {
+            shared.ensure_started();
+            Ok(shared)
+        }
+        None => Err(not_configured()),
+    }
 }
 
+#[cold]
+fn not_configured() -> Error {
+    Error::RedisNotConfigured
+}
+
+#[inline]
 pub(crate) fn ctx(shared: &Shared) -> Ctx<'_> {
     Ctx {
         geo: &shared.geo,
