@@ -3,6 +3,9 @@
 use parking_lot::Mutex;
 
 /// A source of uniform numbers in `[0, 1)`.
+///
+/// A draw is taken while the key's shard is locked: `next_f64` must not call back into the
+/// limiter (not even to format it), or the thread waits on itself forever.
 pub trait RandomSource: Send + Sync + std::fmt::Debug + 'static {
     /// The next uniform draw in `[0, 1)`.
     fn next_f64(&self) -> f64;

@@ -3,6 +3,7 @@
 //! It is the only thing that talks to Redis, so a key is refreshed at most once per cycle
 //! however many callers hit it.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -202,17 +203,26 @@ impl Shared {
         while held > self.max_pending_buckets {
             let before = buckets;
             let bound = self.max_pending_buckets;
-            let mut drop_one = |drop_oldest: &mut dyn FnMut() -> Option<u64>| {
-                if held > bound
-                    && let Some(u) = drop_oldest()
-                {
+            // One bucket from each key in turn, stopping as soon as the bound holds.
+            let mut drop_one = |dropped: Option<u64>| {
+                if let Some(u) = dropped {
                     (held, buckets, units) = (held - 1, buckets + 1, units + u);
                 }
+                if held > bound {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
             };
-            self.absolute
-                .for_each(|_, state| drop_one(&mut || state.drop_oldest()));
-            self.suppressed
-                .for_each(|_, state| drop_one(&mut || state.drop_oldest()));
+            if self
+                .absolute
+                .try_for_each(|_, state| drop_one(state.drop_oldest()))
+                .is_continue()
+            {
+                let _ = self
+                    .suppressed
+                    .try_for_each(|_, state| drop_one(state.drop_oldest()));
+            }
             if buckets == before {
                 break;
             }

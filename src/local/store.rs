@@ -3,6 +3,8 @@
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
+#[cfg(feature = "redis-tokio")]
+use std::ops::ControlFlow;
 
 use compact_str::CompactString;
 use hashbrown::HashTable;
@@ -15,16 +17,17 @@ type Hasher = foldhash::fast::RandomState;
 /// A call hashes the key once, locks its shard, finds the entry and runs on its state: one
 /// compare-and-swap to lock and a plain store to unlock. A sharded `RwLock` map takes a
 /// second compare-and-swap to unlock, which was a fifth of a hot-key call (`benches/ratios`).
-/// The lock is held for the few nanoseconds a call works on its key; a waiter spins and
-/// yields its thread now and then, so a holder that lost its core gets it back. Keys of one
-/// shard wait for each other only that long, and there are sixteen shards per core. The
-/// cleanup pass takes the same locks, one shard at a time, so it never removes a key under
-/// a running call.
+/// A call holds the lock for the few nanoseconds it works on its key (longer when its insert
+/// grows the table); a waiter spins and yields its thread now and then, so a holder that lost
+/// its core gets it back. There are at least sixteen shards per core. The cleanup pass and
+/// the hybrid committer's passes hold one shard's lock while they walk that shard, so calls
+/// to it wait that long; they never remove a key under a running call.
 pub(crate) struct KeyStore<S> {
     hasher: Hasher,
     shards: Box<[Shard<S>]>,
     /// `64 - log2(shards)`: a hash's shard is taken from its bits below the top seven, which
-    /// the tables use as tags.
+    /// the tables use as tags on 64-bit targets (on 32-bit ones the two do not overlap
+    /// either).
     shift: u32,
 }
 
@@ -74,7 +77,7 @@ impl<S> Default for KeyStore<S> {
     }
 }
 
-/// Sixteen shards per core, a power of two: two threads on different keys rarely meet on a
+/// At least sixteen shards per core, a power of two: two threads on different keys rarely meet on a
 /// shard lock.
 fn shard_amount() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -89,7 +92,7 @@ impl<S> KeyStore<S> {
 
     #[inline]
     fn shard(&self, hash: u64) -> &SpinMutex<HashTable<(CompactString, S)>, Backoff> {
-        // `shift` is at most 64 - 1 (a single shard has shift 64, handled by `checked_shr`).
+        // A single shard has shift 64, which `checked_shr` turns into index 0.
         let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
         &self.shards[index].0
     }
@@ -164,11 +167,24 @@ impl<S> KeyStore<S> {
     /// committer's passes.
     #[cfg(feature = "redis-tokio")]
     pub(crate) fn for_each(&self, mut f: impl FnMut(&CompactString, &mut S)) {
+        let _ = self.try_for_each(|key, state| {
+            f(key, state);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// [`for_each`](Self::for_each) until `f` breaks.
+    #[cfg(feature = "redis-tokio")]
+    pub(crate) fn try_for_each(
+        &self,
+        mut f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         for shard in self.shards.iter() {
             for (key, state) in shard.0.lock().iter_mut() {
-                f(key, state);
+                f(key, state)?;
             }
         }
+        ControlFlow::Continue(())
     }
 }
 
