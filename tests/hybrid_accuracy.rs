@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::redis::RedisKey;
 use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 use support::TestRedis;
 
@@ -36,14 +36,7 @@ fn instance(
         RateLimiterBuilder::new(local)
             .redis_connection(
                 manager,
-                RedisSettings {
-                    prefix: Some(prefix.clone()),
-                    window_size_seconds: local.window_size_seconds,
-                    rate_group_size_ms: local.rate_group_size_ms,
-                    hard_limit_factor: local.hard_limit_factor,
-                    suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                    sync_interval_ms: SyncIntervalMs::try_from(10).unwrap(),
-                },
+                support::redis_settings(&local, prefix, SyncIntervalMs::try_from(10).unwrap()),
             )
             .build()
             .unwrap(),

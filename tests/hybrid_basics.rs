@@ -10,7 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::redis::RedisKey;
 use sluicegate::{Error, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder};
 use support::TestRedis;
 
@@ -30,14 +30,7 @@ pub fn hybrid_instance(
     RateLimiterBuilder::new(local)
         .redis_connection(
             manager,
-            RedisSettings {
-                prefix: Some(prefix.clone()),
-                window_size_seconds: local.window_size_seconds,
-                rate_group_size_ms: local.rate_group_size_ms,
-                hard_limit_factor: local.hard_limit_factor,
-                suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                sync_interval_ms: SyncIntervalMs::try_from(sync_ms).unwrap(),
-            },
+            support::redis_settings(&local, prefix, SyncIntervalMs::try_from(sync_ms).unwrap()),
         )
         .build()
         .unwrap()

@@ -7,7 +7,7 @@ mod support;
 use redis::AsyncCommands;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::redis::RedisKey;
 use sluicegate::{RateLimit, RateLimiterBuilder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,14 +24,7 @@ async fn flushes_reach_every_master() {
     let rl = RateLimiterBuilder::new(local)
         .redis_connection(
             cluster.connection().await,
-            RedisSettings {
-                prefix: Some(prefix.clone()),
-                window_size_seconds: local.window_size_seconds,
-                rate_group_size_ms: local.rate_group_size_ms,
-                hard_limit_factor: local.hard_limit_factor,
-                suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                sync_interval_ms: SyncIntervalMs::try_from(10).unwrap(),
-            },
+            support::redis_settings(&local, &prefix, SyncIntervalMs::try_from(10).unwrap()),
         )
         .build()
         .unwrap();

@@ -18,7 +18,7 @@ use sluicegate::layer::{
     GlobalKey, Key, Provider, ProviderErrorPolicy, RateLimitLayer, Strategy, key_fn,
 };
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::redis::RedisKey;
 use sluicegate::{Error, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder};
 
 const TIMEOUT: Duration = Duration::from_millis(300);
@@ -43,14 +43,7 @@ async fn limiter(url: &str, prefix: &RedisKey) -> Arc<RateLimiter> {
         RateLimiterBuilder::new(local)
             .redis_connection(
                 manager,
-                RedisSettings {
-                    prefix: Some(prefix.clone()),
-                    window_size_seconds: local.window_size_seconds,
-                    rate_group_size_ms: local.rate_group_size_ms,
-                    hard_limit_factor: local.hard_limit_factor,
-                    suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                    sync_interval_ms: SyncIntervalMs::default(),
-                },
+                support::redis_settings(&local, prefix, SyncIntervalMs::default()),
             )
             .redis_timeout(TIMEOUT)
             .build()

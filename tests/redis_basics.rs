@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisRateLimiterOptions, RedisSettings};
+use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
 use sluicegate::{
     Error, ManualClock, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder,
     RateLimiterOptions,
@@ -60,14 +60,7 @@ async fn on_clock(
     RateLimiterBuilder::new(local)
         .redis_connection(
             redis.manager().await,
-            RedisSettings {
-                prefix: Some(prefix.clone()),
-                window_size_seconds: local.window_size_seconds,
-                rate_group_size_ms: local.rate_group_size_ms,
-                hard_limit_factor: local.hard_limit_factor,
-                suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                sync_interval_ms: SyncIntervalMs::default(),
-            },
+            support::redis_settings(&local, prefix, SyncIntervalMs::default()),
         )
         .redis_time_from_clock_for_tests_only(clock.clone())
 }

@@ -7,7 +7,7 @@ mod support;
 use redis::AsyncCommands;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisKey, RedisSettings};
+use sluicegate::redis::RedisKey;
 use sluicegate::{RateLimit, RateLimiterBuilder};
 use support::conformance::{Provider, run_table};
 
@@ -29,14 +29,7 @@ async fn conformance_and_ttls_through_a_three_master_cluster() {
     let rl = RateLimiterBuilder::new(local)
         .redis_connection(
             conn,
-            RedisSettings {
-                prefix: Some(prefix.clone()),
-                window_size_seconds: local.window_size_seconds,
-                rate_group_size_ms: local.rate_group_size_ms,
-                hard_limit_factor: local.hard_limit_factor,
-                suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                sync_interval_ms: SyncIntervalMs::default(),
-            },
+            support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
         )
         .build()
         .unwrap();

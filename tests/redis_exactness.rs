@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::redis::{RedisConnection, RedisKey, RedisSettings};
+use sluicegate::redis::{RedisConnection, RedisKey};
 use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 
 const INSTANCES: usize = 4;
@@ -25,14 +25,7 @@ fn instance(conn: RedisConnection, prefix: &RedisKey) -> RateLimiter {
     RateLimiterBuilder::new(local)
         .redis_connection(
             conn,
-            RedisSettings {
-                prefix: Some(prefix.clone()),
-                window_size_seconds: local.window_size_seconds,
-                rate_group_size_ms: local.rate_group_size_ms,
-                hard_limit_factor: local.hard_limit_factor,
-                suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-                sync_interval_ms: SyncIntervalMs::default(),
-            },
+            support::redis_settings(&local, prefix, SyncIntervalMs::default()),
         )
         .build()
         .unwrap()

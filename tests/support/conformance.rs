@@ -91,15 +91,7 @@ impl Scenario {
         prefix: &RedisKey,
         sync_interval_ms: SyncIntervalMs,
     ) -> RedisSettings {
-        let local = self.local_options();
-        RedisSettings {
-            prefix: Some(prefix.clone()),
-            window_size_seconds: local.window_size_seconds,
-            rate_group_size_ms: local.rate_group_size_ms,
-            hard_limit_factor: local.hard_limit_factor,
-            suppression_factor_cache_ms: local.suppression_factor_cache_ms,
-            sync_interval_ms,
-        }
+        super::redis_settings(&self.local_options(), prefix, sync_interval_ms)
     }
 }
 

@@ -14,13 +14,31 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluicegate::redis::RedisKey;
+use sluicegate::hybrid::SyncIntervalMs;
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::redis::{RedisKey, RedisSettings};
 use sluicegate::{Error, RateLimitDecision};
 
 /// Whether a networked provider's call admitted the request; a Redis error fails the test.
 /// `admitted(rl.redis().absolute().inc(&key, &rate, 1)).await`
 pub async fn admitted(call: impl Future<Output = Result<RateLimitDecision, Error>>) -> bool {
     call.await.expect("the provider answered").is_allowed()
+}
+
+/// Redis settings matching `local`'s window, groups, hard limit and cache, under `prefix`.
+pub fn redis_settings(
+    local: &LocalRateLimiterOptions,
+    prefix: &RedisKey,
+    sync_interval_ms: SyncIntervalMs,
+) -> RedisSettings {
+    RedisSettings {
+        prefix: Some(prefix.clone()),
+        window_size_seconds: local.window_size_seconds,
+        rate_group_size_ms: local.rate_group_size_ms,
+        hard_limit_factor: local.hard_limit_factor,
+        suppression_factor_cache_ms: local.suppression_factor_cache_ms,
+        sync_interval_ms,
+    }
 }
 
 /// The variable that points single-server tests at an external Redis.
