@@ -135,9 +135,14 @@ async fn four_instances_far_over_capacity_admit_about_the_capacity() {
         offered > 40_000,
         "the load was not far over capacity: {offered}"
     );
+    // The documented bound is `C + N × max(1, rate × (T + sync_interval))`, with `T` the
+    // wait for an instance's first refresh: 1008 when `T` is one 10 ms interval. Measured
+    // 1000..=1018 over 12 runs on a 2-core machine loaded by other builds, which delays the
+    // first refresh (`T` of 20 to 35 ms); never below the capacity, as leases hand all of it
+    // out. A hybrid that over-admits 4 % (1045) fails.
     assert!(
-        (900..=1050).contains(&admitted),
-        "admitted {admitted} of capacity 1000"
+        (1000..=1025).contains(&admitted),
+        "admitted {admitted} of capacity 1000, want 1000..=1025"
     );
     let mut conn = redis.manager().await;
     let total: i64 = conn
@@ -227,18 +232,21 @@ async fn two_instances_at_one_and_a_half_times_the_rate_admit_the_rate() {
         );
         // The load is what the test says it is: two instances at 75/s each (the interval
         // catches up after a late tick, so a busy machine shifts calls, not drops them).
-        if !(147.0..=153.0).contains(&offered) {
+        if !(148.0..=152.0).contains(&offered) {
             failures.push(format!(
                 "{strategy}, {w} s window: offered {offered:.1}/s, want 150/s"
             ));
         }
-        // Measured over 8 runs on a loaded 2-core machine (another helper building): absolute
-        // BAND_ABS, suppressed BAND_SUP. The bands are those spreads and a little more; a
-        // hybrid that over-admits 4 % (103.3/s absolute) fails them.
+        // Measured over 12 runs on a loaded 2-core machine (other helpers building), each
+        // instance with its own seeded draws: absolute 97.0..=99.6/s, suppressed
+        // 101.2..=103.8/s (above the rate by design: the factor lags Redis by a sync
+        // interval; earlier runs measured 100.7 to 103.7/s), offered 149.8..=150.2/s. The
+        // bands are those spreads and about 1/s more; a hybrid that over-admits 4 %
+        // (103.3/s absolute, about 107/s suppressed) fails them.
         let band = if strategy == "suppressed" {
-            95.0..=108.0
+            100.0..=105.0
         } else {
-            95.0..=105.0
+            96.0..=101.0
         };
         if !band.contains(&per_second) {
             failures.push(format!(
