@@ -336,3 +336,21 @@ async fn long_histories_decide_as_the_local_provider_does() {
     );
     assert!(rejected_steps > 500, "{rejected_steps} rejected steps");
 }
+
+/// The support code's own check: the server a test talks to is the one it started (by
+/// process id), and a second server on a port that is already taken is refused, not
+/// silently shared.
+#[test]
+fn test_servers_are_checked_to_be_our_own() {
+    let ours = support::RedisServer::start();
+    assert_eq!(ours.answering_pid(), ours.pid());
+    let err = support::RedisServer::try_start_on(ours.port())
+        .err()
+        .expect("a second server on a taken port is refused");
+    assert!(err.contains("not ours") || err.contains("exited"), "{err}");
+    assert!(
+        ours.log().contains("Ready to accept connections"),
+        "{}",
+        ours.log()
+    );
+}

@@ -89,12 +89,22 @@ fn free_port() -> u16 {
     }
 }
 
-/// One `redis-server` of ours: loopback only, no persistence, killed when dropped.
+/// One `redis-server` of ours: loopback only, no persistence, killed when dropped. Its log
+/// is kept in its directory and printed when the test fails (the value is dropped while
+/// the test panics), so a CI failure shows what the server saw.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
+}
+
+/// Why a `redis-server` of ours did not come up.
+enum SpawnError {
+    /// It exited (on a port taken since `free_port` freed it, most often).
+    Exited(String),
+    /// Another process answers on the port: not ours, so no test may use it.
+    NotOurs { pid: u32, ours: u32 },
 }
 
 impl RedisServer {
@@ -104,51 +114,122 @@ impl RedisServer {
     }
 
     fn start_with(extra: &[&str]) -> Self {
-        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("sluicegate_redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        // `free_port` frees the port before redis-server binds it, so another test may take
+        // it in between: then our server exits (or another answers), and we try another port.
+        for attempt in 1.. {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(why) if attempt < 5 => {
+                    eprintln!(
+                        "redis-server on port {}: {}; trying another port",
+                        server.port,
+                        why.text()
+                    );
+                    server.kill();
+                }
+                Err(why) => panic!(
+                    "redis-server did not start on 5 ports; last: {}\n{}",
+                    why.text(),
+                    server.log()
+                ),
+            }
+        }
+        unreachable!()
+    }
+
+    /// Starts a server on `port` exactly, or says why it is not ours (to test the check).
+    pub fn try_start_on(port: u16) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(unique("sluicegate_redis"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = RedisServer {
             port,
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
             child: None,
         };
-        server.spawn();
-        server
+        match server.spawn() {
+            Ok(()) => Ok(server),
+            Err(why) => Err(why.text()),
+        }
     }
 
-    fn spawn(&mut self) {
+    /// The process id of whatever Redis answers on this server's port.
+    pub fn answering_pid(&self) -> Option<u32> {
+        server_pid(self.port)
+    }
+
+    fn spawn(&mut self) -> Result<(), SpawnError> {
         let child = Command::new(binary("redis-server"))
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--dir", self.dir.to_str().unwrap()])
+            .args(["--logfile", self.log_path().to_str().unwrap()])
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start redis-server: {e}. {INSTALL_HINT}"));
         self.child = Some(child);
-        self.wait_until_up();
+        self.wait_until_up()
     }
 
-    fn wait_until_up(&mut self) {
+    /// Waits until the server answers on its port, and checks that the one answering is
+    /// our child (its `INFO server` `process_id`), not another test's server.
+    fn wait_until_up(&mut self) -> Result<(), SpawnError> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let ours = self.child.as_ref().unwrap().id();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("redis-server on port {} exited: {status}", self.port);
+                return Err(SpawnError::Exited(status.to_string()));
             }
-            if ping(self.port) {
-                return;
+            match server_pid(self.port) {
+                Some(pid) if pid == ours => return Ok(()),
+                // Another server holds the port; ours exits once it fails to bind.
+                Some(pid) => return Err(SpawnError::NotOurs { pid, ours }),
+                None => {}
             }
             assert!(
                 Instant::now() < deadline,
-                "redis-server on port {} did not answer PING within 10 s",
-                self.port
+                "redis-server on port {} did not answer INFO within 10 s\n{}",
+                self.port,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// The server's log so far (every start of it), for failure messages.
+    pub fn log(&self) -> String {
+        match std::fs::read_to_string(self.log_path()) {
+            Ok(log) => format!(
+                "--- redis-server log ({}) ---\n{log}--- end of log ---",
+                self.log_path().display()
+            ),
+            Err(e) => format!(
+                "(no redis-server log at {}: {e})",
+                self.log_path().display()
+            ),
+        }
+    }
+
+    /// The process id of the server we started, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn port(&self) -> u16 {
@@ -167,33 +248,69 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port, empty. Fails the test if another test's
+    /// server took the port while ours was down.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(why) = self.spawn() {
+            self.kill();
+            panic!(
+                "redis-server did not restart on port {}: {}\n{}",
+                self.port,
+                why.text(),
+                self.log()
+            );
+        }
+    }
+}
+
+impl SpawnError {
+    fn text(&self) -> String {
+        match self {
+            SpawnError::Exited(status) => format!("it exited ({status})"),
+            SpawnError::NotOurs { pid, ours } => format!(
+                "the server answering is process {pid}, not ours ({ours}): the port was taken"
+            ),
+        }
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            // The test failed: show the log, and keep it.
+            eprintln!(
+                "redis-server on port {} (the test failed):\n{}",
+                self.port,
+                self.log()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
-/// Whether something on `port` answers `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
-    use std::io::{Read, Write};
+/// The `process_id` in `INFO server` of whatever answers on `port`, if a Redis does.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{BufRead, BufReader, Read, Write};
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    // `$<len>\r\n<len bytes>\r\n`; an error (`-LOADING ...`) means not ready yet.
+    let len: usize = header.strip_prefix('$')?.trim_end().parse().ok()?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 /// Where single-server tests find Redis: `SLUICEGATE_REDIS_URL`, or a server of our own
