@@ -187,11 +187,28 @@ async fn suppressed_flushes_accepted_and_observed() {
     );
 }
 
+/// Tasks alive on this runtime now.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_committer_flushes_without_help_and_stops_with_the_limiter() {
     let redis = TestRedis::get();
     let prefix = support::unique_prefix("hybrid_bg");
-    let rl = Arc::new(hybrid_instance(redis.manager().await, &prefix, 10, 100, 10));
+    let manager = redis.manager().await;
+    // A clone of the connection outlives the limiter, so its driver task stays: the only
+    // task the limiter adds to this runtime is its committer.
+    let mut connection = manager.clone();
+    let before = alive_tasks();
+    let rl = Arc::new(hybrid_instance(manager, &prefix, 10, 100, 10));
+    assert_eq!(
+        alive_tasks(),
+        before + 1,
+        "building the limiter in a runtime starts its committer"
+    );
     let key = RedisKey::try_from("bg").unwrap();
     let rate = RateLimit::try_from(100.0).unwrap();
     for _ in 0..5 {
@@ -200,16 +217,33 @@ async fn background_committer_flushes_without_help_and_stops_with_the_limiter() 
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let hash = format!("{}:{{bg}}:a:h", prefix.as_str());
-    assert_eq!(hget(&redis, &hash, "t").await, Some(5));
+    let total: Option<i64> = connection.hget(&hash, "t").await.unwrap();
+    assert_eq!(total, Some(5));
     let flushes = rl.hybrid().stats().flushes;
     assert!(flushes >= 2, "{flushes}");
     // Idle keys go with cleanup once their lease is over and nothing is unsent... but not
     // while their usage is in the window.
     assert_eq!(rl.cleanup(), 0);
     assert_eq!(rl.hybrid().key_count(), 1);
+    assert_eq!(
+        alive_tasks(),
+        before + 1,
+        "one committer, however many calls"
+    );
     let weak = Arc::downgrade(&rl);
     drop(rl);
     assert!(weak.upgrade().is_none());
+    // The committer notices at its next tick (10 ms) and its task ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while alive_tasks() > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committer task outlived its limiter by 5 s: {} tasks alive, {before} before",
+            alive_tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(alive_tasks(), before);
 }
 
 #[tokio::test]
