@@ -122,16 +122,19 @@ async fn absolute_429_carries_retry_after_and_the_ietf_fields() {
     clock.advance(2_345);
     let resp = get_with(&url, &[]).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    // The core's own answer for the same key: the layer only rounds it up to seconds.
-    let RateLimitDecision::Rejected { retry_after_ms, .. } =
-        rl.local().absolute().is_allowed("127.0.0.1")
-    else {
-        panic!("the key should be over its limit");
-    };
-    let seconds = retry_after_ms.div_ceil(1000);
-    assert!(
-        seconds >= 1 && retry_after_ms % 1000 != 0,
-        "{retry_after_ms}"
+    // Worked by hand: the three calls at 1 000 000 ms sit in bucket 10 000 (100 ms groups),
+    // which counts until (10 000 + 1) × 100 + 10 000 = 1 010 100 ms; the refusal comes at
+    // 1 002 345, so the wait is 7 755 ms, 8 s rounded up.
+    let retry_after_ms = 7_755;
+    let seconds = 8;
+    assert_eq!(
+        rl.local().absolute().is_allowed("127.0.0.1"),
+        RateLimitDecision::Rejected {
+            window_size_seconds: 10,
+            retry_after_ms,
+            remaining_after_waiting: 0
+        },
+        "the core agrees with the worked wait"
     );
     assert_eq!(
         header(&resp, "retry-after"),
@@ -149,8 +152,13 @@ async fn absolute_429_carries_retry_after_and_the_ietf_fields() {
     );
     assert!(resp.text().await.unwrap().contains("Too Many Requests"));
 
-    // Waiting exactly as long as the core said (not the rounded-up header) is enough.
-    clock.advance(retry_after_ms);
+    // Waiting exactly the worked wait (not the rounded-up header) is enough; a ms less is not.
+    clock.advance(retry_after_ms - 1);
+    assert_eq!(
+        get_with(&url, &[]).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.advance(1);
     assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
 }
 

@@ -138,14 +138,42 @@ impl ModelKey {
             .fold((0, 0), |(a, o), e| (a + e.accepted, o + e.observed))
     }
 
-    /// `clamp(1 − r/R, 0, 1)` with `R = max(O/W, observed in the last second)`, each sum
-    /// divided by the time its bucket positions cover: from the grid start of the oldest
-    /// bucket that may count (for the window) or that overlaps the last second, up to now,
-    /// at least one second.
+    /// `clamp(1 − r/R, 0, 1)` with `R = max(O/W, observed in the last second)` (SPEC §4),
+    /// each sum divided by the time its bucket positions cover: from the start of the oldest
+    /// bucket that may still count (for the window) or that overlaps the last second, up to
+    /// now, at least one second. Written from those words and this model's own liveness
+    /// rule (`counts_at`), not from the crate's code: the oldest bucket is found by walking
+    /// up from a bucket that is certainly too old.
     fn formula(&self, cfg: &Config, now: u64) -> f64 {
-        let per_second = |observed: u64, first_bucket: u64| {
-            let covered_ms = now.saturating_sub(first_bucket * cfg.group_ms).max(1000);
-            observed as f64 * 1000.0 / covered_ms as f64
+        let g = cfg.group_ms;
+        // The first bucket `b` from `start` on for which `still(b)` holds.
+        let first_bucket = |start: u64, still: &dyn Fn(u64) -> bool| {
+            let mut b = start;
+            while !still(b) {
+                b += 1;
+            }
+            b
+        };
+        // Bucket b counts at `now` iff an event at its start does.
+        let oldest_counting = first_bucket(now.saturating_sub(cfg.window_ms() + g) / g, &|b| {
+            cfg.counts_at(
+                &Event {
+                    t_ms: b * g,
+                    accepted: 0,
+                    observed: 0,
+                },
+                now,
+            )
+        });
+        // Bucket b overlaps (now − 1 s, now] iff it ends after now − 1 s.
+        let oldest_recent = first_bucket(now.saturating_sub(1000 + g) / g, &|b| {
+            (b + 1) * g > now.saturating_sub(1000)
+        });
+        // Units per second over the span (compared bit for bit with the provider, so the
+        // arithmetic is the plain one: units × 1000 / ms).
+        let rate_over = |observed: u64, from_bucket: u64| {
+            let span_ms = (now - from_bucket * g).max(1000);
+            observed as f64 * 1000.0 / span_ms as f64
         };
         let (_, observed) = self.usage(cfg, now);
         let last_second: u64 = self
@@ -154,16 +182,15 @@ impl ModelKey {
             .filter(|e| cfg.counts_at(e, now) && cfg.in_last_second(e, now))
             .map(|e| e.observed)
             .sum();
-        let average = per_second(
-            observed,
-            now.saturating_sub(cfg.window_s * 1000) / cfg.group_ms,
+        let perceived = f64::max(
+            rate_over(observed, oldest_counting),
+            rate_over(last_second, oldest_recent),
         );
-        let recent = per_second(last_second, now.saturating_sub(1000) / cfg.group_ms);
-        let perceived = average.max(recent);
-        if perceived <= 0.0 {
+        if perceived <= self.rate {
+            // Not over the rate (or nothing observed): nothing to shed.
             0.0
         } else {
-            (1.0 - self.rate / perceived).clamp(0.0, 1.0)
+            1.0 - self.rate / perceived
         }
     }
 
@@ -753,34 +780,93 @@ fn replay(cfg: &Config, calls: &[(u64, u64)], capacity: f64) -> (RateLimiter, Ma
     (rl, clock)
 }
 
+/// One shortest-wait case: a configuration, a capacity, calls `(advance ms, count)` and the
+/// probe's count (at most the capacity).
+type WaitCase = (Config, f64, Vec<(u64, u64)>, u64);
+
+fn wait_case() -> impl Strategy<Value = WaitCase> {
+    (
+        config(),
+        prop::sample::select(vec![1.0, 3.0, 7.5, 20.0]),
+        prop::collection::vec((0..700u64, 1..=4u64), 1..60),
+        1..=4u64,
+    )
+        .prop_filter("the probe fits the capacity", |(_, capacity, _, probe)| {
+            fits(*probe, *capacity)
+        })
+}
+
+/// Checks one case; returns how many probes were admitted before the refusal that is
+/// checked. A case whose calls leave room is not skipped: the probe is repeated at the same
+/// instant (as part of the replayed calls) until the window is full and refuses it.
+fn check_shortest_wait(case: &WaitCase) -> Result<usize, TestCaseError> {
+    let (cfg, capacity, calls, probe) = case;
+    let (capacity, probe) = (*capacity, *probe);
+    let rate = RateLimit::try_from(capacity / cfg.window_s as f64).unwrap();
+    let mut calls = calls.clone();
+    let (rl, clock) = replay(cfg, &calls, capacity);
+    let mut filled = 0;
+    let (retry_after_ms, remaining_after_waiting) = loop {
+        match rl.local().absolute().inc("k", &rate, probe) {
+            RateLimitDecision::Rejected {
+                retry_after_ms,
+                remaining_after_waiting,
+                ..
+            } => break (retry_after_ms, remaining_after_waiting),
+            RateLimitDecision::Allowed => {
+                calls.push((0, probe));
+                filled += 1;
+                prop_assert!(
+                    filled as f64 * probe as f64 <= capacity * (1.0 + SLACK),
+                    "admitted past the capacity"
+                );
+            }
+            other => return Err(TestCaseError::fail(format!("absolute answered {other:?}"))),
+        }
+    };
+    prop_assert!(retry_after_ms >= 1 && retry_after_ms <= cfg.window_ms() + cfg.group_ms);
+
+    let (early, early_clock) = replay(cfg, &calls, capacity);
+    early_clock.advance(retry_after_ms - 1);
+    prop_assert!(!early.local().absolute().inc("k", &rate, probe).is_allowed());
+
+    clock.advance(retry_after_ms);
+    prop_assert_eq!(rl.local().absolute().usage("k"), remaining_after_waiting);
+    prop_assert_eq!(
+        rl.local().absolute().inc("k", &rate, probe),
+        RateLimitDecision::Allowed
+    );
+    Ok(filled)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn retry_after_is_the_shortest_wait(
-        cfg in config(),
-        capacity in prop::sample::select(vec![1.0, 3.0, 7.5, 20.0]),
-        calls in prop::collection::vec((0..700u64, 1..=4u64), 1..60),
-        probe in 1..=4u64,
-    ) {
-        prop_assume!(fits(probe, capacity));
-        let rate = RateLimit::try_from(capacity / cfg.window_s as f64).unwrap();
-        let (rl, clock) = replay(&cfg, &calls, capacity);
-        let RateLimitDecision::Rejected { retry_after_ms, remaining_after_waiting, .. } =
-            rl.local().absolute().inc("k", &rate, probe)
-        else {
-            return Ok(());
-        };
-        prop_assert!(retry_after_ms >= 1 && retry_after_ms <= cfg.window_ms() + cfg.group_ms);
-
-        let (early, early_clock) = replay(&cfg, &calls, capacity);
-        early_clock.advance(retry_after_ms - 1);
-        prop_assert!(!early.local().absolute().inc("k", &rate, probe).is_allowed());
-
-        clock.advance(retry_after_ms);
-        prop_assert_eq!(rl.local().absolute().usage("k"), remaining_after_waiting);
-        prop_assert_eq!(rl.local().absolute().inc("k", &rate, probe), RateLimitDecision::Allowed);
+    fn retry_after_is_the_shortest_wait(case in wait_case()) {
+        check_shortest_wait(&case)?;
     }
+}
+
+/// The shortest-wait property checks a refusal in every case, and its cases cover both a
+/// window the generated calls filled (refused at once) and one the probe had to fill.
+#[test]
+fn shortest_wait_cases_reach_both_kinds_of_refusal() {
+    let mut runner = TestRunner::deterministic();
+    let strategy = wait_case();
+    let (mut at_once, mut after_filling) = (0, 0);
+    for _ in 0..256 {
+        let case = strategy.new_tree(&mut runner).unwrap().current();
+        match check_shortest_wait(&case).unwrap_or_else(|e| panic!("{e}")) {
+            0 => at_once += 1,
+            _ => after_filling += 1,
+        }
+    }
+    println!("256 cases: {at_once} refused at once, {after_filling} after filling the window");
+    assert!(
+        at_once >= 64 && after_filling >= 32,
+        "{at_once} refused at once, {after_filling} after filling"
+    );
 }
 
 /// The generated sequences reach every branch the property is meant to check: without this,
@@ -892,4 +978,79 @@ fn model_agrees_with_worked_examples() {
     assert_eq!(m.suppressed_usage("s"), (3, 4));
     assert_eq!(m.suppression_factor("s"), 1.0);
     assert_eq!(m.suppression_factor("unknown"), 0.0);
+}
+
+/// The factor worked on paper where coarse groups matter, for the model and the provider
+/// alike: a 2 s window of 500 ms groups, rate 1/s (capacity 2, hard limit 6).
+#[test]
+fn factor_with_coarse_groups_is_worked_by_hand() {
+    let cfg = Config {
+        window_s: 2,
+        group_ms: 500,
+        hard_limit_factor: 3.0,
+        cache_ms: 0,
+    };
+    let clock = ManualClock::new(0);
+    // A draw of 0.99 admits whatever the factor below 1 (the model's seeded draws are not
+    // used: only its factor is read).
+    #[derive(Debug)]
+    struct Admit;
+    impl RandomSource for Admit {
+        fn next_f64(&self) -> f64 {
+            0.99
+        }
+    }
+    let rl = RateLimiterBuilder::new(LocalRateLimiterOptions {
+        window_size_seconds: WindowSizeSeconds::try_from(cfg.window_s).unwrap(),
+        rate_group_size_ms: RateGroupSizeMs::try_from(cfg.group_ms).unwrap(),
+        hard_limit_factor: HardLimitFactor::try_from(cfg.hard_limit_factor).unwrap(),
+        suppression_factor_cache_ms: SuppressionFactorCacheMs::try_from(cfg.cache_ms).unwrap(),
+    })
+    .clock(clock.clone())
+    .random(Admit)
+    .build()
+    .unwrap();
+    let mut m = Model::new(cfg, 7);
+    let rate = RateLimit::try_from(1.0).unwrap();
+    let s = rl.local().suppressed();
+    // Three calls at 0 ms, all in bucket 0 = [0, 500): two fill the capacity; the third
+    // sees O = 2 observed over the one second the window and the last second both cover at
+    // least: R = 2/s, sf = 1 − 1/2.
+    for _ in 0..2 {
+        assert_eq!(s.inc("s", &rate, 1), RateLimitDecision::Allowed);
+        assert_eq!(
+            m.suppressed_inc("s", 1.0, 1),
+            Ok(RateLimitDecision::Allowed)
+        );
+    }
+    assert_eq!(
+        s.inc("s", &rate, 1),
+        RateLimitDecision::Suppressed {
+            suppression_factor: 0.5,
+            is_allowed: true
+        }
+    );
+    assert!(matches!(
+        m.suppressed_inc("s", 1.0, 1),
+        Ok(RateLimitDecision::Suppressed {
+            suppression_factor: 0.5,
+            ..
+        })
+    ));
+    // With the third observed too: R = 3/s, sf = 1 − 1/3.
+    assert_eq!(s.get_suppression_factor("s"), 1.0 - 1.0 / 3.0);
+    assert_eq!(m.suppression_factor("s"), 1.0 - 1.0 / 3.0);
+    // At 2300 ms bucket 0 still counts (it ends at 500, and 500 + 2000 > 2300): O = 3 over
+    // the 2300 ms from its start, 1.304/s; no bucket overlaps the last second. So
+    // sf = 1 − 1 / (3 / 2.3) = 0.7 / 3 = 0.2333… (a nominal O / W = 1.5/s would give 1/3).
+    clock.set(2300);
+    m.now = 2300;
+    let worked = 1.0 - 2.3 / 3.0;
+    assert!((s.get_suppression_factor("s") - worked).abs() < 1e-12);
+    assert!((m.suppression_factor("s") - worked).abs() < 1e-12);
+    // At 2500 ms bucket 0 no longer counts: nothing observed, factor 0.
+    clock.set(2500);
+    m.now = 2500;
+    assert_eq!(s.get_suppression_factor("s"), 0.0);
+    assert_eq!(m.suppression_factor("s"), 0.0);
 }
