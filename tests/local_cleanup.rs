@@ -244,3 +244,45 @@ fn the_cleanup_loop_drops_expired_keys_on_its_own() {
         thread::yield_now();
     }
 }
+
+/// `run_cleanup_loop()` with its default period, half a window between 1 s and 60 s: keys
+/// already stale when it starts go at its first pass, one period later (a period is a
+/// `recv_timeout`, never shorter), and well before a second period.
+fn default_period_is_half_a_window_at_least_a_second(window_s: u64, period: Duration) {
+    let clock = ManualClock::new(0);
+    let rl = Arc::new(limiter(window_s, 100, &clock));
+    let r = rate(10.0);
+    for i in 0..10 {
+        rl.local().absolute().inc(&format!("k{i}"), &r, 1);
+    }
+    // Stale before the loop starts: the first pass removes them all.
+    clock.set(window_s * 1000 + 100);
+    let started = Instant::now();
+    rl.run_cleanup_loop();
+    rl.run_cleanup_loop(); // a second call starts nothing (and does not reset the period)
+    let deadline = started + period * 2;
+    while rl.local().absolute().key_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no cleanup pass within two default periods ({period:?})"
+        );
+        thread::yield_now();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= period,
+        "the first pass came after {took:?}, before the period {period:?}"
+    );
+    eprintln!("{window_s} s window: first pass after {took:?} (period {period:?})");
+}
+
+#[test]
+fn default_cleanup_period_of_a_one_second_window_is_one_second() {
+    // Half of 1 s is 500 ms, raised to the 1 s floor.
+    default_period_is_half_a_window_at_least_a_second(1, Duration::from_secs(1));
+}
+
+#[test]
+fn default_cleanup_period_of_a_four_second_window_is_two_seconds() {
+    default_period_is_half_a_window_at_least_a_second(4, Duration::from_secs(2));
+}
