@@ -57,6 +57,13 @@ pub mod redis;
 mod suppressed;
 mod window;
 
+/// The README's Rust code, compiled and run by `cargo test --doc` in a default-feature build
+/// (its quick start is the local-only form of `RateLimiterOptions`, which gains a `redis`
+/// field with `redis-tokio`; `.ci/run` runs the default-feature tests).
+#[cfg(all(doctest, not(feature = "redis-tokio")))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
