@@ -8,19 +8,13 @@
 //! stays at or over the hard limit and everything is shed.
 
 use crate::RateLimitDecision;
-use crate::absolute::Call;
+use crate::call::Call;
 use crate::config::capacity;
-use crate::window::{Geometry, Usage, Window};
+use crate::settings::SuppressionParams;
+use crate::window::{Usage, Window, WindowGrid};
 
 /// The span over which the "last second" observed usage is taken.
 const RECENT_MS: u64 = 1000;
-
-/// The strategy's knobs beyond the window.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SuppressionParams {
-    pub(crate) hard_limit_factor: f64,
-    pub(crate) cache_ms: u64,
-}
 
 /// What the infallible suppressed `inc` answers for a malformed call: a zero count is a
 /// free probe (`Allowed`), anything that can never fit is declined with factor 1.
@@ -37,7 +31,13 @@ pub(crate) fn answer_for_invalid(err: &crate::Error) -> RateLimitDecision {
 /// The factor from a key's observed usage: `observed` in its whole window and `recent` in
 /// the buckets overlapping the last second, at `now_ms`. Shared with the hybrid provider,
 /// which gets both sums from Redis.
-pub(crate) fn factor_of(geo: &Geometry, now_ms: u64, rate: f64, observed: u64, recent: u64) -> f64 {
+pub(crate) fn factor_of(
+    geo: &WindowGrid,
+    now_ms: u64,
+    rate: f64,
+    observed: u64,
+    recent: u64,
+) -> f64 {
     let per_second = |observed: u64, first_bucket: u64| {
         let covered_ms = now_ms
             .saturating_sub(first_bucket * geo.group_ms())
@@ -79,7 +79,7 @@ impl SuppressedState {
     #[inline]
     pub(crate) fn inc(
         &mut self,
-        geo: &Geometry,
+        geo: &WindowGrid,
         params: &SuppressionParams,
         call: Call,
         draw: impl FnOnce() -> f64,
@@ -128,7 +128,7 @@ impl SuppressedState {
     /// more unit fits, the formula otherwise. Never cached, records nothing.
     pub(crate) fn factor_now(
         &mut self,
-        geo: &Geometry,
+        geo: &WindowGrid,
         params: &SuppressionParams,
         now_ms: u64,
     ) -> f64 {
@@ -144,7 +144,7 @@ impl SuppressedState {
         }
     }
 
-    fn cached_factor(&mut self, geo: &Geometry, params: &SuppressionParams, now_ms: u64) -> f64 {
+    fn cached_factor(&mut self, geo: &WindowGrid, params: &SuppressionParams, now_ms: u64) -> f64 {
         if now_ms < self.cached_until {
             return self.cached_factor;
         }
@@ -159,7 +159,7 @@ impl SuppressedState {
     /// at least a second), not by a nominal span: live buckets reach back up to one group
     /// further than the window (or the second), so a nominal divisor overstates the rate when
     /// groups are coarse. With fine groups this is `O / W`.
-    fn formula(&self, geo: &Geometry, now_ms: u64) -> f64 {
+    fn formula(&self, geo: &WindowGrid, now_ms: u64) -> f64 {
         factor_of(
             geo,
             now_ms,
@@ -171,12 +171,12 @@ impl SuppressedState {
 
     /// Records a call's outcome (also one decided elsewhere: the hybrid provider's shares).
     #[inline]
-    pub(crate) fn record(&mut self, geo: &Geometry, now_ms: u64, accepted: u64, observed: u64) {
+    pub(crate) fn record(&mut self, geo: &WindowGrid, now_ms: u64, accepted: u64, observed: u64) {
         self.window.add(geo, now_ms, Usage { accepted, observed });
     }
 
     /// Accepted and observed usage still inside the window at `now_ms`.
-    pub(crate) fn usage(&mut self, geo: &Geometry, now_ms: u64) -> Usage {
+    pub(crate) fn usage(&mut self, geo: &WindowGrid, now_ms: u64) -> Usage {
         self.window.expire(geo, now_ms);
         self.window.total()
     }
@@ -187,8 +187,8 @@ mod tests {
     use super::*;
     use crate::{RateGroupSizeMs, WindowSizeSeconds};
 
-    fn geo() -> Geometry {
-        Geometry::new(
+    fn geo() -> WindowGrid {
+        WindowGrid::new(
             WindowSizeSeconds::try_from(10).unwrap(),
             RateGroupSizeMs::try_from(100).unwrap(),
         )

@@ -17,12 +17,12 @@ use crate::config::{RateGroupSizeMs, WindowSizeSeconds};
 
 /// Window and group sizes in milliseconds, checked against each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geometry {
+pub(crate) struct WindowGrid {
     window_ms: u64,
     group_ms: u64,
 }
 
-impl Geometry {
+impl WindowGrid {
     /// Checks that a group is no wider than the window.
     pub(crate) fn new(window: WindowSizeSeconds, group: RateGroupSizeMs) -> Result<Self, Error> {
         let window_ms = window.get() * 1000;
@@ -33,7 +33,7 @@ impl Geometry {
                 "must not exceed the window (window_size_seconds × 1000 ms)",
             ));
         }
-        Ok(Geometry {
+        Ok(WindowGrid {
             window_ms,
             group_ms: group.get(),
         })
@@ -162,7 +162,7 @@ impl<C: Counts> Window<C> {
 
     /// Drops the buckets that no longer count at `now_ms`.
     #[inline]
-    pub(crate) fn expire(&mut self, geo: &Geometry, now_ms: u64) {
+    pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
         // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
         if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
             return;
@@ -198,7 +198,7 @@ impl<C: Counts> Window<C> {
     /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
     /// back) counts in the newest bucket, which expires later: never earlier than it should.
     #[inline]
-    pub(crate) fn add(&mut self, geo: &Geometry, now_ms: u64, counts: C) {
+    pub(crate) fn add(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero());
         if self.is_empty() {
             self.newest = Bucket {
@@ -237,7 +237,7 @@ impl<C: Counts> Window<C> {
     /// `None` if even an empty window does not satisfy `done`.
     pub(crate) fn release_until(
         &self,
-        geo: &Geometry,
+        geo: &WindowGrid,
         now_ms: u64,
         mut done: impl FnMut(C) -> bool,
     ) -> Option<(u64, C)> {
@@ -252,7 +252,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// The counts of the buckets that overlap the last `span_ms`.
-    pub(crate) fn recent(&self, geo: &Geometry, now_ms: u64, span_ms: u64) -> C {
+    pub(crate) fn recent(&self, geo: &WindowGrid, now_ms: u64, span_ms: u64) -> C {
         let cutoff = now_ms.saturating_sub(span_ms);
         let mut sum = C::default();
         for bucket in self.buckets().rev() {
@@ -269,8 +269,8 @@ impl<C: Counts> Window<C> {
 mod tests {
     use super::*;
 
-    fn geo(window_s: u64, group_ms: u64) -> Geometry {
-        Geometry::new(
+    fn geo(window_s: u64, group_ms: u64) -> WindowGrid {
+        WindowGrid::new(
             WindowSizeSeconds::try_from(window_s).unwrap(),
             RateGroupSizeMs::try_from(group_ms).unwrap(),
         )
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn group_wider_than_window_is_an_error() {
-        let err = Geometry::new(
+        let err = WindowGrid::new(
             WindowSizeSeconds::try_from(1).unwrap(),
             RateGroupSizeMs::try_from(1001).unwrap(),
         )

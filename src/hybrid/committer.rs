@@ -17,8 +17,8 @@ use crate::Error;
 use crate::clock::{Clock, Time};
 use crate::local::store::KeyStore;
 use crate::redis::{Core, KeyNames, RedisKey, Strategy, TimeSource};
-use crate::suppressed::SuppressionParams;
-use crate::window::{Bucket, Geometry, Usage};
+use crate::settings::SuppressionParams;
+use crate::window::{Bucket, Usage, WindowGrid};
 
 /// The flush-and-refresh script: the shared sliding window and the hybrid part.
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
@@ -31,7 +31,7 @@ pub(crate) const MAX_KEYS_PER_PIPELINE: usize = 512;
 pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
     /// Copies of the core's settings the decision path reads, one pointer hop closer.
-    pub(crate) geo: Geometry,
+    pub(crate) geo: WindowGrid,
     pub(crate) params: SuppressionParams,
     pub(crate) sync_ms: u64,
     /// The test-only clock the scripts read instead of the server's `TIME`.
@@ -66,8 +66,8 @@ impl Shared {
             }
         };
         Shared {
-            geo: core.geo,
-            params: core.params,
+            geo: core.settings.grid,
+            params: core.settings.suppression,
             sync_ms,
             test_clock: match &core.time {
                 TimeSource::TestClock(clock) => Some(clock.clone()),
@@ -127,7 +127,7 @@ impl Shared {
     pub(crate) async fn cycle(&self) {
         let _one_at_a_time = self.cycle_lock.lock().await;
         let now = self.now();
-        let geo = self.core.geo;
+        let geo = self.core.settings.grid;
         let mut jobs: Vec<(CompactString, Strategy, Job<Usage>)> = Vec::new();
         let mut held = 0usize;
         let mut expired = 0u64;
@@ -305,8 +305,8 @@ impl Shared {
             TimeSource::Server => cmd.arg(""),
             TimeSource::TestClock(_) => cmd.arg(server_now),
         };
-        cmd.arg(self.core.geo.window_seconds())
-            .arg(self.core.geo.group_ms())
+        cmd.arg(self.core.settings.grid.window_seconds())
+            .arg(self.core.settings.grid.group_ms())
             .arg(match strategy {
                 Strategy::Absolute => "a",
                 Strategy::Suppressed => "s",
@@ -318,7 +318,7 @@ impl Shared {
             .arg(job.cap)
             .arg(job.wanted)
             .arg(job.held)
-            .arg(self.core.params.hard_limit_factor)
+            .arg(self.core.settings.suppression.hard_limit_factor)
             .arg(job.buckets.len());
         for bucket in &job.buckets {
             let Usage { accepted, observed } = bucket.counts;
@@ -410,7 +410,7 @@ impl Shared {
     /// Drops idle keys; returns how many.
     pub(crate) fn cleanup(&self) -> usize {
         let now = self.now();
-        let geo = self.core.geo;
+        let geo = self.core.settings.grid;
         self.absolute.retain(|s| !s.idle(&geo, now))
             + self.suppressed.retain(|s| !s.idle(&geo, now))
     }

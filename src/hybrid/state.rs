@@ -15,10 +15,12 @@
 use std::collections::VecDeque;
 
 use crate::RateLimitDecision;
-use crate::absolute::{AbsoluteState, Call};
+use crate::absolute::AbsoluteState;
+use crate::call::Call;
 use crate::config::capacity;
-use crate::suppressed::{SuppressedState, SuppressionParams, factor_of};
-use crate::window::{Bucket, Counts, Geometry, Usage};
+use crate::settings::SuppressionParams;
+use crate::suppressed::{SuppressedState, factor_of};
+use crate::window::{Bucket, Counts, Usage, WindowGrid};
 
 /// The most buckets one key sends in one flush (oldest first): after a long outage the rest
 /// follow in the next cycles, so no script call carries an unbounded list.
@@ -63,7 +65,7 @@ pub(crate) struct Now {
 /// What a decision needs beyond the key.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ctx<'a> {
-    pub(crate) geo: &'a Geometry,
+    pub(crate) geo: &'a WindowGrid,
     pub(crate) params: &'a SuppressionParams,
     pub(crate) sync_ms: u64,
     /// Whether the last flush reached Redis.
@@ -214,7 +216,7 @@ impl<S, C: Units> KeyState<S, C> {
     }
 
     #[inline]
-    fn push(&mut self, geo: &Geometry, now: Now, counts: C) {
+    fn push(&mut self, geo: &WindowGrid, now: Now, counts: C) {
         match self.pending.back_mut() {
             // Within (or behind: later, never earlier) the newest bucket; a multiply, not a
             // divide, as in the local core's window.
@@ -239,7 +241,7 @@ impl<S, C: Units> KeyState<S, C> {
     }
 
     /// Drops held buckets that no longer count at `server_now`; returns their units.
-    pub(crate) fn drop_expired(&mut self, geo: &Geometry, server_now: u64) -> u64 {
+    pub(crate) fn drop_expired(&mut self, geo: &WindowGrid, server_now: u64) -> u64 {
         let live = geo.oldest_live(server_now);
         let mut dropped = 0;
         while let Some(front) = self.pending.front() {
@@ -490,7 +492,7 @@ impl AbsoluteKey {
         }
     }
 
-    pub(crate) fn idle(&mut self, geo: &Geometry, now: Now) -> bool {
+    pub(crate) fn idle(&mut self, geo: &WindowGrid, now: Now) -> bool {
         self.own.usage(geo, now.server) == 0 && self.is_idle(now.local)
     }
 }
@@ -636,7 +638,7 @@ impl SuppressedKey {
         }
     }
 
-    pub(crate) fn idle(&mut self, geo: &Geometry, now: Now) -> bool {
+    pub(crate) fn idle(&mut self, geo: &WindowGrid, now: Now) -> bool {
         self.own.usage(geo, now.server).observed == 0 && self.is_idle(now.local)
     }
 }
@@ -651,15 +653,15 @@ mod tests {
         cache_ms: 0,
     };
 
-    fn geo() -> Geometry {
-        Geometry::new(
+    fn geo() -> WindowGrid {
+        WindowGrid::new(
             WindowSizeSeconds::try_from(10).unwrap(),
             RateGroupSizeMs::try_from(100).unwrap(),
         )
         .unwrap()
     }
 
-    fn ctx(geo: &Geometry, healthy: bool) -> Ctx<'_> {
+    fn ctx(geo: &WindowGrid, healthy: bool) -> Ctx<'_> {
         Ctx {
             geo,
             params: &PARAMS,

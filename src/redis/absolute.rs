@@ -7,7 +7,7 @@ use ::redis::Value;
 use super::key::{RedisKey, Strategy};
 use super::scripts::{self, argv};
 use super::{Core, core_of};
-use crate::absolute::checked_capacity;
+use crate::call::checked_capacity;
 use crate::{Error, RateLimit, RateLimitDecision};
 
 /// `rl.redis().absolute()`: admit up to `rate × window` per key across every instance that
@@ -35,13 +35,13 @@ impl AbsoluteRedisRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let core = core_of(&self.core)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, core.geo.window_seconds(), count)?;
+        let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
         let names = core.keys.names(key, Strategy::Absolute);
         let mut invocation = scripts::ABSOLUTE.prepare_invoke();
         core.common_args(&mut invocation, &names, argv::ABSOLUTE_INC);
         invocation.arg(rate).arg(count).arg(cap);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        decision(&reply, core.geo.window_seconds())
+        decision(&reply, core.settings.grid.window_seconds())
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
@@ -52,7 +52,7 @@ impl AbsoluteRedisRateLimiter {
         let mut invocation = scripts::ABSOLUTE.prepare_invoke();
         core.common_args(&mut invocation, &names, argv::ABSOLUTE_CHECK);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        decision(&reply, core.geo.window_seconds())
+        decision(&reply, core.settings.grid.window_seconds())
     }
 }
 

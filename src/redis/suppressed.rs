@@ -7,7 +7,7 @@ use ::redis::Value;
 use super::key::{RedisKey, Strategy};
 use super::scripts::{self, argv};
 use super::{Core, core_of};
-use crate::absolute::checked_capacity;
+use crate::call::checked_capacity;
 use crate::{Error, RateLimit, RateLimitDecision};
 
 /// `rl.redis().suppressed()`: below capacity everything is admitted; between capacity and
@@ -38,14 +38,14 @@ impl SuppressedRedisRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let core = core_of(&self.core)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, core.geo.window_seconds(), count)?;
+        let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
         let names = core.keys.names(key, Strategy::Suppressed);
         let draw = core.random.next_f64();
         let mut invocation = scripts::SUPPRESSED.prepare_invoke();
         core.common_args(&mut invocation, &names, argv::SUPPRESSED_INC);
         invocation
-            .arg(core.params.hard_limit_factor)
-            .arg(core.params.cache_ms)
+            .arg(core.settings.suppression.hard_limit_factor)
+            .arg(core.settings.suppression.cache_ms)
             .arg(rate)
             .arg(count)
             .arg(cap)
@@ -71,8 +71,8 @@ impl SuppressedRedisRateLimiter {
         let mut invocation = scripts::SUPPRESSED.prepare_invoke();
         core.common_args(&mut invocation, &names, argv::SUPPRESSED_FACTOR);
         invocation
-            .arg(core.params.hard_limit_factor)
-            .arg(core.params.cache_ms);
+            .arg(core.settings.suppression.hard_limit_factor)
+            .arg(core.settings.suppression.cache_ms);
         let reply: Value = core.conn.invoke(&invocation).await?;
         parse_factor(&reply)
     }
