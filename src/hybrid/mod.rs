@@ -107,21 +107,32 @@
 //! yield, so a loop that only calls `inc` (which never awaits) should yield now and then, or
 //! run on a multi-thread runtime.
 
+mod absolute;
+mod bound;
 mod committer;
-mod state;
+mod core;
+#[cfg(test)]
+mod fixtures;
+mod flush;
+mod key;
+mod mode;
 mod stats;
+mod suppressed;
+mod walk;
 
 use std::sync::Arc;
 
 pub use crate::settings::SyncIntervalMs;
 pub use stats::HybridStats;
 
+use absolute::AbsoluteKey;
+use core::HybridCore;
+use suppressed::SuppressedKey;
+
 use crate::call::{Call, checked_capacity};
 use crate::clock::Time;
 use crate::redis::{Core, RedisKey};
 use crate::{Error, RateLimit, RateLimitDecision};
-use committer::Shared;
-use state::{AbsoluteKey, Ctx, SuppressedKey};
 
 /// The memory bound on unsent increments unless
 /// [`RateLimiterBuilder::hybrid_max_pending_buckets`](crate::RateLimiterBuilder::hybrid_max_pending_buckets)
@@ -129,7 +140,7 @@ use state::{AbsoluteKey, Ctx, SuppressedKey};
 pub const DEFAULT_MAX_PENDING_BUCKETS: usize = 1_000_000;
 
 #[inline]
-fn shared_of(shared: &Option<Arc<Shared>>) -> Result<&Arc<Shared>, Error> {
+fn core_of(shared: &Option<Arc<HybridCore>>) -> Result<&Arc<HybridCore>, Error> {
     match shared {
         Some(shared) => {
             shared.ensure_started();
@@ -144,23 +155,13 @@ fn not_configured() -> Error {
     Error::RedisNotConfigured
 }
 
-#[inline]
-pub(crate) fn ctx(shared: &Shared) -> Ctx<'_> {
-    Ctx {
-        geo: &shared.geo,
-        params: &shared.params,
-        sync_ms: shared.sync_ms,
-        healthy: shared.healthy.load(std::sync::atomic::Ordering::Relaxed),
-    }
-}
-
 /// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
 ///
 /// On a limiter built without Redis options every call returns
 /// [`Error::RedisNotConfigured`].
 #[derive(Debug, Clone)]
 pub struct HybridRateLimiter {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<HybridCore>>,
     absolute: AbsoluteHybridRateLimiter,
     suppressed: SuppressedHybridRateLimiter,
 }
@@ -168,7 +169,7 @@ pub struct HybridRateLimiter {
 impl HybridRateLimiter {
     pub(crate) fn new(core: Option<&Arc<Core>>, clock: Time, max_pending_buckets: usize) -> Self {
         let shared =
-            core.map(|core| Arc::new(Shared::new(core.clone(), clock, max_pending_buckets)));
+            core.map(|core| Arc::new(HybridCore::new(core.clone(), clock, max_pending_buckets)));
         if let Some(shared) = &shared {
             // Inside a runtime already: start now, so the first call finds a lease sooner.
             shared.start();
@@ -209,7 +210,7 @@ impl HybridRateLimiter {
     /// [`Error::RedisNotConfigured`] on a limiter built without Redis. A failed flush is not
     /// an error here: it is counted in [`HybridStats::flush_errors`] and retried.
     pub async fn flush(&self) -> Result<(), Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         shared.cycle().await;
         Ok(())
     }
@@ -232,7 +233,7 @@ impl HybridRateLimiter {
 /// key's Redis-wide capacity.
 #[derive(Debug, Clone)]
 pub struct AbsoluteHybridRateLimiter {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<HybridCore>>,
 }
 
 impl AbsoluteHybridRateLimiter {
@@ -250,9 +251,9 @@ impl AbsoluteHybridRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, shared.geo.window_seconds(), count)?;
+        let cap = checked_capacity(rate, shared.settings.grid.window_seconds(), count)?;
         let now = shared.now();
         let call = Call {
             now_ms: now.server,
@@ -260,7 +261,7 @@ impl AbsoluteHybridRateLimiter {
             count,
             cap,
         };
-        let ctx = ctx(shared);
+        let ctx = shared.conditions();
         Ok(shared.absolute.with(
             key.as_str(),
             || AbsoluteKey::new(rate, cap, now.local),
@@ -274,9 +275,9 @@ impl AbsoluteHybridRateLimiter {
     /// # Errors
     /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         let now = shared.now();
-        let ctx = ctx(shared);
+        let ctx = shared.conditions();
         Ok(shared
             .absolute
             .peek(key.as_str(), |s| s.check(&ctx, now))
@@ -288,7 +289,7 @@ impl AbsoluteHybridRateLimiter {
 /// instance's lease it sheds with the key's Redis-wide suppression factor.
 #[derive(Debug, Clone)]
 pub struct SuppressedHybridRateLimiter {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<HybridCore>>,
 }
 
 impl SuppressedHybridRateLimiter {
@@ -303,9 +304,9 @@ impl SuppressedHybridRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, shared.geo.window_seconds(), count)?;
+        let cap = checked_capacity(rate, shared.settings.grid.window_seconds(), count)?;
         let now = shared.now();
         let call = Call {
             now_ms: now.server,
@@ -313,7 +314,7 @@ impl SuppressedHybridRateLimiter {
             count,
             cap,
         };
-        let ctx = ctx(shared);
+        let ctx = shared.conditions();
         let draw = || shared.core.random.next_f64();
         Ok(shared.suppressed.with(
             key.as_str(),
@@ -328,9 +329,9 @@ impl SuppressedHybridRateLimiter {
     /// # Errors
     /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         let now = shared.now();
-        let ctx = ctx(shared);
+        let ctx = shared.conditions();
         Ok(shared
             .suppressed
             .peek(key.as_str(), |s| s.factor(&ctx, now))

@@ -85,11 +85,11 @@ mod connection;
 mod key;
 mod scripts;
 mod suppressed;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::ScriptInvocation;
 use ::redis::aio::ConnectionManager;
 
 pub use absolute::AbsoluteRedisRateLimiter;
@@ -103,7 +103,7 @@ use crate::settings::SyncIntervalMs;
 use crate::settings::{Settings, WindowOptions};
 use crate::{Error, HardLimitFactor, RateGroupSizeMs, SuppressionFactorCacheMs, WindowSizeSeconds};
 pub(crate) use connection::Connection;
-pub(crate) use key::{KeyNames, KeySpace, Strategy};
+pub(crate) use key::{KeyNames, KeySpace, StrategyTag};
 
 /// The Redis (and hybrid) providers' settings on a single-server connection, as in
 /// `RateLimiterOptions { redis: RedisRateLimiterOptions { .. }, .. }`.
@@ -225,22 +225,19 @@ impl Core {
         }
     }
 
-    /// KEYS[1..2] and ARGV[1..4], the part of every call `head.lua` reads.
-    pub(crate) fn common_args(
-        &self,
-        invocation: &mut ScriptInvocation<'_>,
-        names: &KeyNames,
-        mode: &str,
-    ) {
-        invocation.key(&names.buckets).key(&names.hash);
-        match &self.time {
-            TimeSource::Server => invocation.arg(""),
-            TimeSource::TestClock(clock) => invocation.arg(clock.now_ms()),
+    /// KEYS[1..2] and ARGV[1..4] of a Redis provider call: what `head.lua` reads.
+    pub(crate) fn head(&self, args: &mut impl wire::ScriptArgs, names: &KeyNames, mode: &str) {
+        let now = match &self.time {
+            TimeSource::Server => None,
+            TimeSource::TestClock(clock) => Some(clock.now_ms()),
         };
-        invocation
-            .arg(self.settings.grid.window_seconds())
-            .arg(self.settings.grid.group_ms())
-            .arg(mode);
+        wire::head(
+            args,
+            &[&names.buckets, &names.hash],
+            now,
+            &self.settings.grid,
+            mode,
+        );
     }
 }
 
