@@ -131,8 +131,10 @@ use suppressed::SuppressedKey;
 
 use crate::call::{Call, checked_capacity};
 use crate::clock::Time;
+use crate::local::store::KeyStore;
 use crate::redis::{Core, RedisKey};
 use crate::{Error, RateLimit, RateLimitDecision};
+use mode::{Conditions, Now};
 
 /// The memory bound on unsent increments unless
 /// [`RateLimiterBuilder::hybrid_max_pending_buckets`](crate::RateLimiterBuilder::hybrid_max_pending_buckets)
@@ -153,6 +155,36 @@ fn core_of(shared: &Option<Arc<HybridCore>>) -> Result<&Arc<HybridCore>, Error> 
 #[cold]
 fn not_configured() -> Error {
     Error::RedisNotConfigured
+}
+
+/// One checked call on a key of `keys`, created by `create(rate, cap, now)` if new,
+/// decided by `decide`: both strategies' `inc_sync`.
+#[inline]
+fn decide<K>(
+    core: &Option<Arc<HybridCore>>,
+    key: &RedisKey,
+    rate: &RateLimit,
+    count: u64,
+    keys: impl FnOnce(&HybridCore) -> &KeyStore<K>,
+    create: impl FnOnce(f64, f64, u64) -> K,
+    decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> RateLimitDecision,
+) -> Result<RateLimitDecision, Error> {
+    let core = core_of(core)?;
+    let rate = rate.get();
+    let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
+    let now = core.now();
+    let call = Call {
+        now_ms: now.server,
+        rate,
+        count,
+        cap,
+    };
+    let conditions = core.conditions();
+    Ok(keys(core).with(
+        key.as_str(),
+        || create(rate, cap, now.local),
+        |state| decide(state, core, &conditions, now, call),
+    ))
 }
 
 /// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
@@ -238,35 +270,45 @@ pub struct AbsoluteHybridRateLimiter {
 
 impl AbsoluteHybridRateLimiter {
     /// Admits `count` units for `key` if they fit this instance's lease (see the module
-    /// docs); never waits on Redis.
+    /// docs); never waits on Redis. The same as [`inc_sync`](Self::inc_sync), for callers
+    /// that hold a future.
     ///
     /// # Errors
-    /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and [`Error::CountAboveCapacity`]
-    /// for a call that can never be served (nothing is recorded);
-    /// [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis failures are
-    /// never returned here: the committer counts and logs them.
+    /// As [`inc_sync`](Self::inc_sync).
     pub async fn inc(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let shared = core_of(&self.shared)?;
-        let rate = rate.get();
-        let cap = checked_capacity(rate, shared.settings.grid.window_seconds(), count)?;
-        let now = shared.now();
-        let call = Call {
-            now_ms: now.server,
+        self.inc_sync(key, rate, count)
+    }
+
+    /// [`inc`](Self::inc) without a future: the decision is taken from this instance's
+    /// state and never does I/O (the committer talks to Redis in the background). Call it
+    /// inside a tokio runtime, where the committer runs.
+    ///
+    /// # Errors
+    /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and [`Error::CountAboveCapacity`]
+    /// for a call that can never be served (nothing is recorded);
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis failures are
+    /// never returned here: the committer counts and logs them.
+    #[inline]
+    pub fn inc_sync(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, Error> {
+        decide(
+            &self.shared,
+            key,
             rate,
             count,
-            cap,
-        };
-        let ctx = shared.conditions();
-        Ok(shared.absolute.with(
-            key.as_str(),
-            || AbsoluteKey::new(rate, cap, now.local),
-            |s| s.inc(&ctx, now, call),
-        ))
+            |core| &core.absolute,
+            AbsoluteKey::new,
+            |state, _, conditions, now, call| state.inc(conditions, now, call),
+        )
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, from
@@ -277,10 +319,10 @@ impl AbsoluteHybridRateLimiter {
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, Error> {
         let shared = core_of(&self.shared)?;
         let now = shared.now();
-        let ctx = shared.conditions();
+        let conditions = shared.conditions();
         Ok(shared
             .absolute
-            .peek(key.as_str(), |s| s.check(&ctx, now))
+            .peek(key.as_str(), |s| s.check(&conditions, now))
             .unwrap_or(RateLimitDecision::Allowed))
     }
 }
@@ -294,33 +336,43 @@ pub struct SuppressedHybridRateLimiter {
 
 impl SuppressedHybridRateLimiter {
     /// Decides one call: `Allowed` within the lease, `Suppressed { is_allowed, .. }` beyond
-    /// it (always check `is_allowed`). Every call counts as observed.
+    /// it (always check `is_allowed`). Every call counts as observed. The same as
+    /// [`inc_sync`](Self::inc_sync), for callers that hold a future.
     ///
     /// # Errors
-    /// As [`AbsoluteHybridRateLimiter::inc`].
+    /// As [`AbsoluteHybridRateLimiter::inc_sync`].
     pub async fn inc(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let shared = core_of(&self.shared)?;
-        let rate = rate.get();
-        let cap = checked_capacity(rate, shared.settings.grid.window_seconds(), count)?;
-        let now = shared.now();
-        let call = Call {
-            now_ms: now.server,
+        self.inc_sync(key, rate, count)
+    }
+
+    /// [`inc`](Self::inc) without a future: decided from this instance's state, never
+    /// doing I/O.
+    ///
+    /// # Errors
+    /// As [`AbsoluteHybridRateLimiter::inc_sync`].
+    #[inline]
+    pub fn inc_sync(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, Error> {
+        decide(
+            &self.shared,
+            key,
             rate,
             count,
-            cap,
-        };
-        let ctx = shared.conditions();
-        let draw = || shared.core.random.next_f64();
-        Ok(shared.suppressed.with(
-            key.as_str(),
-            || SuppressedKey::new(rate, cap, now.local),
-            |s| s.inc(&ctx, now, call, draw),
-        ))
+            |core| &core.suppressed,
+            SuppressedKey::new,
+            |state, core, conditions, now, call| {
+                state.inc(conditions, now, call, || core.core.random.next_f64())
+            },
+        )
     }
 
     /// The key's suppression factor now, in `[0, 1]`, from local state: 0 within the lease
@@ -331,10 +383,10 @@ impl SuppressedHybridRateLimiter {
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, Error> {
         let shared = core_of(&self.shared)?;
         let now = shared.now();
-        let ctx = shared.conditions();
+        let conditions = shared.conditions();
         Ok(shared
             .suppressed
-            .peek(key.as_str(), |s| s.factor(&ctx, now))
+            .peek(key.as_str(), |s| s.factor(&conditions, now))
             .unwrap_or(0.0))
     }
 }
