@@ -94,14 +94,9 @@ impl AbsoluteState {
 mod tests {
     use super::*;
     use crate::call::checked_capacity;
-    use crate::{RateGroupSizeMs, WindowSizeSeconds};
 
     fn geo(window_s: u64, group_ms: u64) -> WindowGrid {
-        WindowGrid::new(
-            WindowSizeSeconds::try_from(window_s).unwrap(),
-            RateGroupSizeMs::try_from(group_ms).unwrap(),
-        )
-        .unwrap()
+        WindowGrid::for_tests(window_s, group_ms)
     }
 
     #[test]

@@ -263,14 +263,9 @@ fn formula(window: &Window<Usage>, geo: &WindowGrid, now_ms: u64, rate: f64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RateGroupSizeMs, WindowSizeSeconds};
 
     fn geo() -> WindowGrid {
-        WindowGrid::new(
-            WindowSizeSeconds::try_from(10).unwrap(),
-            RateGroupSizeMs::try_from(100).unwrap(),
-        )
-        .unwrap()
+        WindowGrid::for_tests(10, 100)
     }
 
     fn call(now_ms: u64) -> Call {

@@ -72,6 +72,18 @@ impl WindowGrid {
     }
 }
 
+#[cfg(test)]
+impl WindowGrid {
+    /// A grid of `window_s` seconds and `group_ms` groups, for tests.
+    pub(crate) fn for_tests(window_s: u64, group_ms: u64) -> Self {
+        WindowGrid::new(
+            WindowSizeSeconds::try_from(window_s).unwrap(),
+            RateGroupSizeMs::try_from(group_ms).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
 /// What a bucket counts: `u64` (admitted units) for the absolute strategy, [`Usage`] for
 /// the suppressed one.
 pub(crate) trait Counts: Copy + Default + PartialEq {
@@ -363,11 +375,7 @@ mod tests {
     use super::*;
 
     fn geo(window_s: u64, group_ms: u64) -> WindowGrid {
-        WindowGrid::new(
-            WindowSizeSeconds::try_from(window_s).unwrap(),
-            RateGroupSizeMs::try_from(group_ms).unwrap(),
-        )
-        .unwrap()
+        WindowGrid::for_tests(window_s, group_ms)
     }
 
     #[test]

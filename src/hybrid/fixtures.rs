@@ -5,7 +5,6 @@ use super::mode::{Conditions, Now, Refresh, View};
 use crate::call::Call;
 use crate::settings::SuppressionParams;
 use crate::window::WindowGrid;
-use crate::{RateGroupSizeMs, WindowSizeSeconds};
 
 pub(super) const PARAMS: SuppressionParams = SuppressionParams {
     hard_limit_factor: 1.5,
@@ -13,11 +12,7 @@ pub(super) const PARAMS: SuppressionParams = SuppressionParams {
 };
 
 pub(super) fn geo() -> WindowGrid {
-    WindowGrid::new(
-        WindowSizeSeconds::try_from(10).unwrap(),
-        RateGroupSizeMs::try_from(100).unwrap(),
-    )
-    .unwrap()
+    WindowGrid::for_tests(10, 100)
 }
 
 pub(super) fn ctx(grid: &WindowGrid, healthy: bool) -> Conditions<'_> {

@@ -157,10 +157,50 @@ fn not_configured() -> Error {
     Error::RedisNotConfigured
 }
 
+/// `inc` and `inc_sync` of a strategy's limiter, the same for both: they hand the call to
+/// its `decide`. The doc comment given documents both.
+macro_rules! inc_methods {
+    ($(#[$inc_doc:meta])*) => {
+        $(#[$inc_doc])*
+        /// The same as [`inc_sync`](Self::inc_sync), for callers that hold a future.
+        ///
+        /// # Errors
+        /// As [`inc_sync`](Self::inc_sync).
+        pub async fn inc(
+            &self,
+            key: &RedisKey,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<RateLimitDecision, Error> {
+            self.decide(key, rate, count)
+        }
+
+        $(#[$inc_doc])*
+        /// Without a future: the decision is taken from this instance's state and never does
+        /// I/O (the committer talks to Redis in the background). Call it inside a tokio
+        /// runtime, where the committer runs.
+        ///
+        /// # Errors
+        /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and
+        /// [`Error::CountAboveCapacity`] for a call that can never be served (nothing is
+        /// recorded); [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis
+        /// failures are never returned here: the committer counts and logs them.
+        #[inline]
+        pub fn inc_sync(
+            &self,
+            key: &RedisKey,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<RateLimitDecision, Error> {
+            self.decide(key, rate, count)
+        }
+    };
+}
+
 /// One checked call on a key of `keys`, created by `create(rate, cap, now)` if new,
 /// decided by `decide`: both strategies' `inc_sync`.
 #[inline]
-fn decide<K>(
+fn decide_on<K>(
     core: &Option<Arc<HybridCore>>,
     key: &RedisKey,
     rate: &RateLimit,
@@ -269,38 +309,20 @@ pub struct AbsoluteHybridRateLimiter {
 }
 
 impl AbsoluteHybridRateLimiter {
-    /// Admits `count` units for `key` if they fit this instance's lease (see the module
-    /// docs); never waits on Redis. The same as [`inc_sync`](Self::inc_sync), for callers
-    /// that hold a future.
-    ///
-    /// # Errors
-    /// As [`inc_sync`](Self::inc_sync).
-    pub async fn inc(
-        &self,
-        key: &RedisKey,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        self.inc_sync(key, rate, count)
+    inc_methods! {
+        /// Admits `count` units for `key` if they fit this instance's lease (see the module
+        /// docs); never waits on Redis.
     }
 
-    /// [`inc`](Self::inc) without a future: the decision is taken from this instance's
-    /// state and never does I/O (the committer talks to Redis in the background). Call it
-    /// inside a tokio runtime, where the committer runs.
-    ///
-    /// # Errors
-    /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and [`Error::CountAboveCapacity`]
-    /// for a call that can never be served (nothing is recorded);
-    /// [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis failures are
-    /// never returned here: the committer counts and logs them.
+    /// The decision of both `inc` methods.
     #[inline]
-    pub fn inc_sync(
+    fn decide(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        decide(
+        decide_on(
             &self.shared,
             key,
             rate,
@@ -335,34 +357,20 @@ pub struct SuppressedHybridRateLimiter {
 }
 
 impl SuppressedHybridRateLimiter {
-    /// Decides one call: `Allowed` within the lease, `Suppressed { is_allowed, .. }` beyond
-    /// it (always check `is_allowed`). Every call counts as observed. The same as
-    /// [`inc_sync`](Self::inc_sync), for callers that hold a future.
-    ///
-    /// # Errors
-    /// As [`AbsoluteHybridRateLimiter::inc_sync`].
-    pub async fn inc(
-        &self,
-        key: &RedisKey,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        self.inc_sync(key, rate, count)
+    inc_methods! {
+        /// Decides one call: `Allowed` within the lease, `Suppressed { is_allowed, .. }`
+        /// beyond it (always check `is_allowed`). Every call counts as observed.
     }
 
-    /// [`inc`](Self::inc) without a future: decided from this instance's state, never
-    /// doing I/O.
-    ///
-    /// # Errors
-    /// As [`AbsoluteHybridRateLimiter::inc_sync`].
+    /// The decision of both `inc` methods.
     #[inline]
-    pub fn inc_sync(
+    fn decide(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        decide(
+        decide_on(
             &self.shared,
             key,
             rate,

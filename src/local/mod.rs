@@ -238,6 +238,34 @@ impl<S: LocalState> LocalKeys<S> {
     }
 }
 
+/// `inc`, `try_inc` and `key_count` of a strategy's limiter, the same for both: they hand
+/// the call to its `LocalKeys`. The doc comment given documents `inc`.
+macro_rules! inc_methods {
+    ($(#[$inc_doc:meta])*) => {
+        $(#[$inc_doc])*
+        #[inline]
+        pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+            self.keys.inc(key, rate, count)
+        }
+
+        /// [`inc`](Self::inc), with malformed calls returned as errors.
+        #[inline]
+        pub fn try_inc(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<RateLimitDecision, Error> {
+            self.keys.try_inc(key, rate, count)
+        }
+
+        /// How many keys are held in memory.
+        pub fn key_count(&self) -> usize {
+            self.keys.keys.len()
+        }
+    };
+}
+
 /// `rl.local().absolute()`.
 #[derive(Debug)]
 pub struct AbsoluteLocalRateLimiter {
@@ -245,23 +273,10 @@ pub struct AbsoluteLocalRateLimiter {
 }
 
 impl AbsoluteLocalRateLimiter {
-    /// Admits `count` units for `key` iff the window's admitted usage plus `count` fits
-    /// `rate × window`; an admitted call is recorded, a rejected one is not. Check and record
-    /// are one atomic step. See the module docs for malformed calls.
-    #[inline]
-    pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
-        self.keys.inc(key, rate, count)
-    }
-
-    /// [`inc`](Self::inc), with malformed calls returned as errors.
-    #[inline]
-    pub fn try_inc(
-        &self,
-        key: &str,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        self.keys.try_inc(key, rate, count)
+    inc_methods! {
+        /// Admits `count` units for `key` iff the window's admitted usage plus `count` fits
+        /// `rate × window`; an admitted call is recorded, a rejected one is not. Check and
+        /// record are one atomic step. See the module docs for malformed calls.
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
@@ -278,11 +293,6 @@ impl AbsoluteLocalRateLimiter {
             .peek(key, |s, settings, now| s.usage(&settings.grid, now))
             .unwrap_or(0)
     }
-
-    /// How many keys are held in memory.
-    pub fn key_count(&self) -> usize {
-        self.keys.keys.len()
-    }
 }
 
 /// `rl.local().suppressed()`.
@@ -292,23 +302,10 @@ pub struct SuppressedLocalRateLimiter {
 }
 
 impl SuppressedLocalRateLimiter {
-    /// Decides one call: `Allowed` below capacity, `Suppressed { is_allowed, .. }` above it
-    /// (always check `is_allowed`). Every call counts as observed. See the module docs for
-    /// malformed calls.
-    #[inline]
-    pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
-        self.keys.inc(key, rate, count)
-    }
-
-    /// [`inc`](Self::inc), with malformed calls returned as errors.
-    #[inline]
-    pub fn try_inc(
-        &self,
-        key: &str,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        self.keys.try_inc(key, rate, count)
+    inc_methods! {
+        /// Decides one call: `Allowed` below capacity, `Suppressed { is_allowed, .. }` above
+        /// it (always check `is_allowed`). Every call counts as observed. See the module docs
+        /// for malformed calls.
     }
 
     /// The key's suppression factor now, in `[0, 1]`: 0 below capacity or for an unknown
@@ -329,10 +326,5 @@ impl SuppressedLocalRateLimiter {
                 (u.accepted, u.observed)
             })
             .unwrap_or((0, 0))
-    }
-
-    /// How many keys are held in memory.
-    pub fn key_count(&self) -> usize {
-        self.keys.keys.len()
     }
 }

@@ -244,14 +244,9 @@ pub(crate) fn flush_reply(value: &Value) -> Result<FlushReply, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RateGroupSizeMs, WindowSizeSeconds};
 
     fn grid() -> WindowGrid {
-        WindowGrid::new(
-            WindowSizeSeconds::try_from(10).unwrap(),
-            RateGroupSizeMs::try_from(100).unwrap(),
-        )
-        .unwrap()
+        WindowGrid::for_tests(10, 100)
     }
 
     /// The arguments of a built command after its name, as text.
