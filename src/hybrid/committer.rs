@@ -45,7 +45,7 @@ impl HybridCore {
         for_each(&self.absolute, |key, state| {
             if state.is_dirty() {
                 let job = state.job(now.local, next_seq);
-                jobs.push((key.clone(), StrategyTag::Absolute, job.as_usage()));
+                jobs.push((key.clone(), StrategyTag::Absolute, job.into_usage()));
             }
         });
         for_each(&self.suppressed, |key, state| {

@@ -35,7 +35,7 @@ pub(crate) struct Job<C> {
 
 impl<C: Counts> Job<C> {
     /// The job with both strategies' counts in one type, to send jobs of both together.
-    pub(crate) fn as_usage(self) -> Job<Usage> {
+    pub(crate) fn into_usage(self) -> Job<Usage> {
         Job {
             seq: self.seq,
             buckets: self
