@@ -91,8 +91,10 @@ pub(crate) trait Counts: Copy + Default + PartialEq {
     /// Takes `other` away, stopping at zero (a count from Redis may exceed what is left).
     fn sub(&mut self, other: Self);
     /// The accepted units.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
     fn accepted(&self) -> u64;
     /// All offered units (the absolute strategy counts only what it accepts).
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
     fn observed(&self) -> u64;
     fn is_zero(&self) -> bool {
         *self == Self::default()
@@ -277,6 +279,7 @@ impl<C: Counts> Window<C> {
 
     /// Drops the buckets that no longer count at `now_ms`, as [`expire`](Self::expire);
     /// returns their counts.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
     pub(crate) fn expire_counting(&mut self, geo: &WindowGrid, now_ms: u64) -> C {
         let mut dropped = self.total();
         self.expire(geo, now_ms);
@@ -285,6 +288,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// How many buckets the window holds.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
     pub(crate) fn len(&self) -> usize {
         if self.is_empty() {
             0
@@ -294,6 +298,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// Takes the oldest bucket out.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
     pub(crate) fn pop_oldest(&mut self) -> Option<Bucket<C>> {
         let Some(older) = self.older.as_deref_mut() else {
             return (!self.is_empty()).then(|| std::mem::take(&mut self.newest));
@@ -308,6 +313,7 @@ impl<C: Counts> Window<C> {
     }
 
     /// Takes up to `max` of the oldest buckets out, oldest first.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
     pub(crate) fn take_oldest(&mut self, max: usize) -> Vec<Bucket<C>> {
         let mut taken = Vec::with_capacity(max.min(self.len()));
         while taken.len() < max {
@@ -354,6 +360,7 @@ pub(crate) fn release_until<'a, C: Counts + 'a>(
     None
 }
 
+#[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
 /// The counts of the leading `buckets` (oldest first) that no longer count at `now_ms`.
 pub(crate) fn expired_total<'a, C: Counts + 'a>(
     geo: &WindowGrid,
