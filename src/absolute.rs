@@ -1,50 +1,13 @@
 //! The absolute strategy: admit iff the window's admitted usage plus the call fits the
 //! capacity; a refusal records nothing and says how long to wait.
 
+use crate::call::Call;
+// The layer still reaches `checked_capacity` here; its home is `crate::call`.
+#[cfg(feature = "tower")]
+pub(crate) use crate::call::checked_capacity;
 use crate::config::capacity;
-use crate::window::{Geometry, Window};
+use crate::window::{Window, WindowGrid};
 use crate::{Error, RateLimitDecision};
-
-/// One checked call: what every strategy's `inc` decides on.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Call {
-    pub(crate) now_ms: u64,
-    pub(crate) rate: f64,
-    pub(crate) count: u64,
-    /// `rate × window`, already checked to hold `count`.
-    pub(crate) cap: f64,
-}
-
-/// The capacity a call may use, or why the call is malformed. Shared by every provider and
-/// both strategies, so they refuse the same inputs the same way.
-#[inline]
-pub(crate) fn checked_capacity(rate: f64, window_seconds: u64, count: u64) -> Result<f64, Error> {
-    let cap = capacity::of(rate, window_seconds);
-    if count != 0 && capacity::fits(1, cap) && capacity::fits(count, cap) {
-        Ok(cap)
-    } else {
-        Err(malformed(rate, window_seconds, count, cap))
-    }
-}
-
-/// Why a call that `checked_capacity` refused is malformed; off the hot path.
-#[cold]
-fn malformed(rate: f64, window_seconds: u64, count: u64, cap: f64) -> Error {
-    if !capacity::fits(1, cap) {
-        Error::CapacityBelowOne {
-            rate_limit: rate,
-            window_size_seconds: window_seconds,
-            capacity: cap,
-        }
-    } else if count == 0 {
-        Error::ZeroCount
-    } else {
-        Error::CountAboveCapacity {
-            count,
-            capacity: cap,
-        }
-    }
-}
 
 /// What the infallible absolute `inc` answers for a malformed call (see the local module docs).
 pub(crate) fn answer_for_invalid(err: &Error, window_seconds: u64) -> RateLimitDecision {
@@ -76,7 +39,7 @@ impl AbsoluteState {
 
     /// Admits the call if it fits, recording it.
     #[inline]
-    pub(crate) fn inc(&mut self, geo: &Geometry, call: Call) -> RateLimitDecision {
+    pub(crate) fn inc(&mut self, geo: &WindowGrid, call: Call) -> RateLimitDecision {
         self.rate = call.rate;
         self.window.expire(geo, call.now_ms);
         if capacity::fits_more(self.window.total(), call.count, call.cap) {
@@ -88,7 +51,7 @@ impl AbsoluteState {
     }
 
     /// Whether one more unit at the latest rate would be admitted now; records nothing.
-    pub(crate) fn check(&mut self, geo: &Geometry, now_ms: u64) -> RateLimitDecision {
+    pub(crate) fn check(&mut self, geo: &WindowGrid, now_ms: u64) -> RateLimitDecision {
         self.window.expire(geo, now_ms);
         let cap = capacity::of(self.rate, geo.window_seconds());
         if capacity::fits_more(self.window.total(), 1, cap) {
@@ -99,7 +62,7 @@ impl AbsoluteState {
     }
 
     #[cold]
-    fn rejection(&self, geo: &Geometry, now_ms: u64, count: u64, cap: f64) -> RateLimitDecision {
+    fn rejection(&self, geo: &WindowGrid, now_ms: u64, count: u64, cap: f64) -> RateLimitDecision {
         let (retry_after_ms, remaining_after_waiting) = self
             .window
             .release_until(geo, now_ms, |left| capacity::fits_more(left, count, cap))
@@ -114,14 +77,14 @@ impl AbsoluteState {
     /// Records `count` admitted units decided elsewhere (the hybrid provider's shares).
     #[cfg(feature = "redis-tokio")]
     #[inline]
-    pub(crate) fn record(&mut self, geo: &Geometry, now_ms: u64, rate: f64, count: u64) {
+    pub(crate) fn record(&mut self, geo: &WindowGrid, now_ms: u64, rate: f64, count: u64) {
         self.rate = rate;
         self.window.expire(geo, now_ms);
         self.window.add(geo, now_ms, count);
     }
 
     /// Admitted usage still inside the window at `now_ms`.
-    pub(crate) fn usage(&mut self, geo: &Geometry, now_ms: u64) -> u64 {
+    pub(crate) fn usage(&mut self, geo: &WindowGrid, now_ms: u64) -> u64 {
         self.window.expire(geo, now_ms);
         self.window.total()
     }
@@ -130,14 +93,10 @@ impl AbsoluteState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RateGroupSizeMs, WindowSizeSeconds};
+    use crate::call::checked_capacity;
 
-    fn geo(window_s: u64, group_ms: u64) -> Geometry {
-        Geometry::new(
-            WindowSizeSeconds::try_from(window_s).unwrap(),
-            RateGroupSizeMs::try_from(group_ms).unwrap(),
-        )
-        .unwrap()
+    fn geo(window_s: u64, group_ms: u64) -> WindowGrid {
+        WindowGrid::for_tests(window_s, group_ms)
     }
 
     #[test]
@@ -168,22 +127,5 @@ mod tests {
             }
         );
         assert_eq!(s.usage(&g, 1000), 10, "a rejection records nothing");
-    }
-
-    #[test]
-    fn malformed_calls_are_named() {
-        assert!(matches!(
-            checked_capacity(0.05, 10, 1),
-            Err(Error::CapacityBelowOne { .. })
-        ));
-        assert!(matches!(
-            checked_capacity(1.0, 10, 0),
-            Err(Error::ZeroCount)
-        ));
-        assert!(matches!(
-            checked_capacity(1.0, 10, 11),
-            Err(Error::CountAboveCapacity { count: 11, .. })
-        ));
-        assert_eq!(checked_capacity(1.0, 10, 10).unwrap(), 10.0);
     }
 }

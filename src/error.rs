@@ -57,6 +57,22 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The Redis options give a window setting other than the local options': a limiter has
+    /// one window, whichever provider decides.
+    #[cfg(feature = "redis-tokio")]
+    #[error(
+        "the local and Redis options disagree on {field}: local {local}, Redis {redis}; give \
+         RedisSettings (or RedisRateLimiterOptions) the local options' value, a limiter has one window"
+    )]
+    SettingsMismatch {
+        /// The setting that differs, e.g. `window_size_seconds`.
+        field: &'static str,
+        /// Its value in the local options.
+        local: String,
+        /// Its value in the Redis options.
+        redis: String,
+    },
+
     /// Redis answered with an error, or could not be reached in time.
     #[cfg(feature = "redis-tokio")]
     #[error("redis error: {0}")]

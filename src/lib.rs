@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod absolute;
+mod call;
 mod cleanup;
 mod clock;
 mod config;
@@ -54,6 +55,7 @@ pub mod local;
 mod random;
 #[cfg(feature = "redis-tokio")]
 pub mod redis;
+mod settings;
 mod suppressed;
 mod window;
 
@@ -99,7 +101,8 @@ pub struct RateLimiter {
     redis: crate::redis::RedisRateLimiter,
     #[cfg(feature = "redis-tokio")]
     hybrid: crate::hybrid::HybridRateLimiter,
-    window_seconds: u64,
+    /// The one window (and strategy settings) every provider decides with.
+    settings: settings::Settings,
     cleanup: cleanup::CleanupHandle,
 }
 
@@ -131,7 +134,7 @@ impl RateLimiter {
 
     /// The window every provider counts usage over, in seconds.
     pub fn window_size_seconds(&self) -> u64 {
-        self.window_seconds
+        self.settings.grid.window_seconds()
     }
 
     /// The in-process provider.
@@ -169,7 +172,7 @@ impl RateLimiter {
     /// (between 1 s and 60 s). It needs no async runtime, holds only a weak reference, and
     /// ends when the limiter is dropped. Calling it again does nothing.
     pub fn run_cleanup_loop(self: &Arc<Self>) {
-        self.run_cleanup_loop_every(cleanup::default_period(self.window_seconds));
+        self.run_cleanup_loop_every(cleanup::default_period(self.window_size_seconds()));
     }
 
     /// [`run_cleanup_loop`](Self::run_cleanup_loop) with a period of your choice.
@@ -276,40 +279,51 @@ impl RateLimiterBuilder {
     }
 
     /// Checks the options together and builds the limiter.
+    ///
+    /// # Errors
+    /// An option out of range together with the others (a rate group wider than the
+    /// window), or, with Redis options, [`Error::SettingsMismatch`] when they give a window
+    /// setting other than the local options'.
     pub fn build(self) -> Result<RateLimiter, Error> {
+        let local_options = settings::WindowOptions::from(&self.local);
+        let settings = settings::Settings::new(&local_options)?;
         #[cfg(feature = "redis-tokio")]
-        let clock = self.clock.clone();
-        #[cfg(feature = "redis-tokio")]
-        let max_pending = self.redis.hybrid_max_pending_buckets;
-        #[cfg(feature = "redis-tokio")]
-        let redis = {
+        let (redis, hybrid) = {
             let parts = self.redis;
             let time = match parts.test_clock {
                 Some(clock) => crate::redis::TimeSource::TestClock(clock),
                 None => crate::redis::TimeSource::Server,
             };
             let core = match parts.connection {
-                Some((connection, settings)) => Some(crate::redis::Core::new(
-                    connection,
-                    &settings,
-                    parts.timeout,
-                    self.random.clone(),
-                    time,
-                )?),
+                Some((connection, redis_settings)) => {
+                    local_options.check_agrees(&redis_settings.window_options())?;
+                    Some(crate::redis::Core::new(
+                        connection,
+                        &redis_settings,
+                        settings,
+                        parts.timeout,
+                        self.random.clone(),
+                        time,
+                    ))
+                }
                 None => None,
             };
-            crate::redis::RedisRateLimiter::new(core)
+            let redis = crate::redis::RedisRateLimiter::new(core);
+            let hybrid = crate::hybrid::HybridRateLimiter::new(
+                redis.core(),
+                self.clock.clone(),
+                parts.hybrid_max_pending_buckets,
+            );
+            (redis, hybrid)
         };
-        #[cfg(feature = "redis-tokio")]
-        let hybrid = crate::hybrid::HybridRateLimiter::new(redis.core(), clock, max_pending);
-        let local = LocalRateLimiter::new(&self.local, self.clock, self.random)?;
+        let local = LocalRateLimiter::new(settings, self.clock, self.random);
         Ok(RateLimiter {
             local,
             #[cfg(feature = "redis-tokio")]
             redis,
             #[cfg(feature = "redis-tokio")]
             hybrid,
-            window_seconds: self.local.window_size_seconds.get(),
+            settings,
             cleanup: Default::default(),
         })
     }

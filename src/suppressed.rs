@@ -8,19 +8,13 @@
 //! stays at or over the hard limit and everything is shed.
 
 use crate::RateLimitDecision;
-use crate::absolute::Call;
+use crate::call::Call;
 use crate::config::capacity;
-use crate::window::{Geometry, Usage, Window};
+use crate::settings::SuppressionParams;
+use crate::window::{Usage, Window, WindowGrid};
 
 /// The span over which the "last second" observed usage is taken.
 const RECENT_MS: u64 = 1000;
-
-/// The strategy's knobs beyond the window.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SuppressionParams {
-    pub(crate) hard_limit_factor: f64,
-    pub(crate) cache_ms: u64,
-}
 
 /// What the infallible suppressed `inc` answers for a malformed call: a zero count is a
 /// free probe (`Allowed`), anything that can never fit is declined with factor 1.
@@ -37,7 +31,20 @@ pub(crate) fn answer_for_invalid(err: &crate::Error) -> RateLimitDecision {
 /// The factor from a key's observed usage: `observed` in its whole window and `recent` in
 /// the buckets overlapping the last second, at `now_ms`. Shared with the hybrid provider,
 /// which gets both sums from Redis.
-pub(crate) fn factor_of(geo: &Geometry, now_ms: u64, rate: f64, observed: u64, recent: u64) -> f64 {
+///
+/// `clamp(1 − r / R, 0, 1)`, where the perceived rate `R` is the larger of the window's
+/// and the last second's observed rate. Each sum is divided by the time its bucket
+/// positions cover (from the grid start of the oldest position it may include, up to now,
+/// at least a second), not by a nominal span: live buckets reach back up to one group
+/// further than the window (or the second), so a nominal divisor overstates the rate when
+/// groups are coarse. With fine groups this is `O / W`.
+pub(crate) fn factor_of(
+    geo: &WindowGrid,
+    now_ms: u64,
+    rate: f64,
+    observed: u64,
+    recent: u64,
+) -> f64 {
     let per_second = |observed: u64, first_bucket: u64| {
         let covered_ms = now_ms
             .saturating_sub(first_bucket * geo.group_ms())
@@ -53,15 +60,107 @@ pub(crate) fn factor_of(geo: &Geometry, now_ms: u64, rate: f64, observed: u64, r
     (1.0 - rate / perceived).clamp(0.0, 1.0)
 }
 
+/// Where a suppressed call stands, whatever keeps the counts (the local core's window, the
+/// hybrid provider's view of Redis): the strategy's three cases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Regime {
+    /// Observed usage reached the hard limit: declined, factor 1.
+    OverHardLimit,
+    /// The call fits the capacity: `Allowed`.
+    UnderCapacity,
+    /// Between the two: admitted with probability `1 − factor`.
+    Shedding,
+}
+
+impl Regime {
+    /// The case of a call: `observed` the key's observed usage, `hard_limit` its capacity
+    /// times the hard limit factor, `fits` whether the call fits (asked only under the
+    /// hard limit).
+    #[inline]
+    pub(crate) fn of(observed: u64, hard_limit: f64, fits: impl FnOnce() -> bool) -> Regime {
+        if capacity::reaches(observed, hard_limit) {
+            Regime::OverHardLimit
+        } else if fits() {
+            Regime::UnderCapacity
+        } else {
+            Regime::Shedding
+        }
+    }
+
+    /// The decision: `factor` is asked only when shedding, and `draw` (uniform in
+    /// `[0, 1)`) after it.
+    #[inline]
+    pub(crate) fn decide(
+        self,
+        factor: impl FnOnce() -> f64,
+        draw: impl FnOnce() -> f64,
+    ) -> RateLimitDecision {
+        match self {
+            Regime::OverHardLimit => RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false,
+            },
+            Regime::UnderCapacity => RateLimitDecision::Allowed,
+            Regime::Shedding => {
+                let factor = factor();
+                RateLimitDecision::Suppressed {
+                    suppression_factor: factor,
+                    is_allowed: draw() >= factor,
+                }
+            }
+        }
+    }
+
+    /// The factor a call would see: 1 over the hard limit, 0 while it fits, `formula`
+    /// otherwise.
+    pub(crate) fn factor(self, formula: impl FnOnce() -> f64) -> f64 {
+        match self {
+            Regime::OverHardLimit => 1.0,
+            Regime::UnderCapacity => 0.0,
+            Regime::Shedding => formula(),
+        }
+    }
+}
+
+/// Units a decision on `count` offered units accepts (every offered unit is observed).
+#[inline]
+pub(crate) fn accepted(decision: &RateLimitDecision, count: u64) -> u64 {
+    if decision.is_allowed() { count } else { 0 }
+}
+
+/// A key's factor, reused for `suppression_factor_cache_ms` after it is computed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FactorCache {
+    factor: f64,
+    /// The factor is reused while `now < until`.
+    until: u64,
+}
+
+impl FactorCache {
+    /// The cached factor, or `compute`'s, cached from `now_ms` for `cache_ms`.
+    #[inline]
+    pub(crate) fn get(&mut self, now_ms: u64, cache_ms: u64, compute: impl FnOnce() -> f64) -> f64 {
+        if now_ms >= self.until {
+            self.factor = compute();
+            self.until = now_ms.saturating_add(cache_ms);
+        }
+        self.factor
+    }
+
+    /// Forgets the factor (the key's rate changed).
+    #[inline]
+    pub(crate) fn clear(&mut self) {
+        self.until = 0;
+    }
+}
+
 /// One key under the suppressed strategy.
 #[derive(Debug, Clone)]
 pub(crate) struct SuppressedState {
     /// The rate of the latest `inc`, used by `get_suppression_factor`.
     rate: f64,
     window: Window<Usage>,
-    cached_factor: f64,
-    /// The cached factor is reused while `now < cached_until`.
-    cached_until: u64,
+    factor: FactorCache,
 }
 
 impl SuppressedState {
@@ -69,8 +168,7 @@ impl SuppressedState {
         SuppressedState {
             rate,
             window: Window::default(),
-            cached_factor: 0.0,
-            cached_until: 0,
+            factor: FactorCache::default(),
         }
     }
 
@@ -79,7 +177,7 @@ impl SuppressedState {
     #[inline]
     pub(crate) fn inc(
         &mut self,
-        geo: &Geometry,
+        geo: &WindowGrid,
         params: &SuppressionParams,
         call: Call,
         draw: impl FnOnce() -> f64,
@@ -92,7 +190,7 @@ impl SuppressedState {
         } = call;
         if rate != self.rate {
             self.rate = rate;
-            self.cached_until = 0;
+            self.factor.clear();
         }
         self.window.expire(geo, now_ms);
         let total = self.window.total();
@@ -104,95 +202,70 @@ impl SuppressedState {
                 is_allowed: false,
             };
         }
-        if capacity::reaches(total.observed, cap * params.hard_limit_factor) {
-            self.record(geo, now_ms, 0, count);
-            return RateLimitDecision::Suppressed {
-                suppression_factor: 1.0,
-                is_allowed: false,
-            };
-        }
-        if capacity::fits_more(total.accepted, count, cap) {
-            self.record(geo, now_ms, count, count);
-            return RateLimitDecision::Allowed;
-        }
-        let factor = self.cached_factor(geo, params, now_ms);
-        let is_allowed = draw() >= factor;
-        self.record(geo, now_ms, if is_allowed { count } else { 0 }, count);
-        RateLimitDecision::Suppressed {
-            suppression_factor: factor,
-            is_allowed,
-        }
+        let regime = Regime::of(total.observed, cap * params.hard_limit_factor, || {
+            capacity::fits_more(total.accepted, count, cap)
+        });
+        let (cache, window) = (&mut self.factor, &self.window);
+        let decision = regime.decide(
+            || {
+                cache.get(now_ms, params.cache_ms, || {
+                    formula(window, geo, now_ms, rate)
+                })
+            },
+            draw,
+        );
+        self.record(geo, now_ms, accepted(&decision, count), count);
+        decision
     }
 
     /// The factor a call would see now, at the latest rate: 1 over the hard limit, 0 while one
     /// more unit fits, the formula otherwise. Never cached, records nothing.
     pub(crate) fn factor_now(
         &mut self,
-        geo: &Geometry,
+        geo: &WindowGrid,
         params: &SuppressionParams,
         now_ms: u64,
     ) -> f64 {
         self.window.expire(geo, now_ms);
         let cap = capacity::of(self.rate, geo.window_seconds());
         let total = self.window.total();
-        if capacity::reaches(total.observed, cap * params.hard_limit_factor) {
-            1.0
-        } else if capacity::fits_more(total.accepted, 1, cap) {
-            0.0
-        } else {
-            self.formula(geo, now_ms)
-        }
+        Regime::of(total.observed, cap * params.hard_limit_factor, || {
+            capacity::fits_more(total.accepted, 1, cap)
+        })
+        .factor(|| formula(&self.window, geo, now_ms, self.rate))
     }
 
-    fn cached_factor(&mut self, geo: &Geometry, params: &SuppressionParams, now_ms: u64) -> f64 {
-        if now_ms < self.cached_until {
-            return self.cached_factor;
-        }
-        self.cached_factor = self.formula(geo, now_ms);
-        self.cached_until = now_ms.saturating_add(params.cache_ms);
-        self.cached_factor
-    }
-
-    /// `clamp(1 − r / R, 0, 1)`, where the perceived rate `R` is the larger of the window's
-    /// and the last second's observed rate. Each sum is divided by the time its bucket
-    /// positions cover (from the grid start of the oldest position it may include, up to now,
-    /// at least a second), not by a nominal span: live buckets reach back up to one group
-    /// further than the window (or the second), so a nominal divisor overstates the rate when
-    /// groups are coarse. With fine groups this is `O / W`.
-    fn formula(&self, geo: &Geometry, now_ms: u64) -> f64 {
-        factor_of(
-            geo,
-            now_ms,
-            self.rate,
-            self.window.total().observed,
-            self.window.recent(geo, now_ms, RECENT_MS).observed,
-        )
-    }
-
-    /// Records a call's outcome (also one decided elsewhere: the hybrid provider's shares).
+    /// Records a call's outcome.
     #[inline]
-    pub(crate) fn record(&mut self, geo: &Geometry, now_ms: u64, accepted: u64, observed: u64) {
+    pub(crate) fn record(&mut self, geo: &WindowGrid, now_ms: u64, accepted: u64, observed: u64) {
         self.window.add(geo, now_ms, Usage { accepted, observed });
     }
 
     /// Accepted and observed usage still inside the window at `now_ms`.
-    pub(crate) fn usage(&mut self, geo: &Geometry, now_ms: u64) -> Usage {
+    pub(crate) fn usage(&mut self, geo: &WindowGrid, now_ms: u64) -> Usage {
         self.window.expire(geo, now_ms);
         self.window.total()
     }
 }
 
+/// [`factor_of`] on a window's observed usage: in the whole window and in the buckets that
+/// overlap the last second.
+fn formula(window: &Window<Usage>, geo: &WindowGrid, now_ms: u64, rate: f64) -> f64 {
+    factor_of(
+        geo,
+        now_ms,
+        rate,
+        window.total().observed,
+        window.recent(geo, now_ms, RECENT_MS).observed,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RateGroupSizeMs, WindowSizeSeconds};
 
-    fn geo() -> Geometry {
-        Geometry::new(
-            WindowSizeSeconds::try_from(10).unwrap(),
-            RateGroupSizeMs::try_from(100).unwrap(),
-        )
-        .unwrap()
+    fn geo() -> WindowGrid {
+        WindowGrid::for_tests(10, 100)
     }
 
     fn call(now_ms: u64) -> Call {

@@ -17,12 +17,12 @@ use crate::config::{RateGroupSizeMs, WindowSizeSeconds};
 
 /// Window and group sizes in milliseconds, checked against each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geometry {
+pub(crate) struct WindowGrid {
     window_ms: u64,
     group_ms: u64,
 }
 
-impl Geometry {
+impl WindowGrid {
     /// Checks that a group is no wider than the window.
     pub(crate) fn new(window: WindowSizeSeconds, group: RateGroupSizeMs) -> Result<Self, Error> {
         let window_ms = window.get() * 1000;
@@ -33,7 +33,7 @@ impl Geometry {
                 "must not exceed the window (window_size_seconds × 1000 ms)",
             ));
         }
-        Ok(Geometry {
+        Ok(WindowGrid {
             window_ms,
             group_ms: group.get(),
         })
@@ -72,11 +72,30 @@ impl Geometry {
     }
 }
 
+#[cfg(test)]
+impl WindowGrid {
+    /// A grid of `window_s` seconds and `group_ms` groups, for tests.
+    pub(crate) fn for_tests(window_s: u64, group_ms: u64) -> Self {
+        WindowGrid::new(
+            WindowSizeSeconds::try_from(window_s).unwrap(),
+            RateGroupSizeMs::try_from(group_ms).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
 /// What a bucket counts: `u64` (admitted units) for the absolute strategy, [`Usage`] for
 /// the suppressed one.
 pub(crate) trait Counts: Copy + Default + PartialEq {
     fn add(&mut self, other: Self);
+    /// Takes `other` away, stopping at zero (a count from Redis may exceed what is left).
     fn sub(&mut self, other: Self);
+    /// The accepted units.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
+    fn accepted(&self) -> u64;
+    /// All offered units (the absolute strategy counts only what it accepts).
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
+    fn observed(&self) -> u64;
     fn is_zero(&self) -> bool {
         *self == Self::default()
     }
@@ -89,7 +108,15 @@ impl Counts for u64 {
     }
     #[inline]
     fn sub(&mut self, other: Self) {
-        *self -= other;
+        *self = self.saturating_sub(other);
+    }
+    #[inline]
+    fn accepted(&self) -> u64 {
+        *self
+    }
+    #[inline]
+    fn observed(&self) -> u64 {
+        *self
     }
 }
 
@@ -108,8 +135,16 @@ impl Counts for Usage {
     }
     #[inline]
     fn sub(&mut self, other: Self) {
-        self.accepted -= other.accepted;
-        self.observed -= other.observed;
+        self.accepted = self.accepted.saturating_sub(other.accepted);
+        self.observed = self.observed.saturating_sub(other.observed);
+    }
+    #[inline]
+    fn accepted(&self) -> u64 {
+        self.accepted
+    }
+    #[inline]
+    fn observed(&self) -> u64 {
+        self.observed
     }
 }
 
@@ -162,7 +197,7 @@ impl<C: Counts> Window<C> {
 
     /// Drops the buckets that no longer count at `now_ms`.
     #[inline]
-    pub(crate) fn expire(&mut self, geo: &Geometry, now_ms: u64) {
+    pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
         // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
         if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
             return;
@@ -198,7 +233,7 @@ impl<C: Counts> Window<C> {
     /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
     /// back) counts in the newest bucket, which expires later: never earlier than it should.
     #[inline]
-    pub(crate) fn add(&mut self, geo: &Geometry, now_ms: u64, counts: C) {
+    pub(crate) fn add(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero());
         if self.is_empty() {
             self.newest = Bucket {
@@ -232,27 +267,66 @@ impl<C: Counts> Window<C> {
             .chain(newest)
     }
 
-    /// Walks the buckets oldest first, as if each expired in turn, until `done(what is
-    /// left)` holds. Returns how long until that bucket expires and what is left then;
-    /// `None` if even an empty window does not satisfy `done`.
+    /// [`release_until`] on this window's buckets and total.
     pub(crate) fn release_until(
         &self,
-        geo: &Geometry,
+        geo: &WindowGrid,
         now_ms: u64,
-        mut done: impl FnMut(C) -> bool,
+        done: impl FnMut(C) -> bool,
     ) -> Option<(u64, C)> {
-        let mut left = self.total();
-        for bucket in self.buckets() {
-            left.sub(bucket.counts);
-            if done(left) {
-                return Some((geo.expires_at(bucket.id).saturating_sub(now_ms), left));
+        release_until(geo, now_ms, self.total(), self.buckets(), done)
+    }
+
+    /// Drops the buckets that no longer count at `now_ms`, as [`expire`](Self::expire);
+    /// returns their counts.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
+    pub(crate) fn expire_counting(&mut self, geo: &WindowGrid, now_ms: u64) -> C {
+        let mut dropped = self.total();
+        self.expire(geo, now_ms);
+        dropped.sub(self.total());
+        dropped
+    }
+
+    /// How many buckets the window holds.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
+    pub(crate) fn len(&self) -> usize {
+        if self.is_empty() {
+            0
+        } else {
+            1 + self.older.as_ref().map_or(0, |o| o.buckets.len())
+        }
+    }
+
+    /// Takes the oldest bucket out.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
+    pub(crate) fn pop_oldest(&mut self) -> Option<Bucket<C>> {
+        let Some(older) = self.older.as_deref_mut() else {
+            return (!self.is_empty()).then(|| std::mem::take(&mut self.newest));
+        };
+        let front = older.buckets.pop_front()?;
+        older.total.sub(front.counts);
+        match older.buckets.front() {
+            Some(next) => older.oldest = next.id,
+            None => self.older = None,
+        }
+        Some(front)
+    }
+
+    /// Takes up to `max` of the oldest buckets out, oldest first.
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
+    pub(crate) fn take_oldest(&mut self, max: usize) -> Vec<Bucket<C>> {
+        let mut taken = Vec::with_capacity(max.min(self.len()));
+        while taken.len() < max {
+            match self.pop_oldest() {
+                Some(bucket) => taken.push(bucket),
+                None => break,
             }
         }
-        None
+        taken
     }
 
     /// The counts of the buckets that overlap the last `span_ms`.
-    pub(crate) fn recent(&self, geo: &Geometry, now_ms: u64, span_ms: u64) -> C {
+    pub(crate) fn recent(&self, geo: &WindowGrid, now_ms: u64, span_ms: u64) -> C {
         let cutoff = now_ms.saturating_sub(span_ms);
         let mut sum = C::default();
         for bucket in self.buckets().rev() {
@@ -265,21 +339,55 @@ impl<C: Counts> Window<C> {
     }
 }
 
+/// Walks `buckets` (oldest first, summing to `total`) as if each expired in turn, until
+/// `done(what is left)` holds. Returns how long until that bucket expires and what is left
+/// then; `None` if even an empty window does not satisfy `done`. Also walks the oldest
+/// buckets Redis sent the hybrid provider, with the key's total as it knows it.
+pub(crate) fn release_until<'a, C: Counts + 'a>(
+    geo: &WindowGrid,
+    now_ms: u64,
+    total: C,
+    buckets: impl IntoIterator<Item = &'a Bucket<C>>,
+    mut done: impl FnMut(C) -> bool,
+) -> Option<(u64, C)> {
+    let mut left = total;
+    for bucket in buckets {
+        left.sub(bucket.counts);
+        if done(left) {
+            return Some((geo.expires_at(bucket.id).saturating_sub(now_ms), left));
+        }
+    }
+    None
+}
+
+#[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
+/// The counts of the leading `buckets` (oldest first) that no longer count at `now_ms`.
+pub(crate) fn expired_total<'a, C: Counts + 'a>(
+    geo: &WindowGrid,
+    now_ms: u64,
+    buckets: impl IntoIterator<Item = &'a Bucket<C>>,
+) -> C {
+    let mut sum = C::default();
+    for bucket in buckets {
+        if geo.expires_at(bucket.id) > now_ms {
+            break;
+        }
+        sum.add(bucket.counts);
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn geo(window_s: u64, group_ms: u64) -> Geometry {
-        Geometry::new(
-            WindowSizeSeconds::try_from(window_s).unwrap(),
-            RateGroupSizeMs::try_from(group_ms).unwrap(),
-        )
-        .unwrap()
+    fn geo(window_s: u64, group_ms: u64) -> WindowGrid {
+        WindowGrid::for_tests(window_s, group_ms)
     }
 
     #[test]
     fn group_wider_than_window_is_an_error() {
-        let err = Geometry::new(
+        let err = WindowGrid::new(
             WindowSizeSeconds::try_from(1).unwrap(),
             RateGroupSizeMs::try_from(1001).unwrap(),
         )
@@ -337,6 +445,56 @@ mod tests {
         assert_eq!(w.release_until(&g, 300, |left| left <= 4), Some((1000, 0)));
         assert_eq!(w.release_until(&g, 300, |left| left <= 5), Some((800, 5)));
         assert_eq!(w.release_until(&g, 300, |_| false), None);
+    }
+
+    #[test]
+    fn the_oldest_buckets_come_out_in_order_and_the_rest_stays_consistent() {
+        let g = geo(1, 100);
+        let mut w = Window::<u64>::default();
+        for (t, n) in [(0, 1), (150, 2), (420, 4), (650, 8)] {
+            w.add(&g, t, n);
+        }
+        assert_eq!(w.len(), 4);
+        let taken = w.take_oldest(2);
+        assert_eq!(
+            taken,
+            [Bucket { id: 0, counts: 1 }, Bucket { id: 1, counts: 2 }]
+        );
+        assert_eq!((w.len(), w.total()), (2, 12));
+        // The expiry test reads the new oldest bucket (4, expiring at 1500).
+        assert_eq!(w.expire_counting(&g, 1499), 0);
+        assert_eq!(w.expire_counting(&g, 1500), 4);
+        assert_eq!(w.pop_oldest(), Some(Bucket { id: 6, counts: 8 }));
+        assert_eq!((w.pop_oldest(), w.len(), w.total()), (None, 0, 0));
+        w.add(&g, 2000, 3);
+        assert_eq!(
+            w.buckets().collect::<Vec<_>>(),
+            [&Bucket { id: 20, counts: 3 }]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_of_buckets_releases_and_expires_like_a_window() {
+        let g = geo(1, 100);
+        let oldest = [Bucket { id: 0, counts: 3 }, Bucket { id: 2, counts: 5 }];
+        // A total of 10 known elsewhere: 10 - 3 = 7 after 1100, 2 after 1300.
+        assert_eq!(
+            release_until(&g, 300, 10, &oldest, |left| left <= 7),
+            Some((800, 7))
+        );
+        assert_eq!(
+            release_until(&g, 300, 10, &oldest, |left| left <= 2),
+            Some((1000, 2))
+        );
+        assert_eq!(release_until(&g, 300, 10, &oldest, |left| left == 0), None);
+        // More released than the total: what is left stops at zero.
+        assert_eq!(
+            release_until(&g, 0, 4, &oldest, |left| left == 0),
+            Some((1300, 0))
+        );
+        assert_eq!(expired_total(&g, 1099, &oldest), 0);
+        assert_eq!(expired_total(&g, 1100, &oldest), 3);
+        assert_eq!(expired_total(&g, 5000, &oldest), 8);
     }
 
     #[test]

@@ -107,75 +107,42 @@
 //! yield, so a loop that only calls `inc` (which never awaits) should yield now and then, or
 //! run on a multi-thread runtime.
 
+mod absolute;
+mod bound;
 mod committer;
-mod state;
+mod core;
+#[cfg(test)]
+mod fixtures;
+mod flush;
+mod key;
+mod mode;
 mod stats;
+mod suppressed;
+mod walk;
 
 use std::sync::Arc;
 
+pub use crate::settings::SyncIntervalMs;
 pub use stats::HybridStats;
 
-use crate::absolute::{Call, checked_capacity};
+use absolute::AbsoluteKey;
+use core::HybridCore;
+use suppressed::SuppressedKey;
+
+use crate::call::{Call, checked_capacity};
 use crate::clock::Time;
+use crate::local::store::KeyStore;
 use crate::redis::{Core, RedisKey};
 use crate::{Error, RateLimit, RateLimitDecision};
-use committer::Shared;
-use state::{AbsoluteKey, Ctx, SuppressedKey};
+use mode::{Conditions, Now};
 
 /// The memory bound on unsent increments unless
 /// [`RateLimiterBuilder::hybrid_max_pending_buckets`](crate::RateLimiterBuilder::hybrid_max_pending_buckets)
 /// says otherwise.
 pub const DEFAULT_MAX_PENDING_BUCKETS: usize = 1_000_000;
 
-/// How often the hybrid provider flushes local increments to Redis, in milliseconds: at
-/// least 1. Default 10. A good rule of thumb is at most the rate group size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SyncIntervalMs(u64);
-
-impl SyncIntervalMs {
-    /// The validated value.
-    #[inline]
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl Default for SyncIntervalMs {
-    fn default() -> Self {
-        SyncIntervalMs(10)
-    }
-}
-
-impl TryFrom<u64> for SyncIntervalMs {
-    type Error = Error;
-
-    fn try_from(value: u64) -> Result<Self, Error> {
-        if value >= 1 {
-            Ok(SyncIntervalMs(value))
-        } else {
-            Err(Error::invalid(
-                "SyncIntervalMs",
-                value,
-                "must be at least 1 ms",
-            ))
-        }
-    }
-}
-
-impl From<SyncIntervalMs> for u64 {
-    fn from(value: SyncIntervalMs) -> u64 {
-        value.0
-    }
-}
-
-impl std::fmt::Display for SyncIntervalMs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
 #[inline]
-fn shared_of(shared: &Option<Arc<Shared>>) -> Result<&Arc<Shared>, Error> {
+fn core_of(shared: &Option<Arc<HybridCore>>) -> Result<&Arc<HybridCore>, Error> {
     match shared {
         Some(shared) => {
             shared.ensure_started();
@@ -190,14 +157,74 @@ fn not_configured() -> Error {
     Error::RedisNotConfigured
 }
 
+/// `inc` and `inc_sync` of a strategy's limiter, the same for both: they hand the call to
+/// its `decide`. The doc comment given documents both.
+macro_rules! inc_methods {
+    ($(#[$inc_doc:meta])*) => {
+        $(#[$inc_doc])*
+        /// The same as [`inc_sync`](Self::inc_sync), for callers that hold a future.
+        ///
+        /// # Errors
+        /// As [`inc_sync`](Self::inc_sync).
+        pub async fn inc(
+            &self,
+            key: &RedisKey,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<RateLimitDecision, Error> {
+            self.decide(key, rate, count)
+        }
+
+        $(#[$inc_doc])*
+        /// Without a future: the decision is taken from this instance's state and never does
+        /// I/O (the committer talks to Redis in the background). Call it inside a tokio
+        /// runtime, where the committer runs.
+        ///
+        /// # Errors
+        /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and
+        /// [`Error::CountAboveCapacity`] for a call that can never be served (nothing is
+        /// recorded); [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis
+        /// failures are never returned here: the committer counts and logs them.
+        #[inline]
+        pub fn inc_sync(
+            &self,
+            key: &RedisKey,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<RateLimitDecision, Error> {
+            self.decide(key, rate, count)
+        }
+    };
+}
+
+/// One checked call on a key of `keys`, created by `create(rate, cap, now)` if new,
+/// decided by `decide`: both strategies' `inc_sync`.
 #[inline]
-pub(crate) fn ctx(shared: &Shared) -> Ctx<'_> {
-    Ctx {
-        geo: &shared.geo,
-        params: &shared.params,
-        sync_ms: shared.sync_ms,
-        healthy: shared.healthy.load(std::sync::atomic::Ordering::Relaxed),
-    }
+fn decide_on<K>(
+    core: &Option<Arc<HybridCore>>,
+    key: &RedisKey,
+    rate: &RateLimit,
+    count: u64,
+    keys: impl FnOnce(&HybridCore) -> &KeyStore<K>,
+    create: impl FnOnce(f64, f64, u64) -> K,
+    decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> RateLimitDecision,
+) -> Result<RateLimitDecision, Error> {
+    let core = core_of(core)?;
+    let rate = rate.get();
+    let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
+    let now = core.now();
+    let call = Call {
+        now_ms: now.server,
+        rate,
+        count,
+        cap,
+    };
+    let conditions = core.conditions();
+    Ok(keys(core).with(
+        key.as_str(),
+        || create(rate, cap, now.local),
+        |state| decide(state, core, &conditions, now, call),
+    ))
 }
 
 /// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
@@ -206,7 +233,7 @@ pub(crate) fn ctx(shared: &Shared) -> Ctx<'_> {
 /// [`Error::RedisNotConfigured`].
 #[derive(Debug, Clone)]
 pub struct HybridRateLimiter {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<HybridCore>>,
     absolute: AbsoluteHybridRateLimiter,
     suppressed: SuppressedHybridRateLimiter,
 }
@@ -214,7 +241,7 @@ pub struct HybridRateLimiter {
 impl HybridRateLimiter {
     pub(crate) fn new(core: Option<&Arc<Core>>, clock: Time, max_pending_buckets: usize) -> Self {
         let shared =
-            core.map(|core| Arc::new(Shared::new(core.clone(), clock, max_pending_buckets)));
+            core.map(|core| Arc::new(HybridCore::new(core.clone(), clock, max_pending_buckets)));
         if let Some(shared) = &shared {
             // Inside a runtime already: start now, so the first call finds a lease sooner.
             shared.start();
@@ -255,7 +282,7 @@ impl HybridRateLimiter {
     /// [`Error::RedisNotConfigured`] on a limiter built without Redis. A failed flush is not
     /// an error here: it is counted in [`HybridStats::flush_errors`] and retried.
     pub async fn flush(&self) -> Result<(), Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         shared.cycle().await;
         Ok(())
     }
@@ -278,40 +305,32 @@ impl HybridRateLimiter {
 /// key's Redis-wide capacity.
 #[derive(Debug, Clone)]
 pub struct AbsoluteHybridRateLimiter {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<HybridCore>>,
 }
 
 impl AbsoluteHybridRateLimiter {
-    /// Admits `count` units for `key` if they fit this instance's lease (see the module
-    /// docs); never waits on Redis.
-    ///
-    /// # Errors
-    /// [`Error::ZeroCount`], [`Error::CapacityBelowOne`] and [`Error::CountAboveCapacity`]
-    /// for a call that can never be served (nothing is recorded);
-    /// [`Error::RedisNotConfigured`] on a limiter built without Redis. Redis failures are
-    /// never returned here: the committer counts and logs them.
-    pub async fn inc(
+    inc_methods! {
+        /// Admits `count` units for `key` if they fit this instance's lease (see the module
+        /// docs); never waits on Redis.
+    }
+
+    /// The decision of both `inc` methods.
+    #[inline]
+    fn decide(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let shared = shared_of(&self.shared)?;
-        let rate = rate.get();
-        let cap = checked_capacity(rate, shared.geo.window_seconds(), count)?;
-        let now = shared.now();
-        let call = Call {
-            now_ms: now.server,
+        decide_on(
+            &self.shared,
+            key,
             rate,
             count,
-            cap,
-        };
-        let ctx = ctx(shared);
-        Ok(shared.absolute.with(
-            key.as_str(),
-            || AbsoluteKey::new(rate, cap, now.local),
-            |s| s.inc(&ctx, now, call),
-        ))
+            |core| &core.absolute,
+            AbsoluteKey::new,
+            |state, _, conditions, now, call| state.inc(conditions, now, call),
+        )
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, from
@@ -320,12 +339,12 @@ impl AbsoluteHybridRateLimiter {
     /// # Errors
     /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         let now = shared.now();
-        let ctx = ctx(shared);
+        let conditions = shared.conditions();
         Ok(shared
             .absolute
-            .peek(key.as_str(), |s| s.check(&ctx, now))
+            .peek(key.as_str(), |s| s.check(&conditions, now))
             .unwrap_or(RateLimitDecision::Allowed))
     }
 }
@@ -334,38 +353,34 @@ impl AbsoluteHybridRateLimiter {
 /// instance's lease it sheds with the key's Redis-wide suppression factor.
 #[derive(Debug, Clone)]
 pub struct SuppressedHybridRateLimiter {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<HybridCore>>,
 }
 
 impl SuppressedHybridRateLimiter {
-    /// Decides one call: `Allowed` within the lease, `Suppressed { is_allowed, .. }` beyond
-    /// it (always check `is_allowed`). Every call counts as observed.
-    ///
-    /// # Errors
-    /// As [`AbsoluteHybridRateLimiter::inc`].
-    pub async fn inc(
+    inc_methods! {
+        /// Decides one call: `Allowed` within the lease, `Suppressed { is_allowed, .. }`
+        /// beyond it (always check `is_allowed`). Every call counts as observed.
+    }
+
+    /// The decision of both `inc` methods.
+    #[inline]
+    fn decide(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
-        let shared = shared_of(&self.shared)?;
-        let rate = rate.get();
-        let cap = checked_capacity(rate, shared.geo.window_seconds(), count)?;
-        let now = shared.now();
-        let call = Call {
-            now_ms: now.server,
+        decide_on(
+            &self.shared,
+            key,
             rate,
             count,
-            cap,
-        };
-        let ctx = ctx(shared);
-        let draw = || shared.core.random.next_f64();
-        Ok(shared.suppressed.with(
-            key.as_str(),
-            || SuppressedKey::new(rate, cap, now.local),
-            |s| s.inc(&ctx, now, call, draw),
-        ))
+            |core| &core.suppressed,
+            SuppressedKey::new,
+            |state, core, conditions, now, call| {
+                state.inc(conditions, now, call, || core.core.random.next_f64())
+            },
+        )
     }
 
     /// The key's suppression factor now, in `[0, 1]`, from local state: 0 within the lease
@@ -374,28 +389,12 @@ impl SuppressedHybridRateLimiter {
     /// # Errors
     /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, Error> {
-        let shared = shared_of(&self.shared)?;
+        let shared = core_of(&self.shared)?;
         let now = shared.now();
-        let ctx = ctx(shared);
+        let conditions = shared.conditions();
         Ok(shared
             .suppressed
-            .peek(key.as_str(), |s| s.factor(&ctx, now))
+            .peek(key.as_str(), |s| s.factor(&conditions, now))
             .unwrap_or(0.0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sync_interval_is_at_least_one_and_defaults_to_ten() {
-        let err = SyncIntervalMs::try_from(0).unwrap_err().to_string();
-        assert!(
-            err.contains("SyncIntervalMs") && err.contains(": 0"),
-            "{err}"
-        );
-        assert_eq!(SyncIntervalMs::try_from(1).unwrap().get(), 1);
-        assert_eq!(SyncIntervalMs::default().get(), 10);
     }
 }

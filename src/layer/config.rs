@@ -274,11 +274,14 @@ impl RateLimitLayerBuilder {
                     if !self.limiter.redis().is_configured() {
                         return Err(Error::RedisNotConfigured);
                     }
-                    Backend::Async(Arc::new(provider::Networked {
-                        limiter: self.limiter.clone(),
-                        strategy: self.strategy,
-                        hybrid: self.provider == Provider::Hybrid,
-                    }))
+                    if self.provider == Provider::Hybrid {
+                        Backend::Hybrid(self.strategy)
+                    } else {
+                        Backend::Async(Arc::new(provider::Networked {
+                            limiter: self.limiter.clone(),
+                            strategy: self.strategy,
+                        }))
+                    }
                 }
             },
         };
@@ -404,11 +407,16 @@ impl Shared {
                     Err(err) => self.misconfigured(&err),
                 }
             }
+            #[cfg(feature = "redis-tokio")]
+            Backend::Hybrid(strategy) => {
+                let result = provider::hybrid_inc(&self.limiter, *strategy, &key, &rate, cost);
+                self.finish(result, &Pending { key, rate })
+            }
             Backend::Async(p) => {
                 let mut decision = p.inc(&key, rate, cost);
                 let pending = Pending { key, rate };
-                // The hybrid provider answers without waiting: poll once in place, and only a
-                // decision that is really on its way takes the boxed-state path.
+                // Poll once in place: only a decision that is really on its way (not one
+                // refused before any I/O) takes the boxed-state path.
                 let mut cx = Context::from_waker(Waker::noop());
                 match decision.as_mut().poll(&mut cx) {
                     Poll::Ready(result) => self.finish(result, &pending),

@@ -47,11 +47,10 @@
 //! # Providers
 //! One layer type for every provider, chosen with
 //! [`provider`](RateLimitLayerBuilder::provider) and [`strategy`](RateLimitLayerBuilder::strategy):
-//! [`Provider::Local`] decides inside `call` with no boxing and no clone of the inner
-//! service; `Provider::Redis` and `Provider::Hybrid` (feature `redis-tokio`) return a boxed
-//! future, polled once in place (the hybrid provider answers at once, so it takes the same
-//! path as the local one), and only a decision still on its way over the network moves the
-//! ready inner service into the response future. Redis failures follow
+//! [`Provider::Local`] and `Provider::Hybrid` (feature `redis-tokio`; it decides from local
+//! state with no I/O) decide inside `call` with no boxing and no clone of the inner service;
+//! `Provider::Redis` returns a boxed future, polled once in place, and only a decision still
+//! on its way over the network moves the ready inner service into the response future. Redis failures follow
 //! [`ProviderErrorPolicy`] and are counted in [`RateLimitLayer::provider_errors`].
 //!
 //! # Fuzzing

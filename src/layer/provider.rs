@@ -1,8 +1,9 @@
 //! Which provider and strategy decide, chosen by configuration behind one layer type.
 //!
-//! The local provider is synchronous: the service decides inside `call` and no future is
-//! boxed. A networked provider (Redis, hybrid) returns a boxed future (one round trip per
-//! decision dwarfs the allocation); it plugs in as an `AsyncProvider`.
+//! The local and hybrid providers are synchronous (the hybrid decides from local state and
+//! never does I/O): the service decides inside `call` and no future is boxed. The Redis
+//! provider returns a boxed future (one round trip per decision dwarfs the allocation); it
+//! plugs in as an `AsyncProvider`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,7 +47,7 @@ pub enum Provider {
 pub(crate) type DecisionFuture =
     Pin<Box<dyn Future<Output = Result<RateLimitDecision, Error>> + Send>>;
 
-/// A provider that answers asynchronously (Redis, hybrid). The layer calls it once per
+/// A provider that answers asynchronously (Redis). The layer calls it once per
 /// request and treats an `Err` with its provider-error policy (fail open or closed).
 pub(crate) trait AsyncProvider: Send + Sync + 'static {
     /// Records `cost` units for `key` at `rate` under the provider's strategy.
@@ -56,6 +57,9 @@ pub(crate) trait AsyncProvider: Send + Sync + 'static {
 /// The decider a layer was built with.
 pub(crate) enum Backend {
     Local(Strategy),
+    /// `rl.hybrid()`, decided in the call like the local provider.
+    #[cfg(feature = "redis-tokio")]
+    Hybrid(Strategy),
     Async(Arc<dyn AsyncProvider>),
 }
 
@@ -63,6 +67,8 @@ impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Backend::Local(s) => write!(f, "Local({s:?})"),
+            #[cfg(feature = "redis-tokio")]
+            Backend::Hybrid(s) => write!(f, "Hybrid({s:?})"),
             Backend::Async(_) => f.write_str("Async(..)"),
         }
     }
@@ -93,12 +99,27 @@ pub(crate) fn local_used(limiter: &RateLimiter, strategy: Strategy, key: &Key) -
     }
 }
 
-/// The Redis and hybrid providers behind the asynchronous seam.
+/// One hybrid decision: synchronous, no I/O, no future.
+#[cfg(feature = "redis-tokio")]
+pub(crate) fn hybrid_inc(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &Key,
+    rate: &RateLimit,
+    cost: u64,
+) -> Result<RateLimitDecision, Error> {
+    let key = redis_key(key)?;
+    match strategy {
+        Strategy::Absolute => limiter.hybrid().absolute().inc_sync(&key, rate, cost),
+        Strategy::Suppressed => limiter.hybrid().suppressed().inc_sync(&key, rate, cost),
+    }
+}
+
+/// The Redis provider behind the asynchronous seam.
 #[cfg(feature = "redis-tokio")]
 pub(crate) struct Networked {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) strategy: Strategy,
-    pub(crate) hybrid: bool,
 }
 
 #[cfg(feature = "redis-tokio")]
@@ -109,17 +130,11 @@ impl AsyncProvider for Networked {
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
         let rl = self.limiter.clone();
-        let (strategy, hybrid) = (self.strategy, self.hybrid);
+        let strategy = self.strategy;
         Box::pin(async move {
-            match (hybrid, strategy) {
-                (false, Strategy::Absolute) => rl.redis().absolute().inc(&key, &rate, cost).await,
-                (false, Strategy::Suppressed) => {
-                    rl.redis().suppressed().inc(&key, &rate, cost).await
-                }
-                (true, Strategy::Absolute) => rl.hybrid().absolute().inc(&key, &rate, cost).await,
-                (true, Strategy::Suppressed) => {
-                    rl.hybrid().suppressed().inc(&key, &rate, cost).await
-                }
+            match strategy {
+                Strategy::Absolute => rl.redis().absolute().inc(&key, &rate, cost).await,
+                Strategy::Suppressed => rl.redis().suppressed().inc(&key, &rate, cost).await,
             }
         })
     }

@@ -37,11 +37,12 @@ pub(crate) mod store;
 
 use std::sync::Arc;
 
-use crate::absolute::{self, AbsoluteState, Call};
+use crate::absolute::{self, AbsoluteState};
+use crate::call::{Call, checked_capacity};
 use crate::clock::Time;
 use crate::random::RandomSource;
-use crate::suppressed::{self, SuppressedState, SuppressionParams};
-use crate::window::Geometry;
+use crate::settings::{Settings, WindowOptions};
+use crate::suppressed::{self, SuppressedState};
 use crate::{
     Error, HardLimitFactor, RateGroupSizeMs, RateLimit, RateLimitDecision,
     SuppressionFactorCacheMs, WindowSizeSeconds,
@@ -61,6 +62,17 @@ pub struct LocalRateLimiterOptions {
     pub suppression_factor_cache_ms: SuppressionFactorCacheMs,
 }
 
+impl From<&LocalRateLimiterOptions> for WindowOptions {
+    fn from(options: &LocalRateLimiterOptions) -> Self {
+        WindowOptions {
+            window_size_seconds: options.window_size_seconds,
+            rate_group_size_ms: options.rate_group_size_ms,
+            hard_limit_factor: options.hard_limit_factor,
+            suppression_factor_cache_ms: options.suppression_factor_cache_ms,
+        }
+    }
+}
+
 /// `rl.local()`: both strategies, each with its own keys.
 #[derive(Debug)]
 pub struct LocalRateLimiter {
@@ -69,30 +81,15 @@ pub struct LocalRateLimiter {
 }
 
 impl LocalRateLimiter {
-    pub(crate) fn new(
-        options: &LocalRateLimiterOptions,
-        clock: Time,
-        random: Arc<dyn RandomSource>,
-    ) -> Result<Self, Error> {
-        let geo = Geometry::new(options.window_size_seconds, options.rate_group_size_ms)?;
-        let params = SuppressionParams {
-            hard_limit_factor: options.hard_limit_factor.get(),
-            cache_ms: options.suppression_factor_cache_ms.get(),
-        };
-        Ok(LocalRateLimiter {
+    pub(crate) fn new(settings: Settings, clock: Time, random: Arc<dyn RandomSource>) -> Self {
+        LocalRateLimiter {
             absolute: AbsoluteLocalRateLimiter {
-                keys: KeyStore::default(),
-                geo,
-                clock: clock.clone(),
+                keys: LocalKeys::new(settings, clock.clone(), random.clone()),
             },
             suppressed: SuppressedLocalRateLimiter {
-                keys: KeyStore::default(),
-                geo,
-                params,
-                clock,
-                random,
+                keys: LocalKeys::new(settings, clock, random),
             },
-        })
+        }
     }
 
     /// The absolute strategy: admit up to capacity, reject the rest with a retry time.
@@ -108,117 +105,108 @@ impl LocalRateLimiter {
     /// Drops every key with no usage left in its window; returns how many were dropped.
     /// [`RateLimiter::run_cleanup_loop`](crate::RateLimiter::run_cleanup_loop) calls this.
     pub fn cleanup(&self) -> usize {
-        self.absolute.cleanup() + self.suppressed.cleanup()
+        self.absolute.keys.cleanup() + self.suppressed.keys.cleanup()
     }
 }
 
-/// `rl.local().absolute()`.
+/// A strategy's per-key state, as the local provider drives it.
+trait LocalState: Sized {
+    fn new(rate: f64) -> Self;
+    /// What the infallible `inc` answers for a malformed call.
+    fn answer_for_invalid(err: &Error, window_seconds: u64) -> RateLimitDecision;
+    /// Decides one checked call; `random` gives the draws.
+    fn decide(
+        &mut self,
+        settings: &Settings,
+        call: Call,
+        random: &dyn RandomSource,
+    ) -> RateLimitDecision;
+    /// Whether the key still has usage inside the window at `now_ms`.
+    fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool;
+}
+
+impl LocalState for AbsoluteState {
+    fn new(rate: f64) -> Self {
+        AbsoluteState::new(rate)
+    }
+    fn answer_for_invalid(err: &Error, window_seconds: u64) -> RateLimitDecision {
+        absolute::answer_for_invalid(err, window_seconds)
+    }
+    #[inline]
+    fn decide(
+        &mut self,
+        settings: &Settings,
+        call: Call,
+        _: &dyn RandomSource,
+    ) -> RateLimitDecision {
+        self.inc(&settings.grid, call)
+    }
+    fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool {
+        self.usage(&settings.grid, now_ms) > 0
+    }
+}
+
+impl LocalState for SuppressedState {
+    fn new(rate: f64) -> Self {
+        SuppressedState::new(rate)
+    }
+    fn answer_for_invalid(err: &Error, _: u64) -> RateLimitDecision {
+        suppressed::answer_for_invalid(err)
+    }
+    #[inline]
+    fn decide(
+        &mut self,
+        settings: &Settings,
+        call: Call,
+        random: &dyn RandomSource,
+    ) -> RateLimitDecision {
+        self.inc(&settings.grid, &settings.suppression, call, || {
+            random.next_f64()
+        })
+    }
+    fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool {
+        self.usage(&settings.grid, now_ms).observed > 0
+    }
+}
+
+/// One strategy's keys with what deciding on them needs: `inc`, `try_inc` and cleanup,
+/// written once for both strategies.
 #[derive(Debug)]
-pub struct AbsoluteLocalRateLimiter {
-    keys: KeyStore<AbsoluteState>,
-    geo: Geometry,
-    clock: Time,
-}
-
-impl AbsoluteLocalRateLimiter {
-    /// Admits `count` units for `key` iff the window's admitted usage plus `count` fits
-    /// `rate × window`; an admitted call is recorded, a rejected one is not. Check and record
-    /// are one atomic step. See the module docs for malformed calls.
-    #[inline]
-    pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
-        // Not through `try_inc`: moving its `Result` (the error type is large) costs more
-        // than the rest of a call.
-        match absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count) {
-            Ok(cap) => self.decide(key, rate.get(), count, cap),
-            Err(err) => absolute::answer_for_invalid(&err, self.geo.window_seconds()),
-        }
-    }
-
-    /// [`inc`](Self::inc), with malformed calls returned as errors.
-    #[inline]
-    pub fn try_inc(
-        &self,
-        key: &str,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        let cap = absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count)?;
-        Ok(self.decide(key, rate.get(), count, cap))
-    }
-
-    /// A well-formed call, decided on the key's state now.
-    #[inline]
-    fn decide(&self, key: &str, rate: f64, count: u64, cap: f64) -> RateLimitDecision {
-        let call = Call {
-            now_ms: self.clock.now_ms(),
-            rate,
-            count,
-            cap,
-        };
-        self.keys
-            .with(key, || AbsoluteState::new(rate), |s| s.inc(&self.geo, call))
-    }
-
-    /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
-    /// wait if not. Records nothing; an unknown key is `Allowed` and is not created.
-    pub fn is_allowed(&self, key: &str) -> RateLimitDecision {
-        let now = self.clock.now_ms();
-        self.keys
-            .peek(key, |s| s.check(&self.geo, now))
-            .unwrap_or(RateLimitDecision::Allowed)
-    }
-
-    /// Admitted usage of `key` inside the window now (0 for an unknown key).
-    pub fn usage(&self, key: &str) -> u64 {
-        let now = self.clock.now_ms();
-        self.keys
-            .peek(key, |s| s.usage(&self.geo, now))
-            .unwrap_or(0)
-    }
-
-    /// How many keys are held in memory.
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
-    }
-
-    fn cleanup(&self) -> usize {
-        let now = self.clock.now_ms();
-        self.keys.retain(|s| s.usage(&self.geo, now) > 0)
-    }
-}
-
-/// `rl.local().suppressed()`.
-#[derive(Debug)]
-pub struct SuppressedLocalRateLimiter {
-    keys: KeyStore<SuppressedState>,
-    geo: Geometry,
-    params: SuppressionParams,
+struct LocalKeys<S> {
+    keys: KeyStore<S>,
+    settings: Settings,
     clock: Time,
     random: Arc<dyn RandomSource>,
 }
 
-impl SuppressedLocalRateLimiter {
-    /// Decides one call: `Allowed` below capacity, `Suppressed { is_allowed, .. }` above it
-    /// (always check `is_allowed`). Every call counts as observed. See the module docs for
-    /// malformed calls.
-    #[inline]
-    pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
-        // Not through `try_inc`, as for the absolute strategy.
-        match absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count) {
-            Ok(cap) => self.decide(key, rate.get(), count, cap),
-            Err(err) => suppressed::answer_for_invalid(&err),
+impl<S: LocalState> LocalKeys<S> {
+    fn new(settings: Settings, clock: Time, random: Arc<dyn RandomSource>) -> Self {
+        LocalKeys {
+            keys: KeyStore::default(),
+            settings,
+            clock,
+            random,
         }
     }
 
-    /// [`inc`](Self::inc), with malformed calls returned as errors.
     #[inline]
-    pub fn try_inc(
-        &self,
-        key: &str,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        let cap = absolute::checked_capacity(rate.get(), self.geo.window_seconds(), count)?;
+    fn window_seconds(&self) -> u64 {
+        self.settings.grid.window_seconds()
+    }
+
+    #[inline]
+    fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+        // Not through `try_inc`: moving its `Result` (the error type is large) costs more
+        // than the rest of a call.
+        match checked_capacity(rate.get(), self.window_seconds(), count) {
+            Ok(cap) => self.decide(key, rate.get(), count, cap),
+            Err(err) => S::answer_for_invalid(&err, self.window_seconds()),
+        }
+    }
+
+    #[inline]
+    fn try_inc(&self, key: &str, rate: &RateLimit, count: u64) -> Result<RateLimitDecision, Error> {
+        let cap = checked_capacity(rate.get(), self.window_seconds(), count)?;
         Ok(self.decide(key, rate.get(), count, cap))
     }
 
@@ -233,38 +221,110 @@ impl SuppressedLocalRateLimiter {
         };
         self.keys.with(
             key,
-            || SuppressedState::new(rate),
-            |s| s.inc(&self.geo, &self.params, call, || self.random.next_f64()),
+            || S::new(rate),
+            |s| s.decide(&self.settings, call, &*self.random),
         )
+    }
+
+    /// Runs `f` on an existing key's state now; creates nothing.
+    fn peek<R>(&self, key: &str, f: impl FnOnce(&mut S, &Settings, u64) -> R) -> Option<R> {
+        let now = self.clock.now_ms();
+        self.keys.peek(key, |s| f(s, &self.settings, now))
+    }
+
+    fn cleanup(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.keys.retain(|s| s.is_live(&self.settings, now))
+    }
+}
+
+/// `inc`, `try_inc` and `key_count` of a strategy's limiter, the same for both: they hand
+/// the call to its `LocalKeys`. The doc comment given documents `inc`.
+macro_rules! inc_methods {
+    ($(#[$inc_doc:meta])*) => {
+        $(#[$inc_doc])*
+        #[inline]
+        pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+            self.keys.inc(key, rate, count)
+        }
+
+        /// [`inc`](Self::inc), with malformed calls returned as errors.
+        #[inline]
+        pub fn try_inc(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<RateLimitDecision, Error> {
+            self.keys.try_inc(key, rate, count)
+        }
+
+        /// How many keys are held in memory.
+        pub fn key_count(&self) -> usize {
+            self.keys.keys.len()
+        }
+    };
+}
+
+/// `rl.local().absolute()`.
+#[derive(Debug)]
+pub struct AbsoluteLocalRateLimiter {
+    keys: LocalKeys<AbsoluteState>,
+}
+
+impl AbsoluteLocalRateLimiter {
+    inc_methods! {
+        /// Admits `count` units for `key` iff the window's admitted usage plus `count` fits
+        /// `rate × window`; an admitted call is recorded, a rejected one is not. Check and
+        /// record are one atomic step. See the module docs for malformed calls.
+    }
+
+    /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
+    /// wait if not. Records nothing; an unknown key is `Allowed` and is not created.
+    pub fn is_allowed(&self, key: &str) -> RateLimitDecision {
+        self.keys
+            .peek(key, |s, settings, now| s.check(&settings.grid, now))
+            .unwrap_or(RateLimitDecision::Allowed)
+    }
+
+    /// Admitted usage of `key` inside the window now (0 for an unknown key).
+    pub fn usage(&self, key: &str) -> u64 {
+        self.keys
+            .peek(key, |s, settings, now| s.usage(&settings.grid, now))
+            .unwrap_or(0)
+    }
+}
+
+/// `rl.local().suppressed()`.
+#[derive(Debug)]
+pub struct SuppressedLocalRateLimiter {
+    keys: LocalKeys<SuppressedState>,
+}
+
+impl SuppressedLocalRateLimiter {
+    inc_methods! {
+        /// Decides one call: `Allowed` below capacity, `Suppressed { is_allowed, .. }` above
+        /// it (always check `is_allowed`). Every call counts as observed. See the module docs
+        /// for malformed calls.
     }
 
     /// The key's suppression factor now, in `[0, 1]`: 0 below capacity or for an unknown
     /// key, 1 over the hard limit. Records nothing and creates no key.
     pub fn get_suppression_factor(&self, key: &str) -> f64 {
-        let now = self.clock.now_ms();
         self.keys
-            .peek(key, |s| s.factor_now(&self.geo, &self.params, now))
+            .peek(key, |s, settings, now| {
+                s.factor_now(&settings.grid, &settings.suppression, now)
+            })
             .unwrap_or(0.0)
     }
 
     /// `(accepted, observed)` usage of `key` inside the window now (zeros for an unknown key).
     pub fn usage(&self, key: &str) -> (u64, u64) {
-        let now = self.clock.now_ms();
         self.keys
-            .peek(key, |s| {
-                let u = s.usage(&self.geo, now);
+            .peek(key, |s, settings, now| {
+                let u = s.usage(&settings.grid, now);
                 (u.accepted, u.observed)
             })
             .unwrap_or((0, 0))
-    }
-
-    /// How many keys are held in memory.
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
-    }
-
-    fn cleanup(&self) -> usize {
-        let now = self.clock.now_ms();
-        self.keys.retain(|s| s.usage(&self.geo, now).observed > 0)
     }
 }

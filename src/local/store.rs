@@ -3,7 +3,6 @@
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
-#[cfg(feature = "redis-tokio")]
 use std::ops::ControlFlow;
 
 use compact_str::CompactString;
@@ -144,47 +143,35 @@ impl<S> KeyStore<S> {
     pub(crate) fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> usize {
         // Counted as they go: calls may add keys to other shards while the pass runs.
         let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut table = shard.0.lock();
+        let hasher = &self.hasher;
+        let _ = self.each_shard(|table| {
             table.retain(|e| {
                 let kept = keep(&mut e.1);
                 removed += usize::from(!kept);
                 kept
             });
             if table.len() * 4 < table.capacity() {
-                let hasher = &self.hasher;
                 table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
             }
-        }
+            ControlFlow::Continue(())
+        });
         removed
+    }
+
+    /// Runs `f` on each shard's table in turn, its lock held, until `f` breaks: the one
+    /// walk over every key (cleanup's, and the hybrid committer's passes).
+    pub(crate) fn each_shard(
+        &self,
+        mut f: impl FnMut(&mut HashTable<(CompactString, S)>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        for shard in self.shards.iter() {
+            f(&mut shard.0.lock())?;
+        }
+        ControlFlow::Continue(())
     }
 
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
-    }
-
-    /// Runs `f` on every key and its state, one shard locked at a time: the hybrid
-    /// committer's passes.
-    #[cfg(feature = "redis-tokio")]
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&CompactString, &mut S)) {
-        let _ = self.try_for_each(|key, state| {
-            f(key, state);
-            ControlFlow::Continue(())
-        });
-    }
-
-    /// [`for_each`](Self::for_each) until `f` breaks.
-    #[cfg(feature = "redis-tokio")]
-    pub(crate) fn try_for_each(
-        &self,
-        mut f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
-    ) -> ControlFlow<()> {
-        for shard in self.shards.iter() {
-            for (key, state) in shard.0.lock().iter_mut() {
-                f(key, state)?;
-            }
-        }
-        ControlFlow::Continue(())
     }
 }
 

@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use ::redis::Value;
 
-use super::key::{RedisKey, Strategy};
-use super::scripts::{self, argv};
-use super::{Core, core_of};
-use crate::absolute::checked_capacity;
+use super::key::{RedisKey, StrategyTag};
+use super::{Core, core_of, scripts, wire};
+use crate::call::checked_capacity;
 use crate::{Error, RateLimit, RateLimitDecision};
 
 /// `rl.redis().absolute()`: admit up to `rate × window` per key across every instance that
@@ -35,37 +34,23 @@ impl AbsoluteRedisRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let core = core_of(&self.core)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, core.geo.window_seconds(), count)?;
-        let names = core.keys.names(key, Strategy::Absolute);
+        let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
+        let names = core.keys.names(key, StrategyTag::Absolute);
         let mut invocation = scripts::ABSOLUTE.prepare_invoke();
-        core.common_args(&mut invocation, &names, argv::ABSOLUTE_INC);
-        invocation.arg(rate).arg(count).arg(cap);
+        core.head(&mut invocation, &names, wire::ABSOLUTE_INC);
+        wire::absolute_inc(&mut invocation, rate, count, cap);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        decision(&reply, core.geo.window_seconds())
+        wire::absolute_reply(&reply, core.settings.grid.window_seconds())
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the
     /// wait if not. Records nothing; an unknown key is `Allowed`.
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, Error> {
         let core = core_of(&self.core)?;
-        let names = core.keys.names(key, Strategy::Absolute);
+        let names = core.keys.names(key, StrategyTag::Absolute);
         let mut invocation = scripts::ABSOLUTE.prepare_invoke();
-        core.common_args(&mut invocation, &names, argv::ABSOLUTE_CHECK);
+        core.head(&mut invocation, &names, wire::ABSOLUTE_CHECK);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        decision(&reply, core.geo.window_seconds())
-    }
-}
-
-fn decision(reply: &[Value], window_size_seconds: u64) -> Result<RateLimitDecision, Error> {
-    match reply {
-        [Value::Int(0)] => Ok(RateLimitDecision::Allowed),
-        [Value::Int(1), Value::Int(wait), Value::Int(left)] => Ok(RateLimitDecision::Rejected {
-            window_size_seconds,
-            retry_after_ms: u64::try_from(*wait).unwrap_or(u64::MAX),
-            remaining_after_waiting: u64::try_from(*left).unwrap_or(0),
-        }),
-        other => Err(Error::UnexpectedReply(format!(
-            "absolute script answered {other:?}"
-        ))),
+        wire::absolute_reply(&reply, core.settings.grid.window_seconds())
     }
 }

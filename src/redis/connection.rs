@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use ::redis::aio::ConnectionLike;
 use ::redis::aio::ConnectionManager;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{FromRedisValue, ScriptInvocation};
+use ::redis::{FromRedisValue, RedisFuture, RedisResult, ScriptInvocation, Value};
 
 use crate::Error;
 
@@ -58,26 +59,13 @@ impl Connection {
         Connection { conn, timeout }
     }
 
-    /// Runs a script invocation (EVALSHA, with SCRIPT LOAD and one retry on NOSCRIPT), or
-    /// gives up with [`Error::RedisTimeout`] once the deadline passes.
+    /// Runs a script invocation (EVALSHA, with SCRIPT LOAD and one retry on NOSCRIPT).
     pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        let call = async {
-            match self.conn.clone() {
-                RedisConnection::Single(mut manager) => invocation.invoke_async(&mut manager).await,
-                RedisConnection::Cluster(mut cluster) => {
-                    invocation.invoke_async(&mut cluster).await
-                }
-            }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(Error::RedisTimeout {
-                timeout_ms: self.timeout.as_millis().try_into().unwrap_or(u64::MAX),
-            }),
-        }
+        let mut link = Link(self.conn.clone());
+        self.bounded(invocation.invoke_async(&mut link)).await
     }
 
     /// Whether this is a Redis Cluster connection (where a pipeline must stay in one slot).
@@ -86,14 +74,23 @@ impl Connection {
     }
 
     /// Sends one command (routed by its first key on a cluster; `SCRIPT LOAD` to every
-    /// node), under the same deadline.
+    /// node).
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, Error> {
-        let call = async {
-            match self.conn.clone() {
-                RedisConnection::Single(mut manager) => cmd.query_async(&mut manager).await,
-                RedisConnection::Cluster(mut cluster) => cmd.query_async(&mut cluster).await,
-            }
-        };
+        let mut link = Link(self.conn.clone());
+        self.bounded(cmd.query_async(&mut link)).await
+    }
+
+    /// Sends a pipeline in one round trip (the hybrid provider's flush).
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &::redis::Pipeline,
+    ) -> Result<T, Error> {
+        let mut link = Link(self.conn.clone());
+        self.bounded(pipeline.query_async(&mut link)).await
+    }
+
+    /// The deadline around every call: past it, [`Error::RedisTimeout`].
+    async fn bounded<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, Error> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(reply) => Ok(reply?),
             Err(_) => Err(Error::RedisTimeout {
@@ -101,24 +98,40 @@ impl Connection {
             }),
         }
     }
+}
 
-    /// Sends a pipeline in one round trip (the hybrid provider's flush), under the same
-    /// deadline.
-    pub(crate) async fn pipeline<T: FromRedisValue>(
-        &self,
-        pipeline: &::redis::Pipeline,
-    ) -> Result<T, Error> {
-        let call = async {
-            match self.conn.clone() {
-                RedisConnection::Single(mut manager) => pipeline.query_async(&mut manager).await,
-                RedisConnection::Cluster(mut cluster) => pipeline.query_async(&mut cluster).await,
+/// Either connection, as the one `ConnectionLike` every call above runs on: the only place
+/// that tells the two apart.
+struct Link(RedisConnection);
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a ::redis::Cmd) -> RedisFuture<'a, Value> {
+        match &mut self.0 {
+            RedisConnection::Single(manager) => manager.req_packed_command(cmd),
+            RedisConnection::Cluster(cluster) => cluster.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a ::redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match &mut self.0 {
+            RedisConnection::Single(manager) => {
+                manager.req_packed_commands(pipeline, offset, count)
             }
-        };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(Error::RedisTimeout {
-                timeout_ms: self.timeout.as_millis().try_into().unwrap_or(u64::MAX),
-            }),
+            RedisConnection::Cluster(cluster) => {
+                cluster.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.0 {
+            RedisConnection::Single(manager) => manager.get_db(),
+            RedisConnection::Cluster(cluster) => cluster.get_db(),
         }
     }
 }

@@ -94,21 +94,28 @@ impl std::fmt::Display for RedisKey {
     }
 }
 
-/// Which strategy's state a Redis key holds: the strategies never share state.
+/// Which strategy's state a Redis key holds (its tag in the key names): the strategies
+/// never share state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Strategy {
+pub(crate) enum StrategyTag {
     Absolute,
     Suppressed,
 }
 
-impl Strategy {
-    fn tag(self) -> &'static str {
+impl StrategyTag {
+    /// The tag in the key names, also the hybrid flush script's mode.
+    pub(crate) fn tag(self) -> &'static str {
         match self {
-            Strategy::Absolute => "a",
-            Strategy::Suppressed => "s",
+            StrategyTag::Absolute => "a",
+            StrategyTag::Suppressed => "s",
         }
     }
 }
+
+/// The last part of the name of each Redis key a limiter key uses.
+const BUCKETS: char = 'b';
+const HASH: char = 'h';
+const LEASES: char = 'l';
 
 /// Names the Redis keys of limiter keys under one prefix.
 ///
@@ -122,7 +129,7 @@ pub(crate) struct KeySpace {
 }
 
 /// The Redis keys of one limiter key under one strategy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct KeyNames {
     /// The list of live bucket ids, oldest first.
     pub(crate) buckets: String,
@@ -141,14 +148,26 @@ impl KeySpace {
         &self.prefix
     }
 
-    pub(crate) fn names(&self, key: &RedisKey, strategy: Strategy) -> KeyNames {
-        let stem = format!("{}:{{{}}}:{}:", self.prefix, key.as_str(), strategy.tag());
+    pub(crate) fn names(&self, key: &RedisKey, strategy: StrategyTag) -> KeyNames {
+        let stem = self.stem(key, strategy);
         let mut buckets = String::with_capacity(stem.len() + 1);
         buckets.push_str(&stem);
-        buckets.push('b');
+        buckets.push(BUCKETS);
         let mut hash = stem;
-        hash.push('h');
+        hash.push(HASH);
         KeyNames { buckets, hash }
+    }
+
+    /// The key's lease hash under `strategy` (the hybrid provider's), beside its state.
+    pub(crate) fn lease(&self, key: &RedisKey, strategy: StrategyTag) -> String {
+        let mut lease = self.stem(key, strategy);
+        lease.push(LEASES);
+        lease
+    }
+
+    /// `prefix:{key}:tag:`, what every Redis key of `key` starts with.
+    fn stem(&self, key: &RedisKey, strategy: StrategyTag) -> String {
+        format!("{}:{{{}}}:{}:", self.prefix, key.as_str(), strategy.tag())
     }
 }
 
@@ -182,11 +201,15 @@ mod tests {
     #[test]
     fn names_share_a_hash_tag_and_the_prefix() {
         let space = KeySpace::new(Some(&RedisKey::try_from("app1").unwrap()));
-        let names = space.names(&RedisKey::try_from("u7").unwrap(), Strategy::Suppressed);
+        let names = space.names(&RedisKey::try_from("u7").unwrap(), StrategyTag::Suppressed);
         assert_eq!(names.buckets, "app1:{u7}:s:b");
         assert_eq!(names.hash, "app1:{u7}:s:h");
+        assert_eq!(
+            space.lease(&RedisKey::try_from("u7").unwrap(), StrategyTag::Suppressed),
+            "app1:{u7}:s:l"
+        );
         let plain =
-            KeySpace::new(None).names(&RedisKey::try_from("u7").unwrap(), Strategy::Absolute);
+            KeySpace::new(None).names(&RedisKey::try_from("u7").unwrap(), StrategyTag::Absolute);
         assert_eq!(plain.hash, "sluicegate:{u7}:a:h");
     }
 }

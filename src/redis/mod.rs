@@ -85,11 +85,11 @@ mod connection;
 mod key;
 mod scripts;
 mod suppressed;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::ScriptInvocation;
 use ::redis::aio::ConnectionManager;
 
 pub use absolute::AbsoluteRedisRateLimiter;
@@ -98,13 +98,12 @@ pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
 
 use crate::clock::Clock;
-use crate::hybrid::SyncIntervalMs;
 use crate::random::RandomSource;
-use crate::suppressed::SuppressionParams;
-use crate::window::Geometry;
+use crate::settings::SyncIntervalMs;
+use crate::settings::{Settings, WindowOptions};
 use crate::{Error, HardLimitFactor, RateGroupSizeMs, SuppressionFactorCacheMs, WindowSizeSeconds};
 pub(crate) use connection::Connection;
-pub(crate) use key::{KeyNames, KeySpace, Strategy};
+pub(crate) use key::{KeyNames, KeySpace, StrategyTag};
 
 /// The Redis (and hybrid) providers' settings on a single-server connection, as in
 /// `RateLimiterOptions { redis: RedisRateLimiterOptions { .. }, .. }`.
@@ -173,6 +172,18 @@ pub struct RedisSettings {
     pub sync_interval_ms: SyncIntervalMs,
 }
 
+impl RedisSettings {
+    /// The window settings, to check against the local options'.
+    pub(crate) fn window_options(&self) -> WindowOptions {
+        WindowOptions {
+            window_size_seconds: self.window_size_seconds,
+            rate_group_size_ms: self.rate_group_size_ms,
+            hard_limit_factor: self.hard_limit_factor,
+            suppression_factor_cache_ms: self.suppression_factor_cache_ms,
+        }
+    }
+}
+
 /// Where a script's "now" comes from.
 #[derive(Debug, Clone)]
 pub(crate) enum TimeSource {
@@ -187,8 +198,8 @@ pub(crate) enum TimeSource {
 pub(crate) struct Core {
     pub(crate) conn: Connection,
     pub(crate) keys: KeySpace,
-    pub(crate) geo: Geometry,
-    pub(crate) params: SuppressionParams,
+    /// The limiter's one window and strategy settings.
+    pub(crate) settings: Settings,
     /// Read by the hybrid provider's committer.
     pub(crate) sync_interval_ms: SyncIntervalMs,
     pub(crate) random: Arc<dyn RandomSource>,
@@ -198,41 +209,35 @@ pub(crate) struct Core {
 impl Core {
     pub(crate) fn new(
         conn: RedisConnection,
-        settings: &RedisSettings,
+        redis: &RedisSettings,
+        settings: Settings,
         timeout: Duration,
         random: Arc<dyn RandomSource>,
         time: TimeSource,
-    ) -> Result<Self, Error> {
-        Ok(Core {
+    ) -> Self {
+        Core {
             conn: Connection::new(conn, timeout),
-            keys: KeySpace::new(settings.prefix.as_ref()),
-            geo: Geometry::new(settings.window_size_seconds, settings.rate_group_size_ms)?,
-            params: SuppressionParams {
-                hard_limit_factor: settings.hard_limit_factor.get(),
-                cache_ms: settings.suppression_factor_cache_ms.get(),
-            },
-            sync_interval_ms: settings.sync_interval_ms,
+            keys: KeySpace::new(redis.prefix.as_ref()),
+            settings,
+            sync_interval_ms: redis.sync_interval_ms,
             random,
             time,
-        })
+        }
     }
 
-    /// KEYS[1..2] and ARGV[1..4], the part of every call `head.lua` reads.
-    pub(crate) fn common_args(
-        &self,
-        invocation: &mut ScriptInvocation<'_>,
-        names: &KeyNames,
-        mode: &str,
-    ) {
-        invocation.key(&names.buckets).key(&names.hash);
-        match &self.time {
-            TimeSource::Server => invocation.arg(""),
-            TimeSource::TestClock(clock) => invocation.arg(clock.now_ms()),
+    /// KEYS[1..2] and ARGV[1..4] of a Redis provider call: what `head.lua` reads.
+    pub(crate) fn head(&self, args: &mut impl wire::ScriptArgs, names: &KeyNames, mode: &str) {
+        let now = match &self.time {
+            TimeSource::Server => None,
+            TimeSource::TestClock(clock) => Some(clock.now_ms()),
         };
-        invocation
-            .arg(self.geo.window_seconds())
-            .arg(self.geo.group_ms())
-            .arg(mode);
+        wire::head(
+            args,
+            &[&names.buckets, &names.hash],
+            now,
+            &self.settings.grid,
+            mode,
+        );
     }
 }
 

@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use ::redis::Value;
 
-use super::key::{RedisKey, Strategy};
-use super::scripts::{self, argv};
-use super::{Core, core_of};
-use crate::absolute::checked_capacity;
+use super::key::{RedisKey, StrategyTag};
+use super::{Core, core_of, scripts, wire};
+use crate::call::checked_capacity;
 use crate::{Error, RateLimit, RateLimitDecision};
 
 /// `rl.redis().suppressed()`: below capacity everything is admitted; between capacity and
@@ -38,55 +37,26 @@ impl SuppressedRedisRateLimiter {
     ) -> Result<RateLimitDecision, Error> {
         let core = core_of(&self.core)?;
         let rate = rate.get();
-        let cap = checked_capacity(rate, core.geo.window_seconds(), count)?;
-        let names = core.keys.names(key, Strategy::Suppressed);
+        let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
+        let names = core.keys.names(key, StrategyTag::Suppressed);
         let draw = core.random.next_f64();
         let mut invocation = scripts::SUPPRESSED.prepare_invoke();
-        core.common_args(&mut invocation, &names, argv::SUPPRESSED_INC);
-        invocation
-            .arg(core.params.hard_limit_factor)
-            .arg(core.params.cache_ms)
-            .arg(rate)
-            .arg(count)
-            .arg(cap)
-            .arg(draw);
+        core.head(&mut invocation, &names, wire::SUPPRESSED_INC);
+        wire::suppressed_params(&mut invocation, &core.settings.suppression);
+        wire::suppressed_inc(&mut invocation, rate, count, cap, draw);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        match reply.as_slice() {
-            [Value::Int(0)] => Ok(RateLimitDecision::Allowed),
-            [Value::Int(1), Value::Int(allowed), factor] => Ok(RateLimitDecision::Suppressed {
-                suppression_factor: parse_factor(factor)?,
-                is_allowed: *allowed == 1,
-            }),
-            other => Err(Error::UnexpectedReply(format!(
-                "suppressed script answered {other:?}"
-            ))),
-        }
+        wire::suppressed_reply(&reply)
     }
 
     /// The key's suppression factor now, in `[0, 1]`, at its latest rate: 0 below capacity
     /// or for an unknown key, 1 over the hard limit. Never cached; records nothing.
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, Error> {
         let core = core_of(&self.core)?;
-        let names = core.keys.names(key, Strategy::Suppressed);
+        let names = core.keys.names(key, StrategyTag::Suppressed);
         let mut invocation = scripts::SUPPRESSED.prepare_invoke();
-        core.common_args(&mut invocation, &names, argv::SUPPRESSED_FACTOR);
-        invocation
-            .arg(core.params.hard_limit_factor)
-            .arg(core.params.cache_ms);
+        core.head(&mut invocation, &names, wire::SUPPRESSED_FACTOR);
+        wire::suppressed_params(&mut invocation, &core.settings.suppression);
         let reply: Value = core.conn.invoke(&invocation).await?;
-        parse_factor(&reply)
+        wire::factor_reply(&reply)
     }
-}
-
-fn parse_factor(value: &Value) -> Result<f64, Error> {
-    let text = match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(text) => Some(text.as_str()),
-        _ => None,
-    };
-    text.and_then(|t| t.parse::<f64>().ok())
-        .filter(|f| (0.0..=1.0).contains(f))
-        .ok_or_else(|| {
-            Error::UnexpectedReply(format!("suppressed script answered {value:?} for a factor"))
-        })
 }

@@ -1,0 +1,166 @@
+//! The mode machine a hybrid decision goes through, and the lease arithmetic.
+//!
+//! - **lease**: the last refresh (younger than the lease time to live) granted this instance
+//!   a lease of units; a call is admitted outright while the units spent since that refresh
+//!   plus the call fit the lease. Past it, the absolute strategy rejects (with the wait the
+//!   refresh computed) and the suppressed one sheds with the key's global factor.
+//! - **provisional**: no valid view yet (a new or long idle key) while Redis answers: the
+//!   absolute strategy admits at the key's rate (`rate × (time waited + sync interval)`, at
+//!   least one unit) until the first refresh; the suppressed one decides as in an outage.
+//! - **outage**: no valid view and the last flush failed: the local core decides on this
+//!   instance's own usage against `1 / N` of the capacity, `N` the lease holders last seen.
+
+use super::key::KeyState;
+use crate::config::capacity;
+use crate::settings::SuppressionParams;
+use crate::window::{self, Bucket, Counts, WindowGrid};
+
+/// What the last refresh said about a key, from Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    /// Units this instance may admit outright until its next refresh.
+    pub(crate) lease: f64,
+    /// Accepted usage in Redis at the refresh.
+    pub(crate) used: u64,
+    /// Instances holding a live lease on the key, this one included.
+    pub(crate) holders: u64,
+    /// The capacity the lease was computed for (the rate of the key's latest call then).
+    pub(crate) cap: f64,
+    /// Observed usage in Redis (suppressed strategy).
+    pub(crate) observed: u64,
+    /// Observed usage in Redis in the buckets overlapping the last second before `at`.
+    pub(crate) recent: u64,
+    /// The server's time of the refresh.
+    pub(crate) at: u64,
+    /// Local time until which the lease holds (its Redis entry outlives it).
+    pub(crate) valid_until: u64,
+}
+
+/// The refresh part of a reply.
+#[derive(Debug, Clone)]
+pub(crate) struct Refresh {
+    pub(crate) view: View,
+    /// The key's oldest buckets in Redis, oldest first (absolute, past half capacity).
+    pub(crate) oldest: Vec<Bucket<u64>>,
+}
+
+/// "Now" on both clocks: the limiter's for validity, the server's grid for bucket ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    pub(crate) local: u64,
+    pub(crate) server: u64,
+}
+
+/// The provider's settings and Redis's health, as one decision sees them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conditions<'a> {
+    pub(crate) grid: &'a WindowGrid,
+    pub(crate) params: &'a SuppressionParams,
+    pub(crate) sync_ms: u64,
+    /// Whether the last flush reached Redis.
+    pub(crate) healthy: bool,
+}
+
+impl Conditions<'_> {
+    /// Units a key may admit before its first refresh, `elapsed_ms` after it started
+    /// waiting for one: its rate over that time plus one sync interval, at least one unit,
+    /// at most its capacity. A refresh that is late (a busy runtime) does not turn a key
+    /// under its rate away.
+    pub(super) fn provisional(&self, cap: f64, elapsed_ms: u64) -> f64 {
+        let span_ms = elapsed_ms.saturating_add(self.sync_ms) as f64;
+        (cap * span_ms / (self.grid.window_seconds() * 1000) as f64)
+            .min(cap)
+            .max(1.0)
+    }
+}
+
+/// Which of the three modes decides a call.
+pub(super) enum Mode {
+    Lease(View),
+    Provisional,
+    /// Redis away: decide on `1 / holders` of the capacity.
+    Outage(u64),
+}
+
+impl<S, C: Counts> KeyState<S, C> {
+    /// The mode now; a lease that ran out in Redis too is dropped here.
+    pub(super) fn mode(&mut self, c: &Conditions<'_>, now: Now) -> Mode {
+        if let Some(view) = self.view {
+            if now.local < view.valid_until {
+                return Mode::Lease(view);
+            }
+            if c.healthy && !capacity::fits_more(view.used, 1, self.cap) {
+                if let Some(wait) = self.wait(c, now, 1) {
+                    if wait.0 > 0 {
+                        // The lease ran out but the key was full when last seen and still
+                        // is: nothing to grant until the next refresh says otherwise.
+                        return Mode::Lease(View { lease: 0.0, ..view });
+                    }
+                }
+            }
+            // The lease ran out in Redis too: what is unsent is all that is not counted.
+            self.view = None;
+            self.unleased_since = now.local;
+            self.respend_unsent();
+        }
+        if c.healthy {
+            Mode::Provisional
+        } else {
+            Mode::Outage(self.holders_last.max(1))
+        }
+    }
+
+    /// Whether `count` more units fit the provisional allowance before the first refresh.
+    pub(super) fn provisional_fits(
+        &self,
+        c: &Conditions<'_>,
+        now: Now,
+        count: u64,
+        cap: f64,
+    ) -> bool {
+        let elapsed = now.local.saturating_sub(self.unleased_since);
+        capacity::fits_more(self.spent, count, c.provisional(cap, elapsed))
+    }
+
+    /// Units of the key's oldest buckets (as Redis sent them) that stopped counting since.
+    pub(super) fn freed(&self, c: &Conditions<'_>, now: Now) -> u64 {
+        window::expired_total(c.grid, now.server, &self.oldest)
+    }
+
+    /// Whether `count` more units fit the lease and the call's capacity `cap`, on what this
+    /// instance knows. Capacity that appeared since the refresh (buckets that expired, a
+    /// higher rate) is shared as the lease was: this instance takes `1 / holders` of it.
+    pub(super) fn lease_fits(
+        &self,
+        c: &Conditions<'_>,
+        now: Now,
+        view: &View,
+        count: u64,
+        cap: f64,
+    ) -> bool {
+        if capacity::fits_more(self.spent, count, view.lease)
+            && capacity::fits_more(view.used + self.spent, count, cap)
+        {
+            return true;
+        }
+        let freed = self.freed(c, now);
+        let extra = (cap - view.cap).max(0.0) + freed as f64;
+        extra > 0.0
+            && capacity::fits_more(self.spent, count, view.lease + extra / view.holders as f64)
+            && capacity::fits_more(view.used.saturating_sub(freed) + self.spent, count, cap)
+    }
+
+    /// How long until `count` more units fit the key's capacity, and the usage left then,
+    /// from its oldest buckets in Redis (expired ones count as gone now); `None` if the
+    /// buckets known do not free enough.
+    pub(super) fn wait(&self, c: &Conditions<'_>, now: Now, count: u64) -> Option<(u64, u64)> {
+        let view = self.view?;
+        window::release_until(
+            c.grid,
+            now.server,
+            view.used + self.spent,
+            &self.oldest,
+            |left| capacity::fits_more(left, count, self.cap),
+        )
+    }
+}
