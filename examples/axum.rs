@@ -19,8 +19,9 @@ use axum::Router;
 use axum::extract::Path;
 use axum::routing::get;
 use http::{HeaderName, StatusCode};
-use sluicegate::layer::extract::KEY_SEPARATOR;
-use sluicegate::layer::{Both, HeaderKey, KeyErrorPolicy, MatchedRoute, PeerIp, RateLimitLayer};
+use sluicegate::layer::{
+    Both, HeaderKey, KEY_SEPARATOR, KeyErrorPolicy, MatchedRoute, PeerIp, RateLimitLayer,
+};
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 

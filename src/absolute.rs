@@ -2,9 +2,6 @@
 //! capacity; a refusal records nothing and says how long to wait.
 
 use crate::call::Call;
-// The layer still reaches `checked_capacity` here; its home is `crate::call`.
-#[cfg(feature = "tower")]
-pub(crate) use crate::call::checked_capacity;
 use crate::config::capacity;
 use crate::window::{Window, WindowGrid};
 use crate::{Error, RateLimitDecision};

@@ -191,7 +191,12 @@ async fn suppressed_denial_is_503_with_the_factor_and_admitted_ones_carry_it() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header(&resp, "x-suppression-factor"), Some("0.909"));
     assert_eq!(header(&resp, "retry-after"), Some("1"));
-    assert_eq!(header(&resp, "ratelimit"), None);
+    // A shed client learns its quota too.
+    assert_eq!(
+        header(&resp, "ratelimit-policy"),
+        Some("\"default\";q=10;w=10")
+    );
+    assert_eq!(header(&resp, "ratelimit"), Some("\"default\";r=0;t=1"));
 }
 
 #[tokio::test]
@@ -618,5 +623,78 @@ async fn ipv6_peers_are_keyed_by_their_prefix() {
     assert_eq!(
         get_with(&url, &[]).await.status(),
         StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn no_429_advertises_a_wait_longer_than_the_window() {
+    // 1 per 10 s window, 100 ms groups. The request at 0 lands in bucket [0, 100 ms), which
+    // counts until 100 + 10_000 ms: the core's wait is 10.1 s, more than `w=10`.
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock);
+    let layer = RateLimitLayer::builder(rl).rate(rate(0.1)).build().unwrap();
+    let url = serve(hello().layer(layer)).await;
+    assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
+
+    for advance in [0, 50, 1_049] {
+        clock.advance(advance);
+        let resp = get_with(&url, &[]).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&resp, "retry-after"), Some("10"), "at +{advance} ms");
+        assert_eq!(
+            header(&resp, "ratelimit-policy"),
+            Some("\"default\";q=1;w=10")
+        );
+        assert_eq!(header(&resp, "ratelimit"), Some("\"default\";r=0;t=10"));
+    }
+    // At 1_099 ms the true wait is 9_001 ms: 10 s rounded up, still within the window.
+    // At 10_050 ms it is 50 ms: the client told 10 s meets one short refusal.
+    clock.advance(8_951);
+    let resp = get_with(&url, &[]).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&resp, "retry-after"), Some("1"));
+    assert_eq!(header(&resp, "ratelimit"), Some("\"default\";r=0;t=1"));
+    clock.advance(50);
+    assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_shed_over_the_hard_limit_says_the_window_and_the_quota() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock); // hard limit factor 1: over capacity is over the hard limit
+    let layer = RateLimitLayer::builder(rl.clone())
+        .rate(rate(0.2)) // capacity 2 per 10 s
+        .strategy(Strategy::Suppressed)
+        .build()
+        .unwrap();
+    let url = serve(hello().layer(layer)).await;
+    assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
+    assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
+    let resp = get_with(&url, &[]).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&resp, "x-suppression-factor"), Some("1.000"));
+    // Every request keeps counting for the whole window: a second is not enough.
+    assert_eq!(header(&resp, "retry-after"), Some("10"));
+    assert_eq!(
+        header(&resp, "ratelimit-policy"),
+        Some("\"default\";q=2;w=10")
+    );
+    assert_eq!(header(&resp, "ratelimit"), Some("\"default\";r=0;t=10"));
+
+    // The problem-details body says the same wait.
+    let layer = RateLimitLayer::builder(rl)
+        .rate(rate(0.2))
+        .strategy(Strategy::Suppressed)
+        .problem_json()
+        .build()
+        .unwrap();
+    let url = serve(hello().layer(layer)).await;
+    let resp = get_with(&url, &[]).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&resp, "retry-after"), Some("10"));
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.ends_with(r#","retry_after":10,"suppression_factor":1.000}"#),
+        "{body}"
     );
 }

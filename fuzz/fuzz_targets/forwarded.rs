@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sluicegate::layer::forwarded::{Hop, forwarded_hops, xff_hops};
+// `layer::fuzzing` exists only under `--cfg fuzzing`, which `cargo fuzz` sets.
+use sluicegate::layer::fuzzing::{Hop, forwarded_hops, xff_hops};
 use sluicegate::layer::{ClientIp, ProxyHeader};
 
 fuzz_target!(|data: &[u8]| {

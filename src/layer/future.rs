@@ -12,7 +12,8 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::config::{Note, Pending, Shared, Verdict};
+use super::decide::{AwaitedRequest, DecisionEngine, Verdict};
+use super::fields::AdmittedHeaders;
 use super::provider::DecisionFuture;
 
 pin_project! {
@@ -35,7 +36,7 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
-            note: Note,
+            fields: AdmittedHeaders,
         },
         Reply {
             response: Option<Box<Response<Bytes>>>,
@@ -50,19 +51,19 @@ pin_project! {
 
 struct Deciding<S, ReqBody> {
     decision: DecisionFuture,
-    pending: Pending,
+    awaited: AwaitedRequest,
     service: Option<S>,
     request: Option<Request<ReqBody>>,
-    shared: Arc<Shared>,
+    engine: Arc<DecisionEngine>,
 }
 
 impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
-    pub(crate) fn inner(future: S::Future, note: Note) -> Self {
+    pub(crate) fn inner(future: S::Future, fields: AdmittedHeaders) -> Self {
         ResponseFuture {
-            state: State::Inner { future, note },
+            state: State::Inner { future, fields },
         }
     }
 
@@ -74,21 +75,21 @@ where
         }
     }
 
-    pub(crate) fn pending(
+    pub(crate) fn awaiting(
         decision: DecisionFuture,
-        pending: Pending,
+        awaited: AwaitedRequest,
         service: S,
         request: Request<ReqBody>,
-        shared: Arc<Shared>,
+        engine: Arc<DecisionEngine>,
     ) -> Self {
         ResponseFuture {
             state: State::Deciding {
                 deciding: Box::new(Deciding {
                     decision,
-                    pending,
+                    awaited,
                     service: Some(service),
                     request: Some(request),
-                    shared,
+                    engine,
                 }),
             },
         }
@@ -105,9 +106,9 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Inner { future, note } => {
+                StateProj::Inner { future, fields } => {
                     let mut response = ready!(future.poll(cx))?;
-                    std::mem::take(note).apply(response.headers_mut());
+                    std::mem::take(fields).apply(response.headers_mut());
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Reply { response } => {
@@ -119,14 +120,14 @@ where
                 StateProj::Deciding { deciding } => {
                     let Deciding {
                         decision,
-                        pending,
+                        awaited,
                         service,
                         request,
-                        shared,
+                        engine,
                     } = &mut **deciding;
                     let result = ready!(decision.as_mut().poll(cx));
-                    let next = match shared.finish(result, pending) {
-                        Verdict::Pass(note) => {
+                    let next = match engine.finish(result, awaited) {
+                        Verdict::Pass(fields) => {
                             let mut service = service
                                 .take()
                                 .expect("ResponseFuture polled after completion");
@@ -135,13 +136,13 @@ where
                                 .expect("ResponseFuture polled after completion");
                             State::Inner {
                                 future: service.call(request),
-                                note,
+                                fields,
                             }
                         }
                         Verdict::Reject(response) => State::Reply {
                             response: Some(response),
                         },
-                        Verdict::Pending(..) => unreachable!("a finished decision is final"),
+                        Verdict::Awaiting(..) => unreachable!("a finished decision is final"),
                     };
                     state.set(next);
                 }

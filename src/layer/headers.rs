@@ -1,26 +1,29 @@
 //! The response fields the layer writes, spelled in one place.
 //!
-//! - `Retry-After`: whole seconds, rounded up, never 0 ([RFC 9110 §10.2.3]).
+//! - `Retry-After`: whole seconds, rounded up, never 0 ([RFC 9110 §10.2.3]), and never
+//!   longer than the policy's window.
 //! - `RateLimit-Policy: "name";q=<quota>;w=<window s>` and
 //!   `RateLimit: "name";r=<remaining>;t=<seconds>`, in the syntax of
-//!   draft-ietf-httpapi-ratelimit-headers (09): structured-field lists whose items are the
-//!   policy name as a string, with integer parameters.
+//!   [draft-ietf-httpapi-ratelimit-headers-10]: structured-field lists whose items are the
+//!   policy name as a string, with integer parameters. `t` is never above `w`.
 //! - [`SUPPRESSION_FACTOR`]: the suppressed strategy's factor, three decimals.
 //!
 //! Values that depend only on the configuration (the policy, `Retry-After: n` and
-//! `RateLimit: ..;r=0;t=n` for every `n` up to the window) are built once when the layer is
-//! built, so the reject path clones a reference-counted value instead of formatting.
+//! `RateLimit: ..;r=0;t=n` for every `n` up to the window, the factor in steps of 0.001)
+//! are built once when the layer is built, so the reject path clones a reference-counted
+//! value instead of formatting.
 //!
 //! [RFC 9110 §10.2.3]: https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3
+//! [draft-ietf-httpapi-ratelimit-headers-10]: https://www.ietf.org/archive/id/draft-ietf-httpapi-ratelimit-headers-10.txt
 
 use http::{HeaderName, HeaderValue};
 
 use crate::Error;
 
 /// `RateLimit-Policy`: the quota and window of the policy that applies to the request.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit`: what is left of the quota (`r`) and when it is back (`t`, seconds).
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The suppressed strategy's factor in `[0, 1]` (`0.250` = a quarter of the key's
 /// requests are being shed); on every 503 it causes and, if configured, on admitted
 /// responses while the key is suppressed.
@@ -29,15 +32,32 @@ pub const SUPPRESSION_FACTOR: HeaderName = HeaderName::from_static("x-suppressio
 /// How many `Retry-After` / `RateLimit` values are pre-built at most.
 const PREBUILT_SECONDS: u64 = 3600;
 
-/// `Retry-After` seconds for a wait in milliseconds: rounded up, at least 1.
+/// `Retry-After` (and `RateLimit`'s `t`) seconds for a wait in milliseconds: rounded up,
+/// at least 1, and at most the window. A wait can reach the window plus one group (a
+/// bucket counts while any part of it is inside the window); a client told the window
+/// may meet one more refusal, with a short wait, but is never told to wait longer than the
+/// policy it is shown.
 #[inline]
-pub fn retry_after_seconds(wait_ms: u64) -> u64 {
-    wait_ms.div_ceil(1000).max(1)
+pub(crate) fn retry_after_seconds(wait_ms: u64, window_s: u64) -> u64 {
+    wait_ms.div_ceil(1000).min(window_s).max(1)
+}
+
+/// `Retry-After` on a shed (`503`) at suppression factor `factor`:
+/// - below 1, one second: the factor is re-estimated over the last second of traffic, so
+///   a retry a second later meets a new draw;
+/// - at 1, the key's observed usage is at or over its hard limit, and every request,
+///   shed or not, keeps counting for a whole window. The core reports no time at which
+///   the usage falls below the hard limit, so the layer advertises the time until all of
+///   the usage seen so far has expired, capped at the window: the window. After it, only
+///   what the key's newest group (the last `rate_group_size_ms`) saw can still count.
+#[inline]
+pub(crate) fn shed_retry_after_seconds(factor: f64, window_s: u64) -> u64 {
+    if factor >= 1.0 { window_s.max(1) } else { 1 }
 }
 
 /// Checks a policy name: 1 to 64 characters from `A-Z a-z 0-9 _ - .`, so it needs no
 /// escaping inside a structured-field string.
-pub fn validate_policy_name(name: &str) -> Result<(), Error> {
+pub(crate) fn validate_policy_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -55,17 +75,17 @@ pub fn validate_policy_name(name: &str) -> Result<(), Error> {
 }
 
 /// `"name";q=quota;w=window`.
-pub fn policy_value(name: &str, quota: u64, window_s: u64) -> HeaderValue {
+pub(crate) fn policy_value(name: &str, quota: u64, window_s: u64) -> HeaderValue {
     value(format!("\"{name}\";q={quota};w={window_s}"))
 }
 
 /// `"name";r=remaining;t=seconds`.
-pub fn ratelimit_value(name: &str, remaining: u64, reset_s: u64) -> HeaderValue {
+pub(crate) fn ratelimit_value(name: &str, remaining: u64, reset_s: u64) -> HeaderValue {
     value(format!("\"{name}\";r={remaining};t={reset_s}"))
 }
 
 /// The factor with three decimals, `0.000` to `1.000`.
-pub fn factor_value(factor: f64) -> HeaderValue {
+pub(crate) fn factor_value(factor: f64) -> HeaderValue {
     value(format!("{:.3}", factor.clamp(0.0, 1.0)))
 }
 
@@ -74,7 +94,7 @@ fn value(s: String) -> HeaderValue {
 }
 
 /// The quota advertised for a rate over a window: the capacity rounded down.
-pub fn quota(rate: f64, window_s: u64) -> u64 {
+pub(crate) fn quota(rate: f64, window_s: u64) -> u64 {
     // Relative slack against f64 rounding, the same as the core's capacity check.
     let cap = rate * window_s as f64;
     (cap * (1.0 + 1e-9)).floor() as u64
@@ -97,9 +117,8 @@ pub(crate) struct Prebuilt {
 
 impl Prebuilt {
     pub(crate) fn new(name: &str, window_s: u64, fixed_rate: Option<f64>, factors: bool) -> Self {
-        // A wait can reach the window plus one group; one spare second covers it mostly,
-        // and anything longer is formatted on demand.
-        let top = (window_s + 1).min(PREBUILT_SECONDS);
+        // Waits are capped at the window; a window over an hour formats on demand.
+        let top = window_s.min(PREBUILT_SECONDS);
         Prebuilt {
             name: name.into(),
             window_s,
@@ -156,11 +175,29 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_and_is_never_zero() {
-        assert_eq!(retry_after_seconds(0), 1);
-        assert_eq!(retry_after_seconds(1), 1);
-        assert_eq!(retry_after_seconds(1000), 1);
-        assert_eq!(retry_after_seconds(1001), 2);
-        assert_eq!(retry_after_seconds(59_999), 60);
+        assert_eq!(retry_after_seconds(0, 60), 1);
+        assert_eq!(retry_after_seconds(1, 60), 1);
+        assert_eq!(retry_after_seconds(1000, 60), 1);
+        assert_eq!(retry_after_seconds(1001, 60), 2);
+        assert_eq!(retry_after_seconds(59_999, 60), 60);
+    }
+
+    #[test]
+    fn no_wait_is_longer_than_the_window() {
+        // A bucket that began at 0 with 100 ms groups and a 10 s window expires at 10.1 s.
+        assert_eq!(retry_after_seconds(10_100, 10), 10);
+        assert_eq!(retry_after_seconds(10_000, 10), 10);
+        assert_eq!(retry_after_seconds(9_001, 10), 10);
+        assert_eq!(retry_after_seconds(u64::MAX, 10), 10);
+        assert_eq!(retry_after_seconds(u64::MAX, 1), 1);
+    }
+
+    #[test]
+    fn a_shed_waits_a_second_below_the_hard_limit_and_the_window_over_it() {
+        assert_eq!(shed_retry_after_seconds(0.0, 10), 1);
+        assert_eq!(shed_retry_after_seconds(0.999, 10), 1);
+        assert_eq!(shed_retry_after_seconds(1.0, 10), 10);
+        assert_eq!(shed_retry_after_seconds(1.0, 86_400), 86_400);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use tower_layer::Layer;
 
-use super::config::{RateLimitLayerBuilder, Shared};
+use super::builder::RateLimitLayerBuilder;
+use super::decide::DecisionEngine;
 use super::service::RateLimitService;
 use crate::{RateLimit, RateLimiter};
 
@@ -31,7 +32,7 @@ use crate::{RateLimit, RateLimiter};
 /// ```
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) engine: Arc<DecisionEngine>,
 }
 
 impl RateLimitLayer {
@@ -55,7 +56,7 @@ impl RateLimitLayer {
     /// How many times a networked provider failed since the layer was built (each one
     /// answered by the provider-error policy).
     pub fn provider_errors(&self) -> u64 {
-        self.shared.provider_errors.load(Ordering::Relaxed)
+        self.engine.provider_errors.load(Ordering::Relaxed)
     }
 }
 
@@ -63,6 +64,6 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimitService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService::new(inner, self.shared.clone())
+        RateLimitService::new(inner, self.engine.clone())
     }
 }

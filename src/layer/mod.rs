@@ -28,11 +28,14 @@
 //! # What it answers
 //! | case | status | fields |
 //! |---|---|---|
-//! | admitted | the inner service's | `RateLimit-Policy` + `RateLimit` if [`headers_on_allowed`](RateLimitLayerBuilder::headers_on_allowed); [`SUPPRESSION_FACTOR`] while suppressed |
-//! | absolute: over the limit | `429` | `Retry-After` (seconds, rounded up, ≥ 1), `RateLimit-Policy`, `RateLimit` with `r=0` |
-//! | suppressed: shed | `503` | [`SUPPRESSION_FACTOR`], `Retry-After: 1` |
+//! | admitted | the inner service's | `RateLimit-Policy` + `RateLimit` if [`headers_on_allowed`](RateLimitLayerBuilder::headers_on_allowed) (off by default); [`SUPPRESSION_FACTOR`] while the key is suppressed (**on by default**: turn it off with [`suppression_header_on_allowed(false)`](RateLimitLayerBuilder::suppression_header_on_allowed)) |
+//! | absolute: over the limit | `429` | `Retry-After` (seconds, rounded up, ≥ 1, ≤ the window), `RateLimit-Policy`, `RateLimit` with `r=0` and `t` = `Retry-After` |
+//! | suppressed: shed | `503` | [`SUPPRESSION_FACTOR`], `Retry-After` (1 s below the hard limit; the window at factor 1, over it), `RateLimit-Policy`, `RateLimit` with `r=0` and `t` = `Retry-After` |
 //! | no key | per [`KeyErrorPolicy`]: the error's status (400/401/500) or through | |
 //! | provider failure | per [`ProviderErrorPolicy`]: through (counted) or `503` | |
+//!
+//! No wait advertised, in `Retry-After` or in `t`, is longer than the policy's window
+//! `w`. The fields follow draft-ietf-httpapi-ratelimit-headers-10.
 //!
 //! Bodies are plain text by default, RFC 9457 problem details with
 //! [`problem_json`](RateLimitLayerBuilder::problem_json), or a hook's
@@ -54,28 +57,39 @@
 //! [`ProviderErrorPolicy`] and are counted in [`RateLimitLayer::provider_errors`].
 //!
 //! # Fuzzing
-//! `fuzz/` holds a cargo-fuzz target for the proxy-chain parsing ([`forwarded`]):
+//! `fuzz/` holds a cargo-fuzz target for the proxy-chain parsing behind [`ClientIp`]:
 //! `cd fuzz && cargo +nightly fuzz run forwarded -- -max_total_time=60`.
+//!
+//! # Where things are
+//! `layer.rs`, `service.rs`, `future.rs`, `body.rs`: the tower pieces. `builder.rs`: the
+//! settings, checked once. `decide.rs`: the per-request decision. `fields.rs` and
+//! `headers.rs`: which fields each answer carries and how they are spelled.
+//! `response.rs`: the bodies of the layer's own answers. `provider.rs`: who counts.
+//! `extract/`: one key extractor a file.
 
 mod body;
-mod config;
-pub mod extract;
-pub mod forwarded;
+mod builder;
+mod decide;
+mod extract;
+mod fields;
 mod future;
-pub mod headers;
+mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
 mod provider;
 mod response;
 mod service;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use body::ResponseBody;
-pub use config::{CostFn, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder};
+pub use builder::{CostFn, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder};
 #[cfg(feature = "axum")]
 pub use extract::MatchedRoute;
 pub use extract::{
-    Both, ClientIp, GlobalKey, HeaderKey, Key, KeyError, KeyExtractor, KeyFn, PeerIp, ProxyHeader,
-    RequestHead, key_fn,
+    Both, ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, KEY_SEPARATOR, Key, KeyError,
+    KeyExtractor, KeyFn, PeerIp, ProxyHeader, RequestHead, key_fn, peer_addr,
 };
 pub use future::ResponseFuture;
 pub use headers::SUPPRESSION_FACTOR;

@@ -26,6 +26,8 @@ pub enum Rejection<'a> {
         key: &'a Key,
         /// The share of the key's requests being shed, in `[0, 1]`.
         suppression_factor: f64,
+        /// `Retry-After`, in whole seconds: 1 below the hard limit, the window at factor 1.
+        retry_after_seconds: u64,
     },
     /// No key could be read from the request (the configured status, 500 by default for a
     /// set-up mistake, 401 for a missing credential header, 400 for a malformed one).
@@ -162,10 +164,12 @@ fn problem_json(rejection: &Rejection<'_>) -> String {
             out.push_str(&format!(",\"retry_after\":{retry_after_seconds}"));
         }
         Rejection::Suppressed {
-            suppression_factor, ..
+            suppression_factor,
+            retry_after_seconds,
+            ..
         } => {
             out.push_str(&format!(
-                ",\"retry_after\":1,\"suppression_factor\":{suppression_factor:.3}"
+                ",\"retry_after\":{retry_after_seconds},\"suppression_factor\":{suppression_factor:.3}"
             ));
         }
         _ => {}

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::config::{Shared, Verdict};
+use super::decide::{DecisionEngine, Verdict};
 use super::extract::RequestHead;
 use super::future::ResponseFuture;
 
@@ -15,21 +15,21 @@ use super::future::ResponseFuture;
 #[derive(Debug)]
 pub struct RateLimitService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    engine: Arc<DecisionEngine>,
 }
 
 impl<S: Clone> Clone for RateLimitService<S> {
     fn clone(&self) -> Self {
         RateLimitService {
             inner: self.inner.clone(),
-            shared: self.shared.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
 
 impl<S> RateLimitService<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        RateLimitService { inner, shared }
+    pub(crate) fn new(inner: S, engine: Arc<DecisionEngine>) -> Self {
+        RateLimitService { inner, engine }
     }
 
     /// The wrapped service.
@@ -52,16 +52,16 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.shared.check(&RequestHead::from(&req)) {
+        match self.engine.check(&RequestHead::from(&req)) {
             // Decided synchronously: `self.inner` is the service that was polled ready.
-            Verdict::Pass(note) => ResponseFuture::inner(self.inner.call(req), note),
+            Verdict::Pass(fields) => ResponseFuture::inner(self.inner.call(req), fields),
             Verdict::Reject(response) => ResponseFuture::reply(response),
-            Verdict::Pending(decision, pending) => {
+            Verdict::Awaiting(decision, awaited) => {
                 // The decision takes a round trip: move the ready service into the future
                 // and leave a fresh clone, which must be polled ready before its own call.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::pending(decision, pending, ready, req, self.shared.clone())
+                ResponseFuture::awaiting(decision, awaited, ready, req, self.engine.clone())
             }
         }
     }
@@ -82,10 +82,10 @@ mod tests {
 
     #[cfg(feature = "redis-tokio")]
     use crate::Error;
+    use crate::layer::Key;
     #[cfg(feature = "redis-tokio")]
     use crate::layer::ProviderErrorPolicy;
     use crate::layer::RateLimitLayer;
-    use crate::layer::extract::Key;
     use crate::layer::provider::{AsyncProvider, DecisionFuture, Strategy};
     use crate::local::LocalRateLimiterOptions;
     use crate::{ManualClock, RateLimit, RateLimiter, RateLimiterBuilder};

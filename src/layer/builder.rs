@@ -1,19 +1,18 @@
-//! The layer's configuration: what it is built from, checked once, and the per-request
-//! decision that reads it.
+//! [`RateLimitLayerBuilder`]: every setting of the layer, checked once when it is built.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode};
 
 use super::RateLimitLayer;
-use super::extract::{Key, KeyError, KeyExtractor, PeerIp, RequestHead};
+use super::decide::DecisionEngine;
+use super::extract::{Key, KeyExtractor, PeerIp, RequestHead};
 use super::headers::{self, Prebuilt};
-use super::provider::{self, AsyncProvider, Backend, DecisionFuture, Provider, Strategy};
+use super::provider::{AsyncProvider, Backend, Provider, Strategy};
 use super::response::{Rejection, RejectionBody, RejectionFn};
-use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
+use crate::{Error, RateLimit, RateLimiter};
 
 /// What happens to a request whose key cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -261,7 +260,7 @@ impl RateLimitLayerBuilder {
                 CostSource::Fixed(c) => c,
                 CostSource::Resolver(_) => 1,
             };
-            crate::absolute::checked_capacity(r, window_s, cost)?;
+            crate::call::checked_capacity(r, window_s, cost)?;
         } else if let CostSource::Fixed(0) = self.cost {
             return Err(Error::ZeroCount);
         }
@@ -277,7 +276,7 @@ impl RateLimitLayerBuilder {
                     if self.provider == Provider::Hybrid {
                         Backend::Hybrid(self.strategy)
                     } else {
-                        Backend::Async(Arc::new(provider::Networked {
+                        Backend::Async(Arc::new(super::provider::Networked {
                             limiter: self.limiter.clone(),
                             strategy: self.strategy,
                         }))
@@ -292,7 +291,7 @@ impl RateLimitLayerBuilder {
             self.strategy == Strategy::Suppressed,
         );
         Ok(RateLimitLayer {
-            shared: Arc::new(Shared {
+            engine: Arc::new(DecisionEngine {
                 limiter: self.limiter,
                 extractor: self.extractor,
                 rate,
@@ -308,274 +307,5 @@ impl RateLimitLayerBuilder {
                 provider_errors: AtomicU64::new(0),
             }),
         })
-    }
-}
-
-/// Everything a service needs, behind the one `Arc` a clone copies.
-pub(crate) struct Shared {
-    limiter: Arc<RateLimiter>,
-    extractor: Box<dyn KeyExtractor>,
-    rate: RateSource,
-    cost: CostSource,
-    strategy: Strategy,
-    backend: Backend,
-    on_key_error: KeyErrorPolicy,
-    on_provider_error: ProviderErrorPolicy,
-    headers_on_allowed: bool,
-    factor_on_allowed: bool,
-    body: RejectionBody,
-    prebuilt: Prebuilt,
-    pub(crate) provider_errors: AtomicU64,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("strategy", &self.strategy)
-            .field("backend", &self.backend)
-            .field("on_key_error", &self.on_key_error)
-            .field("on_provider_error", &self.on_provider_error)
-            .field("body", &self.body)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Headers to add to the inner service's response: none on the common path, so the
-/// local path's future carries one pointer, not three header values.
-#[derive(Debug, Default)]
-pub(crate) struct Note(Option<Box<NoteFields>>);
-
-#[derive(Debug, Default)]
-pub(crate) struct NoteFields {
-    policy: Option<HeaderValue>,
-    ratelimit: Option<HeaderValue>,
-    factor: Option<HeaderValue>,
-}
-
-impl Note {
-    pub(crate) fn apply(self, headers: &mut http::HeaderMap) {
-        let Some(fields) = self.0 else { return };
-        if let Some(v) = fields.policy {
-            headers.insert(headers::RATELIMIT_POLICY, v);
-        }
-        if let Some(v) = fields.ratelimit {
-            headers.insert(headers::RATELIMIT, v);
-        }
-        if let Some(v) = fields.factor {
-            headers.insert(headers::SUPPRESSION_FACTOR, v);
-        }
-    }
-}
-
-/// The outcome of the layer's checks for one request.
-pub(crate) enum Verdict {
-    /// Call the inner service, then add these headers.
-    Pass(Note),
-    /// Answer with this response (boxed: it is large, and the allowed path's future
-    /// should not be).
-    Reject(Box<Response<Bytes>>),
-    /// Wait for a networked provider, then [`Shared::finish`].
-    Pending(DecisionFuture, Pending),
-}
-
-/// What the finishing step needs once a networked decision arrives.
-pub(crate) struct Pending {
-    key: Key,
-    rate: RateLimit,
-}
-
-impl Shared {
-    /// Decides one request from its head.
-    #[inline]
-    pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
-        let key = match self.extractor.extract(head) {
-            Ok(key) => key,
-            Err(err) => return self.key_failure(&err),
-        };
-        let rate = match &self.rate {
-            RateSource::Fixed(r) => *r,
-            RateSource::Resolver(f) => f(&key, head),
-        };
-        let cost = match &self.cost {
-            CostSource::Fixed(c) => *c,
-            CostSource::Resolver(f) => f(head).max(1),
-        };
-        match &self.backend {
-            Backend::Local(strategy) => {
-                match provider::local_inc(&self.limiter, *strategy, &key, &rate, cost) {
-                    Ok(decision) => self.verdict(decision, &key, rate, true),
-                    Err(err) => self.misconfigured(&err),
-                }
-            }
-            #[cfg(feature = "redis-tokio")]
-            Backend::Hybrid(strategy) => {
-                let result = provider::hybrid_inc(&self.limiter, *strategy, &key, &rate, cost);
-                self.finish(result, &Pending { key, rate })
-            }
-            Backend::Async(p) => {
-                let mut decision = p.inc(&key, rate, cost);
-                let pending = Pending { key, rate };
-                // Poll once in place: only a decision that is really on its way (not one
-                // refused before any I/O) takes the boxed-state path.
-                let mut cx = Context::from_waker(Waker::noop());
-                match decision.as_mut().poll(&mut cx) {
-                    Poll::Ready(result) => self.finish(result, &pending),
-                    Poll::Pending => Verdict::Pending(decision, pending),
-                }
-            }
-        }
-    }
-
-    /// Turns a networked provider's answer into a verdict.
-    pub(crate) fn finish(
-        &self,
-        result: Result<RateLimitDecision, Error>,
-        pending: &Pending,
-    ) -> Verdict {
-        match result {
-            Ok(decision) => self.verdict(decision, &pending.key, pending.rate, false),
-            Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
-                self.misconfigured(&err)
-            }
-            Err(Error::InvalidKey { key, reason }) => self.key_failure(&KeyError::custom(
-                StatusCode::BAD_REQUEST,
-                format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),
-            )),
-            Err(err) => {
-                self.provider_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");
-                match self.on_provider_error {
-                    ProviderErrorPolicy::FailOpen => Verdict::Pass(Note::default()),
-                    ProviderErrorPolicy::FailClosed => Verdict::Reject(Box::new(
-                        self.body
-                            .build(&Rejection::ProviderUnavailable { error: &err }),
-                    )),
-                }
-            }
-        }
-    }
-
-    #[inline]
-    fn verdict(
-        &self,
-        decision: RateLimitDecision,
-        key: &Key,
-        rate: RateLimit,
-        local: bool,
-    ) -> Verdict {
-        match decision {
-            RateLimitDecision::Allowed => {
-                if !self.headers_on_allowed {
-                    return Verdict::Pass(Note::default());
-                }
-                Verdict::Pass(Note(Some(Box::new(self.allowed_fields(key, rate, local)))))
-            }
-            RateLimitDecision::Suppressed {
-                is_allowed: true,
-                suppression_factor,
-            } => {
-                let mut fields = if self.headers_on_allowed {
-                    self.allowed_fields(key, rate, local)
-                } else {
-                    NoteFields::default()
-                };
-                if self.factor_on_allowed && suppression_factor > 0.0 {
-                    fields.factor = Some(self.prebuilt.factor(suppression_factor));
-                }
-                Verdict::Pass(Note(Some(Box::new(fields))))
-            }
-            RateLimitDecision::Rejected { retry_after_ms, .. } => {
-                Verdict::Reject(Box::new(self.limited(key, rate, retry_after_ms)))
-            }
-            RateLimitDecision::Suppressed {
-                is_allowed: false,
-                suppression_factor,
-            } => Verdict::Reject(Box::new(self.shed(key, suppression_factor))),
-        }
-    }
-
-    fn fixed(&self) -> bool {
-        matches!(self.rate, RateSource::Fixed(_))
-    }
-
-    fn allowed_fields(&self, key: &Key, rate: RateLimit, local: bool) -> NoteFields {
-        let p = &self.prebuilt;
-        let ratelimit = local.then(|| {
-            let used = provider::local_used(&self.limiter, self.strategy, key);
-            let left = headers::quota(rate.get(), p.window_s).saturating_sub(used);
-            headers::ratelimit_value(&p.name, left, p.window_s)
-        });
-        NoteFields {
-            policy: Some(p.policy_for(rate.get(), self.fixed())),
-            ratelimit,
-            factor: None,
-        }
-    }
-
-    fn limited(&self, key: &Key, rate: RateLimit, retry_after_ms: u64) -> Response<Bytes> {
-        let seconds = headers::retry_after_seconds(retry_after_ms);
-        let mut response = self.body.build(&Rejection::RateLimited {
-            key,
-            retry_after_seconds: seconds,
-        });
-        let p = &self.prebuilt;
-        let h = response.headers_mut();
-        if !h.contains_key(header::RETRY_AFTER) {
-            h.insert(header::RETRY_AFTER, p.retry_after(seconds));
-        }
-        if !h.contains_key(headers::RATELIMIT_POLICY) {
-            h.insert(
-                headers::RATELIMIT_POLICY,
-                p.policy_for(rate.get(), self.fixed()),
-            );
-        }
-        if !h.contains_key(headers::RATELIMIT) {
-            h.insert(headers::RATELIMIT, p.limited(seconds));
-        }
-        response
-    }
-
-    fn shed(&self, key: &Key, factor: f64) -> Response<Bytes> {
-        let mut response = self.body.build(&Rejection::Suppressed {
-            key,
-            suppression_factor: factor,
-        });
-        let p = &self.prebuilt;
-        let h = response.headers_mut();
-        if !h.contains_key(header::RETRY_AFTER) {
-            // The factor is re-estimated over the last second of traffic.
-            h.insert(header::RETRY_AFTER, p.retry_after(1));
-        }
-        if !h.contains_key(headers::SUPPRESSION_FACTOR) {
-            h.insert(headers::SUPPRESSION_FACTOR, p.factor(factor));
-        }
-        response
-    }
-
-    #[cold]
-    fn key_failure(&self, err: &KeyError) -> Verdict {
-        let status = match self.on_key_error {
-            KeyErrorPolicy::Allow => {
-                tracing::debug!(error = %err, "sluicegate: no rate-limit key; request let through");
-                return Verdict::Pass(Note::default());
-            }
-            KeyErrorPolicy::Reject => err.status(),
-            KeyErrorPolicy::RejectWith(status) => status,
-        };
-        if status.is_server_error() {
-            tracing::error!(error = %err, "sluicegate: no rate-limit key");
-        }
-        Verdict::Reject(Box::new(
-            self.body
-                .build(&Rejection::KeyUnavailable { error: err, status }),
-        ))
-    }
-
-    #[cold]
-    fn misconfigured(&self, err: &Error) -> Verdict {
-        tracing::error!(error = %err, "sluicegate: resolved rate or cost does not fit the limiter");
-        Verdict::Reject(Box::new(
-            self.body.build(&Rejection::Misconfigured { error: err }),
-        ))
     }
 }

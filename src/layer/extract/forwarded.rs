@@ -2,8 +2,9 @@
 //!
 //! Both parsers take one raw header value and report its hops left to right, without
 //! allocating; anything that is not an IP address (`unknown`, an obfuscated `_node`, a
-//! typo) is a [`Hop::Malformed`]. They never panic on any input (a fuzz target in `fuzz/`
-//! checks that).
+//! typo) is a [`Hop::Malformed`]. They never panic on any input: the property tests below
+//! and the cargo-fuzz target in `fuzz/` (through `layer::fuzzing`, compiled only with
+//! `--cfg fuzzing`) check that.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -17,7 +18,7 @@ pub enum Hop {
 }
 
 /// Parses one node: an IP, `ip:port`, `[ipv6]` or `[ipv6]:port`.
-pub fn parse_node(node: &[u8]) -> Hop {
+fn parse_node(node: &[u8]) -> Hop {
     let Ok(s) = std::str::from_utf8(node) else {
         return Hop::Malformed;
     };
@@ -135,15 +136,15 @@ pub(crate) enum Client {
     Malformed,
 }
 
-/// Finds the rightmost untrusted hop in one left-to-right pass with no buffer: each hop
+/// The walk over a chain: finds the rightmost untrusted hop in one left-to-right pass with no buffer: each hop
 /// that is not trusted replaces the candidate, so the last one standing is the rightmost.
 #[derive(Debug, Default)]
-pub(crate) struct Hops {
+pub(crate) struct ChainWalk {
     first: Option<Hop>,
     untrusted: Option<Hop>,
 }
 
-impl Hops {
+impl ChainWalk {
     pub(crate) fn push(&mut self, hop: Hop, trusted: impl Fn(IpAddr) -> bool) {
         if self.first.is_none() {
             self.first = Some(hop);
@@ -213,6 +214,40 @@ mod tests {
         assert_eq!(fwd(r#"for=a"b"#), vec![Hop::Malformed]);
         assert_eq!(fwd("for=_secret"), vec![Hop::Malformed]);
         assert_eq!(fwd("proto=https"), vec![]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let commas = data.iter().filter(|&&b| b == b',').count();
+            let mut n = 0;
+            xff_hops(&data, &mut |_| n += 1);
+            proptest::prop_assert!(n <= commas + 1);
+            let mut n = 0;
+            forwarded_hops(&data, &mut |_| n += 1);
+            proptest::prop_assert!(n <= commas + 1);
+        }
+
+        #[test]
+        fn xff_round_trips_addresses(
+            chain in proptest::collection::vec(
+                (proptest::prelude::any::<IpAddr>(), proptest::option::of(proptest::prelude::any::<u16>())),
+                0..8,
+            ),
+        ) {
+            let text = chain
+                .iter()
+                .map(|(ip, port)| match port {
+                    Some(port) => SocketAddr::new(*ip, *port).to_string(),
+                    None => ip.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut hops = Vec::new();
+            xff_hops(text.as_bytes(), &mut |h| hops.push(h));
+            let want: Vec<Hop> = chain.iter().map(|(ip, _)| Hop::Ip(*ip)).collect();
+            proptest::prop_assert_eq!(hops, want);
+        }
     }
 
     #[test]

@@ -1,0 +1,200 @@
+//! [`DecisionEngine`]: the per-request decision, from the request head to a [`Verdict`].
+//!
+//! The path of one request: the extractor reads the key, the rate and cost resolve, the
+//! provider decides (in place for the local one; a networked decision is polled once and
+//! only one still on its way becomes [`Verdict::Awaiting`]), and the decision becomes the
+//! fields of an admitted response or the layer's own answer ([`fields`](super::fields)).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
+use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
+use super::fields::AdmittedHeaders;
+use super::headers::Prebuilt;
+use super::provider::{self, Backend, DecisionFuture, Strategy};
+use super::response::{Rejection, RejectionBody};
+use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
+
+/// Everything a service needs to decide, behind the one `Arc` a clone copies.
+pub(crate) struct DecisionEngine {
+    pub(super) limiter: Arc<RateLimiter>,
+    pub(super) extractor: Box<dyn KeyExtractor>,
+    pub(super) rate: RateSource,
+    pub(super) cost: CostSource,
+    pub(super) strategy: Strategy,
+    pub(super) backend: Backend,
+    pub(super) on_key_error: KeyErrorPolicy,
+    pub(super) on_provider_error: ProviderErrorPolicy,
+    pub(super) headers_on_allowed: bool,
+    pub(super) factor_on_allowed: bool,
+    pub(super) body: RejectionBody,
+    pub(super) prebuilt: Prebuilt,
+    pub(crate) provider_errors: AtomicU64,
+}
+
+impl std::fmt::Debug for DecisionEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionEngine")
+            .field("strategy", &self.strategy)
+            .field("backend", &self.backend)
+            .field("on_key_error", &self.on_key_error)
+            .field("on_provider_error", &self.on_provider_error)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of the layer's checks for one request.
+pub(crate) enum Verdict {
+    /// Call the inner service, then add these headers.
+    Pass(AdmittedHeaders),
+    /// Answer with this response (boxed: it is large, and the allowed path's future
+    /// should not be).
+    Reject(Box<Response<Bytes>>),
+    /// Wait for a networked provider, then [`DecisionEngine::finish`].
+    Awaiting(DecisionFuture, AwaitedRequest),
+}
+
+/// The request a networked decision is awaited for: what the finishing step needs.
+pub(crate) struct AwaitedRequest {
+    key: Key,
+    rate: RateLimit,
+}
+
+impl DecisionEngine {
+    /// Decides one request from its head.
+    #[inline]
+    pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
+        let key = match self.extractor.extract(head) {
+            Ok(key) => key,
+            Err(err) => return self.key_failure(&err),
+        };
+        let rate = match &self.rate {
+            RateSource::Fixed(r) => *r,
+            RateSource::Resolver(f) => f(&key, head),
+        };
+        let cost = match &self.cost {
+            CostSource::Fixed(c) => *c,
+            CostSource::Resolver(f) => f(head).max(1),
+        };
+        match &self.backend {
+            Backend::Local(strategy) => {
+                match provider::local_inc(&self.limiter, *strategy, &key, &rate, cost) {
+                    Ok(decision) => self.verdict(decision, &key, rate, true),
+                    Err(err) => self.misconfigured(&err),
+                }
+            }
+            #[cfg(feature = "redis-tokio")]
+            Backend::Hybrid(strategy) => {
+                let result = provider::hybrid_inc(&self.limiter, *strategy, &key, &rate, cost);
+                self.finish(result, &AwaitedRequest { key, rate })
+            }
+            Backend::Async(p) => {
+                let mut decision = p.inc(&key, rate, cost);
+                let awaited = AwaitedRequest { key, rate };
+                // Poll once in place: only a decision that is really on its way (not one
+                // refused before any I/O) takes the boxed-state path.
+                let mut cx = Context::from_waker(Waker::noop());
+                match decision.as_mut().poll(&mut cx) {
+                    Poll::Ready(result) => self.finish(result, &awaited),
+                    Poll::Pending => Verdict::Awaiting(decision, awaited),
+                }
+            }
+        }
+    }
+
+    /// Turns a networked provider's answer into a verdict.
+    pub(crate) fn finish(
+        &self,
+        result: Result<RateLimitDecision, Error>,
+        awaited: &AwaitedRequest,
+    ) -> Verdict {
+        match result {
+            Ok(decision) => self.verdict(decision, &awaited.key, awaited.rate, false),
+            Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
+                self.misconfigured(&err)
+            }
+            Err(Error::InvalidKey { key, reason }) => self.key_failure(&KeyError::custom(
+                StatusCode::BAD_REQUEST,
+                format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),
+            )),
+            Err(err) => {
+                self.provider_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");
+                match self.on_provider_error {
+                    ProviderErrorPolicy::FailOpen => Verdict::Pass(AdmittedHeaders::none()),
+                    ProviderErrorPolicy::FailClosed => Verdict::Reject(Box::new(
+                        self.body
+                            .build(&Rejection::ProviderUnavailable { error: &err }),
+                    )),
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn verdict(
+        &self,
+        decision: RateLimitDecision,
+        key: &Key,
+        rate: RateLimit,
+        local: bool,
+    ) -> Verdict {
+        match decision {
+            RateLimitDecision::Allowed => {
+                if !self.headers_on_allowed {
+                    return Verdict::Pass(AdmittedHeaders::none());
+                }
+                Verdict::Pass(self.admitted(key, rate, local, None))
+            }
+            RateLimitDecision::Suppressed {
+                is_allowed: true,
+                suppression_factor,
+            } => Verdict::Pass(self.admitted(key, rate, local, Some(suppression_factor))),
+            RateLimitDecision::Rejected { retry_after_ms, .. } => {
+                Verdict::Reject(Box::new(self.limited(key, rate, retry_after_ms)))
+            }
+            RateLimitDecision::Suppressed {
+                is_allowed: false,
+                suppression_factor,
+            } => Verdict::Reject(Box::new(self.shed(key, rate, suppression_factor))),
+        }
+    }
+
+    /// Whether the rate is the one fixed at build time (its policy field is pre-built).
+    pub(super) fn fixed_rate(&self) -> bool {
+        matches!(self.rate, RateSource::Fixed(_))
+    }
+
+    #[cold]
+    fn key_failure(&self, err: &KeyError) -> Verdict {
+        let status = match self.on_key_error {
+            KeyErrorPolicy::Allow => {
+                tracing::debug!(error = %err, "sluicegate: no rate-limit key; request let through");
+                return Verdict::Pass(AdmittedHeaders::none());
+            }
+            KeyErrorPolicy::Reject => err.status(),
+            KeyErrorPolicy::RejectWith(status) => status,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %err, "sluicegate: no rate-limit key");
+        }
+        Verdict::Reject(Box::new(
+            self.body
+                .build(&Rejection::KeyUnavailable { error: err, status }),
+        ))
+    }
+
+    #[cold]
+    fn misconfigured(&self, err: &Error) -> Verdict {
+        tracing::error!(error = %err, "sluicegate: resolved rate or cost does not fit the limiter");
+        Verdict::Reject(Box::new(
+            self.body.build(&Rejection::Misconfigured { error: err }),
+        ))
+    }
+}

@@ -1,0 +1,138 @@
+//! [`Key`]: what a limiter counts against, and the text of an IP address as a key.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use compact_str::CompactString;
+
+/// What a limiter counts against: an opaque string. Keys up to 24 bytes (every IPv4
+/// address, an IPv6 /64) are stored inline, with no allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(pub(super) CompactString);
+
+impl Key {
+    /// A key from any string.
+    pub fn new(key: impl AsRef<str>) -> Self {
+        Key(CompactString::new(key.as_ref()))
+    }
+
+    /// The key as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key of an IP address: IPv4-mapped IPv6 addresses become IPv4, and IPv6
+    /// addresses are cut to their first `ipv6_prefix` bits (a client usually owns a whole
+    /// /64), written as `network/prefix`.
+    pub fn from_ip(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        let mut out = CompactString::default();
+        match normalize_ip(ip) {
+            IpAddr::V4(v4) => return Key(ipv4_text(v4)),
+            IpAddr::V6(v6) if ipv6_prefix >= 128 => {
+                let _ = write!(out, "{v6}");
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = if ipv6_prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(ipv6_prefix))
+                };
+                let _ = write!(out, "{}/{ipv6_prefix}", Ipv6Addr::from(bits & mask));
+            }
+        }
+        Key(out)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(value: &str) -> Self {
+        Key::new(value)
+    }
+}
+
+impl From<String> for Key {
+    fn from(value: String) -> Self {
+        Key(CompactString::from(value))
+    }
+}
+
+/// Dotted-quad text without the formatting machinery (the peer-IP key is on every
+/// request's path).
+fn ipv4_text(ip: Ipv4Addr) -> CompactString {
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    let text = std::str::from_utf8(&buf[..len]).expect("ASCII digits and dots");
+    CompactString::new(text)
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries; any
+/// other address unchanged. A dual-stack socket reports IPv4 clients this way.
+pub(crate) fn normalize_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "1.20.199.250"] {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(ipv4_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn ip_keys_normalise_mapped_ipv4_and_group_ipv6() {
+        assert_eq!(
+            Key::from_ip("::ffff:1.2.3.4".parse().unwrap(), 64).as_str(),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            Key::from_ip("2001:db8:1:2:3:4:5:6".parse().unwrap(), 64).as_str(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            Key::from_ip("2001:db8:1:2:3:4:5:6".parse().unwrap(), 48).as_str(),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(
+            Key::from_ip("2001:db8::6".parse().unwrap(), 128).as_str(),
+            "2001:db8::6"
+        );
+        assert_eq!(
+            Key::from_ip("2001:db8::6".parse().unwrap(), 0).as_str(),
+            "::/0"
+        );
+    }
+}

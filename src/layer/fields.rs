@@ -1,0 +1,134 @@
+//! Which fields each answer carries: the ones added to an admitted response
+//! ([`AdmittedHeaders`]), and those on the layer's own `429` and `503`.
+//!
+//! The table of what each answer carries is in the [layer docs](super).
+//!
+//! The waits follow the rules in [`headers`](super::headers): never longer than the
+//! policy's window.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, header};
+
+use super::decide::DecisionEngine;
+use super::extract::Key;
+use super::headers::{self, RATELIMIT, RATELIMIT_POLICY, SUPPRESSION_FACTOR};
+use super::provider;
+use super::response::Rejection;
+use crate::RateLimit;
+
+/// Headers to add to the inner service's response: none on the common path, so the
+/// local path's future carries one pointer, not three header values.
+#[derive(Debug, Default)]
+pub(crate) struct AdmittedHeaders(Option<Box<AdmittedValues>>);
+
+#[derive(Debug, Default)]
+struct AdmittedValues {
+    policy: Option<HeaderValue>,
+    ratelimit: Option<HeaderValue>,
+    factor: Option<HeaderValue>,
+}
+
+impl AdmittedHeaders {
+    /// Nothing to add.
+    pub(crate) fn none() -> Self {
+        AdmittedHeaders(None)
+    }
+
+    /// Adds the fields to the inner service's response headers.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        let Some(values) = self.0 else { return };
+        if let Some(v) = values.policy {
+            headers.insert(RATELIMIT_POLICY, v);
+        }
+        if let Some(v) = values.ratelimit {
+            headers.insert(RATELIMIT, v);
+        }
+        if let Some(v) = values.factor {
+            headers.insert(SUPPRESSION_FACTOR, v);
+        }
+    }
+}
+
+impl DecisionEngine {
+    /// The fields of an admitted response; `factor` is the suppression factor when the
+    /// suppressed strategy admitted it over capacity.
+    pub(super) fn admitted(
+        &self,
+        key: &Key,
+        rate: RateLimit,
+        local: bool,
+        factor: Option<f64>,
+    ) -> AdmittedHeaders {
+        let mut values = AdmittedValues::default();
+        if self.headers_on_allowed {
+            let p = &self.prebuilt;
+            values.policy = Some(p.policy_for(rate.get(), self.fixed_rate()));
+            // The remaining quota needs the usage: only the local provider has it at hand.
+            values.ratelimit = local.then(|| {
+                let used = provider::local_used(&self.limiter, self.strategy, key);
+                let left = headers::quota(rate.get(), p.window_s).saturating_sub(used);
+                headers::ratelimit_value(&p.name, left, p.window_s)
+            });
+        }
+        if let Some(factor) = factor.filter(|f| self.factor_on_allowed && *f > 0.0) {
+            values.factor = Some(self.prebuilt.factor(factor));
+        }
+        if values.policy.is_none() && values.factor.is_none() {
+            return AdmittedHeaders::none();
+        }
+        AdmittedHeaders(Some(Box::new(values)))
+    }
+
+    /// The `429` of the absolute strategy: the core's wait, rounded up and capped at the
+    /// window.
+    pub(super) fn limited(&self, key: &Key, rate: RateLimit, wait_ms: u64) -> Response<Bytes> {
+        let seconds = headers::retry_after_seconds(wait_ms, self.prebuilt.window_s);
+        let response = self.body.build(&Rejection::RateLimited {
+            key,
+            retry_after_seconds: seconds,
+        });
+        self.with_limit_fields(response, rate, seconds)
+    }
+
+    /// The `503` of the suppressed strategy; the wait is
+    /// [`headers::shed_retry_after_seconds`].
+    pub(super) fn shed(&self, key: &Key, rate: RateLimit, factor: f64) -> Response<Bytes> {
+        let seconds = headers::shed_retry_after_seconds(factor, self.prebuilt.window_s);
+        let response = self.body.build(&Rejection::Suppressed {
+            key,
+            suppression_factor: factor,
+            retry_after_seconds: seconds,
+        });
+        let mut response = self.with_limit_fields(response, rate, seconds);
+        let h = response.headers_mut();
+        if !h.contains_key(SUPPRESSION_FACTOR) {
+            h.insert(SUPPRESSION_FACTOR, self.prebuilt.factor(factor));
+        }
+        response
+    }
+
+    /// Adds `Retry-After`, `RateLimit-Policy` and `RateLimit: r=0;t=<seconds>` where the
+    /// body (a hook) did not set them.
+    fn with_limit_fields(
+        &self,
+        mut response: Response<Bytes>,
+        rate: RateLimit,
+        seconds: u64,
+    ) -> Response<Bytes> {
+        let p = &self.prebuilt;
+        let h = response.headers_mut();
+        if !h.contains_key(header::RETRY_AFTER) {
+            h.insert(header::RETRY_AFTER, p.retry_after(seconds));
+        }
+        if !h.contains_key(RATELIMIT_POLICY) {
+            h.insert(
+                RATELIMIT_POLICY,
+                p.policy_for(rate.get(), self.fixed_rate()),
+            );
+        }
+        if !h.contains_key(RATELIMIT) {
+            h.insert(RATELIMIT, p.limited(seconds));
+        }
+        response
+    }
+}
