@@ -2,8 +2,8 @@
 //! with a table and a chart of what was admitted.
 //!
 //! ```text
-//! cargo run --release --example demo                      # 20 s of load, then a table and a chart
-//! cargo run --release --example demo -- --quick           # the same story in 2 s
+//! cargo run --release --example demo                      # 28 s of load, then a table and a chart
+//! cargo run --release --example demo -- --quick           # the same story in 2.8 s
 //! cargo run --release --example demo -- --serve --addr 127.0.0.1:3000   # serve only; try it with curl
 //! ```
 //!
@@ -16,7 +16,8 @@
 //!   everything is shed.
 //! - `GET /health`: not limited.
 //!
-//! The load runs in phases: below the limit, at it, 1.3x and 3x. Options: `--out PATH`
+//! The load runs in phases: below the limit, at it, 1.3x (under `/feed`'s hard limit), 3x
+//! (over it), and back below the limit. Options: `--out PATH`
 //! (where the SVG goes; default `target/sluicegate-demo.svg`), `--quick`, `--no-progress`,
 //! `--serve [--addr 127.0.0.1:PORT]`, and with the `redis-tokio` feature `--redis URL` (the
 //! Redis provider) and `--hybrid` (the hybrid provider, on `--redis URL` or
