@@ -2,17 +2,15 @@
 //! budget per route and API key (with plans by key prefix) on the API.
 //!
 //! ```text
-//! cargo run --example axum --features axum
-//! curl -i http://127.0.0.1:3000/
-//! curl -i -H 'x-api-key: free_alice' http://127.0.0.1:3000/api/items/1   # 11th in 10 s: 429
-//! curl -i -H 'x-api-key: pro_bob' http://127.0.0.1:3000/api/items/1      # 200 in 10 s
-//! curl -i http://127.0.0.1:3000/api/items/1                              # 401: no key
+//! cargo run --example axum --features axum            # prints its address and curl lines
+//! PORT=3000 cargo run --example axum --features axum  # a port of your choice (loopback)
 //! ```
 //!
 //! `scripts/wrk_layer.sh` also runs this binary with `--bench-target bare|layer [PORT]`: one
 //! trivial route, without the layer or with it (local provider, a rate it never reaches).
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::Router;
@@ -42,6 +40,7 @@ fn limiter() -> Result<Arc<RateLimiter>, sluicegate::Error> {
 
 fn app(limiter: Arc<RateLimiter>) -> Result<Router, sluicegate::Error> {
     // The API: every (route, API key) pair has its own budget, by plan.
+    let (free, pro) = (RateLimit::try_from(1.0)?, RateLimit::try_from(20.0)?);
     let api = Router::new()
         .route(
             "/items/{id}",
@@ -54,15 +53,14 @@ fn app(limiter: Arc<RateLimiter>) -> Result<Router, sluicegate::Error> {
                     MatchedRoute,
                     HeaderKey::new(HeaderName::from_static("x-api-key")),
                 ))
-                .rate_fn(|key, _req| {
+                .rate_fn(move |key, _req| {
                     // The key is "route<KEY_SEPARATOR>api key".
                     let plan = key
                         .as_str()
                         .rsplit(KEY_SEPARATOR)
                         .next()
                         .unwrap_or_default();
-                    let per_second = if plan.starts_with("pro_") { 20.0 } else { 1.0 };
-                    RateLimit::try_from(per_second).expect("plan rates are positive")
+                    if plan.starts_with("pro_") { pro } else { free }
                 })
                 .policy_name("api")
                 .headers_on_allowed(true)
@@ -93,25 +91,52 @@ fn bench_target(limiter: Arc<RateLimiter>, with_layer: bool) -> Result<Router, s
     Ok(router.layer(RateLimitLayer::new(limiter, RateLimit::try_from(1e9)?)))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// `PORT` from the environment, or 0 (any free port).
+fn port_from_env() -> Result<u16, String> {
+    match std::env::var("PORT") {
+        Ok(p) => p.parse().map_err(|e| format!("PORT={p}: {e}")),
+        Err(_) => Ok(0),
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let limiter = limiter()?;
-    let (app, port) = match args.first().map(String::as_str) {
+    let (app, port, tour) = match args.first().map(String::as_str) {
         Some("--bench-target") => {
             let with_layer = match args.get(1).map(String::as_str) {
                 Some("layer") => true,
                 Some("bare") => false,
                 _ => return Err("usage: axum --bench-target bare|layer [PORT]".into()),
             };
-            let port = args.get(2).map_or(Ok(3000), |p| p.parse())?;
-            (bench_target(limiter, with_layer)?, port)
+            let port = match args.get(2) {
+                Some(p) => p.parse().map_err(|e| format!("port {p}: {e}"))?,
+                None => port_from_env()?,
+            };
+            (bench_target(limiter, with_layer)?, port, false)
         }
-        _ => (app(limiter)?, 3000),
+        None => (app(limiter)?, port_from_env()?, true),
+        Some(other) => {
+            return Err(format!(
+                "unknown argument `{other}`; usage: axum [--bench-target bare|layer [PORT]]"
+            )
+            .into());
+        }
     };
     // Loopback only: this is an example.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("listening on {base}; Ctrl-C stops it");
+    if tour {
+        println!("  curl -i {base}/                                        # 5/s per client IP");
+        println!("  curl -i {base}/api/items/1                             # 401: no key");
+        println!(
+            "  curl -i -H 'x-api-key: free_alice' {base}/api/items/1  # 1/s: the 11th in 10 s is 429"
+        );
+        println!("  curl -i -H 'x-api-key: pro_bob' {base}/api/items/1     # 20/s");
+    }
     // The peer-IP key reads the connection's address: serve with connect info.
     axum::serve(
         listener,
@@ -119,4 +144,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("axum example: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The seed's hybrid quickstart, with `sluicegate` for `trypema` and the server address
-//! from `SLUICEGATE_REDIS_URL` (default `redis://127.0.0.1:6379/`).
+//! The seed's hybrid quickstart, with `sluicegate` for `trypema`, the server address from
+//! `SLUICEGATE_REDIS_URL` (default `redis://127.0.0.1:6379/`), and errors reported instead
+//! of `unwrap`ped.
 //!
 //! ```sh
 //! redis-server --port 6379 --save "" --appendonly no &
@@ -13,19 +14,50 @@ use sluicegate::{
     HardLimitFactor, RateGroupSizeMs, RateLimit, RateLimitDecision, RateLimiter,
     RateLimiterOptions, SuppressionFactorCacheMs, WindowSizeSeconds,
 };
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[tokio::main]
-async fn main() -> Result<(), sluicegate::TrypemaError> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hybrid example: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("SLUICEGATE_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let connection_manager = client.get_connection_manager().await.unwrap();
-    let window_size_seconds = WindowSizeSeconds::try_from(60).unwrap();
-    let rate_group_size_ms = RateGroupSizeMs::try_from(10).unwrap();
-    let hard_limit_factor = HardLimitFactor::try_from(1.5).unwrap();
+    let unreachable = |why: String| {
+        format!(
+            "cannot reach Redis at {url}: {why}. Start one (redis-server --port 6379 --save \"\" \
+             --appendonly no) or point SLUICEGATE_REDIS_URL at one."
+        )
+    };
+    let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(e.to_string()))?;
+    // One plain connection first, to fail fast with the reason: the connection manager
+    // retries a refused connection for seconds before it gives up.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 2 s".to_owned()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let connection_manager =
+        tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+            .await
+            .map_err(|_| unreachable("no answer within 5 s".to_owned()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+    let window_size_seconds = WindowSizeSeconds::try_from(60)?;
+    let rate_group_size_ms = RateGroupSizeMs::try_from(10)?;
+    let hard_limit_factor = HardLimitFactor::try_from(1.5)?;
     let suppression_factor_cache_ms = SuppressionFactorCacheMs::default();
-    let sync_interval_ms = SyncIntervalMs::try_from(10).unwrap(); // flush every 10ms
+    let sync_interval_ms = SyncIntervalMs::try_from(10)?; // flush every 10ms
     let rl = Arc::new(RateLimiter::new(RateLimiterOptions {
         local: LocalRateLimiterOptions {
             window_size_seconds,

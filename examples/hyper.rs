@@ -5,9 +5,11 @@
 //! plain `SocketAddr`, which the peer-IP key reads.
 //!
 //! ```text
-//! cargo run --example hyper --features tower
-//! curl -i http://127.0.0.1:3001/   # the 6th request within 60 s gets a 429
+//! cargo run --example hyper             # prints its address; `PORT=3001` picks the port
+//! curl -i http://127.0.0.1:PORT/        # the 6th request within 60 s gets a 429
 //! ```
+//!
+//! (`tower`, which the layer needs, is a default feature.)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +27,8 @@ use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-/// The limiter: 5 requests a minute per client.
+/// The limiter: 5 requests a minute per client. (The options are constants that are valid,
+/// so the `expect`s cannot fire.)
 pub fn limiter() -> Arc<RateLimiter> {
     let limiter = RateLimiterBuilder::new(LocalRateLimiterOptions {
         window_size_seconds: 60.try_into().expect("valid window"),
@@ -41,10 +44,10 @@ pub fn limiter() -> Arc<RateLimiter> {
 /// Serves every connection `listener` accepts with the rate-limited hello service.
 pub async fn serve(listener: TcpListener, limiter: Arc<RateLimiter>) -> std::io::Result<()> {
     let layer = RateLimitLayer::builder(limiter)
-        .rate(RateLimit::per_minute(5.0).expect("positive rate"))
+        .rate(RateLimit::per_minute(5.0).map_err(std::io::Error::other)?)
         .headers_on_allowed(true)
         .build()
-        .expect("valid layer");
+        .map_err(std::io::Error::other)?;
     loop {
         let (stream, peer) = listener.accept().await?;
         let service = ServiceBuilder::new()
@@ -74,10 +77,31 @@ async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 #[allow(dead_code)]
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hyper example: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(dead_code)]
+async fn run() -> std::io::Result<()> {
+    // `PORT` from the environment, or any free port; loopback only: this is an example.
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("PORT={p}: {e}")))?,
+        Err(_) => 0,
+    };
     let limiter = limiter();
     limiter.run_cleanup_loop();
-    let listener = TcpListener::bind("127.0.0.1:3001").await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    println!(
+        "listening on http://{addr}; try: curl -i http://{addr}/  (the 6th within 60 s is 429)"
+    );
     serve(listener, limiter).await
 }

@@ -8,15 +8,18 @@
 //!   the background), failing closed.
 //!
 //! ```text
-//! redis-server --port 6379 &
-//! cargo run --example redis_axum --features axum,redis-tokio            # port 3000
-//! cargo run --example redis_axum --features axum,redis-tokio -- 3001    # a second instance
-//! curl -i http://127.0.0.1:3000/ ; curl -i http://127.0.0.1:3001/      # one shared budget
+//! redis-server --port 6379 --save "" --appendonly no &
+//! cargo run --example redis_axum --features axum,redis-tokio   # an instance; prints its address
+//! cargo run --example redis_axum --features axum,redis-tokio   # a second one, on another port
+//! curl -i http://127.0.0.1:PORT1/ ; curl -i http://127.0.0.1:PORT2/   # one shared budget
 //! ```
-//! `REDIS_URL` overrides `redis://127.0.0.1:6379/`.
+//! `SLUICEGATE_REDIS_URL` overrides `redis://127.0.0.1:6379/`; `PORT` picks the port
+//! (default: any free one).
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -28,12 +31,43 @@ use sluicegate::redis::RedisSettings;
 use sluicegate::{RateLimit, RateLimiterBuilder};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = std::env::args().nth(1).map_or(Ok(3000), |p| p.parse())?;
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
-    let manager = redis::Client::open(url.as_str())?
-        .get_connection_manager()
-        .await?;
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("redis_axum example: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p.parse().map_err(|e| format!("PORT={p}: {e}"))?,
+        Err(_) => 0,
+    };
+    let url = std::env::var("SLUICEGATE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
+    let unreachable = |why: String| {
+        format!(
+            "cannot reach Redis at {url}: {why}. Start one (redis-server --port 6379 --save \"\" \
+             --appendonly no) or point SLUICEGATE_REDIS_URL at one."
+        )
+    };
+    let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(e.to_string()))?;
+    // One plain connection first, to fail fast with the reason: the connection manager
+    // retries a refused connection for seconds before it gives up.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 2 s".to_owned()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let manager = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+        .await
+        .map_err(|_| unreachable("no answer within 5 s".to_owned()))?
+        .map_err(|e| unreachable(e.to_string()))?;
 
     let local = LocalRateLimiterOptions {
         window_size_seconds: 60.try_into()?,
@@ -81,8 +115,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .layer(api),
         );
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on http://{}", listener.local_addr()?);
+    // Loopback only: this is an example.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("listening on {base} (Redis at {url}); Ctrl-C stops it. Try:");
+    println!(
+        "  curl -i {base}/                                   # 30 a minute per client IP, shared"
+    );
+    println!("  curl -i -H 'x-api-key: alice' {base}/api/items    # 10/s per key, hybrid");
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {

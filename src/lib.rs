@@ -1,11 +1,72 @@
 //! # sluicegate
 //!
-//! Rate limiting for HTTP services: a sliding-window limiter core with a local provider
-//! (in-process, exact under any number of threads) and two strategies:
+//! Rate limiting for HTTP services. Most users want the layer: a tower middleware (axum,
+//! hyper, tonic, any tower stack) that keys each request (peer IP by default), asks the
+//! limiter, and answers over-limit requests itself with `429` and the IETF `RateLimit`
+//! fields, or `503` for load the suppressed strategy sheds.
 //!
-//! - **absolute**: admit up to `rate × window` per key; a refusal says how long to wait.
-//! - **suppressed**: probabilistic load shedding between the capacity and a hard limit
-//!   (after Ably), so a key over its rate keeps getting `rate` through instead of a cliff.
+//! ```no_run
+//! # #[cfg(feature = "tower")]
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::{net::SocketAddr, sync::Arc};
+//! use axum::{Router, routing::get};
+//! use sluicegate::{RateLimit, RateLimiterBuilder, local::LocalRateLimiterOptions};
+//! use sluicegate::layer::RateLimitLayer;
+//!
+//! let limiter = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
+//!     window_size_seconds: 60.try_into()?,   // usage counts for 60 s
+//!     rate_group_size_ms: 100.try_into()?,   // in buckets of 100 ms
+//!     hard_limit_factor: Default::default(),
+//!     suppression_factor_cache_ms: Default::default(),
+//! }).build()?);
+//! limiter.run_cleanup_loop(); // drops idle keys; ends when the limiter is dropped
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     // 10/s per client IP: 600 per 60 s; the 601st within a minute gets a 429.
+//!     .layer(RateLimitLayer::new(limiter, RateLimit::try_from(10.0)?));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! // The peer-IP key reads the connection's address (axum's `ConnectInfo` with the
+//! // `axum` feature, or a `SocketAddr` request extension).
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
+//! # fn main() {}
+//! ```
+//!
+//! [`layer::RateLimitLayer::builder`] sets the key (API key header, client IP behind
+//! proxies, route, ...), per-key rates, the strategy and the provider; the [`layer`] module
+//! lists what each answer carries.
+//!
+//! # Which strategy
+//!
+//! A key's capacity is `rate × window` (10/s over 60 s: 600).
+//!
+//! - **Absolute** (the default): admits while the last window holds fewer than the capacity,
+//!   refuses the rest with the time after which a retry would be admitted (`429` +
+//!   `Retry-After`). Use it for quotas and plans: a client can count on exactly its share.
+//! - **Suppressed** (probabilistic shedding, after Ably): past the capacity it sheds a share
+//!   of the calls that grows with the load (`503` + the suppression factor), so a key
+//!   moderately over its rate still gets about `rate` through instead of hitting a wall.
+//!   Its hard limit is strict: once the calls *offered* within the window reach
+//!   `hard_limit_factor × capacity`, it sheds **everything**, and keeps doing so until the
+//!   offered count in the window falls below that again, that is until the load subsides and
+//!   the burst has left the window. Use it to protect a service from overload.
+//!
+//! # Which provider
+//!
+//! - **local** ([`RateLimiter::local`]): in-process, synchronous, exact under any number of
+//!   threads. One instance, or limits that may be per instance.
+//! - **Redis** ([`RateLimiter::redis`], feature `redis-tokio`): one atomic script round trip
+//!   per decision, exact across every instance sharing the server (Redis Cluster too).
+//! - **hybrid** ([`RateLimiter::hybrid`], feature `redis-tokio`): decides from memory at
+//!   local speed and syncs counts to Redis in batches; shared across instances within a
+//!   bounded over-admission.
+//!
+//! The Redis providers take a connection from the `redis` crate, version 1: add
+//! `redis = { version = "1", features = ["tokio-comp", "connection-manager"] }`.
+//!
+//! # The core, without the layer
 //!
 //! ```
 //! use std::sync::Arc;
@@ -16,8 +77,6 @@
 //! use sluicegate::local::LocalRateLimiterOptions;
 //!
 //! # fn main() -> Result<(), sluicegate::Error> {
-//! // `RateLimiter::new(RateLimiterOptions { local, .. })` works too; the builder also
-//! // injects a clock or random source, and needs no Redis options in a Redis-enabled build.
 //! let rl = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
 //!     window_size_seconds: WindowSizeSeconds::try_from(60)?,
 //!     rate_group_size_ms: RateGroupSizeMs::try_from(10)?,
@@ -35,8 +94,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Libraries: build with [`RateLimiterBuilder`]**, not a `RateLimiterOptions { .. }`
+//! literal. The `redis-tokio` feature adds a `redis` field to [`RateLimiterOptions`], and
+//! cargo features are unified across the dependency graph: if any other crate in the
+//! application turns `redis-tokio` on, the literal stops compiling. The builder compiles
+//! the same either way.
+//!
 //! Time and randomness are injectable ([`RateLimiter::builder`]), so tests drive a
 //! [`ManualClock`] instead of sleeping and replay the suppressed strategy's draws.
+//!
+//! # Features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `tower` (default) | [`layer::RateLimitLayer`]; no tokio, no Redis |
+//! | `axum` | axum key extractors (`ConnectInfo`, `MatchedPath`) |
+//! | `redis-tokio` | the Redis and hybrid providers, on tokio |
+//!
+//! Items that need a feature say so on docs.rs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -77,7 +153,9 @@ pub use decision::RateLimitDecision;
 pub use error::Error;
 
 /// The seeds' name for [`Error`], so code written against them compiles with only the crate
-/// name changed (`fn main() -> Result<(), sluicegate::TrypemaError>`).
+/// name changed (`fn main() -> Result<(), sluicegate::TrypemaError>`). Kept out of the docs:
+/// new code uses [`Error`].
+#[doc(hidden)]
 pub type TrypemaError = Error;
 pub use random::{RandomSource, SeededRandom, ThreadRandom};
 

@@ -76,12 +76,12 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The demo: a 10 s window (5 requests/s for a `pro_` key and for the feed), 20 s of load.
+    /// The demo: a 10 s window (5 requests/s for a `pro_` key and for the feed), 28 s of load.
     pub fn full() -> Scenario {
         Scenario::scaled(10, 1.0)
     }
 
-    /// The same story ten times faster: a 1 s window, 2 s of load.
+    /// The same story ten times faster: a 1 s window, 2.8 s of load.
     pub fn quick() -> Scenario {
         Scenario::scaled(1, 0.1)
     }
@@ -94,11 +94,14 @@ impl Scenario {
         };
         Scenario {
             limits: Limits { window_s },
+            // `/feed`'s hard limit is 1.5x: the third phase stays under it, the fourth goes
+            // over it, and the last shows how long the flood keeps counting after it ends.
             phases: vec![
                 phase("below the limit", 0.6, 3.0),
                 phase("at the limit", 1.0, 3.0),
-                phase("1.3x the limit", 1.3, 9.0),
-                phase("3x the limit", 3.0, 5.0),
+                phase("1.3x: under the hard limit", 1.3, 9.0),
+                phase("3x: over the hard limit", 3.0, 5.0),
+                phase("load subsides", 0.6, 8.0),
             ],
             health_per_s: 2.0 / time,
             bin_s: time,

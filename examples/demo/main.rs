@@ -2,9 +2,9 @@
 //! with a table and a chart of what was admitted.
 //!
 //! ```text
-//! cargo run --release --example demo                      # 20 s of load, then a table and a chart
-//! cargo run --release --example demo -- --quick           # the same story in 2 s
-//! cargo run --release --example demo -- --serve --addr 127.0.0.1:3000   # serve only; try it with curl
+//! cargo run --release --example demo                      # 28 s of load, then a table and a chart
+//! cargo run --release --example demo -- --quick           # the same story in 2.8 s
+//! cargo run --release --example demo -- --serve         # serve only (prints its address and curl lines)
 //! ```
 //!
 //! - `GET /api`: absolute strategy, keyed by `x-api-key`; `pro_` keys 50 per 10 s, other
@@ -16,11 +16,12 @@
 //!   everything is shed.
 //! - `GET /health`: not limited.
 //!
-//! The load runs in phases: below the limit, at it, 1.3x and 3x. Options: `--out PATH`
+//! The load runs in phases: below the limit, at it, 1.3x (under `/feed`'s hard limit), 3x
+//! (over it), and back below the limit. Options: `--out PATH`
 //! (where the SVG goes; default `target/sluicegate-demo.svg`), `--quick`, `--no-progress`,
-//! `--serve [--addr 127.0.0.1:PORT]`, and with the `redis-tokio` feature `--redis URL` (the
-//! Redis provider) and `--hybrid` (the hybrid provider, on `--redis URL` or
-//! `redis://127.0.0.1:6379/`).
+//! `--serve [--addr 127.0.0.1:PORT]` (default: the `PORT` variable, or any free port), and with
+//! the `redis-tokio` feature `--redis [URL]` (the Redis provider) and `--hybrid` (the hybrid
+//! provider); both use `URL`, else `SLUICEGATE_REDIS_URL`, else `redis://127.0.0.1:6379/`.
 
 mod app;
 mod load;
@@ -44,22 +45,27 @@ struct Args {
     provider: Provider,
 }
 
-const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis URL] [--hybrid]";
+const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis [URL]] [--hybrid]";
 
 fn parse_args() -> Result<Args, String> {
+    // `--serve` listens on `PORT` if it is set, else on any free port.
+    let port = match std::env::var("PORT") {
+        Ok(p) => p.parse().map_err(|e| format!("PORT={p}: {e}"))?,
+        Err(_) => 0,
+    };
     let mut args = Args {
         quick: false,
         serve: false,
         progress: true,
-        addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
         out: PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/target/sluicegate-demo.svg"
         )),
         provider: Provider::Local,
     };
-    let (mut redis_url, mut hybrid) = (None, false);
-    let mut it = std::env::args().skip(1);
+    let (mut redis, mut redis_url, mut hybrid) = (false, None, false);
+    let mut it = std::env::args().skip(1).peekable();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value\n{USAGE}"));
         match arg.as_str() {
@@ -78,36 +84,46 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.addr = addr;
             }
-            "--redis" => redis_url = Some(value("--redis")?),
+            "--redis" => {
+                redis = true;
+                redis_url = it.next_if(|next| !next.starts_with("--"));
+            }
             "--hybrid" => hybrid = true,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
-    args.provider = provider(redis_url, hybrid)?;
+    args.provider = provider(redis, redis_url, hybrid)?;
     Ok(args)
 }
 
-/// The Redis server `--hybrid` uses unless `--redis` names one.
+/// The Redis server `--redis` and `--hybrid` use unless `--redis URL` or
+/// `SLUICEGATE_REDIS_URL` names one.
 #[cfg(feature = "redis-tokio")]
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
 #[cfg(feature = "redis-tokio")]
-fn provider(redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
-    Ok(match (redis_url, hybrid) {
-        (None, false) => Provider::Local,
-        (Some(url), false) => Provider::Redis(url),
-        (url, true) => Provider::Hybrid(url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())),
+fn provider(redis: bool, redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
+    let url = || {
+        redis_url
+            .clone()
+            .or_else(|| std::env::var("SLUICEGATE_REDIS_URL").ok())
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
+    };
+    Ok(match (redis, hybrid) {
+        (false, false) => Provider::Local,
+        (true, false) => Provider::Redis(url()),
+        (_, true) => Provider::Hybrid(url()),
     })
 }
 
 #[cfg(not(feature = "redis-tokio"))]
-fn provider(redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
-    if redis_url.is_none() && !hybrid {
+fn provider(redis: bool, _redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
+    if !redis && !hybrid {
         return Ok(Provider::Local);
     }
     Err("--redis and --hybrid need the `redis-tokio` feature: \
-         cargo run --release --example demo --features redis-tokio -- --redis redis://127.0.0.1:6379/ [--hybrid]"
+         cargo run --release --example demo --features redis-tokio -- --redis [--hybrid]"
         .to_owned())
 }
 

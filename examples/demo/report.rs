@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::app::{FREE_PER_WINDOW, HARD_LIMIT_FACTOR, PRO_PER_WINDOW};
 use crate::load::{PRO_KEY, Route, Sample, Scenario};
@@ -61,7 +62,9 @@ pub fn describe(route: Route, scenario: &Scenario) -> String {
             "absolute, keyed by x-api-key: {PRO_KEY} has {PRO_PER_WINDOW} per {w} s, other keys {FREE_PER_WINDOW}"
         ),
         Route::Feed => format!(
-            "suppressed, keyed by client IP: {PRO_PER_WINDOW} per {w} s, hard limit x{HARD_LIMIT_FACTOR}"
+            "suppressed, keyed by client IP: {PRO_PER_WINDOW} per {w} s; hard limit x{HARD_LIMIT_FACTOR} \
+             ({} offered per {w} s), at or over which everything is shed",
+            PRO_PER_WINDOW * HARD_LIMIT_FACTOR
         ),
         Route::Health => "not limited".to_owned(),
     }
@@ -76,11 +79,17 @@ fn range<T: std::fmt::Display + PartialEq>(r: Option<(T, T)>, unit: &str) -> Str
 }
 
 /// One table line: a left-aligned name, right-aligned numbers, left-aligned ranges.
-fn line(c: [&str; 9]) -> String {
+fn line(c: [&str; 10]) -> String {
     format!(
-        "  {:<16} {:>9} {:>7} {:>5} {:>5} {:>5} {:>5}  {:<12} {}",
-        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+        "  {:<26} {:>9} {:>9} {:>7} {:>5} {:>5} {:>5} {:>5}  {:<12} {}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
     )
+}
+
+/// Seconds with no needless decimals: `3`, `0.3`.
+fn secs(s: f64) -> String {
+    let s = (s * 100.0).round() / 100.0;
+    format!("{s}")
 }
 
 /// The table: per route, a row per phase and a total.
@@ -93,6 +102,7 @@ pub fn table(samples: &[Sample], scenario: &Scenario) -> String {
             "{}",
             line([
                 "phase",
+                "time (s)",
                 "offered/s",
                 "offered",
                 "200",
@@ -103,12 +113,13 @@ pub fn table(samples: &[Sample], scenario: &Scenario) -> String {
                 "Retry-After",
             ])
         );
-        let mut row = |name: &str, per_s: String, c: Counts| {
+        let mut row = |name: &str, time: String, per_s: String, c: Counts| {
             let factor = c
                 .factor
                 .map(|(lo, hi)| (format!("{lo:.3}"), format!("{hi:.3}")));
             let cells = [
                 name.to_owned(),
+                time,
                 per_s,
                 c.offered.to_string(),
                 c.ok.to_string(),
@@ -120,16 +131,19 @@ pub fn table(samples: &[Sample], scenario: &Scenario) -> String {
             ];
             let _ = writeln!(out, "{}", line(cells.each_ref().map(String::as_str)));
         };
-        for (i, phase) in scenario.phases.iter().enumerate() {
+        let starts = scenario.phase_starts();
+        for ((i, phase), start) in scenario.phases.iter().enumerate().zip(starts) {
             let c = Counts::of(samples.iter().filter(|s| s.route == route && s.phase == i));
             row(
                 phase.name,
+                format!("{}-{}", secs(start), secs(start + phase.secs)),
                 format!("{:.1}", scenario.offered_per_s(route, phase)),
                 c,
             );
         }
         row(
             "total",
+            format!("0-{}", secs(scenario.duration_s())),
             String::new(),
             Counts::of(samples.iter().filter(|s| s.route == route)),
         );
@@ -137,14 +151,11 @@ pub fn table(samples: &[Sample], scenario: &Scenario) -> String {
     out
 }
 
-/// One time bin: requests per second offered, admitted and refused, and the factors reported.
-#[derive(Debug, Clone, Default)]
+/// Requests per second in one time bin: offered, and of those admitted.
+#[derive(Debug, Clone, Copy, Default)]
 struct Bin {
     offered: f64,
     ok: f64,
-    refused: f64,
-    factor_sum: f64,
-    factor_n: f64,
 }
 
 fn bins(samples: &[Sample], route: Route, scenario: &Scenario) -> Vec<Bin> {
@@ -154,13 +165,8 @@ fn bins(samples: &[Sample], route: Route, scenario: &Scenario) -> Vec<Bin> {
     for s in samples.iter().filter(|s| s.route == route) {
         let b = ((s.sent_s / scenario.bin_s) as usize).min(n - 1);
         bins[b].offered += per;
-        match s.status {
-            200 => bins[b].ok += per,
-            _ => bins[b].refused += per,
-        }
-        if let Some(f) = s.suppression_factor {
-            bins[b].factor_sum += f;
-            bins[b].factor_n += 1.0;
+        if s.status == 200 {
+            bins[b].ok += per;
         }
     }
     bins
@@ -174,253 +180,367 @@ fn steps(values: impl Iterator<Item = f64>, bin_s: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The average rate over the last window, at the end of each bin: what the limiter counts.
-fn window_average(values: &[f64], bin_s: f64, window_s: f64) -> Vec<(f64, f64)> {
-    let per_window = (window_s / bin_s).round().max(1.0) as usize;
-    (0..values.len())
+/// The area under a line, down to zero.
+fn area(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    if let (Some(&(first, _)), Some(&(last, _))) = (points.first(), points.last()) {
+        points.push((last, 0.0));
+        points.push((first, 0.0));
+    }
+    points
+}
+
+/// How many of `route`'s requests (admitted ones only if `admitted`) were sent within the
+/// last window, at `steps` points per bin: the count the limiter compares with its limits.
+fn in_window(
+    samples: &[Sample],
+    route: Route,
+    admitted: bool,
+    scenario: &Scenario,
+) -> Vec<(f64, f64)> {
+    let window = scenario.limits.window_s as f64;
+    let times: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.route == route && (!admitted || s.status == 200))
+        .map(|s| s.sent_s)
+        .collect();
+    let dt = scenario.bin_s / 10.0;
+    let n = (scenario.duration_s() / dt).round() as usize;
+    (0..=n)
         .map(|i| {
-            let from = (i + 1).saturating_sub(per_window);
-            let sum: f64 = values[from..=i].iter().sum();
-            ((i + 1) as f64 * bin_s, sum / per_window as f64)
+            let t = i as f64 * dt;
+            let count = times.iter().filter(|&&s| s <= t && s > t - window).count();
+            (t, count as f64)
         })
         .collect()
 }
 
-const OFFERED: RGBColor = RGBColor(90, 90, 90);
-const ADMITTED: RGBColor = RGBColor(20, 140, 60);
-const REFUSED: RGBColor = RGBColor(210, 50, 40);
-const FACTOR: RGBColor = RGBColor(40, 90, 200);
-const LIMIT: RGBColor = RGBColor(20, 20, 20);
-const PHASE_SHADE: RGBColor = RGBColor(240, 240, 246);
+/// The first time at or after `from` when `points` reach `level` (`above`) or fall below it.
+fn crossing(points: &[(f64, f64)], from: f64, level: f64, above: bool) -> Option<f64> {
+    points
+        .iter()
+        .find(|&&(t, v)| t >= from && (v >= level) == above)
+        .map(|&(t, _)| t)
+}
+
+const ADMITTED: RGBColor = RGBColor(40, 150, 75);
+const REFUSED: RGBColor = RGBColor(225, 95, 75);
+const OFFERED: RGBColor = RGBColor(205, 205, 212);
+const CAPACITY: RGBColor = RGBColor(30, 30, 30);
+const HARD: RGBColor = RGBColor(190, 30, 30);
+const SHADE: RGBColor = RGBColor(246, 246, 249);
+const GRID: RGBColor = RGBColor(228, 228, 232);
+const INK: RGBColor = RGBColor(60, 60, 60);
 const FONT: &str = "sans-serif";
 
-/// How a legend entry's line looks.
-struct Entry {
-    label: String,
-    color: RGBColor,
-    width: u32,
-    dashed: bool,
+/// What a legend entry looks like.
+enum Swatch {
+    Fill(RGBColor),
+    Line(RGBColor, u32),
+    Dashed(RGBColor),
 }
 
-impl Entry {
-    fn new(label: impl Into<String>, color: RGBColor, width: u32, dashed: bool) -> Entry {
-        Entry {
-            label: label.into(),
-            color,
-            width,
-            dashed,
-        }
-    }
-}
-
-/// A legend beside the plot, where it hides no data.
-fn legend<DB: DrawingBackend>(
+/// One row of legend entries, left to right from `entries_x`, after a heading at `x`.
+fn legend_row<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
-    top: i32,
-    entries: &[Entry],
+    (x, y, entries_x): (i32, i32, i32),
+    heading: &str,
+    entries: &[(Swatch, String)],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    for (i, e) in entries.iter().enumerate() {
-        let y = top + 22 * i as i32;
-        let style = e.color.stroke_width(e.width);
-        if e.dashed {
-            for x in [0, 10, 20] {
-                area.draw(&PathElement::new([(x, y), (x + 6, y)], style))?;
+    let font = (FONT, 14).into_font();
+    let style: TextStyle = font.clone().into();
+    let text_w = |t: &str| area.estimate_text_size(t, &style).map(|(w, _)| w as i32);
+    area.draw(&Text::new(
+        heading.to_owned(),
+        (x, y - 8),
+        font.clone().style(FontStyle::Bold).color(&INK),
+    ))?;
+    let mut x = entries_x;
+    for (swatch, label) in entries {
+        match *swatch {
+            Swatch::Fill(c) => {
+                area.draw(&Rectangle::new([(x, y - 7), (x + 22, y + 7)], c.filled()))?
             }
-        } else {
-            area.draw(&PathElement::new([(0, y), (26, y)], style))?;
+            Swatch::Line(c, w) => {
+                area.draw(&PathElement::new([(x, y), (x + 22, y)], c.stroke_width(w)))?
+            }
+            Swatch::Dashed(c) => {
+                for dx in [0, 9, 18] {
+                    area.draw(&PathElement::new(
+                        [(x + dx, y), (x + dx + 5, y)],
+                        c.stroke_width(2),
+                    ))?;
+                }
+            }
         }
         area.draw(&Text::new(
-            e.label.clone(),
-            (34, y - 7),
-            (FONT, 13).into_font().color(&BLACK),
+            label.clone(),
+            (x + 30, y - 8),
+            font.clone().color(&INK),
         ))?;
+        x += 30 + text_w(label)? + 30;
     }
     Ok(())
 }
 
-/// Draws the chart of offered vs admitted requests per second, both strategies, to `path`.
+/// Draws the chart: for each strategy, the requests per second admitted and refused, and
+/// below it the counts over the last window that the limiter decides on.
 pub fn chart(
     samples: &[Sample],
     scenario: &Scenario,
     provider: &str,
     path: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    const LEGEND_W: u32 = 270;
-    let (width, height) = (1200, 860);
+    let (width, height) = (1200, 1070);
     let root = SVGBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
-        &format!("sluicegate demo ({provider} provider): offered vs admitted requests per second"),
+        &format!("sluicegate demo ({provider} provider): one load, two strategies"),
         (FONT, 24),
     )?;
-    let panels = root.split_evenly((2, 1));
+    let w = scenario.limits.window_s;
+    let capacity = PRO_PER_WINDOW;
+    let hard = PRO_PER_WINDOW * HARD_LIMIT_FACTOR;
     let duration = scenario.duration_s();
     // Whole seconds on the time axis, tenths in the quick run.
     let prec = usize::from(duration < 10.0);
-    let window = scenario.limits.window_s as f64;
-    let w = scenario.limits.window_s;
-    let limit = scenario.limits.limit_per_s();
-    let hard = limit * HARD_LIMIT_FACTOR;
-    let top = scenario
+    let starts = scenario.phase_starts();
+
+    let (legend, body) = root.split_vertically(70);
+    legend_row(
+        &legend,
+        (70, 16, 300),
+        "Requests per second:",
+        &[
+            (Swatch::Fill(ADMITTED), "admitted (200)".to_owned()),
+            (
+                Swatch::Fill(REFUSED),
+                "refused (/api: 429, /feed: 503); together: all that was offered".to_owned(),
+            ),
+        ],
+    )?;
+    legend_row(
+        &legend,
+        (70, 46, 300),
+        &format!("Sent within the last {w} s:"),
+        &[
+            (Swatch::Fill(OFFERED), "offered".to_owned()),
+            (Swatch::Line(ADMITTED, 3), "admitted".to_owned()),
+            (Swatch::Dashed(CAPACITY), format!("capacity: {capacity}")),
+            (
+                Swatch::Dashed(HARD),
+                format!("/feed's hard limit: {hard} offered"),
+            ),
+        ],
+    )?;
+
+    let offered_in_window = in_window(samples, Route::Api, false, scenario)
+        .into_iter()
+        .chain(in_window(samples, Route::Feed, false, scenario))
+        .map(|(_, v)| v)
+        .fold(hard, f64::max);
+    let count_top = (offered_in_window * 1.12 / 25.0).ceil() * 25.0;
+    let rate_top = scenario
         .phases
         .iter()
         .map(|p| scenario.offered_per_s(Route::Api, p))
         .fold(0.0, f64::max)
-        * 1.15;
+        * 1.35;
 
+    let panels = body.split_evenly((2, 1));
     for (panel, route) in panels.iter().zip([Route::Api, Route::Feed]) {
-        let (area, side) = panel.split_horizontally(width - LEGEND_W);
-        let caption = match route {
-            Route::Api => format!(
-                "GET /api: absolute strategy, key x-api-key: {PRO_KEY}, {PRO_PER_WINDOW} requests per {w} s"
+        let (caption, note) = match route {
+            Route::Api => (
+                format!("GET /api (absolute strategy, per API key {PRO_KEY})"),
+                [
+                    format!(
+                        "Admits a request only while fewer than {capacity} were admitted in the last {w} s; the rest get 429 with Retry-After."
+                    ),
+                    "Until the window is full everything passes; then it admits as fast as old admissions leave the window, whatever the load."
+                        .to_owned(),
+                ],
             ),
-            _ => format!(
-                "GET /feed: suppressed strategy, key: client IP, {PRO_PER_WINDOW} requests per {w} s, hard limit x{HARD_LIMIT_FACTOR}"
+            _ => (
+                "GET /feed (suppressed strategy, per client IP)".to_owned(),
+                [
+                    format!(
+                        "Past {capacity} admitted per {w} s it sheds a share (503) that grows with the load, pulling admissions back toward {}/s.",
+                        scenario.limits.limit_per_s()
+                    ),
+                    format!(
+                        "Once {hard} are offered within {w} s (the hard limit, x{HARD_LIMIT_FACTOR}) it sheds everything, until the flood has left the window."
+                    ),
+                ],
             ),
         };
-        let mut chart = ChartBuilder::on(&area)
-            .caption(caption, (FONT, 17))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .right_y_label_area_size(55)
-            .build_cartesian_2d(0.0..duration, 0.0..top)?
-            .set_secondary_coord(0.0..duration, 0.0..1.1);
-        chart
+        panel.draw(&Text::new(
+            caption,
+            (70, 6),
+            (FONT, 18).into_font().style(FontStyle::Bold).color(&BLACK),
+        ))?;
+        for (i, line) in note.into_iter().enumerate() {
+            panel.draw(&Text::new(
+                line,
+                (70, 30 + 17 * i as i32),
+                (FONT, 13).into_font().color(&INK),
+            ))?;
+        }
+        let (_, plots) = panel.split_vertically(66);
+        let plot_h = plots.dim_in_pixel().1;
+        let (upper, lower) = plots.split_vertically(plot_h * 52 / 100);
+
+        let shade = |i: usize| i % 2 == 1;
+        let mut rates = ChartBuilder::on(&upper)
+            .margin_left(8)
+            .margin_right(24)
+            .margin_bottom(6)
+            .x_label_area_size(0)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0.0..duration, 0.0..rate_top)?;
+        rates
             .configure_mesh()
             .disable_x_mesh()
+            .max_light_lines(0)
+            .bold_line_style(GRID)
+            .y_labels(5)
             .y_desc("requests / s")
-            .x_desc("seconds since the load started")
-            .light_line_style(RGBColor(235, 235, 235))
-            .x_label_formatter(&|x| format!("{x:.prec$}"))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 13))
             .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
-        if route == Route::Feed {
-            chart
-                .configure_secondary_axes()
-                .y_desc("suppression factor")
-                .draw()?;
-        }
-
-        // Phases: alternate shading, named at the top.
-        for ((i, phase), start) in scenario
-            .phases
-            .iter()
-            .enumerate()
-            .zip(scenario.phase_starts())
-        {
-            if i % 2 == 1 {
-                chart.draw_series([Rectangle::new(
-                    [(start, 0.0), (start + phase.secs, top)],
-                    PHASE_SHADE.filled(),
+        for ((i, phase), &start) in scenario.phases.iter().enumerate().zip(&starts) {
+            if shade(i) {
+                rates.draw_series([Rectangle::new(
+                    [(start, 0.0), (start + phase.secs, rate_top)],
+                    SHADE.filled(),
                 )])?;
             }
-            chart.draw_series([Text::new(
-                format!(
-                    "{}x the limit ({}/s)",
-                    phase.load,
-                    scenario.offered_per_s(Route::Api, phase)
+            let x = start + duration * 0.005;
+            rates.draw_series([
+                Text::new(
+                    phase.name.to_owned(),
+                    (x, rate_top * 0.97),
+                    (FONT, 13).into_font().style(FontStyle::Bold).color(&INK),
                 ),
-                (start + duration * 0.006, top * 0.985),
-                (FONT, 13).into_font().color(&BLACK.mix(0.75)),
-            )])?;
-        }
-
-        let mut entries = Vec::new();
-        let dashed = |chart: &mut ChartContext<_, _>, y: f64, dash: u32, color: RGBColor| {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    [(0.0, y), (duration, y)],
-                    dash,
-                    4,
-                    color.stroke_width(1),
-                ))
-                .map(|_| ())
-        };
-        dashed(&mut chart, limit, 8, LIMIT)?;
-        entries.push(Entry::new(format!("limit: {limit} / s"), LIMIT, 1, true));
-        if route == Route::Feed {
-            dashed(&mut chart, hard, 3, REFUSED)?;
-            entries.push(Entry::new(
-                format!(
-                    "hard limit: {} observed per {w} s",
-                    PRO_PER_WINDOW * HARD_LIMIT_FACTOR
+                Text::new(
+                    format!(
+                        "{}x = {}/s, {} s",
+                        phase.load,
+                        scenario.offered_per_s(route, phase),
+                        secs(phase.secs)
+                    ),
+                    (x, rate_top * 0.85),
+                    (FONT, 12).into_font().color(&INK),
                 ),
-                REFUSED,
-                1,
-                true,
-            ));
+            ])?;
         }
-
         let bins = bins(samples, route, scenario);
         let bin_s = scenario.bin_s;
-        let offered: Vec<f64> = bins.iter().map(|b| b.offered).collect();
-        let ok: Vec<f64> = bins.iter().map(|b| b.ok).collect();
-        let mut line = |chart: &mut ChartContext<_, _>, points: Vec<(f64, f64)>, e: Entry| {
-            let style = e.color.stroke_width(e.width);
-            if e.dashed {
-                chart.draw_series(DashedLineSeries::new(points, 5, 4, style))?;
-            } else {
-                chart.draw_series(LineSeries::new(points, style))?;
+        rates.draw_series([Polygon::new(
+            area(steps(bins.iter().map(|b| b.offered), bin_s)),
+            REFUSED.filled(),
+        )])?;
+        rates.draw_series([Polygon::new(
+            area(steps(bins.iter().map(|b| b.ok), bin_s)),
+            ADMITTED.filled(),
+        )])?;
+
+        let mut counts = ChartBuilder::on(&lower)
+            .margin_left(8)
+            .margin_right(24)
+            .margin_top(4)
+            .margin_bottom(4)
+            .x_label_area_size(if route == Route::Feed { 44 } else { 24 })
+            .y_label_area_size(62)
+            .build_cartesian_2d(0.0..duration, 0.0..count_top)?;
+        let x_label = |x: &f64| format!("{x:.prec$}");
+        let y_label = |y: &f64| format!("{y:.0}");
+        let mut mesh = counts.configure_mesh();
+        mesh.disable_x_mesh()
+            .max_light_lines(0)
+            .bold_line_style(GRID)
+            .y_labels(4)
+            .y_desc(format!("in the last {w} s"))
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 13))
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label);
+        if route == Route::Feed {
+            mesh.x_desc("seconds since the load started");
+        }
+        mesh.draw()?;
+        for ((i, phase), &start) in scenario.phases.iter().enumerate().zip(&starts) {
+            if shade(i) {
+                counts.draw_series([Rectangle::new(
+                    [(start, 0.0), (start + phase.secs, count_top)],
+                    SHADE.filled(),
+                )])?;
             }
-            entries.push(e);
-            Ok::<_, DrawingAreaErrorKind<_>>(())
-        };
-        line(
-            &mut chart,
-            steps(offered.iter().copied(), bin_s),
-            Entry::new("offered", OFFERED, 2, false),
-        )?;
-        line(
-            &mut chart,
-            steps(bins.iter().map(|b| b.refused), bin_s),
-            Entry::new(
-                match route {
-                    Route::Api => "refused: 429 + Retry-After",
-                    _ => "shed: 503 + suppression factor",
-                },
-                REFUSED,
-                2,
-                false,
-            ),
-        )?;
-        line(
-            &mut chart,
-            steps(ok.iter().copied(), bin_s),
-            Entry::new("admitted: 200", ADMITTED, 3, false),
-        )?;
-        if route == Route::Feed {
-            line(
-                &mut chart,
-                window_average(&offered, bin_s, window),
-                Entry::new(format!("offered, average over {w} s"), OFFERED, 2, true),
-            )?;
         }
-        line(
-            &mut chart,
-            window_average(&ok, bin_s, window),
-            Entry::new(format!("admitted, average over {w} s"), ADMITTED, 2, true),
-        )?;
-        if route == Route::Feed {
-            let factor = bins.iter().map(|b| {
-                if b.factor_n > 0.0 {
-                    b.factor_sum / b.factor_n
-                } else {
-                    0.0
-                }
-            });
-            chart.draw_secondary_series(LineSeries::new(
-                steps(factor, bin_s),
-                FACTOR.stroke_width(2),
+        let offered = in_window(samples, route, false, scenario);
+        let admitted = in_window(samples, route, true, scenario);
+        counts.draw_series([Polygon::new(area(offered.clone()), OFFERED.filled())])?;
+        counts.draw_series(LineSeries::new(admitted, ADMITTED.stroke_width(3)))?;
+        let level = |counts: &mut ChartContext<_, _>, y: f64, color: RGBColor, label: String| {
+            counts.draw_series(DashedLineSeries::new(
+                [(0.0, y), (duration, y)],
+                7,
+                5,
+                color.stroke_width(2),
             ))?;
-            entries.push(Entry::new(
-                "suppression factor (right axis)",
-                FACTOR,
-                2,
-                false,
-            ));
+            // Just above the line, in the first phase (where nothing else is that high).
+            let style = (FONT, 12)
+                .into_font()
+                .color(&color)
+                .pos(Pos::new(HPos::Left, VPos::Bottom));
+            counts
+                .draw_series([Text::new(
+                    label,
+                    (duration * 0.005, y + count_top * 0.02),
+                    style,
+                )])
+                .map(|_| ())
+        };
+        let capacity_label = match route {
+            Route::Api => format!("capacity {capacity}: the most it admits"),
+            _ => format!("capacity {capacity}: shedding starts"),
+        };
+        level(&mut counts, capacity, CAPACITY, capacity_label)?;
+        if route == Route::Feed {
+            level(
+                &mut counts,
+                hard,
+                HARD,
+                format!("hard limit {hard}: all shed"),
+            )?;
+            // Where the offered count crosses the hard limit, and where it falls back.
+            let flood = starts.get(3).copied().unwrap_or(0.0);
+            if let Some(over) = crossing(&offered, flood, hard, true) {
+                let under = crossing(&offered, over, hard, false);
+                let mut note = |t: f64, text: &str| {
+                    counts.draw_series([PathElement::new(
+                        [(t, 0.0), (t, count_top)],
+                        HARD.mix(0.6).stroke_width(1),
+                    )])?;
+                    // Beside the line, on the side with room.
+                    let (x, h) = if t < duration * 0.7 {
+                        (t + duration * 0.004, HPos::Left)
+                    } else {
+                        (t - duration * 0.004, HPos::Right)
+                    };
+                    let style = (FONT, 12)
+                        .into_font()
+                        .color(&HARD)
+                        .pos(Pos::new(h, VPos::Top));
+                    counts
+                        .draw_series([Text::new(text.to_owned(), (x, count_top * 0.96), style)])
+                        .map(|_| ())
+                };
+                note(over, "offered count over the hard limit: all shed")?;
+                if let Some(under) = under {
+                    note(under, "under it again: admitting resumes")?;
+                }
+            }
         }
-        legend(&side, 60, &entries)?;
     }
     root.present()?;
     Ok(())
