@@ -17,7 +17,7 @@ use crate::{Error, RateLimit, RateLimiter};
 /// What happens to a request whose key cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyErrorPolicy {
-    /// Answer with the error's own status ([`KeyError::status`]) and a body that says what
+    /// Answer with the error's own status ([`KeyError::status`](super::KeyError::status)) and a body that says what
     /// is missing (the default).
     #[default]
     Reject,

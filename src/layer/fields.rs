@@ -83,23 +83,24 @@ impl DecisionEngine {
     /// window.
     pub(super) fn limited(&self, key: &Key, rate: RateLimit, wait_ms: u64) -> Response<Bytes> {
         let seconds = headers::retry_after_seconds(wait_ms, self.prebuilt.window_s);
-        let response = self.body.build(&Rejection::RateLimited {
+        let mut response = self.body.build(&Rejection::RateLimited {
             key,
             retry_after_seconds: seconds,
         });
-        self.with_limit_fields(response, rate, seconds)
+        self.add_limit_fields(&mut response, rate, seconds);
+        response
     }
 
     /// The `503` of the suppressed strategy; the wait is
     /// [`headers::shed_retry_after_seconds`].
     pub(super) fn shed(&self, key: &Key, rate: RateLimit, factor: f64) -> Response<Bytes> {
         let seconds = headers::shed_retry_after_seconds(factor, self.prebuilt.window_s);
-        let response = self.body.build(&Rejection::Suppressed {
+        let mut response = self.body.build(&Rejection::Suppressed {
             key,
             suppression_factor: factor,
             retry_after_seconds: seconds,
         });
-        let mut response = self.with_limit_fields(response, rate, seconds);
+        self.add_limit_fields(&mut response, rate, seconds);
         let h = response.headers_mut();
         if !h.contains_key(SUPPRESSION_FACTOR) {
             h.insert(SUPPRESSION_FACTOR, self.prebuilt.factor(factor));
@@ -109,12 +110,7 @@ impl DecisionEngine {
 
     /// Adds `Retry-After`, `RateLimit-Policy` and `RateLimit: r=0;t=<seconds>` where the
     /// body (a hook) did not set them.
-    fn with_limit_fields(
-        &self,
-        mut response: Response<Bytes>,
-        rate: RateLimit,
-        seconds: u64,
-    ) -> Response<Bytes> {
+    fn add_limit_fields(&self, response: &mut Response<Bytes>, rate: RateLimit, seconds: u64) {
         let p = &self.prebuilt;
         let h = response.headers_mut();
         if !h.contains_key(header::RETRY_AFTER) {
@@ -129,6 +125,5 @@ impl DecisionEngine {
         if !h.contains_key(RATELIMIT) {
             h.insert(RATELIMIT, p.limited(seconds));
         }
-        response
     }
 }
