@@ -2,7 +2,7 @@
 //! and governor's keyed limiter, grouped per case so criterion prints them side by side.
 //!
 //! ```text
-//! cargo bench --bench local -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p sluicegate-benches --bench local -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! Every limiter is configured alike where the concepts map:

@@ -2,7 +2,7 @@
 //! strategies, beside trypema 2.x's local provider. Prints a table.
 //!
 //! ```text
-//! cargo bench --bench memory
+//! cargo bench -p sluicegate-benches --bench memory
 //! ```
 //!
 //! Each row runs in a fresh child process (this same binary with `--scenario NAME`), twice:

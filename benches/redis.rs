@@ -5,20 +5,29 @@
 //! `HMGET`, one `HSET`) and trypema 2.x's Redis provider.
 //!
 //! ```sh
-//! cargo bench --bench redis --features redis-tokio
+//! cargo bench -p sluicegate-benches --bench redis
 //! # against a running server on this machine instead of one started by the bench:
-//! SLUICEGATE_REDIS_URL=redis://127.0.0.1:6379/ cargo bench --bench redis --features redis-tokio
+//! SLUICEGATE_REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p sluicegate-benches --bench redis
 //! ```
 //!
-//! Before criterion's own runs it prints a table, from nine rounds of every subject in turn
-//! (so load from elsewhere on the machine falls on all of them alike): p50 / p99 over 18 000
-//! sequential calls over 100 keys and on one key, the median round of 64 tasks × 200 calls, the server's time per script
-//! call (`INFO commandstats`; `SLUICEGATE_BENCH_COMMANDSTATS=1` prints every command's), and
-//! the ratios the targets are stated in. Every subject uses a 60 s window with 10 ms groups,
-//! a hard limit factor of 1.5, 100 keys in turn and a rate no call reaches (the admitted
-//! path), and the same `ConnectionManager` type from the same redis crate. Sequential calls
-//! reach each key about 100 calls apart, more than a group, so nearly every one opens a new
-//! bucket and expires an old one; the 64 tasks mostly add into a key's open bucket.
+//! Before criterion's own runs it prints a table, from nine rounds of every subject in turn,
+//! each round starting with a different subject (so load from elsewhere on the machine falls
+//! on all of them alike): p50 / p99 over 18 000 sequential calls over 100 keys and on one
+//! key, the median round of 64 tasks × 200 calls over 100 keys and on one key, the server's
+//! time per script call (`INFO commandstats`; `SLUICEGATE_BENCH_COMMANDSTATS=1` prints every
+//! command's), and the ratios the targets are stated in. Every subject uses a 60 s window
+//! with 10 ms groups, a hard limit factor of 1.5, a rate no call reaches (the admitted path),
+//! and the same `ConnectionManager` type from the same redis crate. Over 100 keys, a key
+//! comes back every 100 calls: sequential calls are further apart than a group, so nearly
+//! every one opens a new bucket and expires an old one; how many of the tasks' calls add
+//! into an open bucket instead depends on the throughput itself. On one key nearly every call
+//! adds into the open bucket (sluicegate's cheapest path).
+//!
+//! Read ratios from the table, not from criterion's groups: criterion measures each subject
+//! in its own few seconds, one after another, and on a shared machine the load moves between
+//! them (the floors alone moved 3x between the table and criterion in one run), so a ratio
+//! of two criterion figures says as much about the neighbours as about the limiters. The
+//! criterion groups measure the same calls as the table (64 tasks over 100 keys).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -224,15 +233,25 @@ impl Bench {
         );
     }
 
-    /// `TASKS` tasks of `calls` calls each; returns the wall time.
-    async fn concurrent(self: &Arc<Self>, subject: Subject, calls: usize) -> Duration {
+    /// `TASKS` tasks of `calls` calls each; returns the wall time. Over 100 keys, call `i`
+    /// of task `t` takes key `(t + i * TASKS) % KEYS`: the calls in flight at any moment are
+    /// on `TASKS` different keys, and each key comes back every `KEYS` calls, as in the
+    /// sequential loop. On one key, every call of every task is on key 0, so nearly all of
+    /// them add into its open bucket.
+    async fn concurrent(
+        self: &Arc<Self>,
+        subject: Subject,
+        calls: usize,
+        one_key: bool,
+    ) -> Duration {
         let started = Instant::now();
         let tasks: Vec<_> = (0..TASKS)
             .map(|t| {
                 let bench = self.clone();
                 tokio::spawn(async move {
                     for i in 0..calls {
-                        bench.call(subject, t * calls + i).await;
+                        let n = if one_key { 0 } else { t + i * TASKS };
+                        bench.call(subject, n).await;
                     }
                 })
             })
@@ -249,9 +268,13 @@ struct Summary {
     p99: Duration,
     /// p50 of sequential calls on one key, nearly all into its open bucket.
     hot_p50: Duration,
+    /// Median round's throughput of `TASKS` tasks over 100 keys.
     ops_per_s: f64,
-    /// Throughput of each round, in order.
+    /// Throughput of each round over 100 keys, in order.
     rounds: Vec<f64>,
+    /// The same on one key.
+    hot_ops_per_s: f64,
+    hot_rounds: Vec<f64>,
     /// Server time per script call (`INFO commandstats`, evalsha `usec / calls`).
     server_us: f64,
 }
@@ -296,12 +319,15 @@ async fn reset_stats(conn: &ConnectionManager) {
 }
 
 /// Rounds of every subject in turn, so a burst of load from elsewhere on the machine falls
-/// on all of them alike: latency samples pooled over the rounds, throughput the median
-/// round, server time summed over the rounds.
+/// on all of them alike, starting with a different subject each round (as
+/// `benches/ratios.rs` does), so that no subject always runs first or just after another:
+/// latency samples pooled over the rounds, throughput the median round, server time summed
+/// over the rounds.
 async fn summarize_all(bench: &Arc<Bench>) -> Vec<(Subject, Summary)> {
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); Subject::ALL.len()];
     let mut hot: Vec<Vec<Duration>> = vec![Vec::new(); Subject::ALL.len()];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); Subject::ALL.len()];
+    let mut hot_rates: Vec<Vec<f64>> = vec![Vec::new(); Subject::ALL.len()];
     let mut server: Vec<(f64, f64)> = vec![(0.0, 0.0); Subject::ALL.len()];
     for subject in Subject::ALL {
         for i in 0..1_000 {
@@ -309,7 +335,9 @@ async fn summarize_all(bench: &Arc<Bench>) -> Vec<(Subject, Summary)> {
         }
     }
     for round in 0..ROUNDS {
-        for (n, subject) in Subject::ALL.into_iter().enumerate() {
+        for j in 0..Subject::ALL.len() {
+            let n = (round + j) % Subject::ALL.len();
+            let subject = Subject::ALL[n];
             reset_stats(&bench.conn).await;
             // 100 keys in turn, and one key (call i picks key i % KEYS), in alternating
             // order from round to round: the second loop of a round measures slower here.
@@ -326,8 +354,17 @@ async fn summarize_all(bench: &Arc<Bench>) -> Vec<(Subject, Summary)> {
                     }
                 }
             }
-            let took = bench.concurrent(subject, CALLS_PER_TASK).await;
-            rates[n].push((TASKS * CALLS_PER_TASK) as f64 / took.as_secs_f64());
+            // The same for the tasks: over 100 keys and on one key, in alternating order.
+            for pass in 0..2 {
+                let one_key = (pass + round) % 2 == 1;
+                let took = bench.concurrent(subject, CALLS_PER_TASK, one_key).await;
+                let rate = (TASKS * CALLS_PER_TASK) as f64 / took.as_secs_f64();
+                if one_key {
+                    hot_rates[n].push(rate);
+                } else {
+                    rates[n].push(rate);
+                }
+            }
             let (usec, calls, lines) = evalsha_stats(&bench.conn).await;
             server[n].0 += usec;
             server[n].1 += calls;
@@ -348,6 +385,8 @@ async fn summarize_all(bench: &Arc<Bench>) -> Vec<(Subject, Summary)> {
             hot[n].sort();
             let rounds = rates[n].clone();
             rates[n].sort_by(f64::total_cmp);
+            let hot_rounds = hot_rates[n].clone();
+            hot_rates[n].sort_by(f64::total_cmp);
             let s = &samples[n];
             let summary = Summary {
                 p50: s[s.len() / 2],
@@ -355,6 +394,8 @@ async fn summarize_all(bench: &Arc<Bench>) -> Vec<(Subject, Summary)> {
                 hot_p50: hot[n][hot[n].len() / 2],
                 ops_per_s: rates[n][rates[n].len() / 2],
                 rounds,
+                hot_ops_per_s: hot_rates[n][hot_rates[n].len() / 2],
+                hot_rounds,
                 server_us: server[n].0 / server[n].1,
             };
             (subject, summary)
@@ -391,13 +432,14 @@ fn main() {
     });
     for (subject, s) in &table {
         println!(
-            "{:<24} p50 {:>7.1} us   p99 {:>7.1} us   one key p50 {:>7.1} us   {:>9.0} ops/s   \
-             server {:>5.1} us/call",
+            "{:<24} p50 {:>7.1} us   p99 {:>7.1} us   one key p50 {:>7.1} us   {:>7.0} ops/s \
+             (one key {:>7.0})   server {:>5.1} us/call",
             subject.name(),
             micros(s.p50),
             micros(s.p99),
             micros(s.hot_p50),
             s.ops_per_s,
+            s.hot_ops_per_s,
             s.server_us
         );
     }
@@ -421,23 +463,26 @@ fn main() {
         (Subject::Absolute, Subject::TrypemaAbsolute),
         (Subject::Suppressed, Subject::TrypemaSuppressed),
     ] {
-        // The throughput ratio of each round (ours and trypema's run back to back), median.
-        let mut ratios: Vec<f64> = get(ours)
-            .rounds
-            .iter()
-            .zip(&get(theirs).rounds)
-            .map(|(a, b)| a / b)
-            .collect();
-        ratios.sort_by(f64::total_cmp);
+        // The throughput ratio of each round (ours and trypema's run back to back): median,
+        // least and most.
+        let spread = |a: &[f64], b: &[f64]| {
+            let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+            ratios.sort_by(f64::total_cmp);
+            (
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1],
+            )
+        };
+        let (m, lo, hi) = spread(&get(ours).rounds, &get(theirs).rounds);
+        let (hm, hlo, hhi) = spread(&get(ours).hot_rounds, &get(theirs).hot_rounds);
         let (keys, one) = ratio(ours);
         println!(
             "{:<24} p50 / raw EVALSHA p50 = {keys:.2} over 100 keys, {one:.2} on one key \
-             (target <= 1.5)   throughput / trypema = {:.2} (median of the rounds' ratios, \
-             {:.2}..{:.2}; target >= 1.3)",
+             (target <= 1.5)   throughput / trypema = {m:.2} over 100 keys (median of the \
+             rounds' ratios, {lo:.2}..{hi:.2}; target >= 1.3), {hm:.2} on one key \
+             ({hlo:.2}..{hhi:.2})",
             ours.name(),
-            ratios[ratios.len() / 2],
-            ratios[0],
-            ratios[ratios.len() - 1]
         );
     }
 
@@ -470,7 +515,7 @@ fn main() {
             group.bench_function(subject.name(), |b| {
                 b.to_async(&runtime).iter_custom(|iters| {
                     let bench = bench.clone();
-                    async move { bench.concurrent(subject, iters as usize).await }
+                    async move { bench.concurrent(subject, iters as usize, false).await }
                 })
             });
         }
