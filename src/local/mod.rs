@@ -102,6 +102,16 @@ impl LocalRateLimiter {
         &self.suppressed
     }
 
+    /// A [`LimitSet`](crate::policy::LimitSet) decided on this provider, with this limiter's
+    /// clock and random source: every limit admits a request or none counts it.
+    pub fn policy(&self, set: crate::policy::LimitSet) -> crate::policy::LocalPolicy {
+        crate::policy::LocalPolicy::new(
+            set,
+            self.absolute.clock.clone(),
+            self.suppressed.random.clone(),
+        )
+    }
+
     /// Drops every key with no usage left in its window; returns how many were dropped.
     /// [`RateLimiter::run_cleanup_loop`](crate::RateLimiter::run_cleanup_loop) calls this.
     pub fn cleanup(&self) -> usize {

@@ -30,8 +30,12 @@
 //! finer than `window / MAX_BUCKETS_PER_WINDOW`, so a day-long window holds at most
 //! [`MAX_BUCKETS_PER_WINDOW`]` + 1` buckets per key however busy the key is.
 
+mod decision;
 mod limit;
+mod local;
 mod notation;
 
+pub use decision::{LimitStatus, Outcome, SetDecision};
 pub use limit::{Limit, LimitName, LimitSet, MAX_BUCKETS_PER_WINDOW, MAX_LIMITS, Quota, Strategy};
+pub use local::LocalPolicy;
 pub use notation::ParseError;

@@ -72,7 +72,7 @@ impl FromStr for LimitSet {
             let is_last = end == input.len();
             if body.trim().is_empty() {
                 // A trailing separator is fine; an empty limit between two is not.
-                if !(is_last && !limits.is_empty()) {
+                if !is_last || limits.is_empty() {
                     return Err(ParseError::new(
                         input,
                         start..end,
