@@ -107,8 +107,8 @@ impl LocalRateLimiter {
     pub fn policy(&self, set: crate::policy::LimitSet) -> crate::policy::LocalPolicy {
         crate::policy::LocalPolicy::new(
             set,
-            self.absolute.clock.clone(),
-            self.suppressed.random.clone(),
+            self.absolute.keys.clock.clone(),
+            self.suppressed.keys.random.clone(),
         )
     }
 

@@ -15,8 +15,8 @@ use crate::clock::Time;
 use crate::config::{RateGroupSizeMs, capacity};
 use crate::local::store::{KeyStore, Locked};
 use crate::random::RandomSource;
-use crate::suppressed::factor_of;
-use crate::window::{Geometry, Usage, Window};
+use crate::suppressed::{Regime, factor_of};
+use crate::window::{Usage, Window, WindowGrid};
 
 /// The span over which a suppressed limit reads its "last second" of observed usage.
 const RECENT_MS: u64 = 1000;
@@ -45,7 +45,7 @@ struct Engine {
 
 /// One limit's keys and the numbers it decides with.
 struct LimitCounts {
-    geo: Geometry,
+    geo: WindowGrid,
     /// The quota: the accepted usage a window may hold.
     cap: f64,
     /// Suppressed: the observed usage past which everything is shed.
@@ -77,7 +77,7 @@ impl LocalPolicy {
                 let group = RateGroupSizeMs::try_from(limit.group_ms())
                     .expect("a limit's group is at least 1 ms");
                 LimitCounts {
-                    geo: Geometry::new(limit.quota().window(), group)
+                    geo: WindowGrid::new(limit.quota().window(), group)
                         .expect("a limit's group fits its window"),
                     cap: limit.quota().count(),
                     hard: limit.quota().count() * limit.hard_limit_factor().get(),
@@ -324,19 +324,24 @@ impl LimitCounts {
                 if !capacity::fits(cost, self.cap) || total.observed.checked_add(cost).is_none() {
                     return Verdict::ShedHard(never);
                 }
-                if capacity::reaches(total.observed, self.hard) {
-                    let wait = window
-                        .release_until(&self.geo, now, |left| {
-                            !capacity::reaches(left.observed, self.hard)
-                        })
-                        .map_or(never, |(wait, _)| wait);
-                    return Verdict::ShedHard(wait);
+                // The strategy's three cases, as every suppressed provider decides them.
+                match Regime::of(total.observed, self.hard, || {
+                    capacity::fits_more(total.accepted, cost, self.cap)
+                }) {
+                    Regime::OverHardLimit => {
+                        let wait = window
+                            .release_until(&self.geo, now, |left| {
+                                !capacity::reaches(left.observed, self.hard)
+                            })
+                            .map_or(never, |(wait, _)| wait);
+                        Verdict::ShedHard(wait)
+                    }
+                    Regime::UnderCapacity => Verdict::Admit,
+                    Regime::Shedding => {
+                        let recent = window.recent(&self.geo, now, RECENT_MS).observed;
+                        Verdict::Draw(factor_of(&self.geo, now, self.rate, total.observed, recent))
+                    }
                 }
-                if capacity::fits_more(total.accepted, cost, self.cap) {
-                    return Verdict::Admit;
-                }
-                let recent = window.recent(&self.geo, now, RECENT_MS).observed;
-                Verdict::Draw(factor_of(&self.geo, now, self.rate, total.observed, recent))
             }
         }
     }
