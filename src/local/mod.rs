@@ -33,7 +33,10 @@
 //! not help such a call. Keys are opaque strings: any string, the empty one included, is a
 //! key of its own; keys of up to 24 bytes cost no allocation.
 
+mod policy;
 pub(crate) mod store;
+
+pub use policy::LocalPolicy;
 
 use std::sync::Arc;
 
@@ -104,8 +107,8 @@ impl LocalRateLimiter {
 
     /// A [`LimitSet`](crate::policy::LimitSet) decided on this provider, with this limiter's
     /// clock and random source: every limit admits a request or none counts it.
-    pub fn policy(&self, set: crate::policy::LimitSet) -> crate::policy::LocalPolicy {
-        crate::policy::LocalPolicy::new(
+    pub fn policy(&self, set: crate::policy::LimitSet) -> LocalPolicy {
+        LocalPolicy::new(
             set,
             self.absolute.keys.clock.clone(),
             self.suppressed.keys.random.clone(),

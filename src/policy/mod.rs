@@ -32,10 +32,11 @@
 
 mod decision;
 mod limit;
-mod local;
 mod notation;
 
+pub use crate::local::LocalPolicy;
+#[cfg(feature = "redis-tokio")]
+pub use crate::redis::RedisPolicy;
 pub use decision::{LimitStatus, Outcome, SetDecision};
 pub use limit::{Limit, LimitName, LimitSet, MAX_BUCKETS_PER_WINDOW, MAX_LIMITS, Quota, Strategy};
-pub use local::LocalPolicy;
 pub use notation::ParseError;

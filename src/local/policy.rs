@@ -8,12 +8,11 @@
 
 use std::sync::Arc;
 
-use super::decision::{LimitStatus, Outcome, SetDecision};
-use super::limit::{LimitSet, MAX_LIMITS, Strategy};
+use super::store::{KeyStore, Locked};
 use crate::Error;
 use crate::clock::Time;
 use crate::config::{RateGroupSizeMs, capacity};
-use crate::local::store::{KeyStore, Locked};
+use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision, Strategy};
 use crate::random::RandomSource;
 use crate::suppressed::{Regime, factor_of};
 use crate::window::{Usage, Window, WindowGrid};
