@@ -128,9 +128,12 @@ pub mod hybrid;
 #[cfg(feature = "tower")]
 pub mod layer;
 pub mod local;
+pub mod policy;
 mod random;
 #[cfg(feature = "redis-tokio")]
 pub mod redis;
+#[cfg(feature = "serde")]
+mod serde_impls;
 mod settings;
 mod suppressed;
 mod window;

@@ -33,7 +33,10 @@
 //! not help such a call. Keys are opaque strings: any string, the empty one included, is a
 //! key of its own; keys of up to 24 bytes cost no allocation.
 
+mod policy;
 pub(crate) mod store;
+
+pub use policy::LocalPolicy;
 
 use std::sync::Arc;
 
@@ -100,6 +103,16 @@ impl LocalRateLimiter {
     /// The suppressed strategy: shed load probabilistically between capacity and the hard limit.
     pub fn suppressed(&self) -> &SuppressedLocalRateLimiter {
         &self.suppressed
+    }
+
+    /// A [`LimitSet`](crate::policy::LimitSet) decided on this provider, with this limiter's
+    /// clock and random source: every limit admits a request or none counts it.
+    pub fn policy(&self, set: crate::policy::LimitSet) -> LocalPolicy {
+        LocalPolicy::new(
+            set,
+            self.absolute.keys.clock.clone(),
+            self.suppressed.keys.random.clone(),
+        )
     }
 
     /// Drops every key with no usage left in its window; returns how many were dropped.

@@ -129,6 +129,19 @@ impl<S> KeyStore<S> {
         f(&mut entry.get_mut().1)
     }
 
+    /// Locks the key's shard and keeps it locked until the returned guard drops: for a caller
+    /// that decides on several keys of different stores at once (a limit set). Such a caller
+    /// must lock its stores in one fixed order, so that two callers never wait on each other.
+    #[inline]
+    pub(crate) fn lock(&self, key: &str) -> Locked<'_, S> {
+        let hash = self.hash(key);
+        Locked {
+            table: self.shard(hash).lock(),
+            hash,
+            hasher: &self.hasher,
+        }
+    }
+
     /// Runs `f` on the key's state if the key exists; creates nothing.
     #[inline]
     pub(crate) fn peek<R>(&self, key: &str, f: impl FnOnce(&mut S) -> R) -> Option<R> {
@@ -172,6 +185,44 @@ impl<S> KeyStore<S> {
 
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
+    }
+}
+
+/// A key's shard, locked: find, insert or remove that one key.
+pub(crate) struct Locked<'a, S> {
+    table: spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>,
+    hash: u64,
+    hasher: &'a Hasher,
+}
+
+impl<S> Locked<'_, S> {
+    /// The key's state, if it exists.
+    #[inline]
+    pub(crate) fn get(&mut self, key: &str) -> Option<&mut S> {
+        self.table
+            .find_mut(self.hash, |e| e.0 == key)
+            .map(|e| &mut e.1)
+    }
+
+    /// The key's state, created empty if the key is new.
+    #[inline]
+    pub(crate) fn get_or_default(&mut self, key: &str) -> &mut S
+    where
+        S: Default,
+    {
+        let hasher = self.hasher;
+        match self
+            .table
+            .entry(self.hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str()))
+        {
+            hashbrown::hash_table::Entry::Occupied(entry) => &mut entry.into_mut().1,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                &mut entry
+                    .insert((CompactString::from(key), S::default()))
+                    .into_mut()
+                    .1
+            }
+        }
     }
 }
 

@@ -165,6 +165,16 @@ impl KeySpace {
         lease
     }
 
+    /// The Redis keys of `key` under one limit of a set: `prefix:{key}:p:name:b` and `:h`.
+    /// Every limit of `key` shares the hash tag `{key}`, so a set on one key is one slot.
+    pub(crate) fn limit_names(&self, key: &RedisKey, limit: &str) -> KeyNames {
+        let stem = format!("{}:{{{}}}:p:{}:", self.prefix, key.as_str(), limit);
+        KeyNames {
+            buckets: format!("{stem}{BUCKETS}"),
+            hash: format!("{stem}{HASH}"),
+        }
+    }
+
     /// `prefix:{key}:tag:`, what every Redis key of `key` starts with.
     fn stem(&self, key: &RedisKey, strategy: StrategyTag) -> String {
         format!("{}:{{{}}}:{}:", self.prefix, key.as_str(), strategy.tag())

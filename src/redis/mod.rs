@@ -83,6 +83,7 @@
 mod absolute;
 mod connection;
 mod key;
+mod policy;
 mod scripts;
 mod suppressed;
 pub(crate) mod wire;
@@ -104,6 +105,7 @@ use crate::settings::{Settings, WindowOptions};
 use crate::{Error, HardLimitFactor, RateGroupSizeMs, SuppressionFactorCacheMs, WindowSizeSeconds};
 pub(crate) use connection::Connection;
 pub(crate) use key::{KeyNames, KeySpace, StrategyTag};
+pub use policy::RedisPolicy;
 
 /// The Redis (and hybrid) providers' settings on a single-server connection, as in
 /// `RateLimiterOptions { redis: RedisRateLimiterOptions { .. }, .. }`.
@@ -275,6 +277,15 @@ impl RedisRateLimiter {
     /// limit.
     pub fn suppressed(&self) -> &SuppressedRedisRateLimiter {
         &self.suppressed
+    }
+
+    /// A [`LimitSet`](crate::policy::LimitSet) decided on Redis: one script round trip per
+    /// request, every limit admitting it or none counting it.
+    pub fn policy(&self, set: crate::policy::LimitSet) -> Result<RedisPolicy, Error> {
+        Ok(RedisPolicy::new(
+            self.core.clone().ok_or(Error::RedisNotConfigured)?,
+            set,
+        ))
     }
 
     /// Whether this limiter was built with a Redis connection.

@@ -169,6 +169,80 @@ pub(crate) fn suppressed_reply(reply: &[Value]) -> Result<RateLimitDecision, Err
     }
 }
 
+/// Mode of the limit-set script: count the request in every limit or in none.
+pub(crate) const SET_INC: &str = "i";
+/// Mode of the limit-set script: what an increment would answer, recording nothing.
+pub(crate) const SET_CHECK: &str = "c";
+
+/// One limit of a set, as the set script reads it (six values after ARGV[7]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SetLimitArgs {
+    pub(crate) grid: WindowGrid,
+    pub(crate) suppressed: bool,
+    pub(crate) cap: f64,
+    pub(crate) hard: f64,
+    pub(crate) rate: f64,
+}
+
+/// The set script's arguments after `head`: ARGV[5] cost, ARGV[6] the draw, ARGV[7] the
+/// number of limits, then each limit's window, group, strategy, capacity, hard limit, rate.
+pub(crate) fn set_args(args: &mut impl ScriptArgs, cost: u64, draw: f64, limits: &[SetLimitArgs]) {
+    args.arg(cost);
+    args.arg(draw);
+    args.arg(limits.len());
+    for limit in limits {
+        args.arg(limit.grid.window_seconds());
+        args.arg(limit.grid.group_ms());
+        args.arg(if limit.suppressed { "s" } else { "a" });
+        args.arg(limit.cap);
+        args.arg(limit.hard);
+        args.arg(limit.rate);
+    }
+}
+
+/// One limit's part of the set script's answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SetLimitReply {
+    pub(crate) accepted: u64,
+    pub(crate) reset_ms: u64,
+    pub(crate) factor: f64,
+    pub(crate) refused: bool,
+}
+
+/// Parses `{outcome, retry_after_ms, then accepted, reset_ms, factor, refused per limit}`;
+/// outcome 0 allowed, 1 rejected, 2 shed; a retry of -1 is never (`u64::MAX`).
+pub(crate) fn set_reply(
+    reply: &[Value],
+    limits: usize,
+) -> Result<(u8, u64, Vec<SetLimitReply>), Error> {
+    let unexpected = || Error::UnexpectedReply(format!("limit-set script answered {reply:?}"));
+    let int = |v: &Value| match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    };
+    if reply.len() != 2 + 4 * limits {
+        return Err(unexpected());
+    }
+    let outcome = int(&reply[0])
+        .filter(|o| (0..=2).contains(o))
+        .ok_or_else(unexpected)? as u8;
+    let retry = int(&reply[1]).ok_or_else(unexpected)?;
+    let retry = u64::try_from(retry).unwrap_or(u64::MAX);
+    let parts = reply[2..]
+        .chunks(4)
+        .map(|part| {
+            Some(SetLimitReply {
+                accepted: u64::try_from(int(&part[0])?).ok()?,
+                reset_ms: u64::try_from(int(&part[1])?).ok()?,
+                factor: real(&part[2]).filter(|f| (0.0..=1.0).contains(f))?,
+                refused: int(&part[3])? == 1,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(unexpected)?;
+    Ok((outcome, retry, parts))
+}
+
 /// A suppression factor, sent as a string (Lua numbers lose their fraction as integers).
 pub(crate) fn factor_reply(value: &Value) -> Result<f64, Error> {
     real(value)
@@ -409,5 +483,76 @@ mod tests {
             Err(Error::UnexpectedReply(_))
         ));
         assert!(flush_reply(&Value::Int(0)).is_err());
+    }
+
+    #[test]
+    fn set_arguments_and_replies() {
+        let mut cmd = ::redis::cmd("EVALSHA");
+        let grid = WindowGrid::for_tests(60, 100);
+        let limit = SetLimitArgs {
+            grid,
+            suppressed: true,
+            cap: 10.0,
+            hard: 15.0,
+            rate: 1.0 / 6.0,
+        };
+        set_args(&mut cmd, 2, 0.25, &[limit]);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|a| match a {
+                ::redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(
+            args[1..],
+            [
+                "2",
+                "0.25",
+                "1",
+                "60",
+                "100",
+                "s",
+                "10.0",
+                "15.0",
+                "0.16666666666666666"
+            ]
+        );
+
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = [
+            Value::Int(1),
+            Value::Int(-1),
+            Value::Int(3),
+            Value::Int(900),
+            bulk("0"),
+            Value::Int(1),
+            Value::Int(10),
+            Value::Int(60000),
+            bulk("0.5"),
+            Value::Int(0),
+        ];
+        let (outcome, retry, limits) = set_reply(&reply, 2).unwrap();
+        assert_eq!((outcome, retry), (1, u64::MAX));
+        assert_eq!(
+            limits[0],
+            SetLimitReply {
+                accepted: 3,
+                reset_ms: 900,
+                factor: 0.0,
+                refused: true
+            }
+        );
+        assert_eq!(limits[1].factor, 0.5);
+        assert!(
+            set_reply(&reply, 1).is_err(),
+            "a length that does not fit the set"
+        );
+        let mut bad = reply.clone();
+        bad[4] = bulk("1.5");
+        assert!(set_reply(&bad, 2).is_err(), "a factor outside [0, 1]");
+        bad = reply.clone();
+        bad[0] = Value::Int(3);
+        assert!(set_reply(&bad, 2).is_err(), "an unknown outcome");
     }
 }

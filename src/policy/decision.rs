@@ -1,0 +1,76 @@
+//! What a limit set answers: one outcome for the request, and where each limit stands.
+
+use super::limit::MAX_LIMITS;
+
+/// The request's outcome under its whole set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every limit admitted it; it counts in every limit.
+    Allowed,
+    /// An absolute limit refused it (`429`); it counts in no limit.
+    Rejected,
+    /// No absolute limit refused it, but a suppressed limit shed it (`503`). It counts as
+    /// observed (offered, declined) in the limits that shed it, and in no other.
+    Shed,
+}
+
+/// Where one limit of the set stands after the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LimitStatus {
+    /// Whole requests of cost 1 this limit would still admit now (its quota minus its
+    /// accepted usage, rounded down).
+    pub remaining: u64,
+    /// Milliseconds until this limit's usage next falls (its oldest bucket expires), or, for a
+    /// limit that refused, until it would admit the same call. At most the window; 0 when
+    /// nothing is counted.
+    pub reset_ms: u64,
+    /// The suppressed strategy's factor for this limit (0 for an absolute limit, and below
+    /// the quota).
+    pub suppression_factor: f64,
+    /// Whether this limit refused or shed the request.
+    pub refused: bool,
+}
+
+/// The answer for one request under a [`LimitSet`](super::LimitSet).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SetDecision {
+    pub(crate) outcome: Outcome,
+    pub(crate) retry_after_ms: u64,
+    pub(crate) len: u8,
+    pub(crate) limits: [LimitStatus; MAX_LIMITS],
+}
+
+impl SetDecision {
+    /// The outcome.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Whether the request was admitted.
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allowed
+    }
+
+    /// For a refused or shed request: the shortest wait after which every limit of the set
+    /// would admit the same call, given the usage counted now (the longest of the refusing
+    /// limits' waits). `u64::MAX` means never (the cost exceeds a limit's quota). For a shed
+    /// request below its hard limit any moment may admit it: this is then 1 s, the factor's
+    /// own time scale, capped at the window. 0 when allowed.
+    pub fn retry_after_ms(&self) -> u64 {
+        self.retry_after_ms
+    }
+
+    /// Each limit's status, in the set's order.
+    pub fn limits(&self) -> &[LimitStatus] {
+        &self.limits[..usize::from(self.len)]
+    }
+
+    /// The positions (in the set's order) of the limits that refused or shed the request.
+    pub fn refused(&self) -> impl Iterator<Item = usize> + '_ {
+        self.limits()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.refused)
+            .map(|(i, _)| i)
+    }
+}

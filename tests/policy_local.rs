@@ -1,0 +1,341 @@
+//! Limit sets on the local provider: all or nothing, exact under threads, and the one-limit
+//! set deciding exactly as the seeds' single-limit API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::policy::{Limit, LimitName, LimitSet, LocalPolicy, Outcome, Quota};
+use sluicegate::{
+    HardLimitFactor, ManualClock, RateGroupSizeMs, RateLimit, RateLimitDecision, RateLimiter,
+    RateLimiterBuilder, SeededRandom,
+};
+
+fn limiter(clock: &ManualClock, window_s: u64, group_ms: u64) -> RateLimiter {
+    RateLimiterBuilder::new(LocalRateLimiterOptions {
+        window_size_seconds: window_s.try_into().unwrap(),
+        rate_group_size_ms: group_ms.try_into().unwrap(),
+        hard_limit_factor: Default::default(),
+        suppression_factor_cache_ms: 0.try_into().unwrap(),
+    })
+    .clock(clock.clone())
+    .random(SeededRandom::new(7))
+    .build()
+    .unwrap()
+}
+
+fn policy(clock: &ManualClock, set: &str) -> LocalPolicy {
+    limiter(clock, 1, 100).local().policy(set.parse().unwrap())
+}
+
+/// The demo's `/search`: burst 3 per second and 10 per minute, 100 ms groups.
+fn search(clock: &ManualClock) -> LocalPolicy {
+    let group = RateGroupSizeMs::try_from(100).unwrap();
+    let set = LimitSet::new([
+        Limit::new(
+            LimitName::new("burst").unwrap(),
+            Quota::per_second(3.0).unwrap(),
+        )
+        .group(group)
+        .unwrap(),
+        "minute = 10/m"
+            .parse::<Limit>()
+            .unwrap()
+            .group(group)
+            .unwrap(),
+    ])
+    .unwrap();
+    limiter(clock, 1, 100).local().policy(set)
+}
+
+#[test]
+fn a_request_refused_by_one_limit_counts_in_none() {
+    let clock = ManualClock::new(0);
+    let p = search(&clock);
+    // 100 requests in the first 100 ms: the burst limit admits 3, the minute limit sees 3.
+    let admitted = (0..100)
+        .filter(|_| p.inc("k", 1).unwrap().is_allowed())
+        .count();
+    assert_eq!(admitted, 3);
+    let d = p.check("k", 1).unwrap();
+    assert_eq!(d.outcome(), Outcome::Rejected);
+    assert_eq!(
+        d.limits()[1].remaining,
+        7,
+        "refused requests spent no minute quota"
+    );
+    assert_eq!(d.limits()[0].remaining, 0);
+    assert_eq!(
+        d.refused().collect::<Vec<_>>(),
+        vec![0],
+        "only the burst limit refuses"
+    );
+}
+
+#[test]
+fn refusals_name_the_limits_and_the_wait_covers_them_all() {
+    let clock = ManualClock::new(0);
+    let p = search(&clock);
+    // A bucket counts for its window plus its group: 3 every 1.1 s fit the burst limit.
+    let mut admitted = 0;
+    for at in [0, 1_100, 2_200] {
+        clock.set(at);
+        for _ in 0..3 {
+            admitted += usize::from(p.inc("k", 1).unwrap().is_allowed());
+        }
+    }
+    clock.set(3_300);
+    admitted += usize::from(p.inc("k", 1).unwrap().is_allowed());
+    assert_eq!(admitted, 10);
+    clock.set(3_350);
+    let d = p.inc("k", 3).unwrap();
+    // Burst: 1 used, 3 more need it empty: bucket 33 (3.3-3.4 s) leaves at 4.4 s.
+    // Minute: 10 used, 3 more need 3 gone: bucket 0 (0-0.1 s) leaves at 60.1 s.
+    assert_eq!(d.outcome(), Outcome::Rejected);
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(
+        d.limits()[0].reset_ms,
+        1_000,
+        "4.4 s - 3.35 s, capped at the window"
+    );
+    assert_eq!(d.retry_after_ms(), 60_100 - 3_350, "the later of the two");
+    assert_eq!(d.limits()[1].reset_ms, 56_750);
+    clock.set(60_099);
+    assert!(!p.inc("k", 3).unwrap().is_allowed());
+    clock.set(60_100);
+    assert!(p.inc("k", 3).unwrap().is_allowed(), "the wait was exact");
+}
+
+#[test]
+fn the_minute_limit_refuses_once_the_burst_limit_has_room() {
+    let clock = ManualClock::new(0);
+    let p = search(&clock);
+    for i in 0..10 {
+        clock.set(i * 400);
+        assert!(p.inc("k", 1).unwrap().is_allowed(), "request {i}");
+    }
+    clock.set(10 * 400);
+    let d = p.inc("k", 1).unwrap();
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        d.limits()[0].remaining,
+        1,
+        "the burst limit was not charged"
+    );
+    // Bucket 0 (0-0.1 s) leaves the minute at 60.1 s.
+    assert_eq!(d.retry_after_ms(), 60_100 - 4_000);
+}
+
+#[test]
+fn allowed_decisions_carry_what_is_left() {
+    let clock = ManualClock::new(250);
+    let p = search(&clock);
+    let d = p.inc("k", 2).unwrap();
+    assert_eq!(d.outcome(), Outcome::Allowed);
+    assert_eq!(d.limits()[0].remaining, 1);
+    assert_eq!(d.limits()[1].remaining, 8);
+    // Bucket 2 (200-300 ms) leaves the burst window at 1.3 s and the minute at 60.3 s; a
+    // status never says more than its window.
+    assert_eq!(d.limits()[0].reset_ms, 1_000);
+    assert_eq!(d.limits()[1].reset_ms, 60_000, "capped at the window");
+    assert_eq!(d.retry_after_ms(), 0);
+}
+
+#[test]
+fn one_key_per_limit() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "ip = 4/s; apikey = 3/s");
+    // Two API keys behind one IP: the IP limit is shared, the key limits are not.
+    assert!(p.inc_each(&["10.0.0.1", "alice"], 1).unwrap().is_allowed());
+    assert!(p.inc_each(&["10.0.0.1", "alice"], 1).unwrap().is_allowed());
+    assert!(p.inc_each(&["10.0.0.1", "alice"], 1).unwrap().is_allowed());
+    let d = p.inc_each(&["10.0.0.1", "alice"], 1).unwrap();
+    assert_eq!(
+        d.refused().collect::<Vec<_>>(),
+        vec![1],
+        "alice's own limit"
+    );
+    assert!(p.inc_each(&["10.0.0.1", "bob"], 1).unwrap().is_allowed());
+    let d = p.inc_each(&["10.0.0.1", "bob"], 1).unwrap();
+    assert_eq!(
+        d.refused().collect::<Vec<_>>(),
+        vec![0],
+        "the shared IP limit"
+    );
+    assert_eq!(
+        p.check_each(&["10.0.0.2", "bob"], 1).unwrap().limits()[1].remaining,
+        2
+    );
+    let err = p.inc_each(&["one"], 1).unwrap_err().to_string();
+    assert!(err.contains("one key per limit"), "{err}");
+    assert!(matches!(p.inc("k", 0), Err(sluicegate::Error::ZeroCount)));
+}
+
+#[test]
+fn check_records_nothing_and_creates_no_key() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "a = 2/s; b = 5/m");
+    for _ in 0..5 {
+        assert!(p.check("k", 1).unwrap().is_allowed());
+    }
+    assert_eq!(p.key_count(), 0);
+    p.inc("k", 1).unwrap();
+    assert_eq!(p.key_count(), 2);
+    assert_eq!(p.check("k", 1).unwrap().limits()[0].remaining, 1);
+}
+
+#[test]
+fn a_cost_above_a_quota_is_never_admitted_and_counts_nowhere() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "a = 5/s; b = 100/m");
+    let d = p.inc("k", 6).unwrap();
+    assert_eq!(d.outcome(), Outcome::Rejected);
+    assert_eq!(d.retry_after_ms(), u64::MAX);
+    assert_eq!(p.check("k", 1).unwrap().limits()[1].remaining, 100);
+}
+
+#[test]
+fn cleanup_drops_only_keys_whose_windows_emptied() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "a = 5/s; b = 5/m");
+    p.inc("old", 1).unwrap();
+    clock.set(1_500);
+    p.inc("new", 1).unwrap();
+    // Groups: 10 ms for the second, 600 ms for the minute. "old" left the second at 1.01 s
+    // but is still inside the minute.
+    assert_eq!(p.cleanup(), 1);
+    assert_eq!(p.key_count(), 3);
+    // At 61.7 s "old" has left the minute (its bucket ended at 0.6 s), "new" (bucket
+    // 1.2-1.8 s) has not.
+    clock.set(61_700);
+    assert_eq!(p.cleanup(), 2);
+    assert_eq!(p.key_count(), 1);
+    clock.set(61_800);
+    assert_eq!(p.cleanup(), 1);
+    assert_eq!(p.key_count(), 0);
+}
+
+/// Threads hammer a set whose limits have different keys; no limit admits more than its
+/// quota, and the admitted requests are counted in every limit exactly once.
+#[test]
+fn threads_never_push_a_limit_over_its_quota() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "ip = 50/s; key = 20/s");
+    let admitted_per_key: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+    let total = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (p, admitted_per_key, total) = (&p, &admitted_per_key, &total);
+            s.spawn(move || {
+                for i in 0..2_000u64 {
+                    let k = ((t + i) % 4) as usize;
+                    let key = format!("key{k}");
+                    if p.inc_each(&["ip", &key], 1).unwrap().is_allowed() {
+                        admitted_per_key[k].fetch_add(1, Ordering::Relaxed);
+                        total.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let total = total.load(Ordering::Relaxed);
+    assert_eq!(total, 50, "the shared limit is filled exactly");
+    for (k, n) in admitted_per_key.iter().enumerate() {
+        let n = n.load(Ordering::Relaxed);
+        assert!(n <= 20, "key{k} admitted {n}");
+        let left = p
+            .check_each(&["ip", &format!("key{k}")], 1)
+            .unwrap()
+            .limits()[1]
+            .remaining;
+        assert_eq!(
+            left,
+            20 - n,
+            "key{k}: counted once per admitted request, never for a refused one"
+        );
+    }
+}
+
+/// A one-limit set decides every call as the seeds' single-limit API does (same clock, same
+/// sequence of calls, rates and costs).
+#[test]
+fn a_one_limit_set_is_the_single_limit_api() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock, 10, 100);
+    let rate = RateLimit::try_from(2.0).unwrap();
+    let p = rl.local().policy(LimitSet::from(
+        Limit::unnamed(Quota::new(20.0, 10).unwrap())
+            .group(RateGroupSizeMs::try_from(100).unwrap())
+            .unwrap(),
+    ));
+    let mut rng = 12345u64;
+    let mut next = |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let (mut allowed, mut rejected) = (0, 0);
+    for _ in 0..5_000 {
+        clock.advance(next(400));
+        let cost = 1 + next(3);
+        let single = rl.local().absolute().inc("k", &rate, cost);
+        let set = p.inc("k", cost).unwrap();
+        match single {
+            RateLimitDecision::Allowed => {
+                allowed += 1;
+                assert_eq!(set.outcome(), Outcome::Allowed);
+            }
+            RateLimitDecision::Rejected { retry_after_ms, .. } => {
+                rejected += 1;
+                assert_eq!(set.outcome(), Outcome::Rejected);
+                assert_eq!(set.retry_after_ms(), retry_after_ms);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            set.limits()[0].remaining,
+            20 - rl.local().absolute().usage("k")
+        );
+    }
+    assert!(
+        allowed > 1_000 && rejected > 1_000,
+        "both branches: {allowed} {rejected}"
+    );
+}
+
+/// A suppressed limit in a set: below its quota it admits, over its hard limit it sheds
+/// everything and counts the shed requests as observed; a request an absolute limit refuses
+/// counts in neither.
+#[test]
+fn a_suppressed_limit_sheds_and_counts_only_its_own_sheds() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock, 1, 100);
+    let set = LimitSet::new([
+        "cap = 4/s".parse::<Limit>().unwrap(),
+        "shed = 2/s"
+            .parse::<Limit>()
+            .unwrap()
+            .suppressed(HardLimitFactor::try_from(1.0).unwrap()),
+    ])
+    .unwrap();
+    let p = rl.local().policy(set);
+    assert!(p.inc("k", 1).unwrap().is_allowed());
+    assert!(p.inc("k", 1).unwrap().is_allowed());
+    // Hard factor 1: with 2 observed the suppressed limit is at its hard limit.
+    let d = p.inc("k", 1).unwrap();
+    assert_eq!(d.outcome(), Outcome::Shed);
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(d.limits()[1].suppression_factor, 1.0);
+    assert_eq!(
+        d.limits()[0].remaining,
+        2,
+        "a shed request spends no absolute quota"
+    );
+    // Bucket 0 (0-10 ms: a 1 s window's default group) holds everything: under the hard
+    // limit again at 1.01 s.
+    assert_eq!(d.retry_after_ms(), 1_010);
+    clock.set(1_009);
+    assert!(!p.inc("k", 1).unwrap().is_allowed());
+    clock.set(1_010);
+    assert!(p.inc("k", 1).unwrap().is_allowed());
+}

@@ -1,0 +1,202 @@
+//! Limit sets on Redis: the same decisions as the local provider for the same calls, one
+//! slot per key (so Redis Cluster too), and exact across processes.
+
+mod support;
+
+use std::sync::Arc;
+
+use sluicegate::hybrid::SyncIntervalMs;
+use sluicegate::local::LocalRateLimiterOptions;
+use sluicegate::policy::{Limit, LimitSet, Outcome};
+use sluicegate::redis::RedisKey;
+use sluicegate::{HardLimitFactor, ManualClock, RandomSource, RateLimiter, RateLimiterBuilder};
+
+fn local() -> LocalRateLimiterOptions {
+    LocalRateLimiterOptions {
+        window_size_seconds: 1.try_into().unwrap(),
+        rate_group_size_ms: 100.try_into().unwrap(),
+        hard_limit_factor: Default::default(),
+        suppression_factor_cache_ms: 0.try_into().unwrap(),
+    }
+}
+
+/// A draw that is always the same, so both providers decide a shedding call alike.
+#[derive(Debug)]
+struct Half;
+
+impl RandomSource for Half {
+    fn next_f64(&self) -> f64 {
+        0.5
+    }
+}
+
+fn set() -> LimitSet {
+    LimitSet::new([
+        "burst = 3/s".parse::<Limit>().unwrap(),
+        "minute = 20/m".parse::<Limit>().unwrap(),
+        "shed = 5/10s"
+            .parse::<Limit>()
+            .unwrap()
+            .suppressed(HardLimitFactor::try_from(1.5).unwrap()),
+    ])
+    .unwrap()
+}
+
+async fn on_clock(redis: &support::TestRedis, clock: &ManualClock) -> RateLimiter {
+    let prefix = support::unique_prefix("policy");
+    RateLimiterBuilder::new(local())
+        .redis_connection(
+            redis.manager().await,
+            support::redis_settings(&local(), &prefix, SyncIntervalMs::default()),
+        )
+        .redis_time_from_clock_for_tests_only(clock.clone())
+        .clock(clock.clone())
+        .random(Half)
+        .build()
+        .unwrap()
+}
+
+/// The local and the Redis provider, on one manual clock, take the same random sequence of
+/// calls (three limits, two absolute and one suppressed, several keys, costs 1-3) and give
+/// the same answer to every one: outcome, wait, and each limit's status.
+#[tokio::test]
+async fn redis_decides_every_call_as_the_local_provider() {
+    let redis = support::TestRedis::get();
+    let clock = ManualClock::new(1_000_000);
+    let rl = on_clock(&redis, &clock).await;
+    let local = rl.local().policy(set());
+    let remote = rl.redis().policy(set()).unwrap();
+    let mut rng = 99u64;
+    let mut next = |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut seen = [0usize; 3];
+    for call in 0..1_500 {
+        // Mostly a few calls a second per key; now and then a pause that empties the short
+        // windows, so every limit admits, refuses and sheds in turn.
+        clock.advance(if call % 40 == 39 { 12_000 } else { next(400) });
+        let key = ["a", "b"][next(2) as usize];
+        let cost = 1 + next(3);
+        let want = local.inc(key, cost).unwrap();
+        let got = remote
+            .inc(&RedisKey::try_from(key).unwrap(), cost)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "call {call}: key {key}, cost {cost}");
+        seen[want.outcome() as usize] += 1;
+    }
+    assert!(
+        seen.iter().all(|n| *n > 50),
+        "every outcome reached: {seen:?}"
+    );
+    // A check answers as an increment would and records nothing.
+    let k = RedisKey::try_from("a").unwrap();
+    let before = remote.check(&k, 1).await.unwrap();
+    assert_eq!(remote.check(&k, 1).await.unwrap(), before);
+    assert_eq!(before, local.check("a", 1).unwrap());
+}
+
+/// Four processes' worth of limiters (each its own connection) hammer one key's set at
+/// once: no limit admits more than its quota, and every limit counted exactly the admitted
+/// requests (the refused ones spent nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_never_push_a_limit_over_its_quota() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("policy4");
+    let set: LimitSet = "burst = 30/m; day = 200/d".parse().unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let rl = Arc::new(
+            RateLimiterBuilder::new(local())
+                .redis_connection(
+                    redis.manager().await,
+                    support::redis_settings(&local(), &prefix, SyncIntervalMs::default()),
+                )
+                .build()
+                .unwrap(),
+        );
+        let policy = rl.redis().policy(set.clone()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let key = RedisKey::try_from("shared").unwrap();
+            let mut admitted = 0u64;
+            for _ in 0..100 {
+                if policy.inc(&key, 1).await.unwrap().is_allowed() {
+                    admitted += 1;
+                }
+            }
+            drop(rl);
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, 30, "the burst limit admits exactly its quota");
+    let rl = RateLimiterBuilder::new(local())
+        .redis_connection(
+            redis.manager().await,
+            support::redis_settings(&local(), &prefix, SyncIntervalMs::default()),
+        )
+        .build()
+        .unwrap();
+    let d = rl
+        .redis()
+        .policy(set)
+        .unwrap()
+        .check(&RedisKey::try_from("shared").unwrap(), 1)
+        .await
+        .unwrap();
+    assert_eq!(d.outcome(), Outcome::Rejected);
+    assert_eq!(d.limits()[0].remaining, 0);
+    assert_eq!(
+        d.limits()[1].remaining,
+        170,
+        "370 refused requests spent none of the day"
+    );
+}
+
+/// Every key of a set shares the user key's hash tag, and every one carries a TTL.
+#[tokio::test]
+async fn a_sets_keys_share_one_hash_tag_and_expire() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("policyttl");
+    let rl = RateLimiterBuilder::new(local())
+        .redis_connection(
+            redis.manager().await,
+            support::redis_settings(&local(), &prefix, SyncIntervalMs::default()),
+        )
+        .build()
+        .unwrap();
+    let p = rl.redis().policy(set()).unwrap();
+    let key = RedisKey::try_from("user").unwrap();
+    for _ in 0..3 {
+        assert!(p.inc(&key, 1).await.unwrap().is_allowed());
+    }
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", prefix.as_str()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for limit in ["burst", "minute", "shed"] {
+        let hash = format!("{}:{{user}}:p:{limit}:h", prefix.as_str());
+        assert!(keys.contains(&hash), "{hash} in {keys:?}");
+    }
+    for k in &keys {
+        assert!(k.contains("{user}"), "{k}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
