@@ -28,15 +28,17 @@ pub(crate) static SUPPRESSED: LazyLock<Script> = LazyLock::new(|| {
         include_str!("lua/head.lua"),
         include_str!("lua/suppressed_hot.lua"),
         include_str!("lua/window.lua"),
+        include_str!("lua/factor.lua"),
         include_str!("lua/suppressed.lua")
     ))
 });
 
-/// A limit set decided in one call: `head.lua`, `window.lua`, then `set.lua`.
+/// A limit set decided in one call: `head.lua`, `window.lua`, `factor.lua`, then `set.lua`.
 pub(crate) static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/head.lua"),
         include_str!("lua/window.lua"),
+        include_str!("lua/factor.lua"),
         include_str!("lua/set.lua")
     ))
 });

@@ -32,30 +32,7 @@ end
 
 settle()
 
--- Rejected: walk the buckets oldest first (the closed ones, then the open one), as if each
--- expired in turn, until `count` fits.
-local left = totals['']
-local from = 0
-while true do
-  local chunk = redis.call('LRANGE', ids, from, from + 31)
-  for _, item in ipairs(chunk) do
-    local v = parse(item)
-    left = left - v[2]
-    if fits(left + count, cap) then
-      local wait = expires_at(v[1]) - now
-      if wait < 0 then wait = 0 end
-      return {1, wait, left}
-    end
-  end
-  if #chunk < 32 then break end
-  from = from + 32
-end
-if newest then
-  left = left - newest_counts['']
-  if fits(left + count, cap) then
-    local wait = expires_at(tonumber(newest)) - now
-    if wait < 0 then wait = 0 end
-    return {1, wait, left}
-  end
-end
-return {1, -1, 0}
+-- Rejected: the wait until enough of the oldest buckets expire that `count` fits.
+local wait, left = release(COUNTERS, function(left) return fits(left[''] + count, cap) end)
+if wait < 0 then return {1, -1, 0} end
+return {1, wait, left['']}

@@ -1,4 +1,4 @@
--- A limit set (src/policy/local.rs), after head.lua and window.lua: every limit's window is
+-- A limit set (src/local/policy.rs), after head.lua, window.lua and factor.lua: every limit's window is
 -- loaded and decided, then the request is counted in every limit or in none, in one
 -- script, so no other call sees a limit between the check and the count.
 --
@@ -19,7 +19,6 @@
 -- Returns {outcome, retry_after_ms, then per limit: accepted, reset_ms, factor (string),
 -- refused (0/1)}; outcome 0 allowed, 1 rejected, 2 shed; retry -1 means never.
 
-local RECENT_MS = 1000
 local cost = tonumber(ARGV[5])
 local draw = tonumber(ARGV[6])
 local n = tonumber(ARGV[7])
@@ -46,55 +45,6 @@ end
 
 local function save(i)
   views[i] = {newest, oldest, totals, newest_counts, unsaved}
-end
-
--- Walks limit i's buckets oldest first, as if each expired in turn, until done(left) holds
--- for the counts left; returns the wait until that bucket expires, or -1.
-local function release(counters, done)
-  local left = {}
-  for _, c in ipairs(counters) do left[c] = totals[c] end
-  local function drop(id, values)
-    for j, c in ipairs(counters) do left[c] = left[c] - values[j] end
-    if done(left) then
-      local wait = expires_at(id) - now
-      if wait < 0 then wait = 0 end
-      return wait
-    end
-  end
-  local from = 0
-  while true do
-    local chunk = redis.call('LRANGE', ids, from, from + 31)
-    for _, item in ipairs(chunk) do
-      local v = parse(item)
-      local wait = drop(v[1], {unpack(v, 2)})
-      if wait then return wait end
-    end
-    if #chunk < 32 then break end
-    from = from + 32
-  end
-  if newest then
-    local wait = drop(tonumber(newest), newest_values(counters))
-    if wait then return wait end
-  end
-  return -1
-end
-
--- The factor of suppressed::factor_of for the selected limit.
-local function factor(rate)
-  local function per_second(observed, first_bucket)
-    local covered = now - first_bucket * G
-    if covered < RECENT_MS then covered = RECENT_MS end
-    return observed * 1000 / covered
-  end
-  local cutoff = now - RECENT_MS
-  if cutoff < 0 then cutoff = 0 end
-  local average = per_second(totals['o'], live)
-  local last_second = per_second(recent_sum('o', 1, cutoff), math.floor(cutoff / G))
-  local perceived = math.max(average, last_second)
-  if perceived <= 0 then return 0 end
-  local sf = 1 - rate / perceived
-  if sf < 0 then sf = 0 elseif sf > 1 then sf = 1 end
-  return sf
 end
 
 -- Each limit's verdict: 'admit', 'draw' (with its factor), 'refuse' or 'hard' (with a wait).
@@ -135,7 +85,7 @@ for i = 1, n do
     elseif fits(accepted + cost, l.cap) then
       verdicts[i] = 'admit'
     else
-      verdicts[i], factors[i] = 'draw', factor(l.rate)
+      verdicts[i], factors[i] = 'draw', formula(l.rate)
     end
   end
   save(i)

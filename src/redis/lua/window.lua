@@ -175,3 +175,36 @@ local function recent_sum(c, index, cutoff)
     from = from - 32
   end
 end
+
+-- Walks the buckets oldest first (the closed ones, then the open one), as if each expired
+-- in turn, until done(left) holds for the counts left (`left[c]` per counter): returns the
+-- wait until that bucket expires and what is left then, or -1 when even an empty window
+-- does not satisfy done.  Reads the list in chunks of 32, never unpacking it whole.
+local function release(counters, done)
+  local left = {}
+  for _, c in ipairs(counters) do left[c] = totals[c] end
+  local function drop(id, values)
+    for j, c in ipairs(counters) do left[c] = left[c] - values[j] end
+    if done(left) then
+      local wait = expires_at(id) - now
+      if wait < 0 then wait = 0 end
+      return wait
+    end
+  end
+  local from = 0
+  while true do
+    local chunk = redis.call('LRANGE', ids, from, from + 31)
+    for _, item in ipairs(chunk) do
+      local v = parse(item)
+      local wait = drop(v[1], {unpack(v, 2)})
+      if wait then return wait, left end
+    end
+    if #chunk < 32 then break end
+    from = from + 32
+  end
+  if newest then
+    local wait = drop(tonumber(newest), newest_values(counters))
+    if wait then return wait, left end
+  end
+  return -1, left
+end
