@@ -200,3 +200,36 @@ async fn a_sets_keys_share_one_hash_tag_and_expire() {
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
     }
 }
+
+/// One key per limit on one server: still one script, atomic over every key.
+#[tokio::test]
+async fn one_key_per_limit_on_one_server() {
+    let redis = support::TestRedis::get();
+    let clock = ManualClock::new(0);
+    let rl = on_clock(&redis, &clock).await;
+    let p = rl
+        .redis()
+        .policy("ip = 5/m; apikey = 2/m".parse().unwrap())
+        .unwrap();
+    let ip = RedisKey::try_from("198.51.100.4").unwrap();
+    let mut admitted = 0;
+    for k in 0..4 {
+        let api = RedisKey::try_from(format!("api{k}")).unwrap();
+        for _ in 0..4 {
+            admitted += usize::from(p.inc_each(&[&ip, &api], 1).await.unwrap().is_allowed());
+        }
+    }
+    assert_eq!(admitted, 5, "2 + 2 + 1: the IP's quota, then nothing");
+    let probe = RedisKey::try_from("probe").unwrap();
+    let d = p.check_each(&[&ip, &probe], 1).await.unwrap();
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![0]);
+    assert_eq!(d.limits()[1].remaining, 2);
+    let api3 = RedisKey::try_from("api3").unwrap();
+    let other = RedisKey::try_from("198.51.100.5").unwrap();
+    assert_eq!(
+        p.check_each(&[&other, &api3], 1).await.unwrap().limits()[1].remaining,
+        2,
+        "api3 was refused by the IP limit every time and was charged nothing"
+    );
+    assert!(p.inc_each(&[&ip], 1).await.is_err(), "one key per limit");
+}

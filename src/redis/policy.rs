@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ::redis::Value;
 
 use super::key::RedisKey;
-use super::wire::{self, SetLimitArgs};
+use super::wire::{self, SetLimitArgs, SetLimitReply};
 use super::{Core, TimeSource, scripts};
 use crate::Error;
 use crate::config::RateGroupSizeMs;
@@ -64,37 +64,169 @@ impl RedisPolicy {
 
     /// Counts `cost` units for `key` in every limit of the set, or in none: one round trip.
     pub async fn inc(&self, key: &RedisKey, cost: u64) -> Result<SetDecision, Error> {
-        self.call(key, cost, wire::SET_INC).await
+        let keys = vec![key; self.limits.len()];
+        self.one_call(&keys, cost, wire::SET_INC).await
     }
 
     /// What [`inc`](Self::inc) would answer now, recording nothing.
     pub async fn check(&self, key: &RedisKey, cost: u64) -> Result<SetDecision, Error> {
-        self.call(key, cost, wire::SET_CHECK).await
+        let keys = vec![key; self.limits.len()];
+        self.one_call(&keys, cost, wire::SET_CHECK).await
     }
 
-    async fn call(&self, key: &RedisKey, cost: u64, mode: &str) -> Result<SetDecision, Error> {
+    /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
+    /// beside a per-API-key one).
+    ///
+    /// On one Redis server this is still one script, atomic over every key. On Redis
+    /// Cluster the keys live in different slots, which no script can span: the set is then
+    /// decided in two passes, one script per distinct key in each. The first pass checks
+    /// every key and counts nothing; a request any limit refuses there counts nowhere. The
+    /// second counts, key by key in the set's order, each key's limits atomically, and stops
+    /// at the first key that refuses. So no limit ever admits more than its quota, as
+    /// everywhere; the one cost of the split is a race: when another request takes the
+    /// last unit of a later key between the two passes, this request is refused but has
+    /// already counted in the earlier keys' limits, and holds that `cost` there until its
+    /// bucket leaves their windows (at most window + group). It takes 2 round trips per
+    /// distinct key.
+    pub async fn inc_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
+        if keys.len() != self.limits.len() {
+            return Err(Error::invalid(
+                "keys",
+                keys.len(),
+                "give one key per limit of the set, in the set's order",
+            ));
+        }
+        let distinct = distinct_keys(keys);
+        if distinct.len() == 1 || !self.core.conn.is_cluster() {
+            return self.one_call(keys, cost, wire::SET_INC).await;
+        }
+        // Pass 1: check every key, count nothing.
+        let mut parts: Vec<Option<SetLimitReply>> = vec![None; self.limits.len()];
+        let mut outcome = 0u8;
+        let mut retry = 0u64;
+        for key in &distinct {
+            let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
+            let (o, r, replies) = self.run(keys, &limits, cost, wire::SET_CHECK).await?;
+            for (i, reply) in limits.iter().zip(replies) {
+                parts[*i] = Some(reply);
+            }
+            // A check reports a suppressed limit in its shedding range as shedding (its
+            // admission is a draw the count makes): only an outright refusal stops here.
+            if o == 1 {
+                outcome = 1;
+                retry = retry.max(r);
+            }
+        }
+        if outcome == 0 {
+            // Pass 2: count, key by key, until one refuses.
+            for key in &distinct {
+                let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
+                let (o, r, replies) = self.run(keys, &limits, cost, wire::SET_INC).await?;
+                for (i, reply) in limits.iter().zip(replies) {
+                    parts[*i] = Some(reply);
+                }
+                if o != 0 {
+                    outcome = o;
+                    retry = r;
+                    break;
+                }
+            }
+        }
+        let parts: Vec<SetLimitReply> = parts
+            .into_iter()
+            .map(|p| p.expect("every limit decided"))
+            .collect();
+        Ok(self.decision(outcome, retry, &parts))
+    }
+
+    /// What [`inc_each`](Self::inc_each) would answer now, recording nothing (on Cluster,
+    /// one check per distinct key).
+    pub async fn check_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
+        if keys.len() != self.limits.len() {
+            return Err(Error::invalid(
+                "keys",
+                keys.len(),
+                "give one key per limit of the set, in the set's order",
+            ));
+        }
+        let distinct = distinct_keys(keys);
+        if distinct.len() == 1 || !self.core.conn.is_cluster() {
+            return self.one_call(keys, cost, wire::SET_CHECK).await;
+        }
+        let mut parts: Vec<Option<SetLimitReply>> = vec![None; self.limits.len()];
+        let (mut outcome, mut retry) = (0u8, 0u64);
+        for key in &distinct {
+            let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
+            let (o, r, replies) = self.run(keys, &limits, cost, wire::SET_CHECK).await?;
+            for (i, reply) in limits.iter().zip(replies) {
+                parts[*i] = Some(reply);
+            }
+            // Rejected (1) outranks shed (2), which outranks allowed (0).
+            outcome = match (outcome, o) {
+                (1, _) | (_, 1) => 1,
+                (2, _) | (_, 2) => 2,
+                _ => 0,
+            };
+            if o != 0 {
+                retry = retry.max(r);
+            }
+        }
+        let parts: Vec<SetLimitReply> = parts
+            .into_iter()
+            .map(|p| p.expect("every limit decided"))
+            .collect();
+        Ok(self.decision(outcome, retry, &parts))
+    }
+
+    /// One script over every limit, each on its own key (one slot, or one server).
+    async fn one_call(
+        &self,
+        keys: &[&RedisKey],
+        cost: u64,
+        mode: &str,
+    ) -> Result<SetDecision, Error> {
+        let all: Vec<usize> = (0..self.limits.len()).collect();
+        let (outcome, retry, parts) = self.run(keys, &all, cost, mode).await?;
+        Ok(self.decision(outcome, retry, &parts))
+    }
+
+    /// The set script over the limits `which` (positions in the set), limit `i` on `keys[i]`.
+    async fn run(
+        &self,
+        keys: &[&RedisKey],
+        which: &[usize],
+        cost: u64,
+        mode: &str,
+    ) -> Result<(u8, u64, Vec<SetLimitReply>), Error> {
         if cost == 0 {
             return Err(Error::ZeroCount);
         }
-        let names: Vec<_> = self
-            .set
+        let names: Vec<_> = which
             .iter()
-            .map(|limit| self.core.keys.limit_names(key, limit.name()))
+            .map(|i| {
+                self.core
+                    .keys
+                    .limit_names(keys[*i], self.set.limits()[*i].name())
+            })
             .collect();
-        let keys: Vec<&str> = names
+        let redis_keys: Vec<&str> = names
             .iter()
             .flat_map(|n| [n.buckets.as_str(), n.hash.as_str()])
             .collect();
+        let limits: Vec<SetLimitArgs> = which.iter().map(|i| self.limits[*i]).collect();
         let now = match &self.core.time {
             TimeSource::Server => None,
             TimeSource::TestClock(clock) => Some(clock.now_ms()),
         };
         let draw = self.core.random.next_f64();
         let mut invocation = scripts::SET.prepare_invoke();
-        wire::head(&mut invocation, &keys, now, &self.limits[0].grid, mode);
-        wire::set_args(&mut invocation, cost, draw, &self.limits);
+        wire::head(&mut invocation, &redis_keys, now, &limits[0].grid, mode);
+        wire::set_args(&mut invocation, cost, draw, &limits);
         let reply: Vec<Value> = self.core.conn.invoke(&invocation).await?;
-        let (outcome, retry, parts) = wire::set_reply(&reply, self.limits.len())?;
+        wire::set_reply(&reply, limits.len())
+    }
+
+    fn decision(&self, outcome: u8, retry: u64, parts: &[SetLimitReply]) -> SetDecision {
         let mut decision = SetDecision {
             outcome: match outcome {
                 0 => Outcome::Allowed,
@@ -113,6 +245,17 @@ impl RedisPolicy {
                 refused: part.refused,
             };
         }
-        Ok(decision)
+        decision
     }
+}
+
+/// The distinct keys, in the order of their first limit.
+fn distinct_keys<'a>(keys: &[&'a RedisKey]) -> Vec<&'a RedisKey> {
+    let mut distinct: Vec<&RedisKey> = Vec::new();
+    for key in keys {
+        if !distinct.contains(key) {
+            distinct.push(key);
+        }
+    }
+    distinct
 }
