@@ -21,7 +21,7 @@ mod support;
 
 use load::{Exchange, Route, Sample, Scenario};
 use report::Counts;
-use run::{Outcome, Provider};
+use run::{Outcome, Store};
 
 fn counts(samples: &[Sample], route: Route, phase: Option<usize>) -> Counts {
     Counts::of(
@@ -32,7 +32,7 @@ fn counts(samples: &[Sample], route: Route, phase: Option<usize>) -> Counts {
 }
 
 /// Runs the quick demo on `provider`; returns the tour, the outcome and the chart's text.
-async fn quick_demo(provider: &Provider) -> (Vec<Exchange>, Outcome, String) {
+async fn quick_demo(provider: &Store) -> (Vec<Exchange>, Outcome, String) {
     let chart = std::env::temp_dir().join(format!(
         "sluicegate-demo-smoke-{}-{}.svg",
         provider.name(),
@@ -149,7 +149,7 @@ fn check_load(outcome: &Outcome, svg: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_demo_on_the_local_provider() {
-    let (tour, outcome, svg) = quick_demo(&Provider::Local).await;
+    let (tour, outcome, svg) = quick_demo(&Store::Local).await;
     check_tour(&tour, true);
     check_load(&outcome, &svg);
 }
@@ -158,7 +158,7 @@ async fn quick_demo_on_the_local_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_demo_on_the_redis_provider() {
     let redis = support::TestRedis::get();
-    let (tour, outcome, svg) = quick_demo(&Provider::Redis(redis.url().to_owned())).await;
+    let (tour, outcome, svg) = quick_demo(&Store::Redis(redis.url().to_owned())).await;
     check_tour(&tour, true);
     check_load(&outcome, &svg);
 }
@@ -167,7 +167,7 @@ async fn quick_demo_on_the_redis_provider() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_demo_on_the_hybrid_provider() {
     let redis = support::TestRedis::get();
-    let (tour, outcome, svg) = quick_demo(&Provider::Hybrid(redis.url().to_owned())).await;
+    let (tour, outcome, svg) = quick_demo(&Store::Hybrid(redis.url().to_owned())).await;
     check_tour(&tour, false);
     check_load(&outcome, &svg);
 }

@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use load::{Exchange, PRO_KEY, Route, Scenario};
-use run::Provider;
+use run::Store;
 
 /// What the command line asked for.
 #[derive(Debug)]
@@ -42,7 +42,7 @@ struct Args {
     progress: bool,
     addr: SocketAddr,
     out: PathBuf,
-    provider: Provider,
+    provider: Store,
 }
 
 const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis [URL]] [--hybrid]";
@@ -62,7 +62,7 @@ fn parse_args() -> Result<Args, String> {
             env!("CARGO_MANIFEST_DIR"),
             "/target/sluicegate-demo.svg"
         )),
-        provider: Provider::Local,
+        provider: Store::Local,
     };
     let (mut redis, mut redis_url, mut hybrid) = (false, None, false);
     let mut it = std::env::args().skip(1).peekable();
@@ -103,7 +103,7 @@ fn parse_args() -> Result<Args, String> {
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
 #[cfg(feature = "redis-tokio")]
-fn provider(redis: bool, redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
+fn provider(redis: bool, redis_url: Option<String>, hybrid: bool) -> Result<Store, String> {
     let url = || {
         redis_url
             .clone()
@@ -111,16 +111,16 @@ fn provider(redis: bool, redis_url: Option<String>, hybrid: bool) -> Result<Prov
             .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned())
     };
     Ok(match (redis, hybrid) {
-        (false, false) => Provider::Local,
-        (true, false) => Provider::Redis(url()),
-        (_, true) => Provider::Hybrid(url()),
+        (false, false) => Store::Local,
+        (true, false) => Store::Redis(url()),
+        (_, true) => Store::Hybrid(url()),
     })
 }
 
 #[cfg(not(feature = "redis-tokio"))]
-fn provider(redis: bool, _redis_url: Option<String>, hybrid: bool) -> Result<Provider, String> {
+fn provider(redis: bool, _redis_url: Option<String>, hybrid: bool) -> Result<Store, String> {
     if !redis && !hybrid {
-        return Ok(Provider::Local);
+        return Ok(Store::Local);
     }
     Err("--redis and --hybrid need the `redis-tokio` feature: \
          cargo run --release --example demo --features redis-tokio -- --redis [--hybrid]"

@@ -5,15 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sluicegate::RateLimiter;
-use sluicegate::layer::Provider as LayerProvider;
+use sluicegate::layer::Provider;
 
 use crate::app::{self, Server};
 use crate::load::{self, Exchange, Sample, Scenario};
 use crate::report;
 
-/// Where the limiter keeps its counts.
+/// Where the limiter keeps its counts (the layer reaches it as a `layer::Provider`).
 #[derive(Debug, Clone)]
-pub enum Provider {
+pub enum Store {
     /// In-process.
     Local,
     /// A Redis server at this URL, one script call per decision.
@@ -24,15 +24,15 @@ pub enum Provider {
     Hybrid(String),
 }
 
-impl Provider {
+impl Store {
     /// The provider's name, for the output and the chart.
     pub fn name(&self) -> &'static str {
         match self {
-            Provider::Local => "local",
+            Store::Local => "local",
             #[cfg(feature = "redis-tokio")]
-            Provider::Redis(_) => "Redis",
+            Store::Redis(_) => "Redis",
             #[cfg(feature = "redis-tokio")]
-            Provider::Hybrid(_) => "hybrid",
+            Store::Hybrid(_) => "hybrid",
         }
     }
 
@@ -42,22 +42,20 @@ impl Provider {
         scenario: &Scenario,
     ) -> Result<Arc<RateLimiter>, Box<dyn std::error::Error>> {
         match self {
-            Provider::Local => Ok(scenario.limits.local_limiter()?),
+            Store::Local => Ok(scenario.limits.local_limiter()?),
             #[cfg(feature = "redis-tokio")]
-            Provider::Redis(url) | Provider::Hybrid(url) => {
-                networked_limiter(url, scenario.limits).await
-            }
+            Store::Redis(url) | Store::Hybrid(url) => networked_limiter(url, scenario.limits).await,
         }
     }
 
     /// How the layer reaches this provider.
-    pub fn layer_provider(&self) -> LayerProvider {
+    pub fn layer_provider(&self) -> Provider {
         match self {
-            Provider::Local => LayerProvider::Local,
+            Store::Local => Provider::Local,
             #[cfg(feature = "redis-tokio")]
-            Provider::Redis(_) => LayerProvider::Redis,
+            Store::Redis(_) => Provider::Redis,
             #[cfg(feature = "redis-tokio")]
-            Provider::Hybrid(_) => LayerProvider::Hybrid,
+            Store::Hybrid(_) => Provider::Hybrid,
         }
     }
 }
@@ -118,7 +116,7 @@ pub struct Outcome {
 /// `on_ready` is told the server's address and the tour's answers before the load starts.
 pub async fn run(
     scenario: &Scenario,
-    provider: &Provider,
+    provider: &Store,
     chart: &Path,
     progress: bool,
     on_ready: impl FnOnce(SocketAddr, &[Exchange]),
