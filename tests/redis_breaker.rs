@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::RedisKey;
@@ -25,17 +25,12 @@ fn local() -> LocalRateLimiterOptions {
     }
 }
 
-/// A manager that reconnects quickly (at most 100 ms between attempts) and leaves the
-/// deadline to the limiter.
+/// A manager configured for the limiter's deadline: it reconnects quickly (at most 100 ms
+/// between attempts) and leaves the deadline to the limiter.
 async fn quick_manager(server: &RedisServer) -> ConnectionManager {
-    let config = ConnectionManagerConfig::new()
-        .set_max_delay(Duration::from_millis(100))
-        .set_number_of_retries(2)
-        .set_response_timeout(None)
-        .set_connection_timeout(Some(DEADLINE));
     redis::Client::open(server.url())
         .unwrap()
-        .get_connection_manager_with_config(config)
+        .get_connection_manager_with_config(sluicegate::redis::connection_manager_config(DEADLINE))
         .await
         .unwrap()
 }

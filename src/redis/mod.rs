@@ -114,7 +114,7 @@ use ::redis::aio::ConnectionManager;
 
 pub use absolute::AbsoluteRedisRateLimiter;
 pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
-pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection};
+pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
 
