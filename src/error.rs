@@ -89,6 +89,19 @@ pub enum Error {
         timeout_ms: u64,
     },
 
+    /// Redis refused the limiter's connection for want of (the right) credentials:
+    /// `NOAUTH` (the server needs a password it was not given) or `WRONGPASS`.
+    #[cfg(feature = "redis-tokio")]
+    #[error(
+        "redis authentication failed ({detail}): the server needs a password (and maybe an \
+         ACL user) the limiter's connection does not give; put them in the URL, \
+         redis://user:password@host:port/, or in the client's connection info"
+    )]
+    RedisAuthentication {
+        /// What the server said.
+        detail: String,
+    },
+
     /// `rl.redis()` was used on a limiter built without a Redis connection.
     #[cfg(feature = "redis-tokio")]
     #[error(

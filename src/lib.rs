@@ -240,6 +240,31 @@ impl RateLimiter {
         &self.hybrid
     }
 
+    /// The start-up check of the Redis connection, bounded by the limiter's deadline: `PING`
+    /// (so a server that is down, or wants a password the connection does not give, is an
+    /// error now rather than a provider error on every request), then the server's
+    /// `maxmemory-policy` (anything but `noeviction` evicts limiter keys: a warning in the
+    /// returned [`RedisCheck`](crate::redis::RedisCheck), also logged with `tracing::warn!`;
+    /// an ACL user that may not run `CONFIG` gets a warning too, not an error).
+    ///
+    /// ```no_run
+    /// # async fn start(rl: &sluicegate::RateLimiter) -> Result<(), sluicegate::Error> {
+    /// let check = rl.check_redis().await?;
+    /// for warning in &check.warnings {
+    ///     eprintln!("redis: {warning}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::RedisAuthentication`] on `NOAUTH`/`WRONGPASS`; [`Error::RedisTimeout`] or
+    /// [`Error::Redis`] when the server cannot be reached within the deadline;
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
+    #[cfg(feature = "redis-tokio")]
+    pub async fn check_redis(&self) -> Result<crate::redis::RedisCheck, Error> {
+        self.redis.check().await
+    }
+
     /// Drops every key with no usage left in its window, in every provider; returns how many.
     /// Hybrid keys stay while they hold unsent increments or a live lease.
     pub fn cleanup(&self) -> usize {

@@ -11,6 +11,7 @@ use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::RedisKey;
 use sluicegate::{Error, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder};
+use support::RedisServer;
 
 fn local() -> LocalRateLimiterOptions {
     LocalRateLimiterOptions {
@@ -130,4 +131,134 @@ async fn the_builders_deadline_governs_a_one_second_pause() {
     );
     // Let the pause end before the server is dropped.
     tokio::time::sleep(PAUSE).await;
+}
+
+/// `CONFIG SET name value` on `server` (as its admin, before any password is set).
+fn config_set(server: &RedisServer, name: &str, value: &str) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(&mut conn)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_server_set_up_as_sluicegate_wants_checks_clean() {
+    let server = RedisServer::start();
+    let rl = on_client(
+        &server.url(),
+        &support::unique_prefix("clean"),
+        Duration::from_secs(1),
+    );
+    let check = rl.check_redis().await.unwrap();
+    assert_eq!(check.maxmemory_policy.as_deref(), Some("noeviction"));
+    assert!(check.is_clean(), "{:?}", check.warnings);
+}
+
+/// A server that needs a password the limiter was not given: the check fails, naming
+/// authentication, instead of the limiter failing open on every request.
+#[tokio::test]
+async fn a_missing_password_fails_the_check_naming_authentication() {
+    let server = RedisServer::start();
+    config_set(&server, "requirepass", "s3cret-for-tests");
+    let rl = on_client(
+        &server.url(),
+        &support::unique_prefix("noauth"),
+        Duration::from_secs(1),
+    );
+    let started = Instant::now();
+    let err = rl.check_redis().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::RedisAuthentication { .. }), "{err:?}");
+    assert!(err.to_string().contains("authentication"), "{err}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // With the password in the URL the same server checks clean.
+    let url = format!("redis://:s3cret-for-tests@127.0.0.1:{}/", server.port());
+    let rl = on_client(
+        &url,
+        &support::unique_prefix("auth"),
+        Duration::from_secs(1),
+    );
+    assert!(rl.check_redis().await.unwrap().is_clean());
+}
+
+/// `volatile-lru` evicts sluicegate keys (they all carry TTLs): the check says so.
+#[tokio::test]
+async fn an_evicting_policy_is_a_warning() {
+    let server = RedisServer::start();
+    config_set(&server, "maxmemory-policy", "volatile-lru");
+    let rl = on_client(
+        &server.url(),
+        &support::unique_prefix("evict"),
+        Duration::from_secs(1),
+    );
+    let check = rl.check_redis().await.unwrap();
+    assert_eq!(check.maxmemory_policy.as_deref(), Some("volatile-lru"));
+    assert_eq!(check.warnings.len(), 1, "{:?}", check.warnings);
+    let warning = &check.warnings[0];
+    assert!(
+        warning.contains("volatile-lru") && warning.contains("noeviction"),
+        "{warning}"
+    );
+}
+
+/// An ACL user that may not run `CONFIG`: the check passes with a warning, not an error.
+#[tokio::test]
+async fn a_user_without_config_rights_gets_a_warning_not_an_error() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("limiter")
+        .arg("on")
+        .arg(">limiter-pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-config")
+        .query(&mut conn)
+        .unwrap();
+    let url = format!("redis://limiter:limiter-pw@127.0.0.1:{}/", server.port());
+    let rl = on_client(&url, &support::unique_prefix("acl"), Duration::from_secs(1));
+    let check = rl.check_redis().await.unwrap();
+    assert_eq!(check.maxmemory_policy, None);
+    assert_eq!(check.warnings.len(), 1, "{:?}", check.warnings);
+    assert!(
+        check.warnings[0].contains("noeviction"),
+        "{:?}",
+        check.warnings
+    );
+    // The user decides as usual.
+    let key = RedisKey::try_from("acl").unwrap();
+    let rate = RateLimit::try_from(1.0).unwrap();
+    assert!(support::admitted(rl.redis().absolute().inc(&key, &rate, 1)).await);
+}
+
+/// Start-up against a server that is down: building does not wait, and the check fails
+/// within the deadline (a default `get_connection_manager().await` takes 9.5 s here).
+#[tokio::test]
+async fn the_check_against_a_down_server_returns_within_the_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(1000);
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let started = Instant::now();
+    let rl = on_client(&url, &support::unique_prefix("down"), DEADLINE);
+    let built = started.elapsed();
+    let err = rl.check_redis().await.unwrap_err();
+    let took = started.elapsed();
+    eprintln!("down server: built in {built:?}, check failed after {took:?}: {err}");
+    assert!(
+        matches!(err, Error::Redis(_) | Error::RedisTimeout { .. }),
+        "{err:?}"
+    );
+    // The deadline, plus room for a loaded machine.
+    assert!(
+        took < DEADLINE + Duration::from_millis(300),
+        "took {took:?}"
+    );
 }

@@ -74,6 +74,8 @@ pub(crate) struct Breaker {
     cause: Mutex<Arc<str>>,
     /// Whether the connection's own response timeout was reported (once).
     pub(crate) warned_short_timeout: AtomicBool,
+    /// Whether an authentication failure was reported (once).
+    pub(crate) warned_auth: AtomicBool,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -95,6 +97,7 @@ impl Breaker {
             epoch: Instant::now(),
             cause: Mutex::new(Arc::from("")),
             warned_short_timeout: AtomicBool::new(false),
+            warned_auth: AtomicBool::new(false),
         })
     }
 
@@ -212,4 +215,14 @@ pub(crate) fn is_connection_error(err: &::redis::RedisError) -> bool {
         || err.is_connection_dropped()
         || err.is_io_error()
         || err.kind() == ::redis::ErrorKind::ClusterConnectionNotFound
+}
+
+/// Whether the server refused the call for want of (the right) credentials.
+pub(crate) fn is_authentication_error(err: &::redis::RedisError) -> bool {
+    err.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+        || {
+            let text = err.to_string();
+            text.contains("NOAUTH") || text.contains("WRONGPASS")
+        }
 }

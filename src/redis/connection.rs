@@ -9,7 +9,7 @@ use ::redis::aio::ConnectionManager;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{FromRedisValue, RedisFuture, RedisResult, ScriptInvocation, Value};
 
-use super::breaker::{Breaker, is_connection_error};
+use super::breaker::{Breaker, is_authentication_error, is_connection_error};
 use crate::Error;
 
 /// The deadline around each Redis call unless [`RateLimiterBuilder::redis_timeout`] says
@@ -117,6 +117,18 @@ impl Connection {
         self.bounded(cmd.query_async(&mut link)).await
     }
 
+    /// Sends one command under the deadline, past the breaker (the start-up check).
+    pub(crate) async fn query_unguarded<T: FromRedisValue>(
+        &self,
+        cmd: &::redis::Cmd,
+    ) -> Result<T, Error> {
+        let mut link = self.link();
+        match tokio::time::timeout(self.timeout, cmd.query_async(&mut link)).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
     /// Sends a pipeline in one round trip (the hybrid provider's flush).
     pub(crate) async fn pipeline<T: FromRedisValue>(
         &self,
@@ -157,6 +169,16 @@ impl Connection {
                     breaker.on_timeout();
                 } else if is_connection_error(&err) {
                     breaker.open_with(err.to_string());
+                } else if is_authentication_error(&err)
+                    && !breaker.warned_auth.swap(true, Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        %err,
+                        "sluicegate: Redis refuses the limiter's calls for want of \
+                         authentication: give the password (and ACL user) in the URL, \
+                         redis://user:password@host:port/; `RateLimiter::check_redis` checks \
+                         this at start-up"
+                    );
                 }
                 Err(err.into())
             }

@@ -61,9 +61,11 @@
 //! newest bucket has expired is dropped whole, and no call unpacks a list.
 //! A rejection walks the oldest buckets until the call would fit (one for a single unit,
 //! usually); the suppressed factor reads the buckets of the last second, at most once per
-//! `suppression_factor_cache_ms`. Keep an eviction policy that evicts by TTL or not at all
-//! (`volatile-*` or `noeviction`): evicting one of a key's two Redis keys but not the other
-//! would leave its usage stale until the survivor's TTL ends.
+//! `suppression_factor_cache_ms`. Run the server with `maxmemory-policy noeviction`: every
+//! sluicegate key carries a TTL, so a `volatile-*` policy evicts them as readily as an
+//! `allkeys-*` one, and an evicted key starts a fresh window (or, with one of its two Redis
+//! keys gone, leaves its usage stale until the survivor's TTL ends).
+//! [`RateLimiter::check_redis`](crate::RateLimiter::check_redis) warns about any other policy.
 //!
 //! # Errors and time bounds
 //! Malformed calls get the same errors as the local provider's `try_inc`
@@ -100,6 +102,7 @@
 
 mod absolute;
 mod breaker;
+mod check;
 mod connection;
 mod key;
 mod policy;
@@ -114,6 +117,7 @@ use ::redis::aio::ConnectionManager;
 
 pub use absolute::AbsoluteRedisRateLimiter;
 pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
+pub use check::RedisCheck;
 pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
@@ -317,6 +321,11 @@ impl RedisRateLimiter {
     /// was given); `None` without Redis.
     pub fn prefix(&self) -> Option<&str> {
         self.core.as_deref().map(|c| c.keys.prefix())
+    }
+
+    /// The start-up check behind [`RateLimiter::check_redis`](crate::RateLimiter::check_redis).
+    pub(crate) async fn check(&self) -> Result<RedisCheck, Error> {
+        check::check(core_of(&self.core)?).await
     }
 
     /// The shared core, for the hybrid provider.
