@@ -210,3 +210,77 @@ async fn the_hybrid_committer_keeps_its_increments_through_an_open_breaker() {
     assert_eq!(stats.units_flushed, 10 + admitted, "{stats:?}");
     assert_eq!(total, Some(10 + admitted - landed_before), "{stats:?}");
 }
+
+/// A server that accepts connections but does not answer (`CLIENT PAUSE`) is waited out at
+/// the deadline for `STALL_OPENS_AFTER`, then counts as down (calls fail at once), and calls
+/// go to Redis again once the pause ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stall_opens_the_breaker_after_two_seconds() {
+    const SHORT: Duration = Duration::from_millis(300);
+    const PAUSE: Duration = Duration::from_millis(4_000);
+    let server = RedisServer::start();
+    let prefix = support::unique_prefix("breaker_stall");
+    let local = local();
+    let rl = RateLimiterBuilder::new(local)
+        .redis_connection(
+            quick_manager(&server).await,
+            support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
+        )
+        .redis_timeout(SHORT)
+        .build()
+        .unwrap();
+    let key = RedisKey::try_from("s1").unwrap();
+    let rate = RateLimit::try_from(100.0).unwrap();
+    assert!(support::admitted(rl.redis().absolute().inc(&key, &rate, 1)).await);
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(PAUSE.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let paused = Instant::now();
+    let opened = loop {
+        match rl.redis().absolute().inc(&key, &rate, 1).await {
+            Err(err) if err.is_redis_unavailable() => break paused.elapsed(),
+            Err(sluicegate::Error::RedisTimeout { .. }) => {}
+            other => panic!("during the pause: {other:?}"),
+        }
+        assert!(paused.elapsed() < PAUSE, "the breaker never opened");
+    };
+    assert!(
+        opened >= sluicegate::redis::STALL_OPENS_AFTER,
+        "opened after {opened:?}"
+    );
+    let started = Instant::now();
+    for _ in 0..20 {
+        let err = rl.redis().absolute().inc(&key, &rate, 1).await.unwrap_err();
+        assert!(err.is_redis_unavailable(), "{err}");
+    }
+    let twenty = started.elapsed();
+    assert!(
+        twenty < Duration::from_millis(100),
+        "20 calls took {twenty:?}"
+    );
+    // After the pause, Redis decides again.
+    loop {
+        match rl.redis().absolute().inc(&key, &rate, 1).await {
+            Ok(_) => break,
+            Err(err) => assert!(
+                paused.elapsed() < PAUSE + Duration::from_secs(2),
+                "not back within 2 s of the pause's end: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = paused.elapsed();
+    eprintln!(
+        "stall: breaker open after {opened:?}, Redis decides again {back:?} after the pause began ({PAUSE:?})"
+    );
+    assert!(
+        back >= PAUSE - Duration::from_millis(50),
+        "back after {back:?}"
+    );
+}
