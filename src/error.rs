@@ -89,6 +89,19 @@ pub enum Error {
         timeout_ms: u64,
     },
 
+    /// Redis refused the limiter's connection for want of (the right) credentials:
+    /// `NOAUTH` (the server needs a password it was not given) or `WRONGPASS`.
+    #[cfg(feature = "redis-tokio")]
+    #[error(
+        "redis authentication failed ({detail}): the server needs a password (and maybe an \
+         ACL user) the limiter's connection does not give; put them in the URL, \
+         redis://user:password@host:port/, or in the client's connection info"
+    )]
+    RedisAuthentication {
+        /// What the server said.
+        detail: String,
+    },
+
     /// `rl.redis()` was used on a limiter built without a Redis connection.
     #[cfg(feature = "redis-tokio")]
     #[error(
@@ -105,6 +118,32 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a Redis call failed at once because Redis is known to be down (the circuit
+    /// breaker is open; see [`RedisUnavailable`](crate::redis::RedisUnavailable)), rather
+    /// than after trying it. Such an error is an [`Error::Redis`] whose source is a
+    /// `NotConnected` I/O error holding a `RedisUnavailable`.
+    #[cfg(feature = "redis-tokio")]
+    pub fn is_redis_unavailable(&self) -> bool {
+        self.redis_unavailable().is_some()
+    }
+
+    /// The [`RedisUnavailable`](crate::redis::RedisUnavailable) inside a call failed at once.
+    #[cfg(feature = "redis-tokio")]
+    pub fn redis_unavailable(&self) -> Option<&crate::redis::RedisUnavailable> {
+        let Error::Redis(err) = self else {
+            return None;
+        };
+        let source = std::error::Error::source(err)?;
+        // redis-rs keeps the I/O error as an `Arc<dyn Error>` and hands that out as the source.
+        let io = match source.downcast_ref::<std::io::Error>() {
+            Some(io) => io,
+            None => source
+                .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()?
+                .downcast_ref::<std::io::Error>()?,
+        };
+        io.get_ref()?.downcast_ref()
+    }
+
     pub(crate) fn invalid(
         field: &'static str,
         value: impl ToString,

@@ -240,6 +240,31 @@ impl RateLimiter {
         &self.hybrid
     }
 
+    /// The start-up check of the Redis connection, bounded by the limiter's deadline: `PING`
+    /// (so a server that is down, or wants a password the connection does not give, is an
+    /// error now rather than a provider error on every request), then the server's
+    /// `maxmemory-policy` (anything but `noeviction` evicts limiter keys: a warning in the
+    /// returned [`RedisCheck`](crate::redis::RedisCheck), also logged with `tracing::warn!`;
+    /// an ACL user that may not run `CONFIG` gets a warning too, not an error).
+    ///
+    /// ```no_run
+    /// # async fn start(rl: &sluicegate::RateLimiter) -> Result<(), sluicegate::Error> {
+    /// let check = rl.check_redis().await?;
+    /// for warning in &check.warnings {
+    ///     eprintln!("redis: {warning}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::RedisAuthentication`] on `NOAUTH`/`WRONGPASS`; [`Error::RedisTimeout`] or
+    /// [`Error::Redis`] when the server cannot be reached within the deadline;
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
+    #[cfg(feature = "redis-tokio")]
+    pub async fn check_redis(&self) -> Result<crate::redis::RedisCheck, Error> {
+        self.redis.check().await
+    }
+
     /// Drops every key with no usage left in its window, in every provider; returns how many.
     /// Hybrid keys stay while they hold unsent increments or a live lease.
     pub fn cleanup(&self) -> usize {
@@ -275,10 +300,19 @@ pub struct RateLimiterBuilder {
 /// The Redis part of a [`RateLimiterBuilder`].
 #[cfg(feature = "redis-tokio")]
 struct RedisBuilderParts {
-    connection: Option<(crate::redis::RedisConnection, crate::redis::RedisSettings)>,
+    connection: Option<(RedisSource, crate::redis::RedisSettings)>,
     timeout: Duration,
     test_clock: Option<Arc<dyn Clock>>,
     hybrid_max_pending_buckets: usize,
+}
+
+/// Where the Redis connection of a [`RateLimiterBuilder`] comes from.
+#[cfg(feature = "redis-tokio")]
+enum RedisSource {
+    /// Built by the caller.
+    Connection(crate::redis::RedisConnection),
+    /// A client: the builder makes the `ConnectionManager`, configured for the deadline.
+    Client(::redis::Client),
 }
 
 impl RateLimiterBuilder {
@@ -326,13 +360,40 @@ impl RateLimiterBuilder {
         connection: impl Into<crate::redis::RedisConnection>,
         settings: crate::redis::RedisSettings,
     ) -> Self {
-        self.redis.connection = Some((connection.into(), settings));
+        self.redis.connection = Some((RedisSource::Connection(connection.into()), settings));
+        self
+    }
+
+    /// The Redis provider on a single server, through a `ConnectionManager` the builder
+    /// makes from `client` with
+    /// [`connection_manager_config`](crate::redis::connection_manager_config) for the
+    /// [`redis_timeout`](Self::redis_timeout): the deadline alone bounds each call, a
+    /// restarted server is noticed within about 100 ms, and [`build`](Self::build) does not
+    /// wait for Redis (the manager connects on first use; call
+    /// [`RateLimiter::check_redis`] at start-up to find out whether it can). `build` must
+    /// then run inside a tokio runtime.
+    #[cfg(feature = "redis-tokio")]
+    pub fn redis_client(
+        mut self,
+        client: ::redis::Client,
+        settings: crate::redis::RedisSettings,
+    ) -> Self {
+        self.redis.connection = Some((RedisSource::Client(client), settings));
         self
     }
 
     /// The deadline around each Redis call (default
     /// [`DEFAULT_REDIS_TIMEOUT`](crate::redis::DEFAULT_REDIS_TIMEOUT), 1 s): past it a call
     /// returns [`Error::RedisTimeout`].
+    ///
+    /// A connection can end a call sooner by itself: a `ConnectionManager` built with
+    /// redis-rs's defaults times every call out at 500 ms (an [`Error::Redis`] whose
+    /// `is_timeout()` is true), so a deadline above 500 ms would never be reached. With
+    /// [`redis_client`](Self::redis_client) the builder configures the manager for the
+    /// deadline; a manager you build yourself should be built with
+    /// `client.get_connection_manager_with_config(sluicegate::redis::connection_manager_config(deadline))`
+    /// (or any response timeout of at least the deadline). The limiter warns once (tracing)
+    /// when the connection cuts a call short of its deadline.
     #[cfg(feature = "redis-tokio")]
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
         self.redis.timeout = timeout;
@@ -376,8 +437,23 @@ impl RateLimiterBuilder {
                 None => crate::redis::TimeSource::Server,
             };
             let core = match parts.connection {
-                Some((connection, redis_settings)) => {
+                Some((source, redis_settings)) => {
                     local_options.check_agrees(&redis_settings.window_options())?;
+                    let connection = match source {
+                        RedisSource::Connection(connection) => connection,
+                        RedisSource::Client(client) => {
+                            if tokio::runtime::Handle::try_current().is_err() {
+                                return Err(Error::invalid(
+                                    "RateLimiterBuilder::redis_client",
+                                    "build() called outside a tokio runtime",
+                                    "the ConnectionManager it makes runs on tokio: build inside a runtime",
+                                ));
+                            }
+                            let config = crate::redis::connection_manager_config(parts.timeout);
+                            ::redis::aio::ConnectionManager::new_lazy_with_config(client, config)?
+                                .into()
+                        }
+                    };
                     Some(crate::redis::Core::new(
                         connection,
                         &redis_settings,

@@ -61,9 +61,11 @@
 //! newest bucket has expired is dropped whole, and no call unpacks a list.
 //! A rejection walks the oldest buckets until the call would fit (one for a single unit,
 //! usually); the suppressed factor reads the buckets of the last second, at most once per
-//! `suppression_factor_cache_ms`. Keep an eviction policy that evicts by TTL or not at all
-//! (`volatile-*` or `noeviction`): evicting one of a key's two Redis keys but not the other
-//! would leave its usage stale until the survivor's TTL ends.
+//! `suppression_factor_cache_ms`. Run the server with `maxmemory-policy noeviction`: every
+//! sluicegate key carries a TTL, so a `volatile-*` policy evicts them as readily as an
+//! `allkeys-*` one, and an evicted key starts a fresh window (or, with one of its two Redis
+//! keys gone, leaves its usage stale until the survivor's TTL ends).
+//! [`RateLimiter::check_redis`](crate::RateLimiter::check_redis) warns about any other policy.
 //!
 //! # Errors and time bounds
 //! Malformed calls get the same errors as the local provider's `try_inc`
@@ -74,6 +76,24 @@
 //! [`Error::RedisTimeout`] within it, never hangs, and the same limiter works again once
 //! Redis is back (the connection reconnects by itself).
 //!
+//! # When Redis is down: the circuit breaker
+//! On a single-server connection, once Redis is known to be down calls stop waiting for it:
+//! they fail at once with an [`Error::Redis`] for which [`Error::is_redis_unavailable`] is
+//! true (its message names the failure and what to check), and the layer applies its
+//! `ProviderErrorPolicy` to it like to any provider error. Redis is known down after a call
+//! fails to reach it (connection refused, reset or closed), or after calls have done nothing
+//! but time out for [`STALL_OPENS_AFTER`] (2 s; a shorter pause is waited out at the
+//! deadline). Meanwhile one background task, never more than one, sends `PING` through the
+//! same connection every [`PROBE_INTERVAL`] (100 ms), bounded by the deadline; its first
+//! answer sends calls to Redis again. How soon the connection itself reconnects is the
+//! `ConnectionManager`'s business: redis-rs's default backs off exponentially (up to
+//! seconds); `ConnectionManagerConfig::set_max_delay(100 ms)` makes a restart noticed within
+//! a few hundred milliseconds. The hybrid provider's committer goes through the same breaker:
+//! while it is open a flush fails at once, is counted in `flush_errors`, keeps its
+//! increments and is tried again the next sync interval, as after any failed flush. On a
+//! Redis Cluster connection there is no breaker (one node down must not fail the keys of
+//! the others): calls wait out the deadline as before.
+
 //! # Differences from the local provider
 //! Decisions are the same for the same sequence of calls, with two documented exceptions:
 //! the suppressed strategy draws one random number per `inc` (the local one draws only when
@@ -81,6 +101,8 @@
 //! (its cached factor included) in Redis, as its TTL demands.
 
 mod absolute;
+mod breaker;
+mod check;
 mod connection;
 mod key;
 mod policy;
@@ -94,7 +116,9 @@ use std::time::Duration;
 use ::redis::aio::ConnectionManager;
 
 pub use absolute::AbsoluteRedisRateLimiter;
-pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection};
+pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
+pub use check::RedisCheck;
+pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
 
@@ -297,6 +321,11 @@ impl RedisRateLimiter {
     /// was given); `None` without Redis.
     pub fn prefix(&self) -> Option<&str> {
         self.core.as_deref().map(|c| c.keys.prefix())
+    }
+
+    /// The start-up check behind [`RateLimiter::check_redis`](crate::RateLimiter::check_redis).
+    pub(crate) async fn check(&self) -> Result<RedisCheck, Error> {
+        check::check(core_of(&self.core)?).await
     }
 
     /// The shared core, for the hybrid provider.

@@ -1,0 +1,82 @@
+//! The start-up check: [`RateLimiter::check_redis`](crate::RateLimiter::check_redis).
+
+use std::time::{Duration, Instant};
+
+use super::Core;
+use super::breaker::is_authentication_error;
+use crate::Error;
+
+/// What [`RateLimiter::check_redis`](crate::RateLimiter::check_redis) found on a server that
+/// answers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisCheck {
+    /// How long the `PING` took.
+    pub ping: Duration,
+    /// The server's `maxmemory-policy`; `None` when it could not be read (an ACL user
+    /// without `CONFIG`, a managed Redis that renames the command, a cluster).
+    pub maxmemory_policy: Option<String>,
+    /// Everything worth a look, each also logged with `tracing::warn!`. Empty on a server
+    /// set up as sluicegate wants it.
+    pub warnings: Vec<String>,
+}
+
+impl RedisCheck {
+    /// Whether the check found nothing to warn about.
+    pub fn is_clean(&self) -> bool {
+        self.warnings.is_empty()
+    }
+}
+
+/// `PING`, then `CONFIG GET maxmemory-policy`, each under the limiter's deadline and past
+/// the circuit breaker (the check must try Redis, not hear that it was down).
+pub(crate) async fn check(core: &Core) -> Result<RedisCheck, Error> {
+    let started = Instant::now();
+    let ping: Result<String, Error> = core.conn.query_unguarded(&::redis::cmd("PING")).await;
+    match ping {
+        Ok(_) => {}
+        Err(Error::Redis(err)) if is_authentication_error(&err) => {
+            return Err(Error::RedisAuthentication {
+                detail: err.to_string(),
+            });
+        }
+        Err(err) => return Err(err),
+    }
+    let ping = started.elapsed();
+    let mut warnings = Vec::new();
+    let mut config_get = ::redis::cmd("CONFIG");
+    config_get.arg("GET").arg("maxmemory-policy");
+    let maxmemory_policy = if core.conn.is_cluster() {
+        None
+    } else {
+        match core.conn.query_unguarded::<Vec<String>>(&config_get).await {
+            Ok(pair) => pair.into_iter().nth(1),
+            Err(err) => {
+                warnings.push(format!(
+                    "could not read the server's maxmemory-policy ({err}): make sure it is \
+                     `noeviction`, or the server may evict limiter keys and hand out fresh windows"
+                ));
+                None
+            }
+        }
+    };
+    if let Some(policy) = &maxmemory_policy
+        && policy != "noeviction"
+    {
+        warnings.push(format!(
+            "the server's maxmemory-policy is `{policy}`: once Redis reaches maxmemory it \
+             evicts limiter keys (every sluicegate key has a TTL, so `volatile-*` evicts them \
+             too) and an evicted key starts a fresh window; set `maxmemory-policy noeviction` \
+             (writes then fail at maxmemory instead, and the layer applies its \
+             ProviderErrorPolicy)"
+        ));
+    }
+    for warning in &warnings {
+        tracing::warn!("sluicegate: {warning}");
+    }
+    Ok(RedisCheck {
+        ping,
+        maxmemory_policy,
+        warnings,
+    })
+}
