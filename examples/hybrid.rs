@@ -7,6 +7,9 @@
 //! cargo run --example hybrid --features redis-tokio
 //! ```
 
+#[path = "common/redis.rs"]
+mod common;
+
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::{RedisKey, RedisRateLimiterOptions};
@@ -16,7 +19,6 @@ use sluicegate::{
 };
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,29 +32,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("SLUICEGATE_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
-    let unreachable = |why: String| {
-        format!(
-            "cannot reach Redis at {url}: {why}. Start one (redis-server --port 6379 --save \"\" \
-             --appendonly no) or point SLUICEGATE_REDIS_URL at one."
-        )
-    };
-    let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(e.to_string()))?;
-    // One plain connection first, to fail fast with the reason: the connection manager
-    // retries a refused connection for seconds before it gives up.
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| unreachable("no answer within 2 s".to_owned()))?
-    .map_err(|e| unreachable(e.to_string()))?;
-    let connection_manager =
-        tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-            .await
-            .map_err(|_| unreachable("no answer within 5 s".to_owned()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+    let (connection_manager, _) = common::connect().await?;
     let window_size_seconds = WindowSizeSeconds::try_from(60)?;
     let rate_group_size_ms = RateGroupSizeMs::try_from(10)?;
     let hard_limit_factor = HardLimitFactor::try_from(1.5)?;

@@ -16,10 +16,12 @@
 //! `SLUICEGATE_REDIS_URL` overrides `redis://127.0.0.1:6379/`; `PORT` picks the port
 //! (default: any free one).
 
+#[path = "common/redis.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -46,28 +48,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) => p.parse().map_err(|e| format!("PORT={p}: {e}"))?,
         Err(_) => 0,
     };
-    let url = std::env::var("SLUICEGATE_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string());
-    let unreachable = |why: String| {
-        format!(
-            "cannot reach Redis at {url}: {why}. Start one (redis-server --port 6379 --save \"\" \
-             --appendonly no) or point SLUICEGATE_REDIS_URL at one."
-        )
-    };
-    let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(e.to_string()))?;
-    // One plain connection first, to fail fast with the reason: the connection manager
-    // retries a refused connection for seconds before it gives up.
-    tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| unreachable("no answer within 2 s".to_owned()))?
-    .map_err(|e| unreachable(e.to_string()))?;
-    let manager = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-        .await
-        .map_err(|_| unreachable("no answer within 5 s".to_owned()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let (manager, url) = common::connect().await?;
 
     let local = LocalRateLimiterOptions {
         window_size_seconds: 60.try_into()?,
