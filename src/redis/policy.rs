@@ -89,6 +89,17 @@ impl RedisPolicy {
     /// bucket leaves their windows (at most window + group). It takes 2 round trips per
     /// distinct key.
     pub async fn inc_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
+        self.each(keys, cost, true).await
+    }
+
+    /// What [`inc_each`](Self::inc_each) would answer now, recording nothing (on Cluster,
+    /// one check per distinct key).
+    pub async fn check_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
+        self.each(keys, cost, false).await
+    }
+
+    /// `inc_each` (`count`) or `check_each`.
+    async fn each(&self, keys: &[&RedisKey], cost: u64, count: bool) -> Result<SetDecision, Error> {
         if keys.len() != self.limits.len() {
             return Err(Error::invalid(
                 "keys",
@@ -96,41 +107,27 @@ impl RedisPolicy {
                 "give one key per limit of the set, in the set's order",
             ));
         }
+        let mode = if count {
+            wire::SET_INC
+        } else {
+            wire::SET_CHECK
+        };
         let distinct = distinct_keys(keys);
         if distinct.len() == 1 || !self.core.conn.is_cluster() {
-            return self.one_call(keys, cost, wire::SET_INC).await;
+            return self.one_call(keys, cost, mode).await;
         }
-        // Pass 1: check every key, count nothing.
         let mut parts: Vec<Option<SetLimitReply>> = vec![None; self.limits.len()];
-        let mut outcome = 0u8;
-        let mut retry = 0u64;
-        for key in &distinct {
-            let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
-            let (o, r, replies) = self.run(keys, &limits, cost, wire::SET_CHECK).await?;
-            for (i, reply) in limits.iter().zip(replies) {
-                parts[*i] = Some(reply);
-            }
-            // A check reports a suppressed limit in its shedding range as shedding (its
-            // admission is a draw the count makes): only an outright refusal stops here.
-            if o == 1 {
-                outcome = 1;
-                retry = retry.max(r);
-            }
-        }
-        if outcome == 0 {
-            // Pass 2: count, key by key, until one refuses.
-            for key in &distinct {
-                let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
-                let (o, r, replies) = self.run(keys, &limits, cost, wire::SET_INC).await?;
-                for (i, reply) in limits.iter().zip(replies) {
-                    parts[*i] = Some(reply);
-                }
-                if o != 0 {
-                    outcome = o;
-                    retry = r;
-                    break;
-                }
-            }
+        // Pass 1: check every key, count nothing.
+        let (mut outcome, mut retry) = self
+            .pass(keys, &distinct, cost, wire::SET_CHECK, &mut parts)
+            .await?;
+        if count && outcome != 1 {
+            // Pass 2: count, key by key, until one refuses. (A check reports a suppressed
+            // limit in its shedding range as shedding, since its admission is a draw the
+            // count makes: only an outright refusal stops a request at the check.)
+            (outcome, retry) = self
+                .pass(keys, &distinct, cost, wire::SET_INC, &mut parts)
+                .await?;
         }
         let parts: Vec<SetLimitReply> = parts
             .into_iter()
@@ -139,29 +136,24 @@ impl RedisPolicy {
         Ok(self.decision(outcome, retry, &parts))
     }
 
-    /// What [`inc_each`](Self::inc_each) would answer now, recording nothing (on Cluster,
-    /// one check per distinct key).
-    pub async fn check_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
-        if keys.len() != self.limits.len() {
-            return Err(Error::invalid(
-                "keys",
-                keys.len(),
-                "give one key per limit of the set, in the set's order",
-            ));
-        }
-        let distinct = distinct_keys(keys);
-        if distinct.len() == 1 || !self.core.conn.is_cluster() {
-            return self.one_call(keys, cost, wire::SET_CHECK).await;
-        }
-        let mut parts: Vec<Option<SetLimitReply>> = vec![None; self.limits.len()];
+    /// One script per distinct key, in order, each over that key's limits, filling `parts`;
+    /// a counting pass stops at the first key that does not admit. Returns the outcome
+    /// (rejected outranks shed, which outranks allowed) and the longest wait.
+    async fn pass(
+        &self,
+        keys: &[&RedisKey],
+        distinct: &[&RedisKey],
+        cost: u64,
+        mode: &str,
+        parts: &mut [Option<SetLimitReply>],
+    ) -> Result<(u8, u64), Error> {
         let (mut outcome, mut retry) = (0u8, 0u64);
-        for key in &distinct {
+        for key in distinct {
             let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
-            let (o, r, replies) = self.run(keys, &limits, cost, wire::SET_CHECK).await?;
+            let (o, r, replies) = self.run(keys, &limits, cost, mode).await?;
             for (i, reply) in limits.iter().zip(replies) {
                 parts[*i] = Some(reply);
             }
-            // Rejected (1) outranks shed (2), which outranks allowed (0).
             outcome = match (outcome, o) {
                 (1, _) | (_, 1) => 1,
                 (2, _) | (_, 2) => 2,
@@ -169,13 +161,12 @@ impl RedisPolicy {
             };
             if o != 0 {
                 retry = retry.max(r);
+                if mode == wire::SET_INC {
+                    break;
+                }
             }
         }
-        let parts: Vec<SetLimitReply> = parts
-            .into_iter()
-            .map(|p| p.expect("every limit decided"))
-            .collect();
-        Ok(self.decision(outcome, retry, &parts))
+        Ok((outcome, retry))
     }
 
     /// One script over every limit, each on its own key (one slot, or one server).
