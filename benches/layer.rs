@@ -133,9 +133,16 @@ fn variants() -> Vec<(&'static str, Variant, StatusCode)> {
 
     // In an axum Router, where users put the layer: one route, the layer over it.
     out.push(("router/allowed/baseline", variant(router()), StatusCode::OK));
+    // `axum_body()`: the layer answers with axum's own body, which the Router does not box.
     let ours = RateLimitLayer::new(limiter(), RateLimit::try_from(1e9).unwrap());
     out.push((
         "router/allowed/sluicegate",
+        variant(router().layer(ours.axum_body())),
+        StatusCode::OK,
+    ));
+    let ours = RateLimitLayer::new(limiter(), RateLimit::try_from(1e9).unwrap());
+    out.push((
+        "router/allowed/sluicegate_wrapped",
         variant(router().layer(ours)),
         StatusCode::OK,
     ));
@@ -145,7 +152,7 @@ fn variants() -> Vec<(&'static str, Variant, StatusCode)> {
         StatusCode::OK,
     ));
     let ours = RateLimitLayer::new(limiter(), RateLimit::try_from(0.1).unwrap());
-    let mut svc = router().layer(ours);
+    let mut svc = router().layer(ours.axum_body());
     assert_eq!(one(&mut svc, &mut cx), StatusCode::OK);
     out.push((
         "router/rejected/sluicegate",
@@ -304,6 +311,21 @@ criterion_group! {
 }
 
 fn main() {
+    // `LAYER_ONLY=<variant> LAYER_CALLS=<n>`: only `n` requests of one variant, no timing,
+    // for counting instructions under callgrind (immune to the machine's load):
+    // the difference between two `n` is the cost of the extra requests.
+    if let Ok(name) = std::env::var("LAYER_ONLY") {
+        let calls: u32 = std::env::var("LAYER_CALLS").map_or(10_000, |n| n.parse().unwrap());
+        let mut cx = Context::from_waker(Waker::noop());
+        let (_, mut call, _) = variants()
+            .into_iter()
+            .find(|v| v.0 == name)
+            .expect("no such variant");
+        for _ in 0..calls {
+            black_box(call(&mut cx));
+        }
+        return;
+    }
     benches();
     paired_summary();
     Criterion::default().configure_from_args().final_summary();
