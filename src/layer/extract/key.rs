@@ -82,21 +82,27 @@ const OCTET_DIGITS: [[u8; 4]; 256] = {
     table
 };
 
+/// A word-aligned text buffer: UTF-8 validation checks it a word at a time.
+#[repr(C, align(16))]
+struct Aligned([u8; 32]);
+
 /// Dotted-quad text without the formatting machinery (the peer-IP key is on every
 /// request's path): four table reads, each written as one 4-byte store.
 fn ipv4_text(ip: Ipv4Addr) -> CompactString {
-    // 4 octets of up to 3 digits and a dot (or the padding after the last).
-    let mut buf = [0u8; 16];
+    // 4 octets of up to 3 digits and a dot (or the padding after the last); the zeros
+    // after the text are valid UTF-8 too, so the whole aligned buffer is validated (two
+    // words at a time) and the text sliced from it.
+    let mut buf = Aligned([0u8; 32]);
     let mut len = 0;
     for octet in ip.octets() {
         let [a, b, c, n] = OCTET_DIGITS[usize::from(octet)];
-        buf[len..len + 4].copy_from_slice(&[a, b, c, b'.']);
+        buf.0[len..len + 4].copy_from_slice(&[a, b, c, b'.']);
         // The dot goes right after the digits: write it there.
-        buf[len + usize::from(n)] = b'.';
+        buf.0[len + usize::from(n)] = b'.';
         len += usize::from(n) + 1;
     }
-    let text = std::str::from_utf8(&buf[..len - 1]).expect("ASCII digits and dots");
-    CompactString::new(text)
+    let all = std::str::from_utf8(&buf.0).expect("ASCII digits, dots and zeros");
+    CompactString::new(&all[..len - 1])
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries; any
