@@ -24,9 +24,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::routing::get;
 use criterion::{Criterion, criterion_group};
+use governor::middleware::NoOpMiddleware;
 use http::{Request, Response, StatusCode};
 use sluicegate::layer::{KeyExtractor, PeerIp, RateLimitLayer, RequestHead};
 use sluicegate::local::LocalRateLimiterOptions;
@@ -34,6 +37,7 @@ use sluicegate::{RateLimit, RateLimiterBuilder};
 use tower::{Layer, Service};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::PeerIpKeyExtractor;
 
 /// The trivial inner service: an empty 200.
 #[derive(Clone, Copy)]
@@ -106,10 +110,64 @@ where
     Box::new(move |cx| one(&mut svc, cx))
 }
 
+/// The trivial handler in a Router: an empty 200.
+fn router() -> Router {
+    Router::new().route("/", get(|| async { StatusCode::OK }))
+}
+
+/// tower_governor keyed by the peer IP (its default extractor reads `ConnectInfo`).
+fn governor(per_ns: bool) -> GovernorLayer<PeerIpKeyExtractor, NoOpMiddleware, Body> {
+    let mut b = GovernorConfigBuilder::default();
+    let config = if per_ns {
+        b.per_nanosecond(1).burst_size(u32::MAX).finish()
+    } else {
+        b.per_second(3600).burst_size(1).finish()
+    };
+    GovernorLayer::new(Arc::new(config.unwrap()))
+}
+
 /// The measured variants, each checked to answer as expected, with its expected status.
 fn variants() -> Vec<(&'static str, Variant, StatusCode)> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut out: Vec<(&'static str, Variant, StatusCode)> = Vec::new();
+
+    // In an axum Router, where users put the layer: one route, the layer over it.
+    out.push(("router/allowed/baseline", variant(router()), StatusCode::OK));
+    // `axum_body()`: the layer answers with axum's own body, which the Router does not box.
+    let ours = RateLimitLayer::new(limiter(), RateLimit::try_from(1e9).unwrap());
+    out.push((
+        "router/allowed/sluicegate",
+        variant(router().layer(ours.axum_body())),
+        StatusCode::OK,
+    ));
+    let ours = RateLimitLayer::new(limiter(), RateLimit::try_from(1e9).unwrap());
+    out.push((
+        "router/allowed/sluicegate_wrapped",
+        variant(router().layer(ours)),
+        StatusCode::OK,
+    ));
+    out.push((
+        "router/allowed/tower_governor",
+        variant(router().layer(governor(true))),
+        StatusCode::OK,
+    ));
+    let ours = RateLimitLayer::new(limiter(), RateLimit::try_from(0.1).unwrap());
+    let mut svc = router().layer(ours.axum_body());
+    assert_eq!(one(&mut svc, &mut cx), StatusCode::OK);
+    out.push((
+        "router/rejected/sluicegate",
+        variant(svc),
+        StatusCode::TOO_MANY_REQUESTS,
+    ));
+    let mut svc = router().layer(governor(false));
+    assert_eq!(one(&mut svc, &mut cx), StatusCode::OK);
+    out.push((
+        "router/rejected/tower_governor",
+        variant(svc),
+        StatusCode::TOO_MANY_REQUESTS,
+    ));
+
+    // The bare service, no Router: the middleware's own cost.
 
     // Allowed: rates the key never reaches.
     out.push(("allowed/baseline", variant(Ok200), StatusCode::OK));
@@ -119,15 +177,9 @@ fn variants() -> Vec<(&'static str, Variant, StatusCode)> {
         variant(ours.layer(Ok200)),
         StatusCode::OK,
     ));
-    let governor = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .finish()
-        .unwrap();
-    let governor = GovernorLayer::new(Arc::new(governor));
     out.push((
         "allowed/tower_governor",
-        variant(governor.layer(Ok200)),
+        variant(governor(true).layer(Ok200)),
         StatusCode::OK,
     ));
 
@@ -140,12 +192,7 @@ fn variants() -> Vec<(&'static str, Variant, StatusCode)> {
         variant(svc),
         StatusCode::TOO_MANY_REQUESTS,
     ));
-    let governor = GovernorConfigBuilder::default()
-        .per_second(3600)
-        .burst_size(1)
-        .finish()
-        .unwrap();
-    let mut svc = GovernorLayer::new(Arc::new(governor)).layer(Ok200);
+    let mut svc = governor(false).layer(Ok200);
     assert_eq!(one(&mut svc, &mut cx), StatusCode::OK);
     out.push((
         "rejected/tower_governor",
@@ -186,40 +233,73 @@ fn layer_benches(c: &mut Criterion) {
 
 /// On a shared machine other processes inflate criterion's means unevenly between
 /// variants measured seconds apart. This pass interleaves the variants in short slices
-/// and keeps each one's fastest slice: the cost with the CPU to itself. Printed after the
+/// (the order rotated each round) and keeps each one's fastest slice: the cost with the
+/// CPU to itself. The ratios are also taken within each round, from slices measured a few
+/// milliseconds apart, and given as median and range over the rounds. Printed after the
 /// criterion results as `paired`.
 fn paired_summary() {
     const SLICE: u32 = 20_000;
     const ROUNDS: usize = 60;
     let mut cx = Context::from_waker(Waker::noop());
     let mut variants = variants();
-    let mut best = vec![f64::INFINITY; variants.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, call, _)) in variants.iter_mut().enumerate() {
+    let n = variants.len();
+    let mut rounds = vec![vec![0.0; n]; ROUNDS];
+    for (r, round) in rounds.iter_mut().enumerate() {
+        for k in 0..n {
+            let i = (k + r) % n;
+            let call = &mut variants[i].1;
             let start = std::time::Instant::now();
             for _ in 0..SLICE {
                 black_box(call(&mut cx));
             }
-            let ns = start.elapsed().as_nanos() as f64 / f64::from(SLICE);
-            best[i] = best[i].min(ns);
+            round[i] = start.elapsed().as_nanos() as f64 / f64::from(SLICE);
         }
     }
-    let ns = |name: &str| best[variants.iter().position(|v| v.0 == name).unwrap()];
+    let best: Vec<f64> = (0..n)
+        .map(|i| rounds.iter().map(|r| r[i]).fold(f64::INFINITY, f64::min))
+        .collect();
+    let at = |name: &str| variants.iter().position(|v| v.0 == name).unwrap();
     println!("\npaired (fastest of {ROUNDS} interleaved slices of {SLICE} requests):");
     for (i, (name, _, _)) in variants.iter().enumerate() {
-        println!("  {name:<24} {:>8.1} ns", best[i]);
+        println!("  {name:<32} {:>8.1} ns", best[i]);
     }
-    let base = ns("allowed/baseline");
-    println!(
-        "  allowed over baseline: sluicegate {:+.1} ns, tower_governor {:+.1} ns",
-        ns("allowed/sluicegate") - base,
-        ns("allowed/tower_governor") - base,
-    );
-    println!(
-        "  rejected: sluicegate {:.1} ns, {:.1}x faster than tower_governor",
-        ns("rejected/sluicegate"),
-        ns("rejected/tower_governor") / ns("rejected/sluicegate"),
-    );
+    // Median and range of a per-round figure.
+    let spread = |f: &dyn Fn(&[f64]) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| f(r)).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    for prefix in ["router/", ""] {
+        let (base, ours, gov) = (
+            at(&format!("{prefix}allowed/baseline")),
+            at(&format!("{prefix}allowed/sluicegate")),
+            at(&format!("{prefix}allowed/tower_governor")),
+        );
+        let (rej_ours, rej_gov) = (
+            at(&format!("{prefix}rejected/sluicegate")),
+            at(&format!("{prefix}rejected/tower_governor")),
+        );
+        let what = if prefix.is_empty() {
+            "bare service"
+        } else {
+            "Router"
+        };
+        println!(
+            "  {what}: allowed over baseline ({:.1} ns): sluicegate {:+.1} ns, tower_governor {:+.1} ns (fastest slices)",
+            best[base],
+            best[ours] - best[base],
+            best[gov] - best[base],
+        );
+        let (m, lo, hi) = spread(&|r| (r[ours] - r[base]) - (r[gov] - r[base]));
+        println!(
+            "    per round, sluicegate's added cost minus tower_governor's: median {m:+.1} ns (range {lo:+.1} to {hi:+.1})"
+        );
+        let (m, lo, hi) = spread(&|r| r[rej_gov] / r[rej_ours]);
+        println!(
+            "    rejected: sluicegate {:.1} ns, tower_governor {:.1} ns; per round tower_governor / sluicegate: median {m:.1}x (range {lo:.1}-{hi:.1}x)",
+            best[rej_ours], best[rej_gov],
+        );
+    }
 }
 
 criterion_group! {
@@ -231,6 +311,21 @@ criterion_group! {
 }
 
 fn main() {
+    // `LAYER_ONLY=<variant> LAYER_CALLS=<n>`: only `n` requests of one variant, no timing,
+    // for counting instructions under callgrind (immune to the machine's load):
+    // the difference between two `n` is the cost of the extra requests.
+    if let Ok(name) = std::env::var("LAYER_ONLY") {
+        let calls: u32 = std::env::var("LAYER_CALLS").map_or(10_000, |n| n.parse().unwrap());
+        let mut cx = Context::from_waker(Waker::noop());
+        let (_, mut call, _) = variants()
+            .into_iter()
+            .find(|v| v.0 == name)
+            .expect("no such variant");
+        for _ in 0..calls {
+            black_box(call(&mut cx));
+        }
+        return;
+    }
     benches();
     paired_summary();
     Criterion::default().configure_from_args().final_summary();

@@ -1,4 +1,5 @@
-//! The layer's response body: the inner service's body, or the layer's own answer.
+//! The layer's response body: the inner service's body, or the layer's own answer, typed
+//! by the layer's [`BodyMode`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -88,5 +89,60 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
                 data.as_ref().map_or(0, |d| d.len())
             ),
         }
+    }
+}
+
+/// How a layer types its responses' bodies, chosen on
+/// [`RateLimitLayer`](super::RateLimitLayer): [`Wrapped`] (the default, any inner body) or
+/// `AxumBody` (feature `axum`). Sealed.
+pub trait BodyMode<B>: sealed::Sealed {
+    /// The body of the layer's responses when the inner service's body is `B`.
+    type Body;
+    /// The inner service's body, as the layer's.
+    fn inner(body: B) -> Self::Body;
+    /// The layer's own answer (a 429, a 503, a key error).
+    fn full(data: Bytes) -> Self::Body;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Wrapped {}
+    #[cfg(feature = "axum")]
+    impl Sealed for super::AxumBody {}
+}
+
+/// The default [`BodyMode`]: responses carry a [`ResponseBody`] around any inner body
+/// (hyper, tonic, any tower stack).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wrapped;
+
+impl<B> BodyMode<B> for Wrapped {
+    type Body = ResponseBody<B>;
+    #[inline]
+    fn inner(body: B) -> ResponseBody<B> {
+        ResponseBody::inner(body)
+    }
+    fn full(data: Bytes) -> ResponseBody<B> {
+        ResponseBody::full(data)
+    }
+}
+
+/// The [`BodyMode`] for an axum `Router` (feature `axum`): responses carry
+/// `axum::body::Body` itself, the inner service's body untouched. axum boxes any other
+/// response body a layer returns, one allocation per response; this one it takes as is.
+/// Get it with [`RateLimitLayer::axum_body`](super::RateLimitLayer::axum_body).
+#[cfg(feature = "axum")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AxumBody;
+
+#[cfg(feature = "axum")]
+impl BodyMode<axum::body::Body> for AxumBody {
+    type Body = axum::body::Body;
+    #[inline]
+    fn inner(body: axum::body::Body) -> axum::body::Body {
+        body
+    }
+    fn full(data: Bytes) -> axum::body::Body {
+        axum::body::Body::from(data)
     }
 }

@@ -290,22 +290,20 @@ impl RateLimitLayerBuilder {
             fixed_rate,
             self.strategy == Strategy::Suppressed,
         );
-        Ok(RateLimitLayer {
-            engine: Arc::new(DecisionEngine {
-                limiter: self.limiter,
-                extractor: self.extractor,
-                rate,
-                cost: self.cost,
-                strategy: self.strategy,
-                backend,
-                on_key_error: self.on_key_error,
-                on_provider_error: self.on_provider_error,
-                headers_on_allowed: self.headers_on_allowed,
-                factor_on_allowed: self.factor_on_allowed,
-                body: self.body,
-                prebuilt,
-                provider_errors: AtomicU64::new(0),
-            }),
-        })
+        Ok(RateLimitLayer::from_engine(Arc::new(DecisionEngine {
+            limiter: self.limiter,
+            extractor: self.extractor,
+            rate,
+            cost: self.cost,
+            strategy: self.strategy,
+            backend,
+            on_key_error: self.on_key_error,
+            on_provider_error: self.on_provider_error,
+            headers_on_allowed: self.headers_on_allowed,
+            factor_on_allowed: self.factor_on_allowed,
+            body: self.body,
+            prebuilt,
+            provider_errors: AtomicU64::new(0),
+        })))
     }
 }

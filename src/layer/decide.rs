@@ -83,9 +83,17 @@ impl DecisionEngine {
             CostSource::Resolver(f) => f(head).max(1),
         };
         match &self.backend {
+            // With the admitted fields on, the usage after the call comes from the same
+            // lookup: no second one for `RateLimit: r=`.
+            Backend::Local(strategy) if self.headers_on_allowed => {
+                match provider::local_inc_with_used(&self.limiter, *strategy, &key, &rate, cost) {
+                    Ok((decision, used)) => self.verdict(decision, &key, rate, Some(used)),
+                    Err(err) => self.misconfigured(&err),
+                }
+            }
             Backend::Local(strategy) => {
                 match provider::local_inc(&self.limiter, *strategy, &key, &rate, cost) {
-                    Ok(decision) => self.verdict(decision, &key, rate, true),
+                    Ok(decision) => self.verdict(decision, &key, rate, None),
                     Err(err) => self.misconfigured(&err),
                 }
             }
@@ -115,7 +123,7 @@ impl DecisionEngine {
         awaited: &AwaitedRequest,
     ) -> Verdict {
         match result {
-            Ok(decision) => self.verdict(decision, &awaited.key, awaited.rate, false),
+            Ok(decision) => self.verdict(decision, &awaited.key, awaited.rate, None),
             Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
                 self.misconfigured(&err)
             }
@@ -137,25 +145,26 @@ impl DecisionEngine {
         }
     }
 
+    /// `used`: the key's admitted usage after the call, where the provider knows it.
     #[inline]
     fn verdict(
         &self,
         decision: RateLimitDecision,
         key: &Key,
         rate: RateLimit,
-        local: bool,
+        used: Option<u64>,
     ) -> Verdict {
         match decision {
             RateLimitDecision::Allowed => {
                 if !self.headers_on_allowed {
                     return Verdict::Pass(AdmittedHeaders::none());
                 }
-                Verdict::Pass(self.admitted(key, rate, local, None))
+                Verdict::Pass(self.admitted(rate, used, None))
             }
             RateLimitDecision::Suppressed {
                 is_allowed: true,
                 suppression_factor,
-            } => Verdict::Pass(self.admitted(key, rate, local, Some(suppression_factor))),
+            } => Verdict::Pass(self.admitted(rate, used, Some(suppression_factor))),
             RateLimitDecision::Rejected { retry_after_ms, .. } => {
                 Verdict::Reject(Box::new(self.limited(key, rate, retry_after_ms)))
             }

@@ -12,7 +12,6 @@ use http::{HeaderMap, HeaderValue, Response, header};
 use super::decide::DecisionEngine;
 use super::extract::Key;
 use super::headers::{self, RATELIMIT, RATELIMIT_POLICY, SUPPRESSION_FACTOR};
-use super::provider;
 use super::response::Rejection;
 use crate::RateLimit;
 
@@ -50,22 +49,22 @@ impl AdmittedHeaders {
 }
 
 impl DecisionEngine {
-    /// The fields of an admitted response; `factor` is the suppression factor when the
-    /// suppressed strategy admitted it over capacity.
+    /// The fields of an admitted response; `used` is the key's admitted usage after the
+    /// call where the provider knows it (the local one), `factor` the suppression factor
+    /// when the suppressed strategy admitted it over capacity.
     pub(super) fn admitted(
         &self,
-        key: &Key,
         rate: RateLimit,
-        local: bool,
+        used: Option<u64>,
         factor: Option<f64>,
     ) -> AdmittedHeaders {
         let mut values = AdmittedValues::default();
         if self.headers_on_allowed {
             let p = &self.prebuilt;
             values.policy = Some(p.policy_for(rate.get(), self.fixed_rate()));
-            // The remaining quota needs the usage: only the local provider has it at hand.
-            values.ratelimit = local.then(|| {
-                let used = provider::local_used(&self.limiter, self.strategy, key);
+            // The remaining quota needs the usage: only the local provider has it at hand,
+            // from the decision's own lookup.
+            values.ratelimit = used.map(|used| {
                 let left = headers::quota(rate.get(), p.window_s).saturating_sub(used);
                 headers::ratelimit_value(&p.name, left, p.window_s)
             });

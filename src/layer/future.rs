@@ -2,6 +2,7 @@
 //! still on its way from a networked provider.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -11,19 +12,20 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::body::ResponseBody;
+use super::body::{BodyMode, Wrapped};
 use super::decide::{AwaitedRequest, DecisionEngine, Verdict};
 use super::fields::AdmittedHeaders;
 use super::provider::DecisionFuture;
 
 pin_project! {
     /// The future of [`RateLimitService`](super::RateLimitService).
-    pub struct ResponseFuture<S, ReqBody>
+    pub struct ResponseFuture<S, ReqBody, M = Wrapped>
     where
         S: Service<Request<ReqBody>>,
     {
         #[pin]
         state: State<S, ReqBody>,
+        mode: PhantomData<fn() -> M>,
     }
 }
 
@@ -57,13 +59,14 @@ struct Deciding<S, ReqBody> {
     engine: Arc<DecisionEngine>,
 }
 
-impl<S, ReqBody> ResponseFuture<S, ReqBody>
+impl<S, ReqBody, M> ResponseFuture<S, ReqBody, M>
 where
     S: Service<Request<ReqBody>>,
 {
     pub(crate) fn inner(future: S::Future, fields: AdmittedHeaders) -> Self {
         ResponseFuture {
             state: State::Inner { future, fields },
+            mode: PhantomData,
         }
     }
 
@@ -72,6 +75,7 @@ where
             state: State::Reply {
                 response: Some(response),
             },
+            mode: PhantomData,
         }
     }
 
@@ -92,15 +96,17 @@ where
                     engine,
                 }),
             },
+            mode: PhantomData,
         }
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+impl<S, ReqBody, ResBody, M> Future for ResponseFuture<S, ReqBody, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    M: BodyMode<ResBody>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<M::Body>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
@@ -109,13 +115,13 @@ where
                 StateProj::Inner { future, fields } => {
                     let mut response = ready!(future.poll(cx))?;
                     std::mem::take(fields).apply(response.headers_mut());
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(response.map(M::inner)));
                 }
                 StateProj::Reply { response } => {
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok((*response).map(ResponseBody::full)));
+                    return Poll::Ready(Ok((*response).map(M::full)));
                 }
                 StateProj::Deciding { deciding } => {
                     let Deciding {

@@ -83,7 +83,9 @@ mod service;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use body::ResponseBody;
+#[cfg(feature = "axum")]
+pub use body::AxumBody;
+pub use body::{BodyMode, ResponseBody, Wrapped};
 pub use builder::{CostFn, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder};
 #[cfg(feature = "axum")]
 pub use extract::MatchedRoute;

@@ -91,11 +91,28 @@ pub(crate) fn local_inc(
     }
 }
 
-/// Units already admitted for `key` in the window now (for `RateLimit: r=`).
-pub(crate) fn local_used(limiter: &RateLimiter, strategy: Strategy, key: &Key) -> u64 {
+/// One local decision with the units admitted for `key` in the window right after it
+/// (for `RateLimit: r=`), from the one store lookup.
+pub(crate) fn local_inc_with_used(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &Key,
+    rate: &RateLimit,
+    cost: u64,
+) -> Result<(RateLimitDecision, u64), Error> {
     match strategy {
-        Strategy::Absolute => limiter.local().absolute().usage(key.as_str()),
-        Strategy::Suppressed => limiter.local().suppressed().usage(key.as_str()).0,
+        Strategy::Absolute => {
+            limiter
+                .local()
+                .absolute()
+                .try_inc_with_accepted(key.as_str(), rate, cost)
+        }
+        Strategy::Suppressed => {
+            limiter
+                .local()
+                .suppressed()
+                .try_inc_with_accepted(key.as_str(), rate, cost)
+        }
     }
 }
 

@@ -1,35 +1,51 @@
 //! [`RateLimitService`]: decides each request, then calls the inner service or answers.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::body::ResponseBody;
+use super::body::{BodyMode, Wrapped};
 use super::decide::{DecisionEngine, Verdict};
 use super::extract::RequestHead;
 use super::future::ResponseFuture;
 
 /// The service [`RateLimitLayer`](super::RateLimitLayer) wraps around another.
-#[derive(Debug)]
-pub struct RateLimitService<S> {
+/// `M` is the [`BodyMode`]: how the responses' bodies are typed.
+pub struct RateLimitService<S, M = Wrapped> {
     inner: S,
     engine: Arc<DecisionEngine>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl<S: Clone> Clone for RateLimitService<S> {
+impl<S: std::fmt::Debug, M> std::fmt::Debug for RateLimitService<S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitService")
+            .field("inner", &self.inner)
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl<S: Clone, M> Clone for RateLimitService<S, M> {
     fn clone(&self) -> Self {
         RateLimitService {
             inner: self.inner.clone(),
             engine: self.engine.clone(),
+            mode: PhantomData,
         }
     }
 }
 
-impl<S> RateLimitService<S> {
+impl<S, M> RateLimitService<S, M> {
     pub(crate) fn new(inner: S, engine: Arc<DecisionEngine>) -> Self {
-        RateLimitService { inner, engine }
+        RateLimitService {
+            inner,
+            engine,
+            mode: PhantomData,
+        }
     }
 
     /// The wrapped service.
@@ -38,13 +54,14 @@ impl<S> RateLimitService<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimitService<S>
+impl<S, ReqBody, ResBody, M> Service<Request<ReqBody>> for RateLimitService<S, M>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    M: BodyMode<ResBody>,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<M::Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, ReqBody>;
+    type Future = ResponseFuture<S, ReqBody, M>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

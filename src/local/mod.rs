@@ -136,6 +136,8 @@ trait LocalState: Sized {
     ) -> RateLimitDecision;
     /// Whether the key still has usage inside the window at `now_ms`.
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool;
+    /// Admitted (accepted) usage inside the window at `now_ms`.
+    fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64;
 }
 
 impl LocalState for AbsoluteState {
@@ -156,6 +158,9 @@ impl LocalState for AbsoluteState {
     }
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool {
         self.usage(&settings.grid, now_ms) > 0
+    }
+    fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64 {
+        self.usage(&settings.grid, now_ms)
     }
 }
 
@@ -179,6 +184,9 @@ impl LocalState for SuppressedState {
     }
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool {
         self.usage(&settings.grid, now_ms).observed > 0
+    }
+    fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64 {
+        self.usage(&settings.grid, now_ms).accepted
     }
 }
 
@@ -239,6 +247,32 @@ impl<S: LocalState> LocalKeys<S> {
         )
     }
 
+    /// [`try_inc`](Self::try_inc), with the key's admitted usage right after the call,
+    /// read in the same lookup (the layer's `RateLimit: r=` on admitted responses).
+    #[inline]
+    fn try_inc_with_accepted(
+        &self,
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, u64), Error> {
+        let cap = checked_capacity(rate.get(), self.window_seconds(), count)?;
+        let call = Call {
+            now_ms: self.clock.now_ms(),
+            rate: rate.get(),
+            count,
+            cap,
+        };
+        Ok(self.keys.with(
+            key,
+            || S::new(call.rate),
+            |s| {
+                let decision = s.decide(&self.settings, call, &*self.random);
+                (decision, s.accepted(&self.settings, call.now_ms))
+            },
+        ))
+    }
+
     /// Runs `f` on an existing key's state now; creates nothing.
     fn peek<R>(&self, key: &str, f: impl FnOnce(&mut S, &Settings, u64) -> R) -> Option<R> {
         let now = self.clock.now_ms();
@@ -270,6 +304,18 @@ macro_rules! inc_methods {
             count: u64,
         ) -> Result<RateLimitDecision, Error> {
             self.keys.try_inc(key, rate, count)
+        }
+
+        /// [`try_inc`](Self::try_inc), with the key's admitted usage right after the call
+        /// from the same lookup. Crate-internal: the layer's admitted `RateLimit` field.
+        #[inline]
+        pub(crate) fn try_inc_with_accepted(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<(RateLimitDecision, u64), Error> {
+            self.keys.try_inc_with_accepted(key, rate, count)
         }
 
         /// How many keys are held in memory.
