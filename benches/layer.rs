@@ -11,9 +11,17 @@
 //!   429 (ours with `Retry-After` and the IETF fields, tower_governor's with its own
 //!   headers).
 //!
+//! - `router/*`: the same in an axum `Router` (one route, the layer over it), where users
+//!   put it; ours with `axum_body()` (`sluicegate_wrapped`: without it).
+//!
 //! ```text
-//! cargo bench --bench layer --features axum
+//! cargo bench -p sluicegate-benches --bench layer
+//! # instructions a request, one variant, without the machine's noise:
+//! LAYER_ONLY=router/allowed/sluicegate LAYER_CALLS=5000 valgrind --tool=callgrind \
+//!   --collect-atstart=no --toggle-collect='layer::variant::{{closure}}*' \
+//!   target/release/deps/layer-<hash>
 //! ```
+//! (callgrind's total divided by `LAYER_CALLS`).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};

@@ -17,7 +17,8 @@
 //!
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .layer(RateLimitLayer::new(limiter, RateLimit::try_from(10.0)?));
+//!     // `axum_body()`: the Router takes the layer's responses without boxing their bodies.
+//!     .layer(RateLimitLayer::new(limiter, RateLimit::try_from(10.0)?).axum_body());
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! // The peer-IP key needs the connection's address:
