@@ -136,6 +136,7 @@ pub mod redis;
 #[cfg(feature = "serde")]
 mod serde_impls;
 mod settings;
+mod strategy;
 mod suppressed;
 mod window;
 
@@ -163,6 +164,7 @@ pub use error::Error;
 #[doc(hidden)]
 pub type TrypemaError = Error;
 pub use random::{RandomSource, SeededRandom, ThreadRandom};
+pub use strategy::Strategy;
 
 use local::{LocalRateLimiter, LocalRateLimiterOptions};
 

@@ -10,10 +10,11 @@
 
 use serde::de::{self, Deserialize, Deserializer};
 
+use crate::Strategy;
 use crate::config::{
     HardLimitFactor, RateGroupSizeMs, RateLimit, SuppressionFactorCacheMs, WindowSizeSeconds,
 };
-use crate::policy::{Limit, LimitName, LimitSet, Quota, Strategy};
+use crate::policy::{Limit, LimitName, LimitSet, Quota};
 
 macro_rules! via_try_from {
     ($($name:ident($ty:ty)),* $(,)?) => {$(

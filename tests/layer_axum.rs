@@ -10,8 +10,9 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use http::{HeaderName, StatusCode};
+use sluicegate::Strategy;
 use sluicegate::layer::{
-    Both, ClientIp, HeaderKey, KeyErrorPolicy, MatchedRoute, ProxyHeader, RateLimitLayer, Strategy,
+    Both, ClientIp, HeaderKey, KeyErrorPolicy, MatchedRoute, ProxyHeader, RateLimitLayer,
 };
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::{

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use sluicegate::Strategy;
 use sluicegate::layer::{
-    ClientIp, PeerIp, RateLimitLayer, RateLimitLayerBuilder, Rejection, RejectionBody, Strategy,
+    ClientIp, PeerIp, RateLimitLayer, RateLimitLayerBuilder, Rejection, RejectionBody,
 };
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::{HardLimitFactor, ManualClock, RandomSource, RateLimit, RateLimiter};

@@ -13,10 +13,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::StatusCode;
+use sluicegate::Strategy;
 use sluicegate::hybrid::SyncIntervalMs;
-use sluicegate::layer::{
-    GlobalKey, Key, Provider, ProviderErrorPolicy, RateLimitLayer, Strategy, key_fn,
-};
+use sluicegate::layer::{GlobalKey, Key, Provider, ProviderErrorPolicy, RateLimitLayer, key_fn};
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::RedisKey;
 use sluicegate::{Error, RateLimit, RateLimitDecision, RateLimiter, RateLimiterBuilder};

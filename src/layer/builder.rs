@@ -10,8 +10,9 @@ use super::RateLimitLayer;
 use super::decide::DecisionEngine;
 use super::extract::{Key, KeyExtractor, PeerIp, RequestHead};
 use super::headers::{self, Prebuilt};
-use super::provider::{AsyncProvider, Backend, Provider, Strategy};
+use super::provider::{AsyncProvider, Backend, Provider};
 use super::response::{Rejection, RejectionBody, RejectionFn};
+use crate::Strategy;
 use crate::{Error, RateLimit, RateLimiter};
 
 /// What happens to a request whose key cannot be read.
@@ -59,7 +60,8 @@ pub(crate) enum CostSource {
 /// ```
 /// # use std::sync::Arc;
 /// # use sluicegate::{RateLimit, RateLimiterBuilder, local::LocalRateLimiterOptions};
-/// use sluicegate::layer::{HeaderKey, KeyErrorPolicy, RateLimitLayer, Strategy};
+/// use sluicegate::Strategy;
+/// use sluicegate::layer::{HeaderKey, KeyErrorPolicy, RateLimitLayer};
 /// # fn main() -> Result<(), sluicegate::Error> {
 /// # let limiter = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
 /// #     window_size_seconds: 60.try_into()?, rate_group_size_ms: 100.try_into()?,

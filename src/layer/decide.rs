@@ -16,8 +16,9 @@ use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource
 use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
 use super::fields::AdmittedHeaders;
 use super::headers::Prebuilt;
-use super::provider::{self, Backend, DecisionFuture, Strategy};
+use super::provider::{self, Backend, DecisionFuture};
 use super::response::{Rejection, RejectionBody};
+use crate::Strategy;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
 
 /// Everything a service needs to decide, behind the one `Arc` a clone copies.

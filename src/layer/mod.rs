@@ -97,6 +97,6 @@ pub use extract::{
 pub use future::ResponseFuture;
 pub use headers::SUPPRESSION_FACTOR;
 pub use layer::RateLimitLayer;
-pub use provider::{Provider, Strategy};
+pub use provider::Provider;
 pub use response::{Rejection, RejectionBody, RejectionFn};
 pub use service::RateLimitService;

@@ -9,20 +9,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
+use crate::{Error, RateLimit, RateLimitDecision, RateLimiter, Strategy};
 
 use super::extract::Key;
-
-/// Which algorithm decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Admit up to `rate × window` per key; refuse the rest with `429` and a retry time.
-    #[default]
-    Absolute,
-    /// Shed load probabilistically between capacity and the hard limit; a shed request is
-    /// `503` with the suppression factor.
-    Suppressed,
-}
 
 /// Where the counts live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -99,11 +99,12 @@ mod tests {
 
     #[cfg(feature = "redis-tokio")]
     use crate::Error;
+    use crate::Strategy;
     use crate::layer::Key;
     #[cfg(feature = "redis-tokio")]
     use crate::layer::ProviderErrorPolicy;
     use crate::layer::RateLimitLayer;
-    use crate::layer::provider::{AsyncProvider, DecisionFuture, Strategy};
+    use crate::layer::provider::{AsyncProvider, DecisionFuture};
     use crate::local::LocalRateLimiterOptions;
     use crate::{ManualClock, RateLimit, RateLimiter, RateLimiterBuilder};
 

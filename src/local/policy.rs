@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use super::store::{KeyStore, Locked};
 use crate::Error;
+use crate::Strategy;
 use crate::clock::Time;
 use crate::config::{RateGroupSizeMs, capacity};
-use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision, Strategy};
+use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision};
 use crate::random::RandomSource;
 use crate::suppressed::{Regime, factor_of};
 use crate::window::{Usage, Window, WindowGrid};

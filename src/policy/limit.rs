@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::Error;
 use crate::config::{HardLimitFactor, RateGroupSizeMs, RateLimit, WindowSizeSeconds};
+use crate::{Error, Strategy};
 
 /// The most live buckets one key holds for one limit: a limit's group is never finer than
 /// `window / MAX_BUCKETS_PER_WINDOW`, so a day-long window costs at most this many buckets
@@ -18,16 +18,6 @@ const MAX_NAME_LEN: usize = 64;
 
 /// How many buckets a limit's window is cut into when no group is given.
 const DEFAULT_BUCKETS_PER_WINDOW: u64 = 100;
-
-/// Which algorithm a limit decides with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Admit up to the quota per window; refuse the rest with a retry time.
-    #[default]
-    Absolute,
-    /// Shed probabilistically between the quota and the hard limit (quota × hard factor).
-    Suppressed,
-}
 
 /// A count of requests per window: `10 per 1 s`, `1000 per 3600 s`.
 ///

@@ -38,5 +38,5 @@ pub use crate::local::LocalPolicy;
 #[cfg(feature = "redis-tokio")]
 pub use crate::redis::RedisPolicy;
 pub use decision::{LimitStatus, Outcome, SetDecision};
-pub use limit::{Limit, LimitName, LimitSet, MAX_BUCKETS_PER_WINDOW, MAX_LIMITS, Quota, Strategy};
+pub use limit::{Limit, LimitName, LimitSet, MAX_BUCKETS_PER_WINDOW, MAX_LIMITS, Quota};
 pub use notation::ParseError;

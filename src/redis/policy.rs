@@ -14,8 +14,9 @@ use super::key::RedisKey;
 use super::wire::{self, SetLimitArgs, SetLimitReply};
 use super::{Core, TimeSource, scripts};
 use crate::Error;
+use crate::Strategy;
 use crate::config::RateGroupSizeMs;
-use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision, Strategy};
+use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision};
 use crate::window::WindowGrid;
 
 /// A limit set bound to the Redis provider: `rl.redis().policy(set)`. Cheap to clone.
