@@ -1,5 +1,6 @@
 //! Limit sets on Redis: the same decisions as the local provider for the same calls, one
 //! slot per key (so Redis Cluster too), and exact across processes.
+#![cfg(feature = "redis-tokio")]
 
 mod support;
 

@@ -17,8 +17,9 @@
 //!
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     // `axum_body()`: the Router takes the layer's responses without boxing their bodies.
-//!     .layer(RateLimitLayer::new(limiter, RateLimit::try_from(10.0)?).axum_body());
+//!     // With the `axum` feature, `.axum_body()` on the layer lets the Router take its
+//!     // responses without boxing their bodies (one allocation fewer a request).
+//!     .layer(RateLimitLayer::new(limiter, RateLimit::try_from(10.0)?));
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! // The peer-IP key needs the connection's address:
