@@ -137,6 +137,7 @@ trait LocalState: Sized {
     /// Whether the key still has usage inside the window at `now_ms`.
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool;
     /// Admitted (accepted) usage inside the window at `now_ms`.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64;
 }
 
@@ -250,6 +251,7 @@ impl<S: LocalState> LocalKeys<S> {
     /// [`try_inc`](Self::try_inc), with the key's admitted usage right after the call,
     /// read in the same lookup (the layer's `RateLimit: r=` on admitted responses).
     #[inline]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     fn try_inc_with_accepted(
         &self,
         key: &str,
@@ -309,6 +311,7 @@ macro_rules! inc_methods {
         /// [`try_inc`](Self::try_inc), with the key's admitted usage right after the call
         /// from the same lookup. Crate-internal: the layer's admitted `RateLimit` field.
         #[inline]
+        #[cfg_attr(not(feature = "tower"), allow(dead_code))]
         pub(crate) fn try_inc_with_accepted(
             &self,
             key: &str,

@@ -1,6 +1,6 @@
 //! Limits and limit sets: several limits decided together on one request.
 //!
-//! A [`Limit`] is a name, a [`Quota`] (a count per window) and a [`Strategy`]. A
+//! A [`Limit`] is a name, a [`Quota`] (a count per window) and a [`Strategy`](crate::Strategy). A
 //! [`LimitSet`] holds one or more limits with distinct names; a request is admitted iff
 //! every limit in its set admits it, and a request refused by any limit is counted by none.
 //!
