@@ -244,10 +244,12 @@ impl Engine {
                     accepted: cost,
                     observed: cost,
                 }),
-                (Outcome::Shed, true) if shed[i] && cost as f64 <= limit.cap => Some(Usage {
-                    accepted: 0,
-                    observed: cost,
-                }),
+                (Outcome::Shed, true) if shed[i] && capacity::fits(cost, limit.cap) => {
+                    Some(Usage {
+                        accepted: 0,
+                        observed: cost,
+                    })
+                }
                 _ => None,
             };
             let mut total = totals[i];
@@ -271,7 +273,8 @@ impl Engine {
             };
             let refused = match verdicts[i] {
                 Verdict::Refuse(_) | Verdict::ShedHard(_) => true,
-                Verdict::Draw(_) => shed[i] && outcome == Outcome::Shed,
+                // A drawn shed happens only when no limit refused: the outcome is `Shed`.
+                Verdict::Draw(_) => shed[i],
                 Verdict::Admit => false,
             };
             let wait = match verdicts[i] {
@@ -283,7 +286,7 @@ impl Engine {
                 decision.retry_after_ms = decision.retry_after_ms.max(wait);
             }
             decision.limits[i] = LimitStatus {
-                remaining: (limit.cap - total.accepted as f64).max(0.0).floor() as u64,
+                remaining: LimitStatus::remaining_of(limit.cap, total.accepted),
                 reset_ms: if refused {
                     wait.min(window_ms)
                 } else {

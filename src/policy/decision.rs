@@ -31,6 +31,14 @@ pub struct LimitStatus {
     pub refused: bool,
 }
 
+impl LimitStatus {
+    /// Whole requests of cost 1 a quota of `cap` still admits with `accepted` counted: the
+    /// `remaining` every provider reports.
+    pub(crate) fn remaining_of(cap: f64, accepted: u64) -> u64 {
+        (cap - accepted as f64).max(0.0).floor() as u64
+    }
+}
+
 /// The answer for one request under a [`LimitSet`](super::LimitSet).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SetDecision {

@@ -251,12 +251,18 @@ impl Core {
         }
     }
 
-    /// KEYS[1..2] and ARGV[1..4] of a Redis provider call: what `head.lua` reads.
-    pub(crate) fn head(&self, args: &mut impl wire::ScriptArgs, names: &KeyNames, mode: &str) {
-        let now = match &self.time {
+    /// "Now" as a script's ARGV[1] carries it: `None` for the server's `TIME`, a test
+    /// clock's ms otherwise.
+    pub(crate) fn script_now(&self) -> Option<u64> {
+        match &self.time {
             TimeSource::Server => None,
             TimeSource::TestClock(clock) => Some(clock.now_ms()),
-        };
+        }
+    }
+
+    /// KEYS[1..2] and ARGV[1..4] of a Redis provider call: what `head.lua` reads.
+    pub(crate) fn head(&self, args: &mut impl wire::ScriptArgs, names: &KeyNames, mode: &str) {
+        let now = self.script_now();
         wire::head(
             args,
             &[&names.buckets, &names.hash],

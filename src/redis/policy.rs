@@ -12,7 +12,7 @@ use ::redis::Value;
 
 use super::key::RedisKey;
 use super::wire::{self, SetLimitArgs, SetLimitReply};
-use super::{Core, TimeSource, scripts};
+use super::{Core, scripts};
 use crate::Error;
 use crate::Strategy;
 use crate::config::RateGroupSizeMs;
@@ -206,10 +206,7 @@ impl RedisPolicy {
             .flat_map(|n| [n.buckets.as_str(), n.hash.as_str()])
             .collect();
         let limits: Vec<SetLimitArgs> = which.iter().map(|i| self.limits[*i]).collect();
-        let now = match &self.core.time {
-            TimeSource::Server => None,
-            TimeSource::TestClock(clock) => Some(clock.now_ms()),
-        };
+        let now = self.core.script_now();
         let draw = self.core.random.next_f64();
         let mut invocation = scripts::SET.prepare_invoke();
         wire::head(&mut invocation, &redis_keys, now, &limits[0].grid, mode);
@@ -231,7 +228,7 @@ impl RedisPolicy {
         };
         for (i, (part, limit)) in parts.iter().zip(self.limits.iter()).enumerate() {
             decision.limits[i] = LimitStatus {
-                remaining: (limit.cap - part.accepted as f64).max(0.0).floor() as u64,
+                remaining: LimitStatus::remaining_of(limit.cap, part.accepted),
                 reset_ms: part.reset_ms,
                 suppression_factor: part.factor,
                 refused: part.refused,
