@@ -115,7 +115,8 @@ impl HybridPolicy {
                 .expect("a limit's group fits its window"),
                 params: SuppressionParams {
                     hard_limit_factor: limit.hard_limit_factor().get(),
-                    cache_ms: core.settings.suppression.cache_ms,
+                    // As the local and Redis sets: a set's factor is never cached.
+                    cache_ms: 0,
                 },
                 cap: limit.quota().count(),
                 rate: limit.quota().rate().get(),
