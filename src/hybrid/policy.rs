@@ -140,7 +140,7 @@ impl HybridPolicy {
     /// # Errors
     /// [`Error::ZeroCount`] for a cost of 0.
     pub fn inc(&self, key: &RedisKey, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(|_| key, cost, true)
+        self.inner.decide(|_| key, None, cost, true)
     }
 
     /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
@@ -148,10 +148,10 @@ impl HybridPolicy {
     /// Cluster too: the keys' slots do not matter to a decision taken in memory.
     ///
     /// # Errors
-    /// As [`inc`](Self::inc); [`Error::InvalidInput`] unless there is one key per limit.
+    /// As [`inc`](Self::inc); [`Error::InvalidValue`] unless there is one key per limit.
     pub fn inc_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
         self.inner.check_keys(keys)?;
-        self.inner.decide(|i| keys[i], cost, true)
+        self.inner.decide(|i| keys[i], None, cost, true)
     }
 
     /// What [`inc`](Self::inc) would answer now, recording nothing and creating no key. A
@@ -161,7 +161,7 @@ impl HybridPolicy {
     /// # Errors
     /// As [`inc`](Self::inc).
     pub fn check(&self, key: &RedisKey, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(|_| key, cost, false)
+        self.inner.decide(|_| key, None, cost, false)
     }
 
     /// [`check`](Self::check) with one key per limit.
@@ -170,7 +170,7 @@ impl HybridPolicy {
     /// As [`inc_each`](Self::inc_each).
     pub fn check_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
         self.inner.check_keys(keys)?;
-        self.inner.decide(|i| keys[i], cost, false)
+        self.inner.decide(|i| keys[i], None, cost, false)
     }
 
     /// How many (key, limit) pairs this instance holds in memory.
@@ -192,9 +192,12 @@ impl PolicyEngine {
         }
     }
 
+    /// One decision: limit `i` on `key(i)`, at this call's quota count `counts[i]` if given
+    /// (else the limit's own).
     fn decide<'k>(
         &self,
         key: impl Fn(usize) -> &'k RedisKey,
+        counts: Option<&[f64]>,
         cost: u64,
         record: bool,
     ) -> Result<SetDecision, Error> {
@@ -212,18 +215,19 @@ impl PolicyEngine {
         for (i, limit) in self.limits.iter().enumerate() {
             locks[i] = Some(limit.keys.lock(key(i).as_str()));
         }
+        let call = |i: usize| self.limits[i].call(now, cost, counts.map(|c| c[i]));
         let mut verdicts = [Verdict::Admit; MAX_LIMITS];
         for (i, limit) in self.limits.iter().enumerate() {
             let lock = locks[i].as_mut().expect("locked above");
             let name = key(i).as_str();
             let c = conditions(limit);
             verdicts[i] = match lock.get(name) {
-                Some(state) => limit.verdict(state, &c, now, cost),
+                Some(state) => limit.verdict(state, &c, now, call(i)),
                 // A check creates no key: a new one is judged as it would start.
-                None if !record => limit.verdict(&mut limit.new_key(now), &c, now, cost),
+                None if !record => limit.verdict(&mut limit.new_key(now), &c, now, call(i)),
                 None => {
                     let state = lock.get_or_insert_with(name, || limit.new_key(now));
-                    limit.verdict(state, &c, now, cost)
+                    limit.verdict(state, &c, now, call(i))
                 }
             };
         }
@@ -266,7 +270,7 @@ impl PolicyEngine {
             let verdict = verdicts[i];
             let refused =
                 refused_outright(&verdict) || (outcome == Outcome::Shed && shed(&verdict));
-            let call = limit.call(now, cost);
+            let call = call(i);
             let usage = match lock.get(key(i).as_str()) {
                 Some(state) => {
                     if record {
@@ -274,7 +278,7 @@ impl PolicyEngine {
                     }
                     state.usage(&c, now)
                 }
-                None => KeyUsage::new(limit.cap, 0, 0, limit.grid.window_seconds()),
+                None => KeyUsage::new(call.cap, 0, 0, limit.grid.window_seconds()),
             };
             let window_ms = limit.grid.window_seconds() * 1000;
             let wait = match verdict {
@@ -331,13 +335,17 @@ impl HybridLimit {
         }
     }
 
-    /// The call a cost makes on this limit.
-    fn call(&self, now: Now, cost: u64) -> Call {
+    /// The call a cost makes on this limit, at this call's quota `count` if given.
+    fn call(&self, now: Now, cost: u64, count: Option<f64>) -> Call {
+        let (rate, cap) = match count {
+            Some(count) => (count / self.grid.window_seconds() as f64, count),
+            None => (self.rate, self.cap),
+        };
         Call {
             now_ms: now.server,
-            rate: self.rate,
+            rate,
             count: cost,
-            cap: self.cap,
+            cap,
         }
     }
 
@@ -353,17 +361,17 @@ impl HybridLimit {
     }
 
     /// What this limit says of `cost` more units on the key's state.
-    fn verdict(&self, state: &mut LimitKey, c: &Conditions<'_>, now: Now, cost: u64) -> Verdict {
+    fn verdict(&self, state: &mut LimitKey, c: &Conditions<'_>, now: Now, call: Call) -> Verdict {
         let never = u64::MAX;
-        let fits_at_all = capacity::fits(cost, self.cap);
+        let fits_at_all = capacity::fits(call.count, call.cap);
         match state {
             LimitKey::Absolute(_) if !fits_at_all => Verdict::Refuse(never),
-            LimitKey::Absolute(key) => match key.verdict(c, now, self.call(now, cost)) {
+            LimitKey::Absolute(key) => match key.verdict(c, now, call) {
                 Ok(()) => Verdict::Admit,
                 Err(wait) => Verdict::Refuse(wait),
             },
             LimitKey::Suppressed(_) if !fits_at_all => Verdict::ShedHard(never),
-            LimitKey::Suppressed(key) => match key.verdict(c, now, self.call(now, cost)) {
+            LimitKey::Suppressed(key) => match key.verdict(c, now, call) {
                 (Regime::UnderCapacity, _) => Verdict::Admit,
                 (Regime::Shedding, factor) => Verdict::Draw(factor),
                 (Regime::OverHardLimit, _) => {
@@ -390,7 +398,7 @@ impl HybridLimit {
                 key.record(c, now, call.count, call.count);
             }
             (LimitKey::Suppressed(key), Outcome::Shed)
-                if refused && capacity::fits(call.count, self.cap) =>
+                if refused && capacity::fits(call.count, call.cap) =>
             {
                 key.record(c, now, 0, call.count);
             }
