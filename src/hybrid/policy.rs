@@ -34,7 +34,7 @@ use compact_str::CompactString;
 use super::absolute::AbsoluteKey;
 use super::core::HybridCore;
 use super::flush::KeyJob;
-use super::key::Job;
+use super::key::{Job, KeyState};
 use super::mode::{Conditions, Now, Refresh};
 use super::suppressed::SuppressedKey;
 use super::walk::for_each;
@@ -45,7 +45,7 @@ use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision};
 use crate::redis::{KeyNames, KeyUsage, RedisKey, StrategyTag};
 use crate::settings::SuppressionParams;
 use crate::suppressed::Regime;
-use crate::window::{Usage, WindowGrid};
+use crate::window::{Counts, Usage, WindowGrid};
 use crate::{Error, Strategy};
 
 /// The span a shed request's wait is given in when no bucket tells better (the factor's
@@ -313,6 +313,7 @@ impl PolicyEngine {
         for (index, limit) in self.limits.iter().enumerate() {
             for_each(&limit.keys, |key, state| {
                 expired += state.drop_expired(&limit.grid, now.server);
+                state.lease_to_demand();
                 if state.is_dirty() {
                     let job = state.job(now.local, next_seq);
                     let dest = Dest::Limit(self.clone(), index);
@@ -408,6 +409,13 @@ impl HybridLimit {
 }
 
 impl LimitKey {
+    fn lease_to_demand(&mut self) {
+        match self {
+            LimitKey::Absolute(key) => key.lease_to_demand(),
+            LimitKey::Suppressed(key) => key.lease_to_demand(),
+        }
+    }
+
     fn usage(&mut self, c: &Conditions<'_>, now: Now) -> KeyUsage {
         match self {
             LimitKey::Absolute(key) => {
@@ -453,6 +461,22 @@ impl LimitKey {
         match self {
             LimitKey::Absolute(key) => key.idle(grid, now),
             LimitKey::Suppressed(key) => key.idle(grid, now),
+        }
+    }
+}
+
+impl<S, C: Counts> KeyState<S, C> {
+    /// A limit of a set may hold a lease it cannot spend: another limit refuses this
+    /// instance's requests (a hot API key behind an IP, say). Reserved in Redis, such a lease
+    /// starves the other instances, and theirs may starve this one in turn in another limit.
+    /// So before each refresh an instance keeps of its unspent lease only what it spent
+    /// since the last refresh (at least the largest call it could not fit): the refresh
+    /// reserves that much for it, it spends no more until the reply, and Redis shares the
+    /// rest among the holders. Only ever shrinks what this instance may admit.
+    fn lease_to_demand(&mut self) {
+        if let Some(view) = self.view.as_mut() {
+            let demand = self.spent.max(self.wanted) as f64;
+            view.lease = view.lease.min(self.spent as f64 + demand);
         }
     }
 }
