@@ -328,3 +328,79 @@ async fn a_key_per_limit_on_a_cluster_counts_on_each_node() {
     );
     assert_eq!(rl.hybrid().stats().flush_errors, 0);
 }
+
+/// Per-call quotas (a plan per API key), as `LocalPolicy::inc_with` takes them: each
+/// limit's count for this call, its window and group its own; with the set's own counts it
+/// answers as `inc_each`; counts are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_call_quotas_are_this_calls_counts() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("phwith");
+    let clock = ManualClock::new(1_000_000_000_000);
+    let rl = limiter(
+        redis.manager().await.into(),
+        &prefix,
+        3_600_000,
+        Some(&clock),
+    );
+    let set: LimitSet = "ip = 40/m; plan = 5/10s".parse().unwrap();
+    let hybrid = rl.hybrid().policy(set.clone()).unwrap();
+    let twin = rl.hybrid().policy(set).unwrap();
+    let ip = key("ip1");
+    let inc = |api: &str, plan: f64| {
+        hybrid
+            .inc_with(&[&ip, &key(api)], &[40.0, plan], 1)
+            .unwrap()
+    };
+    // The pro plan's 12, then a refusal by the plan (its bucket 0 leaves at 100 + 10 000).
+    for left in (0..12).rev() {
+        rl.hybrid().flush().await.unwrap();
+        let d = inc("pro_1", 12.0);
+        assert!(d.is_allowed());
+        assert_eq!(d.limits()[1].remaining, left);
+    }
+    rl.hybrid().flush().await.unwrap();
+    let d = inc("pro_1", 12.0);
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(d.retry_after_ms(), 10_100);
+    // The free plan's 5 behind the same IP.
+    for _ in 0..5 {
+        rl.hybrid().flush().await.unwrap();
+        assert!(inc("free1", 5.0).is_allowed());
+    }
+    rl.hybrid().flush().await.unwrap();
+    let d = inc("free1", 5.0);
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        d.limits()[0].remaining,
+        40 - 17,
+        "refusals cost the IP nothing"
+    );
+    // With the set's own counts, the same answers as inc_each (a twin policy, other keys).
+    for step in 0..8 {
+        rl.hybrid().flush().await.unwrap();
+        let a = hybrid
+            .inc_with(&[&key("ip2"), &key("k2")], &[40.0, 5.0], 1)
+            .unwrap();
+        let b = twin.inc_each(&[&key("ip3"), &key("k3")], 1).unwrap();
+        assert_eq!(a, b, "step {step}");
+    }
+    let k = [&ip, &key("free1")];
+    assert!(matches!(
+        hybrid.inc_with(&k, &[40.0], 1),
+        Err(Error::InvalidValue { .. })
+    ));
+    assert!(matches!(
+        hybrid.inc_with(&k, &[40.0, f64::NAN], 1),
+        Err(Error::InvalidValue { .. })
+    ));
+    assert!(matches!(
+        hybrid.check_with(&k, &[40.0, 0.5], 1),
+        Err(Error::CapacityBelowOne { .. })
+    ));
+    let over = hybrid.inc_with(&k, &[40.0, 2.0], 3).unwrap();
+    assert_eq!(
+        (over.outcome(), over.retry_after_ms()),
+        (Outcome::Rejected, u64::MAX)
+    );
+}

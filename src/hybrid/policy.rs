@@ -173,6 +173,40 @@ impl HybridPolicy {
         self.inner.decide(|i| keys[i], None, cost, false)
     }
 
+    /// As [`inc_each`](Self::inc_each), at this call's quota `counts`, one per limit in the
+    /// set's order (a plan per API key): each limit's window, group and strategy stay its
+    /// own; its rate is `count / window` (a suppressed limit's hard limit `count × factor`).
+    /// The same signature as [`LocalPolicy::inc_with`](crate::policy::LocalPolicy::inc_with).
+    ///
+    /// # Errors
+    /// As [`inc_each`](Self::inc_each); [`Error::InvalidValue`] unless there is one finite
+    /// count per limit, [`Error::CapacityBelowOne`] for a count below 1.
+    pub fn inc_with(
+        &self,
+        keys: &[&RedisKey],
+        counts: &[f64],
+        cost: u64,
+    ) -> Result<SetDecision, Error> {
+        self.inner.check_keys(keys)?;
+        self.inner.set.check_counts(counts)?;
+        self.inner.decide(|i| keys[i], Some(counts), cost, true)
+    }
+
+    /// What [`inc_with`](Self::inc_with) would answer now, recording nothing.
+    ///
+    /// # Errors
+    /// As [`inc_with`](Self::inc_with).
+    pub fn check_with(
+        &self,
+        keys: &[&RedisKey],
+        counts: &[f64],
+        cost: u64,
+    ) -> Result<SetDecision, Error> {
+        self.inner.check_keys(keys)?;
+        self.inner.set.check_counts(counts)?;
+        self.inner.decide(|i| keys[i], Some(counts), cost, false)
+    }
+
     /// How many (key, limit) pairs this instance holds in memory.
     pub fn key_count(&self) -> usize {
         self.inner.limits.iter().map(|l| l.keys.len()).sum()
