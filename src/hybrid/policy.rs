@@ -176,7 +176,7 @@ impl HybridPolicy {
     /// As [`inc_each`](Self::inc_each), at this call's quota `counts`, one per limit in the
     /// set's order (a plan per API key): each limit's window, group and strategy stay its
     /// own; its rate is `count / window` (a suppressed limit's hard limit `count × factor`).
-    /// The same signature as [`LocalPolicy::inc_with`](crate::policy::LocalPolicy::inc_with).
+    /// The same signature as the local and Redis sets' `inc_with`.
     ///
     /// # Errors
     /// As [`inc_each`](Self::inc_each); [`Error::InvalidValue`] unless there is one finite
@@ -187,9 +187,7 @@ impl HybridPolicy {
         counts: &[f64],
         cost: u64,
     ) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.set.check_counts(counts)?;
-        self.inner.decide(|i| keys[i], Some(counts), cost, true)
+        self.inner.with(keys, counts, cost, true)
     }
 
     /// What [`inc_with`](Self::inc_with) would answer now, recording nothing.
@@ -202,9 +200,7 @@ impl HybridPolicy {
         counts: &[f64],
         cost: u64,
     ) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.set.check_counts(counts)?;
-        self.inner.decide(|i| keys[i], Some(counts), cost, false)
+        self.inner.with(keys, counts, cost, false)
     }
 
     /// How many (key, limit) pairs this instance holds in memory.
@@ -214,6 +210,19 @@ impl HybridPolicy {
 }
 
 impl PolicyEngine {
+    /// `inc_with` (`record`) or `check_with`: the keys and counts checked, then decided.
+    fn with(
+        &self,
+        keys: &[&RedisKey],
+        counts: &[f64],
+        cost: u64,
+        record: bool,
+    ) -> Result<SetDecision, Error> {
+        self.check_keys(keys)?;
+        self.set.check_counts(counts)?;
+        self.decide(|i| keys[i], Some(counts), cost, record)
+    }
+
     fn check_keys(&self, keys: &[&RedisKey]) -> Result<(), Error> {
         if keys.len() == self.limits.len() {
             Ok(())
@@ -452,14 +461,8 @@ impl LimitKey {
 
     fn usage(&mut self, c: &Conditions<'_>, now: Now) -> KeyUsage {
         match self {
-            LimitKey::Absolute(key) => {
-                let own = key.own.usage(c.grid, now.server);
-                key.usage_after(c, now, own)
-            }
-            LimitKey::Suppressed(key) => {
-                let own = key.own.usage(c.grid, now.server).accepted;
-                key.usage_after(c, now, own)
-            }
+            LimitKey::Absolute(key) => key.usage_now(c, now),
+            LimitKey::Suppressed(key) => key.usage_now(c, now),
         }
     }
 
