@@ -356,8 +356,9 @@ impl PolicyEngine {
         for (index, limit) in self.limits.iter().enumerate() {
             for_each(&limit.keys, |key, state| {
                 expired += state.drop_expired(&limit.grid, now.server);
-                state.lease_to_demand();
                 if state.is_dirty() {
+                    // Only on a key being refreshed: the reply gives it a new lease.
+                    state.lease_to_demand();
                     let job = state.job(now.local, next_seq);
                     let dest = Dest::Limit(self.clone(), index);
                     jobs.push((key.clone(), dest, job));
@@ -506,7 +507,7 @@ impl<S, C: Counts> KeyState<S, C> {
     /// A limit of a set may hold a lease it cannot spend: another limit refuses this
     /// instance's requests (a hot API key behind an IP, say). Reserved in Redis, such a lease
     /// starves the other instances, and theirs may starve this one in turn in another limit.
-    /// So before each refresh an instance keeps of its unspent lease only what it spent
+    /// So as a refresh is sent an instance keeps of its unspent lease only what it spent
     /// since the last refresh (at least the largest call it could not fit): the refresh
     /// reserves that much for it, it spends no more until the reply, and Redis shares the
     /// rest among the holders. Only ever shrinks what this instance may admit.
