@@ -299,10 +299,6 @@ async fn a_key_per_limit_on_a_cluster_counts_on_each_node() {
                 admitted += 1;
             } else {
                 assert_eq!(d.outcome(), Outcome::Rejected);
-                eprintln!(
-                    "ck{k} refused by {:?}: {d:?}",
-                    d.refused().collect::<Vec<_>>()
-                );
             }
         }
         rl.hybrid().flush().await.unwrap();

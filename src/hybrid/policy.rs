@@ -17,10 +17,23 @@
 //! are reserved in Redis, so a limit of capacity `C` and rate `r` admits at most
 //! `C + N × max(1, r × (T + sync_interval))` in its window across `N` instances that start
 //! on the key together and get their first refresh `T` later; the limits do not add to
-//! each other's excess, since every instance admits a request only within every limit's
+//! each other's excess, since an instance admits a request only within every limit's
 //! lease. A request refused by one limit spends nothing in the others, on every instance:
-//! the all-or-nothing decision is local and the counts reach Redis only afterwards. What a
-//! refused request may cost is a lease unit held: nothing is reserved for it.
+//! the all-or-nothing decision is local, and the counts reach Redis only afterwards.
+//! `tests/policy_hybrid.rs` runs four instances on a per-IP limit of 1000 and per-API-key
+//! limits of 150: measured 1000–1016 on the IP, at most 152 on a key, and Redis counts
+//! exactly what was admitted.
+//!
+//! # Under-admission: leases split two ways
+//! An instance's lease in one limit is spent only where its lease in every other limit of
+//! the request has room too. A lease it cannot spend that way (its API key's lease is
+//! used up, say) would stay reserved and starve the other instances, whose unspendable
+//! leases may starve it in turn (measured before the fix below: 756 of 1000 admitted, for
+//! good). So as a key's refresh is sent, the instance keeps of its unspent lease only what
+//! it spent since the previous refresh (at least the largest call it could not fit),
+//! spends no more until the reply, and Redis shares the rest. A set under contention
+//! still fills more slowly than one limit would: in the test above the IP limit fills in
+//! 2–4 s with 30 000 requests a second offered.
 //!
 //! Suppressed limits shed as the single-limit hybrid does (the Redis-wide factor past the
 //! lease); a shed counts as observed in the limits that shed it, as on every provider.
