@@ -194,9 +194,9 @@ impl SuppressedState {
         }
         self.window.expire(geo, now_ms);
         let total = self.window.total();
-        // Observed usage past `u64::MAX` cannot be recorded (only counts near 2^63 on a
-        // capacity above 2^64 get here): decline as over the limit, recording nothing.
-        if total.observed.checked_add(count).is_none() {
+        // Observed usage past `MAX_OBSERVED` (2^53) is not recorded, so no provider's sum
+        // ever loses exactness or overflows: decline as over the limit, recording nothing.
+        if !capacity::fits_observed(total.observed, count) {
             return RateLimitDecision::Suppressed {
                 suppression_factor: 1.0,
                 is_allowed: false,

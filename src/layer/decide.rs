@@ -125,9 +125,11 @@ impl DecisionEngine {
     ) -> Verdict {
         match result {
             Ok(decision) => self.verdict(decision, &awaited.key, awaited.rate, None),
-            Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
-                self.misconfigured(&err)
-            }
+            Err(
+                err @ (Error::CapacityBelowOne { .. }
+                | Error::CapacityAboveMax { .. }
+                | Error::CountAboveCapacity { .. }),
+            ) => self.misconfigured(&err),
             Err(Error::InvalidKey { key, reason }) => self.key_failure(&KeyError::custom(
                 StatusCode::BAD_REQUEST,
                 format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),

@@ -27,6 +27,7 @@
 //! |---|---|---|---|
 //! | `count == 0` | [`Error::ZeroCount`] | `Allowed`, nothing recorded | `Allowed`, nothing recorded |
 //! | `rate × window < 1` | [`Error::CapacityBelowOne`] | `Rejected { retry_after_ms: u64::MAX, remaining_after_waiting: 0, .. }` | `Suppressed { suppression_factor: 1.0, is_allowed: false }` |
+//! | `rate × window >` [`MAX_CAPACITY`](crate::MAX_CAPACITY) (2^52) | [`Error::CapacityAboveMax`] | as above | as above |
 //! | `count > rate × window` | [`Error::CountAboveCapacity`] | as above | as above |
 //!
 //! None of them records anything or creates a key. `u64::MAX` means "never": waiting does

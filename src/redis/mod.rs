@@ -69,8 +69,11 @@
 //!
 //! # Errors and time bounds
 //! Malformed calls get the same errors as the local provider's `try_inc`
-//! ([`Error::ZeroCount`], [`Error::CapacityBelowOne`], [`Error::CountAboveCapacity`]) before
-//! anything is sent. Every call is bounded by a deadline ([`DEFAULT_REDIS_TIMEOUT`], 1 s,
+//! ([`Error::ZeroCount`], [`Error::CapacityBelowOne`], [`Error::CountAboveCapacity`],
+//! [`Error::CapacityAboveMax`] past [`MAX_CAPACITY`](crate::MAX_CAPACITY), 2^52 units)
+//! before anything is sent, so every total the scripts keep stays an exact Lua number; the
+//! suppressed strategy records no observed usage past 2^53 (a call that would go past it
+//! is declined as over the hard limit), as the local provider does. Every call is bounded by a deadline ([`DEFAULT_REDIS_TIMEOUT`], 1 s,
 //! unless [`RateLimiterBuilder::redis_timeout`](crate::RateLimiterBuilder::redis_timeout)
 //! says otherwise): with Redis down a call returns [`Error::Redis`] or
 //! [`Error::RedisTimeout`] within it, never hangs, and the same limiter works again once
