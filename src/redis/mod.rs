@@ -121,7 +121,10 @@ use ::redis::aio::ConnectionManager;
 pub use absolute::AbsoluteRedisRateLimiter;
 pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
 pub use check::RedisCheck;
-pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
+pub use connection::{
+    CLUSTER_REBUILD_AFTER, ClusterReconnecting, DEFAULT_REDIS_TIMEOUT, RedisConnection,
+    connection_manager_config,
+};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
 
