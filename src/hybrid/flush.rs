@@ -131,6 +131,7 @@ impl HybridCore {
         received: u64,
     ) -> bool {
         let mut all_good = true;
+        let mut lost_keys = 0u64;
         for ((key, strategy, job), value) in chunk.iter().zip(values) {
             let mut parsed = match value
                 .as_ref()
@@ -178,20 +179,32 @@ impl HybridCore {
                 at: u64::try_from(parsed.server_now).unwrap_or(0),
                 valid_until: sent + self.lease_ttl_ms,
             };
-            let refresh = Refresh {
+            let mut refresh = Refresh {
                 view,
                 oldest: std::mem::take(&mut parsed.oldest),
             };
-            match strategy {
-                StrategyTag::Absolute => {
-                    self.absolute
-                        .peek(key.as_str(), |s| s.refreshed(job.seq, refresh));
-                }
-                StrategyTag::Suppressed => {
-                    self.suppressed
-                        .peek(key.as_str(), |s| s.refreshed(job.seq, refresh));
-                }
-            }
+            let grid = &self.settings.grid;
+            let lost = match strategy {
+                StrategyTag::Absolute => self.absolute.peek(key.as_str(), |s| {
+                    let lost = s.floor_to_own(grid, &mut refresh.view);
+                    s.refreshed(job.seq, refresh);
+                    lost
+                }),
+                StrategyTag::Suppressed => self.suppressed.peek(key.as_str(), |s| {
+                    let lost = s.floor_to_own(grid, &mut refresh.view);
+                    s.refreshed(job.seq, refresh);
+                    lost
+                }),
+            };
+            lost_keys += u64::from(lost == Some(true));
+        }
+        if lost_keys > 0 {
+            tracing::warn!(
+                keys = lost_keys,
+                "sluicegate hybrid: Redis holds less usage than this instance admitted in the \
+                 window (FLUSHALL, lost writes or eviction); deciding on this instance's own \
+                 record for those keys, so nothing it admitted is admitted again"
+            );
         }
         all_good
     }

@@ -97,6 +97,18 @@
 //! Redis Cluster connection there is no breaker (one node down must not fail the keys of
 //! the others): calls wait out the deadline as before.
 
+//! # Lost data
+//! Redis is the only record the Redis provider has: when a key's data is lost (`FLUSHALL`,
+//! a failover that lost the writes not yet copied to the promoted replica, an evicted key
+//! under a `maxmemory-policy` other than `noeviction`), the next call finds an empty
+//! window, and the key gets a second full window from then on (tested in
+//! `tests/redis_lost_data.rs`). Nothing else is affected: the scripts never fail on a
+//! missing key. The hybrid provider keeps its own record of what it admitted in the
+//! window and decides on the larger of that and what Redis reports, so one instance never
+//! admits again what it admitted before the loss (it logs a warning when it finds Redis
+//! short); other instances know only their own records, so across several instances the
+//! loss can still admit up to what the others had admitted.
+//!
 //! # Differences from the local provider
 //! Decisions are the same for the same sequence of calls, with two documented exceptions:
 //! the suppressed strategy draws one random number per `inc` (the local one draws only when
