@@ -57,6 +57,9 @@ pub enum RedisConnection {
     /// A Redis Cluster through connections the limiter makes from a `ClusterClient`, and
     /// makes again when the current one stops answering: see [`RedisConnection::cluster`].
     ClusterClient(ClusterReconnecting),
+    /// The master of a Sentinel-managed set, found through the sentinels, and found again
+    /// when it stops answering (after a failover): see [`RedisConnection::sentinel`].
+    Sentinel(ClusterReconnecting),
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -65,6 +68,7 @@ impl std::fmt::Debug for RedisConnection {
             RedisConnection::Single(manager) => f.debug_tuple("Single").field(manager).finish(),
             RedisConnection::Cluster(_) => f.write_str("Cluster(..)"),
             RedisConnection::ClusterClient(_) => f.write_str("ClusterClient(..)"),
+            RedisConnection::Sentinel(_) => f.write_str("Sentinel(..)"),
         }
     }
 }
@@ -88,25 +92,89 @@ impl RedisConnection {
     /// ```
     pub async fn cluster(client: ::redis::cluster::ClusterClient) -> Result<Self, Error> {
         let current = client.get_async_connection().await?;
-        Ok(RedisConnection::ClusterClient(ClusterReconnecting {
-            inner: Arc::new(Reconnecting {
-                client,
-                current: parking_lot::RwLock::new(current),
-                rebuilding: AtomicBool::new(false),
-                failing_since: AtomicU64::new(0),
-                epoch: Instant::now(),
-                rebuilds: AtomicU64::new(0),
-            }),
-        }))
+        Ok(RedisConnection::ClusterClient(ClusterReconnecting::new(
+            Source::Cluster(client),
+            RedisConnection::Cluster(current),
+        )))
     }
 
-    /// The connection a call goes through now (a cluster-with-client's current one).
+    /// The master of the set a `SentinelClient` (built with `SentinelServerType::Master`)
+    /// names, through a `ConnectionManager` configured by [`connection_manager_config`].
+    /// Waits until the sentinels name a master and it answers.
+    ///
+    /// When calls have done nothing but fail for [`CLUSTER_REBUILD_AFTER`] (the master
+    /// died, or a demoted one answers `READONLY`), the limiter asks the sentinels again and
+    /// connects to the master they name then: decisions continue on the promoted replica
+    /// about a second after the sentinels promote it.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sluicegate::Error> {
+    /// use redis::sentinel::{SentinelClient, SentinelServerType};
+    /// let sentinels = vec!["redis://127.0.0.1:26379/", "redis://127.0.0.1:26380/"];
+    /// let client =
+    ///     SentinelClient::build(sentinels, "mymaster".into(), None, SentinelServerType::Master)?;
+    /// let connection = sluicegate::redis::RedisConnection::sentinel(client).await?;
+    /// # let _ = connection; Ok(()) }
+    /// ```
+    pub async fn sentinel(mut client: ::redis::sentinel::SentinelClient) -> Result<Self, Error> {
+        let current = sentinel_master(&mut client, DEFAULT_REDIS_TIMEOUT).await?;
+        Ok(RedisConnection::Sentinel(ClusterReconnecting::new(
+            Source::Sentinel(tokio::sync::Mutex::new(client)),
+            RedisConnection::Single(current),
+        )))
+    }
+
+    /// The connection a call goes through now (a reconnecting one's current connection).
     fn current(&self) -> RedisConnection {
         match self {
-            RedisConnection::ClusterClient(r) => {
-                RedisConnection::Cluster(r.inner.current.read().clone())
+            RedisConnection::ClusterClient(r) | RedisConnection::Sentinel(r) => {
+                r.inner.current.read().clone()
             }
             other => other.clone(),
+        }
+    }
+}
+
+/// The master the sentinels name now, through a fresh `ConnectionManager`.
+async fn sentinel_master(
+    client: &mut ::redis::sentinel::SentinelClient,
+    deadline: Duration,
+) -> Result<ConnectionManager, Error> {
+    let master = client.async_get_client().await?;
+    let manager = tokio::time::timeout(
+        deadline,
+        master.get_connection_manager_with_config(connection_manager_config(deadline)),
+    )
+    .await
+    .map_err(|_| Error::RedisTimeout {
+        timeout_ms: deadline.as_millis().try_into().unwrap_or(u64::MAX),
+    })??;
+    Ok(manager)
+}
+
+/// Where a reconnecting connection makes its next connection from.
+enum Source {
+    Cluster(::redis::cluster::ClusterClient),
+    Sentinel(tokio::sync::Mutex<::redis::sentinel::SentinelClient>),
+}
+
+impl Source {
+    async fn connect(&self, deadline: Duration) -> Result<RedisConnection, Error> {
+        match self {
+            Source::Cluster(client) => {
+                match tokio::time::timeout(deadline, client.get_async_connection()).await {
+                    Ok(conn) => Ok(RedisConnection::Cluster(conn?)),
+                    Err(_) => Err(Error::RedisTimeout {
+                        timeout_ms: deadline.as_millis().try_into().unwrap_or(u64::MAX),
+                    }),
+                }
+            }
+            Source::Sentinel(client) => {
+                let mut client = client.lock().await;
+                Ok(RedisConnection::Single(
+                    sentinel_master(&mut client, deadline).await?,
+                ))
+            }
         }
     }
 }
@@ -115,14 +183,28 @@ impl RedisConnection {
 /// fail or time out, with no answer in between, before the limiter makes a new connection.
 pub const CLUSTER_REBUILD_AFTER: Duration = Duration::from_millis(1000);
 
-/// A Redis Cluster connection the limiter makes again from its client when it stops
-/// answering; made by [`RedisConnection::cluster`]. Clones share it.
+/// A connection the limiter makes again when it stops answering: from its `ClusterClient`
+/// ([`RedisConnection::cluster`]) or through the sentinels
+/// ([`RedisConnection::sentinel`]). Clones share it.
 #[derive(Clone)]
 pub struct ClusterReconnecting {
     inner: Arc<Reconnecting>,
 }
 
 impl ClusterReconnecting {
+    fn new(source: Source, current: RedisConnection) -> Self {
+        ClusterReconnecting {
+            inner: Arc::new(Reconnecting {
+                source,
+                current: parking_lot::RwLock::new(current),
+                rebuilding: AtomicBool::new(false),
+                failing_since: AtomicU64::new(0),
+                epoch: Instant::now(),
+                rebuilds: AtomicU64::new(0),
+            }),
+        }
+    }
+
     /// How many times the connection was made again.
     pub fn rebuilds(&self) -> u64 {
         self.inner.rebuilds.load(Ordering::Relaxed)
@@ -144,8 +226,9 @@ impl std::fmt::Debug for Reconnecting {
 }
 
 struct Reconnecting {
-    client: ::redis::cluster::ClusterClient,
-    current: parking_lot::RwLock<ClusterConnection>,
+    source: Source,
+    /// A `Single` or `Cluster` connection, never a reconnecting one.
+    current: parking_lot::RwLock<RedisConnection>,
     rebuilding: AtomicBool,
     /// Milliseconds since `epoch` (plus one) of the first failure since the latest answer;
     /// 0 for none.
@@ -189,22 +272,18 @@ impl Reconnecting {
         };
         let this = Arc::clone(self);
         handle.spawn(async move {
-            let fresh = tokio::time::timeout(deadline, this.client.get_async_connection()).await;
-            match fresh {
-                Ok(Ok(conn)) => {
+            match this.source.connect(deadline).await {
+                Ok(conn) => {
                     *this.current.write() = conn;
                     this.rebuilds.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         failing_ms = this.now().saturating_sub(since),
-                        "sluicegate: the Redis Cluster connection gave no answer; made a new one"
+                        "sluicegate: the Redis connection gave no answer; made a new one"
                     );
                 }
-                Ok(Err(err)) => {
-                    tracing::warn!(%err, "sluicegate: a new Redis Cluster connection failed; trying again")
+                Err(err) => {
+                    tracing::warn!(%err, "sluicegate: a new Redis connection failed; trying again")
                 }
-                Err(_) => tracing::warn!(
-                    "sluicegate: a new Redis Cluster connection took longer than the deadline; trying again"
-                ),
             }
             // Another full period of failures before the next attempt.
             this.failing_since.store(this.now(), Ordering::Relaxed);
@@ -242,7 +321,9 @@ impl Connection {
     pub(crate) fn new(conn: RedisConnection, timeout: Duration) -> Self {
         let guarded = matches!(conn, RedisConnection::Single(_));
         let reconnecting = match &conn {
-            RedisConnection::ClusterClient(r) => Some(r.inner.clone()),
+            RedisConnection::ClusterClient(r) | RedisConnection::Sentinel(r) => {
+                Some(r.inner.clone())
+            }
             _ => None,
         };
         Connection {
@@ -341,7 +422,12 @@ impl Connection {
             if let Some(reconnecting) = &self.reconnecting {
                 match &reply {
                     Ok(Ok(_)) => reconnecting.on_answer(),
-                    Ok(Err(err)) if !err.is_timeout() && !is_connection_error(err) => {
+                    // A demoted master answers writes with READONLY: not an answer.
+                    Ok(Err(err))
+                        if !err.is_timeout()
+                            && !is_connection_error(err)
+                            && err.kind() != ErrorKind::Server(ServerErrorKind::ReadOnly) =>
+                    {
                         reconnecting.on_answer()
                     }
                     _ => reconnecting.on_failure(self.timeout),
@@ -476,8 +562,8 @@ impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a ::redis::Cmd) -> RedisFuture<'a, Value> {
         match &mut self.conn {
             RedisConnection::Single(manager) => manager.req_packed_command(cmd),
-            // `Link::new` takes the current connection of a reconnecting cluster.
-            RedisConnection::ClusterClient(_) => unreachable_link(),
+            // `Link::new` takes the current connection of a reconnecting one.
+            RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => unreachable_link(),
             RedisConnection::Cluster(cluster) => {
                 let (route, is_load) = script_routing(cmd);
                 if route.is_some() {
@@ -508,7 +594,7 @@ impl ConnectionLike for Link {
             RedisConnection::Cluster(cluster) => {
                 cluster.req_packed_commands(pipeline, offset, count)
             }
-            RedisConnection::ClusterClient(_) => unreachable_link(),
+            RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => unreachable_link(),
         }
     }
 
@@ -516,7 +602,7 @@ impl ConnectionLike for Link {
         match &self.conn {
             RedisConnection::Single(manager) => manager.get_db(),
             RedisConnection::Cluster(cluster) => cluster.get_db(),
-            RedisConnection::ClusterClient(_) => 0,
+            RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => 0,
         }
     }
 }

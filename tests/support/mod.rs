@@ -653,3 +653,132 @@ fn port_of(address: &str) -> u16 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0)
 }
+
+impl RedisServer {
+    /// A server replicating the one on `master_port`.
+    pub fn start_replica_of(master_port: u16) -> Self {
+        Self::start_with(&["--replicaof", "127.0.0.1", &master_port.to_string()])
+    }
+}
+
+/// A `redis-server --sentinel` of ours monitoring the master on `master_port` as
+/// `mymaster` (quorum 2, a master is down after 1 s), on a free loopback port; killed when
+/// dropped, its log printed if the test fails.
+pub struct SentinelServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SentinelServer {
+    pub const MASTER_NAME: &'static str = "mymaster";
+
+    pub fn start(master_port: u16) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(unique("sluicegate_sentinel"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 5000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.display(),
+                    log = dir.join("sentinel.log").display(),
+                    name = Self::MASTER_NAME,
+                ),
+            )
+            .unwrap();
+            let child = Command::new(binary("redis-server"))
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start redis-server --sentinel: {e}. {INSTALL_HINT}")
+                });
+            let mut sentinel = SentinelServer {
+                port,
+                dir,
+                child: Some(child),
+            };
+            let ours = sentinel.child.as_ref().unwrap().id();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if sentinel
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .try_wait()
+                    .unwrap()
+                    .is_some()
+                {
+                    break;
+                }
+                match server_pid(port) {
+                    Some(pid) if pid == ours => return sentinel,
+                    Some(_) => break,
+                    None if Instant::now() > deadline => break,
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            eprintln!("sentinel on port {port} did not come up; trying another port");
+        }
+        panic!("no sentinel came up on 5 ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The sentinel's view: `SENTINEL MASTER mymaster` as field/value pairs.
+    pub fn master_info(&self) -> Vec<(String, String)> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300)) else {
+            return Vec::new();
+        };
+        let flat: Vec<String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(Self::MASTER_NAME)
+            .query(&mut conn)
+            .unwrap_or_default();
+        flat.chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect()
+    }
+
+    /// The port of the master this sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(300))
+            .ok()?;
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(Self::MASTER_NAME)
+            .query(&mut conn)
+            .ok()?;
+        addr.get(1)?.parse().ok()
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default();
+            eprintln!("sentinel on port {} (the test failed):\n{log}", self.port);
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
