@@ -463,6 +463,16 @@ impl<const N: usize> Set<N> {
     ) {
         let rejected = verdicts.iter().any(|v| matches!(v, Verdict::Refuse(_)));
         let hard = verdicts.iter().any(|v| matches!(v, Verdict::ShedHard(_)));
+        // Draws decide only a request that no limit refused outright, and one draw serves
+        // every limit (each sheds iff the draw is below its factor), as in set.lua: the
+        // request is admitted with probability `1 - max factor`. A check never draws and
+        // reports a drawing limit as shedding.
+        let draws = verdicts.iter().any(|v| matches!(v, Verdict::Draw(_)));
+        let draw = if draws && record && !rejected && !hard {
+            self.random.next_f64()
+        } else {
+            0.0
+        };
         let mut shed = [false; N];
         let mut factors = [0.0; N];
         for i in 0..N {
@@ -473,13 +483,7 @@ impl<const N: usize> Set<N> {
                 }
                 Verdict::Draw(factor) => {
                     factors[i] = factor;
-                    // Draws decide only a request that no limit refused outright; a check
-                    // never draws and reports the limit as shedding.
-                    shed[i] = if rejected || hard {
-                        false
-                    } else {
-                        !record || self.random.next_f64() < factor
-                    };
+                    shed[i] = !(rejected || hard) && (!record || draw < factor);
                 }
                 _ => {}
             }
