@@ -483,3 +483,40 @@ fn a_per_call_count_moves_a_suppressed_limits_hard_limit() {
         "under a count of 8, 5 observed is below capacity"
     );
 }
+
+/// Threads hammer one key under three limits with different windows, mixing `inc`,
+/// `inc_each` with the key repeated, and `inc_with` with the set's counts (all the same
+/// limits on the same key): the tightest limit admits exactly its quota, and every limit
+/// counted exactly the admitted requests.
+#[test]
+fn threads_on_one_key_fill_the_tightest_limit_exactly() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "second = 40/s; minute = 25/m; hour = 100/h");
+    let admitted = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (p, admitted) = (&p, &admitted);
+            s.spawn(move || {
+                for i in 0..3_000u64 {
+                    let d = match (t + i) % 3 {
+                        0 => p.inc("k", 1),
+                        1 => p.inc_each(&["k", "k", "k"], 1),
+                        _ => p.inc_with(&["k", "k", "k"], &[40.0, 25.0, 100.0], 1),
+                    };
+                    if d.unwrap().is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.load(Ordering::Relaxed), 25);
+    let d = p.check("k", 1).unwrap();
+    let remaining: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+    assert_eq!(
+        remaining,
+        [15, 0, 75],
+        "11975 refused requests counted nowhere"
+    );
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+}

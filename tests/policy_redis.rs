@@ -166,6 +166,71 @@ async fn four_instances_never_push_a_limit_over_its_quota() {
     );
 }
 
+/// Four limiter instances (each its own connection) share a per-IP limit while each user
+/// key has its own: the IP limit admits exactly its quota, no user key exceeds its own, and
+/// every limit counted exactly the admitted requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_share_an_ip_limit_exactly() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("policy4each");
+    let set: LimitSet = "ip = 30/m; user = 10/m".parse().unwrap();
+    let settings = || support::redis_settings(&local(), &prefix, SyncIntervalMs::default());
+    let mut tasks = Vec::new();
+    for instance in 0..4u64 {
+        let rl = RateLimiterBuilder::new(local())
+            .redis_connection(redis.manager().await, settings())
+            .build()
+            .unwrap();
+        let policy = rl.redis().policy(set.clone()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let ip = RedisKey::try_from("192.0.2.7").unwrap();
+            let mut admitted = [0u64; 5];
+            for i in 0..60u64 {
+                let u = ((instance + i) % 5) as usize;
+                let user = RedisKey::try_from(format!("user{u}")).unwrap();
+                if policy
+                    .inc_each(&[&ip, &user], 1)
+                    .await
+                    .unwrap()
+                    .is_allowed()
+                {
+                    admitted[u] += 1;
+                }
+            }
+            drop(rl);
+            admitted
+        }));
+    }
+    let mut admitted = [0u64; 5];
+    for task in tasks {
+        for (total, n) in admitted.iter_mut().zip(task.await.unwrap()) {
+            *total += n;
+        }
+    }
+    assert_eq!(
+        admitted.iter().sum::<u64>(),
+        30,
+        "the IP limit admits exactly its quota"
+    );
+    let rl = RateLimiterBuilder::new(local())
+        .redis_connection(redis.manager().await, settings())
+        .build()
+        .unwrap();
+    let policy = rl.redis().policy(set).unwrap();
+    let ip = RedisKey::try_from("192.0.2.7").unwrap();
+    for (u, n) in admitted.iter().enumerate() {
+        assert!(*n <= 10, "user{u} admitted {n}");
+        let user = RedisKey::try_from(format!("user{u}")).unwrap();
+        let d = policy.check_each(&[&ip, &user], 1).await.unwrap();
+        assert_eq!(d.limits()[0].remaining, 0);
+        assert_eq!(
+            d.limits()[1].remaining,
+            10 - n,
+            "user{u}: counted once per admitted request, never for a refused one"
+        );
+    }
+}
+
 /// Every key of a set shares the user key's hash tag, and every one carries a TTL.
 #[tokio::test]
 async fn a_sets_keys_share_one_hash_tag_and_expire() {
