@@ -108,6 +108,7 @@ mod key;
 mod policy;
 mod scripts;
 mod suppressed;
+mod usage;
 pub(crate) mod wire;
 
 use std::sync::Arc;
@@ -121,6 +122,7 @@ pub use check::RedisCheck;
 pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
+pub use usage::KeyUsage;
 
 use crate::clock::Clock;
 use crate::random::RandomSource;
