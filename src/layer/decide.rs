@@ -72,7 +72,11 @@ pub(crate) enum Pending {
     One(DecisionFuture, AwaitedRequest),
     /// A set; the extractors' keys.
     #[cfg(feature = "redis-tokio")]
-    Set(super::set::SetFuture, Box<[Key]>),
+    Set(
+        super::set::SetFuture,
+        Box<[Key]>,
+        Option<[f64; crate::policy::MAX_LIMITS]>,
+    ),
 }
 
 impl Pending {
@@ -84,9 +88,9 @@ impl Pending {
                 Poll::Ready(engine.finish(result, awaited))
             }
             #[cfg(feature = "redis-tokio")]
-            Pending::Set(decision, keys) => {
+            Pending::Set(decision, keys, counts) => {
                 let result = std::task::ready!(decision.as_mut().poll(cx));
-                Poll::Ready(engine.finish_set(result, keys))
+                Poll::Ready(engine.finish_set(result, keys, *counts))
             }
         }
     }

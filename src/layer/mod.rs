@@ -104,4 +104,4 @@ pub use layer::RateLimitLayer;
 pub use provider::Provider;
 pub use response::{Rejection, RejectionBody, RejectionFn, ViolatedPolicies};
 pub use service::RateLimitService;
-pub use set::LayerLimit;
+pub use set::{CountFn, LayerLimit};
