@@ -94,7 +94,12 @@ async fn redis_provider_limits_across_layers_and_writes_to_redis() {
     let resp = reqwest::get(&a).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["ratelimit-policy"], "\"default\";q=3;w=10");
-    assert_eq!(status(&b).await, StatusCode::OK);
+    // The script's reply carries the usage: `r` and `t` with no second round trip (the
+    // unit's bucket leaves the 10 s window within 10.1 s: t is capped at 10).
+    assert_eq!(resp.headers()["ratelimit"], "\"default\";r=2;t=10");
+    let resp = reqwest::get(&b).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["ratelimit"], "\"default\";r=1;t=10");
     assert_eq!(status(&a).await, StatusCode::OK);
     let resp = reqwest::get(&b).await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -182,14 +187,22 @@ async fn hybrid_provider_decides_locally_and_flushes_to_redis() {
         .key(GlobalKey::new("hybrid-global"))
         .rate(rate(0.5)) // 5 a window
         .provider(Provider::Hybrid)
+        .headers_on_allowed(true)
         .build()
         .unwrap();
     let url = serve(hello().layer(layer.clone())).await;
     // A new key admits one unit before its first refresh, then decides on its lease.
     assert_eq!(status(&url).await, StatusCode::OK);
     rl.hybrid().flush().await.unwrap();
-    for _ in 0..4 {
-        assert_eq!(status(&url).await, StatusCode::OK);
+    // Each admitted answer says what is left, from the hybrid's own state.
+    for left in (0..4).rev() {
+        let resp = reqwest::get(&url).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let field = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            field.starts_with(&format!("\"default\";r={left};t=")),
+            "{field}, want r={left}"
+        );
     }
     rl.hybrid().flush().await.unwrap();
     let resp = reqwest::get(&url).await.unwrap();

@@ -265,9 +265,10 @@ impl RateLimitLayerBuilder {
 
     /// Whether admitted responses carry `RateLimit-Policy` and `RateLimit` too (default
     /// false: only limited ones do). On an admitted response `r` is the quota left and `t`
-    /// is the window, the longest time until all of the current usage has expired. With the
-    /// Redis and hybrid providers admitted responses carry only `RateLimit-Policy`: the
-    /// usage would cost another round trip.
+    /// is the window, the longest time until all of the current usage has expired (local);
+    /// with the Redis and hybrid providers, the time until the key's usage next falls. The
+    /// decision itself carries the usage on every provider: no second lookup, no second
+    /// round trip.
     pub fn headers_on_allowed(mut self, on: bool) -> Self {
         self.headers_on_allowed = on;
         self
@@ -391,6 +392,7 @@ impl RateLimitLayerBuilder {
                         Backend::Async(Arc::new(super::provider::Networked {
                             limiter: self.limiter.clone(),
                             strategy: self.strategy,
+                            usage: self.headers_on_allowed,
                         }))
                     }
                 }

@@ -14,7 +14,8 @@ use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
 use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
-use super::fields::AdmittedHeaders;
+use super::fields::{AdmittedHeaders, Left};
+use super::headers;
 use super::headers::Prebuilt;
 use super::provider::{self, Backend, DecisionFuture};
 use super::response::{Rejection, RejectionBody};
@@ -126,7 +127,16 @@ impl DecisionEngine {
             // lookup: no second one for `RateLimit: r=`.
             Backend::Local(strategy) if self.headers_on_allowed => {
                 match provider::local_inc_with_used(&self.limiter, *strategy, &key, &rate, cost) {
-                    Ok((decision, used)) => self.verdict(decision, &key, rate, Some(used)),
+                    Ok((decision, used)) => {
+                        // The local store reports the usage after the call; `t` is then the
+                        // window, the longest until all of it has expired.
+                        let window_s = self.prebuilt.window_s;
+                        let left = Left {
+                            remaining: headers::quota(rate.get(), window_s).saturating_sub(used),
+                            reset_s: window_s,
+                        };
+                        self.verdict(decision, &key, rate, Some(left))
+                    }
                     Err(err) => self.misconfigured(&err),
                 }
             }
@@ -138,7 +148,14 @@ impl DecisionEngine {
             }
             #[cfg(feature = "redis-tokio")]
             Backend::Hybrid(strategy) => {
-                let result = provider::hybrid_inc(&self.limiter, *strategy, &key, &rate, cost);
+                let result = provider::hybrid_inc(
+                    &self.limiter,
+                    *strategy,
+                    &key,
+                    &rate,
+                    cost,
+                    self.headers_on_allowed,
+                );
                 self.finish(result, &AwaitedRequest { key, rate })
             }
             Backend::Async(p) => {
@@ -189,11 +206,11 @@ impl DecisionEngine {
     /// Turns a networked provider's answer into a verdict.
     pub(crate) fn finish(
         &self,
-        result: Result<RateLimitDecision, Error>,
+        result: Result<(RateLimitDecision, Option<Left>), Error>,
         awaited: &AwaitedRequest,
     ) -> Verdict {
         match result {
-            Ok(decision) => self.verdict(decision, &awaited.key, awaited.rate, None),
+            Ok((decision, left)) => self.verdict(decision, &awaited.key, awaited.rate, left),
             Err(err) => self.failed(err),
         }
     }
@@ -223,26 +240,26 @@ impl DecisionEngine {
         }
     }
 
-    /// `used`: the key's admitted usage after the call, where the provider knows it.
+    /// `left`: what the decision says is left of the key's quota, where it says.
     #[inline]
     fn verdict(
         &self,
         decision: RateLimitDecision,
         key: &Key,
         rate: RateLimit,
-        used: Option<u64>,
+        left: Option<Left>,
     ) -> Verdict {
         match decision {
             RateLimitDecision::Allowed => {
                 if !self.headers_on_allowed {
                     return Verdict::Pass(AdmittedHeaders::none());
                 }
-                Verdict::Pass(self.admitted(rate, used, None))
+                Verdict::Pass(self.admitted(rate, left, None))
             }
             RateLimitDecision::Suppressed {
                 is_allowed: true,
                 suppression_factor,
-            } => Verdict::Pass(self.admitted(rate, used, Some(suppression_factor))),
+            } => Verdict::Pass(self.admitted(rate, left, Some(suppression_factor))),
             RateLimitDecision::Rejected { retry_after_ms, .. } => {
                 Verdict::Reject(Box::new(self.limited(key, rate, retry_after_ms)))
             }
