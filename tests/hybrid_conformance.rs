@@ -199,3 +199,12 @@ async fn admitted_hybrid_decisions_carry_the_usage_of_their_view() {
     }
     assert_eq!(hybrid.stats().flush_errors, 0);
 }
+
+/// The multi-limit table, one hybrid instance refreshed before every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_set_table_with_a_refresh_before_each_call() {
+    let redis = TestRedis::get();
+    let conn = redis.manager().await;
+    support::conformance::run_set_table(&support::conformance::SetProvider::Hybrid(conn.into()))
+        .await;
+}

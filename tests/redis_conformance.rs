@@ -104,3 +104,16 @@ async fn admitted_redis_decisions_carry_the_usage_from_the_same_script() {
         assert!(!plain.unwrap().is_allowed());
     }
 }
+
+#[tokio::test]
+async fn local_provider_passes_the_set_table() {
+    support::conformance::run_set_table(&support::conformance::SetProvider::Local).await;
+}
+
+#[tokio::test]
+async fn redis_provider_passes_the_set_table() {
+    let redis = support::TestRedis::get();
+    let conn = redis.manager().await;
+    support::conformance::run_set_table(&support::conformance::SetProvider::Redis(conn.into()))
+        .await;
+}

@@ -118,6 +118,7 @@ mod fixtures;
 mod flush;
 mod key;
 mod mode;
+mod policy;
 mod stats;
 mod suppressed;
 mod usage;
@@ -126,6 +127,7 @@ mod walk;
 use std::sync::Arc;
 
 pub use crate::settings::SyncIntervalMs;
+pub use policy::HybridPolicy;
 pub use stats::HybridStats;
 
 use absolute::AbsoluteKey;
@@ -286,6 +288,17 @@ impl HybridRateLimiter {
     /// limit.
     pub fn suppressed(&self) -> &SuppressedHybridRateLimiter {
         &self.suppressed
+    }
+
+    /// A [`LimitSet`](crate::policy::LimitSet) decided by this provider: from memory, every
+    /// limit admitting a request or none counting it, the counts batched to Redis by the
+    /// committer (see [`HybridPolicy`]).
+    ///
+    /// # Errors
+    /// [`Error::RedisNotConfigured`] on a limiter built without Redis.
+    pub fn policy(&self, set: crate::policy::LimitSet) -> Result<HybridPolicy, Error> {
+        let shared = core_of(&self.shared)?;
+        Ok(HybridPolicy::new(shared.clone(), set))
     }
 
     /// The committer's counters (all zero without Redis).
