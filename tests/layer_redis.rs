@@ -335,3 +335,42 @@ async fn redis_limit_sets_are_all_or_nothing_across_limiters() {
     let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(body["violated-policies"], serde_json::json!(["ip"]));
 }
+
+/// A limit set on the hybrid provider: decided from memory in the call, refusals that list
+/// every policy, and the admitted count within the hybrid's bound.
+#[tokio::test]
+async fn hybrid_limit_sets_decide_in_memory() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("layer-hset");
+    let rl = limiter(redis.url(), &prefix).await;
+    let layer = RateLimitLayer::builder(rl.clone())
+        .key(GlobalKey::new("hybrid-set"))
+        .limits("short = 3/min; long = 5/h".parse().unwrap())
+        .provider(Provider::Hybrid)
+        .headers_on_allowed(true)
+        .problem_json()
+        .build()
+        .unwrap();
+    let url = serve(hello().layer(layer.clone())).await;
+    let mut admitted = 0;
+    for _ in 0..8 {
+        let resp = reqwest::get(&url).await.unwrap();
+        assert_eq!(
+            resp.headers()["ratelimit-policy"],
+            "\"short\";q=3;w=60, \"long\";q=5;w=3600"
+        );
+        match resp.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let body: serde_json::Value =
+                    serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+                assert_eq!(body["violated-policies"], serde_json::json!(["short"]));
+            }
+            other => panic!("{other}"),
+        }
+        rl.hybrid().flush().await.unwrap();
+    }
+    // One instance, flushed after every call: exactly the short limit's 3.
+    assert_eq!(admitted, 3);
+    assert_eq!(layer.provider_errors(), 0);
+}

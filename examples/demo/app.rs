@@ -137,15 +137,7 @@ pub fn app(
         .strategy(Strategy::Suppressed)
         .policy_name("feed")
         .build()?;
-    // Limit sets are on the local and Redis providers; with `--hybrid`, `/search` is decided
-    // on the hybrid limiter's Redis.
-    let search_provider = match provider {
-        #[cfg(feature = "redis-tokio")]
-        Provider::Hybrid => Provider::Redis,
-        p => p,
-    };
     let search = base
-        .provider(search_provider)
         .key(HeaderKey::new(API_KEY))
         .limits(search_limits()?)
         .headers_on_allowed(true)

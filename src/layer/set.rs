@@ -2,7 +2,7 @@
 //! own key, and the fields that list every policy of the set.
 //!
 //! The set is decided by the provider's limit-set machinery (`rl.local().policy(set)`,
-//! `rl.redis().policy(set)`): a request is admitted iff every limit admits it, and a request
+//! `rl.redis().policy(set)`, `rl.hybrid().policy(set)`): a request is admitted iff every limit admits it, and a request
 //! any limit refuses counts in none. The fields, after draft-ietf-httpapi-ratelimit-headers-10:
 //!
 //! - `RateLimit-Policy` lists every policy: `"burst";q=3;w=1, "minute";q=10;w=60`.
@@ -110,6 +110,9 @@ pub(crate) enum SetBackend {
     Local(LocalPolicy),
     #[cfg(feature = "redis-tokio")]
     Redis(crate::redis::RedisPolicy),
+    /// Decided from memory in the call, like the local provider.
+    #[cfg(feature = "redis-tokio")]
+    Hybrid(crate::hybrid::HybridPolicy),
 }
 
 /// A boxed set decision from Redis.
@@ -211,14 +214,7 @@ impl SetEngine {
             #[cfg(feature = "redis-tokio")]
             Provider::Redis => SetBackend::Redis(limiter.redis().policy(set)?),
             #[cfg(feature = "redis-tokio")]
-            Provider::Hybrid => {
-                return Err(Error::invalid(
-                    "RateLimitLayer provider",
-                    "Provider::Hybrid with limits",
-                    "several limits on one layer work on Provider::Local and Provider::Redis; \
-                     the hybrid's limit sets are not in this version",
-                ));
-            }
+            Provider::Hybrid => SetBackend::Hybrid(limiter.hybrid().policy(set)?),
         };
         Ok(SetEngine {
             extractors: extractors.into(),
@@ -379,6 +375,14 @@ impl DecisionEngine {
                 }
             }
             #[cfg(feature = "redis-tokio")]
+            SetBackend::Hybrid(policy) => {
+                let result = hybrid_set_inc(set, policy, &keys, counts.as_ref(), cost);
+                match result {
+                    Ok(d) => self.set_verdict(set, &d, &keys, counts.as_ref()),
+                    Err(err) => self.failed(err),
+                }
+            }
+            #[cfg(feature = "redis-tokio")]
             SetBackend::Redis(policy) => {
                 let owned: Box<[Key]> = keys[..set.extractors.len()]
                     .iter()
@@ -490,6 +494,30 @@ impl DecisionEngine {
                 Verdict::Reject(Box::new(response))
             }
         }
+    }
+}
+
+/// The hybrid set decision: synchronous, no I/O.
+#[cfg(feature = "redis-tokio")]
+fn hybrid_set_inc(
+    set: &SetEngine,
+    policy: &crate::hybrid::HybridPolicy,
+    keys: &[Option<Key>],
+    counts: Option<&[f64; MAX_LIMITS]>,
+    cost: u64,
+) -> Result<SetDecision, Error> {
+    let redis_keys = keys[..set.extractors.len()]
+        .iter()
+        .map(|k| super::provider::redis_key(k.as_ref().expect("every extractor ran")))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let refs: Vec<_> = set.key_of[..set.len]
+        .iter()
+        .map(|k| &redis_keys[usize::from(*k)])
+        .collect();
+    match counts {
+        Some(c) => policy.inc_with(&refs, &c[..set.len], cost),
+        None if redis_keys.len() == 1 => policy.inc(&redis_keys[0], cost),
+        None => policy.inc_each(&refs, cost),
     }
 }
 
