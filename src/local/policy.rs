@@ -461,15 +461,7 @@ impl<const N: usize> Set<N> {
             return;
         }
         self.settle(
-            windows,
-            decision,
-            &verdicts,
-            &totals,
-            &oldest,
-            quotas,
-            now,
-            cost,
-            record,
+            windows, decision, &verdicts, &totals, &oldest, quotas, now, cost, record,
         );
     }
 
