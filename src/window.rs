@@ -349,6 +349,13 @@ impl<C: Counts> Window<C> {
         self.newest.counts.is_zero()
     }
 
+    /// The oldest live bucket's id (what [`buckets`](Self::buckets) yields first), without
+    /// walking; `None` when the window is empty. Limit sets read it for their `reset_ms`.
+    #[inline]
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        (!self.is_empty()).then(|| self.oldest_id())
+    }
+
     /// Drops the buckets that no longer count at `now_ms`.
     #[inline]
     pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {

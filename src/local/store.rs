@@ -240,13 +240,16 @@ impl<S> Locked<'_, S> {
     }
 }
 
+/// A shard's table, locked.
+type ShardGuard<'a, S> = spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>;
+
 /// Several keys' shards of one store, locked together: for a caller that decides on several
 /// keys at once (a limit set whose limits have different keys). Each shard is locked once, in
 /// the order of the shards' addresses, the one order every such caller uses; a one-key
 /// caller holds one lock and waits for no other, so no two callers ever wait on each other.
 pub(crate) struct LockedKeys<'a, S, const N: usize> {
     /// One guard per distinct shard, in locking order.
-    guards: [Option<spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>>; N],
+    guards: [Option<ShardGuard<'a, S>>; N],
     /// Key `i`'s hash and the guard of its shard.
     at: [(u64, usize); N],
     hasher: &'a Hasher,
