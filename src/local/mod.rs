@@ -82,6 +82,8 @@ impl From<&LocalRateLimiterOptions> for WindowOptions {
 pub struct LocalRateLimiter {
     absolute: AbsoluteLocalRateLimiter,
     suppressed: SuppressedLocalRateLimiter,
+    /// The limit sets made by [`policy`](Self::policy), swept by [`cleanup`](Self::cleanup).
+    policies: policy::Registry,
 }
 
 impl LocalRateLimiter {
@@ -93,6 +95,7 @@ impl LocalRateLimiter {
             suppressed: SuppressedLocalRateLimiter {
                 keys: LocalKeys::new(settings, clock, random),
             },
+            policies: policy::Registry::default(),
         }
     }
 
@@ -108,18 +111,22 @@ impl LocalRateLimiter {
 
     /// A [`LimitSet`](crate::policy::LimitSet) decided on this provider, with this limiter's
     /// clock and random source: every limit admits a request or none counts it.
+    /// Its keys are swept by [`cleanup`](Self::cleanup) while the policy lives.
     pub fn policy(&self, set: crate::policy::LimitSet) -> LocalPolicy {
-        LocalPolicy::new(
+        let policy = LocalPolicy::new(
             set,
             self.absolute.keys.clock.clone(),
             self.suppressed.keys.random.clone(),
-        )
+        );
+        self.policies.add(&policy);
+        policy
     }
 
-    /// Drops every key with no usage left in its window; returns how many were dropped.
+    /// Drops every key with no usage left in its window (and those of the limit sets made by
+    /// [`policy`](Self::policy) too); returns how many were dropped.
     /// [`RateLimiter::run_cleanup_loop`](crate::RateLimiter::run_cleanup_loop) calls this.
     pub fn cleanup(&self) -> usize {
-        self.absolute.keys.cleanup() + self.suppressed.keys.cleanup()
+        self.absolute.keys.cleanup() + self.suppressed.keys.cleanup() + self.policies.cleanup()
     }
 }
 
