@@ -11,8 +11,9 @@ use compact_str::CompactString;
 use super::core::HybridCore;
 use super::key::Job;
 use super::mode::{Refresh, View};
+use super::policy::Dest;
 use crate::Error;
-use crate::redis::{RedisKey, StrategyTag, TimeSource, wire};
+use crate::redis::{TimeSource, wire};
 use crate::window::Usage;
 
 /// Keys per pipeline: a cycle with more dirty keys sends several pipelines at once.
@@ -27,8 +28,9 @@ const SCRIPT_SOURCE: &str = concat!(
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
 
-/// One key's part of a cycle: its name, strategy and what to send.
-pub(super) type KeyJob = (CompactString, StrategyTag, Job<Usage>);
+/// One key's part of a cycle: its name, where it goes (a strategy's key or a limit's) and
+/// what to send.
+pub(super) type KeyJob = (CompactString, Dest, Job<Usage>);
 
 impl HybridCore {
     /// One chunk's round trip: a pipeline on a single server; on a cluster (where a
@@ -50,7 +52,7 @@ impl HybridCore {
             pipe.cmd("SCRIPT").arg("LOAD").arg(SCRIPT_SOURCE).ignore();
         }
         for (key, strategy, job) in chunk {
-            pipe.add_command(self.command(key, *strategy, job, server_now));
+            pipe.add_command(self.command(key, strategy, job, server_now));
         }
         let reply = self.core.conn.pipeline::<Vec<Value>>(&pipe).await;
         match &reply {
@@ -71,7 +73,7 @@ impl HybridCore {
     ) -> Result<Vec<Result<Value, Error>>, Error> {
         let commands: Vec<Cmd> = chunk
             .iter()
-            .map(|(key, strategy, job)| self.command(key, *strategy, job, server_now))
+            .map(|(key, dest, job)| self.command(key, dest, job, server_now))
             .collect();
         let replies = futures_util::future::join_all(
             commands
@@ -82,15 +84,8 @@ impl HybridCore {
         Ok(replies)
     }
 
-    fn command(&self, key: &str, strategy: StrategyTag, job: &Job<Usage>, server_now: u64) -> Cmd {
-        let (names, lease) = match RedisKey::try_from(key) {
-            Ok(k) => (
-                self.core.keys.names(&k, strategy),
-                self.core.keys.lease(&k, strategy),
-            ),
-            // Keys are checked before they are stored.
-            Err(_) => Default::default(),
-        };
+    fn command(&self, key: &str, dest: &Dest, job: &Job<Usage>, server_now: u64) -> Cmd {
+        let target = dest.target(self, key);
         let now = match &self.core.time {
             TimeSource::Server => None,
             TimeSource::TestClock(_) => Some(server_now),
@@ -99,15 +94,15 @@ impl HybridCore {
         cmd.arg(SCRIPT.get_hash());
         wire::head(
             &mut cmd,
-            &[&names.buckets, &names.hash, &lease],
+            &[&target.names.buckets, &target.names.hash, &target.lease],
             now,
-            &self.settings.grid,
-            strategy.tag(),
+            target.grid,
+            target.tag.tag(),
         );
         wire::flush(
             &mut cmd,
             &wire::Flush {
-                tag: strategy,
+                tag: target.tag,
                 instance: &self.instance,
                 seq: job.seq,
                 lease_ttl_ms: self.lease_ttl_ms,
@@ -115,7 +110,7 @@ impl HybridCore {
                 cap: job.cap,
                 wanted: job.wanted,
                 held: job.held,
-                hard_limit_factor: self.settings.suppression.hard_limit_factor,
+                hard_limit_factor: target.hard_limit_factor,
                 buckets: &job.buckets,
             },
         );
@@ -132,7 +127,7 @@ impl HybridCore {
     ) -> bool {
         let mut all_good = true;
         let mut lost_keys = 0u64;
-        for ((key, strategy, job), value) in chunk.iter().zip(values) {
+        for ((key, dest, job), value) in chunk.iter().zip(values) {
             let mut parsed = match value
                 .as_ref()
                 .map_err(|e| e.to_string())
@@ -179,24 +174,11 @@ impl HybridCore {
                 at: u64::try_from(parsed.server_now).unwrap_or(0),
                 valid_until: sent + self.lease_ttl_ms,
             };
-            let mut refresh = Refresh {
+            let refresh = Refresh {
                 view,
                 oldest: std::mem::take(&mut parsed.oldest),
             };
-            let grid = &self.settings.grid;
-            let lost = match strategy {
-                StrategyTag::Absolute => self.absolute.peek(key.as_str(), |s| {
-                    let lost = s.floor_to_own(grid, &mut refresh.view);
-                    s.refreshed(job.seq, refresh);
-                    lost
-                }),
-                StrategyTag::Suppressed => self.suppressed.peek(key.as_str(), |s| {
-                    let lost = s.floor_to_own(grid, &mut refresh.view);
-                    s.refreshed(job.seq, refresh);
-                    lost
-                }),
-            };
-            lost_keys += u64::from(lost == Some(true));
+            lost_keys += u64::from(dest.refreshed(self, key, job.seq, refresh));
         }
         if lost_keys > 0 {
             tracing::warn!(

@@ -224,6 +224,20 @@ impl<S> Locked<'_, S> {
             }
         }
     }
+
+    /// The key's state, created by `create` if the key is new (the hybrid limit sets, whose
+    /// states are built from the call).
+    #[cfg(feature = "redis-tokio")]
+    #[inline]
+    pub(crate) fn get_or_insert_with(&mut self, key: &str, create: impl FnOnce() -> S) -> &mut S {
+        let hasher = self.hasher;
+        &mut self
+            .table
+            .entry(self.hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str()))
+            .or_insert_with(|| (CompactString::from(key), create()))
+            .into_mut()
+            .1
+    }
 }
 
 /// Several keys' shards of one store, locked together: for a caller that decides on several

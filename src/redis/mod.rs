@@ -133,6 +133,7 @@ mod key;
 mod policy;
 mod scripts;
 mod suppressed;
+mod usage;
 pub(crate) mod wire;
 
 use std::sync::Arc;
@@ -149,6 +150,7 @@ pub use connection::{
 };
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
+pub use usage::KeyUsage;
 
 use crate::clock::Clock;
 use crate::random::RandomSource;
