@@ -606,3 +606,44 @@ impl ConnectionLike for Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_load_follows_the_latest_evalsha_to_its_slot() {
+        let mut evalsha = ::redis::cmd("EVALSHA");
+        evalsha
+            .arg("abc")
+            .arg(2)
+            .arg("p:{user}:a:b")
+            .arg("p:{user}:a:h")
+            .arg(7);
+        assert_eq!(
+            script_routing(&evalsha),
+            (
+                Some(Route::with_key("p:{user}:a:b", SlotAddr::Master)),
+                false
+            )
+        );
+        let mut lower = ::redis::cmd("evalsha");
+        lower.arg("abc").arg(1).arg("k");
+        assert_eq!(
+            script_routing(&lower),
+            (Some(Route::with_key("k", SlotAddr::Master)), false)
+        );
+        let mut load = ::redis::cmd("SCRIPT");
+        load.arg("LOAD").arg("return 1");
+        assert_eq!(script_routing(&load), (None, true));
+        let mut flush = ::redis::cmd("script");
+        flush.arg("flush");
+        assert_eq!(script_routing(&flush), (None, false));
+        let mut keyless = ::redis::cmd("EVALSHA");
+        keyless.arg("abc").arg(0);
+        assert_eq!(script_routing(&keyless), (None, false));
+        let mut get = ::redis::cmd("GET");
+        get.arg("k");
+        assert_eq!(script_routing(&get), (None, false));
+    }
+}

@@ -96,6 +96,16 @@
 //! increments and is tried again the next sync interval, as after any failed flush. On a
 //! Redis Cluster connection there is no breaker (one node down must not fail the keys of
 //! the others): calls wait out the deadline as before.
+//!
+//! # Failover: Redis Cluster and Sentinel
+//! Build a cluster connection with [`RedisConnection::cluster`] (from a `ClusterClient`)
+//! and a Sentinel-managed one with [`RedisConnection::sentinel`]: once calls have had no
+//! answer for [`CLUSTER_REBUILD_AFTER`] (1 s), the limiter makes a new connection (from the
+//! client, or to the master the sentinels name now), so decisions resume about a second
+//! after a failover's promotion. On a cluster a script missing on a node (a promoted
+//! replica) is loaded on that node alone, never on every node (one of which may be dead).
+//! Run a cluster with `cluster-require-full-coverage no` so that the healthy shards keep
+//! answering while one has no master.
 
 //! # Lost data
 //! Redis is the only record the Redis provider has: when a key's data is lost (`FLUSHALL`,
