@@ -64,6 +64,96 @@ impl std::fmt::Display for SyncIntervalMs {
     }
 }
 
+/// A cap on the keys a limiter holds in memory, and what a new key gets once it is reached.
+///
+/// Set with [`RateLimiterBuilder::key_budget`](crate::RateLimiterBuilder::key_budget) (or
+/// [`max_keys`](crate::RateLimiterBuilder::max_keys) for the default policy,
+/// [`WhenFull::Refuse`]). The cap counts the keys of the local provider and of the hybrid
+/// provider's in-memory state together; each strategy keeps its own keys, so a key used
+/// with both strategies counts twice. [`RateLimiter::key_count`](crate::RateLimiter::key_count)
+/// reads the count. Limit sets (`rl.local().policy(..)`) keep their own keys outside the
+/// budget.
+///
+/// Whatever the policy, **spraying new keys never resets a limited key**: a full budget
+/// refuses or redirects new keys, or evicts only keys that are idle or use at most half of
+/// their capacity, never one that refuses calls or is near its limit.
+///
+/// # Memory
+/// A local key costs about 128 bytes (absolute) or 160 bytes (suppressed) while it holds one
+/// bucket, plus 16 to 24 bytes per further live bucket, and a key longer than 24 bytes adds
+/// its length; see the README's memory table (`cargo bench -p sluicegate-benches --bench
+/// spray`) for measured figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyBudget {
+    max_keys: usize,
+    when_full: WhenFull,
+}
+
+/// What a new key gets while the [`KeyBudget`] is full (existing keys are decided as ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// The new key's call is refused: `try_inc` returns [`Error::KeyBudgetFull`] (and the
+    /// layer answers it by its `ProviderErrorPolicy`); the infallible local `inc` answers
+    /// absolute `Rejected` with a retry after one window (by then cleanup may have freed
+    /// keys) or suppressed `Suppressed { suppression_factor: 1.0, is_allowed: false }`.
+    /// Nothing is recorded and no key is created.
+    #[default]
+    Refuse,
+    /// Every new key shares one overflow key per strategy, decided with the call's own
+    /// rate: a spray of new keys is limited as one client, and keys already held are
+    /// untouched. The overflow key is one key beyond the budget. The hybrid provider
+    /// refuses instead (as [`Refuse`](Self::Refuse)): its keys are Redis keys, and an
+    /// overflow key would mix clients across instances.
+    Overflow,
+    /// A held key goes to make room: first one whose window is empty, else one whose usage
+    /// is at most half of its capacity (its usage is forgotten: it starts again at zero),
+    /// looked for in the new key's shard of the table and a few neighbouring shards. A key
+    /// that refuses calls or holds more than half of its capacity is never evicted; when no
+    /// key may go, the new key is refused as with [`Refuse`](Self::Refuse). The hybrid
+    /// provider evicts only keys cleanup would drop (nothing unsent, no live lease).
+    Evict,
+}
+
+impl KeyBudget {
+    /// At most `max_keys` keys (at least 1, checked by
+    /// [`build`](crate::RateLimiterBuilder::build)); new keys past it are refused.
+    pub const fn new(max_keys: usize) -> Self {
+        KeyBudget {
+            max_keys,
+            when_full: WhenFull::Refuse,
+        }
+    }
+
+    /// The policy for new keys once the budget is full.
+    #[must_use]
+    pub const fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// The most keys held.
+    pub const fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// The policy once full.
+    pub const fn policy(&self) -> WhenFull {
+        self.when_full
+    }
+
+    /// Checks the cap.
+    pub(crate) fn checked(self) -> Result<Self, Error> {
+        if self.max_keys == 0 {
+            return Err(Error::invalid(
+                "KeyBudget::max_keys",
+                0,
+                "must be at least 1 key",
+            ));
+        }
+        Ok(self)
+    }
+}
+
 /// The four window settings as the options spell them (local and Redis options alike).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct WindowOptions {

@@ -210,6 +210,7 @@ fn decide_on<K>(
     keys: impl FnOnce(&HybridCore) -> &KeyStore<K>,
     create: impl FnOnce(f64, f64, u64) -> K,
     decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> RateLimitDecision,
+    idle: impl FnMut(&mut K, &crate::window::WindowGrid, Now) -> bool,
 ) -> Result<RateLimitDecision, Error> {
     let core = core_of(core)?;
     let rate = rate.get();
@@ -222,11 +223,17 @@ fn decide_on<K>(
         cap,
     };
     let conditions = core.conditions();
-    Ok(keys(core).with(
+    let mut idle = idle;
+    // Under a full key budget only keys cleanup would drop may make room.
+    Ok(keys(core).try_with(
         key.as_str(),
         || create(rate, cap, now.local),
         |state| decide(state, core, &conditions, now, call),
-    ))
+        |state| match idle(state, &core.settings.grid, now) {
+            true => crate::local::store::Spare::Idle,
+            false => crate::local::store::Spare::Keep,
+        },
+    )?)
 }
 
 /// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
@@ -241,9 +248,20 @@ pub struct HybridRateLimiter {
 }
 
 impl HybridRateLimiter {
-    pub(crate) fn new(core: Option<&Arc<Core>>, clock: Time, max_pending_buckets: usize) -> Self {
-        let shared =
-            core.map(|core| Arc::new(HybridCore::new(core.clone(), clock, max_pending_buckets)));
+    pub(crate) fn new(
+        core: Option<&Arc<Core>>,
+        clock: Time,
+        max_pending_buckets: usize,
+        keys: &Arc<crate::local::store::KeyCount>,
+    ) -> Self {
+        let shared = core.map(|core| {
+            Arc::new(HybridCore::new(
+                core.clone(),
+                clock,
+                max_pending_buckets,
+                keys,
+            ))
+        });
         if let Some(shared) = &shared {
             // Inside a runtime already: start now, so the first call finds a lease sooner.
             shared.start();
@@ -332,6 +350,7 @@ impl AbsoluteHybridRateLimiter {
             |core| &core.absolute,
             AbsoluteKey::new,
             |state, _, conditions, now, call| state.inc(conditions, now, call),
+            AbsoluteKey::idle,
         )
     }
 
@@ -382,6 +401,7 @@ impl SuppressedHybridRateLimiter {
             |state, core, conditions, now, call| {
                 state.inc(conditions, now, call, || core.core.random.next_f64())
             },
+            SuppressedKey::idle,
         )
     }
 
