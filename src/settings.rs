@@ -105,9 +105,10 @@ pub enum WhenFull {
     /// refuses instead (as [`Refuse`](Self::Refuse)): its keys are Redis keys, and an
     /// overflow key would mix clients across instances.
     Overflow,
-    /// A held key goes to make room: first one whose window is empty, else one whose usage
-    /// is at most half of its capacity (its usage is forgotten: it starts again at zero),
-    /// looked for in the new key's shard of the table and a few neighbouring shards. A key
+    /// A held key goes to make room: one whose window is empty if one is among the first
+    /// 16 keys looked at, else the first whose usage is at most half of its capacity (its
+    /// usage is forgotten: it starts again at zero) among the first 512, looked for from the
+    /// new key's part of the table on (parts locked by other calls are passed over). A key
     /// that refuses calls or holds more than half of its capacity is never evicted; when no
     /// key may go, the new key is refused as with [`Refuse`](Self::Refuse). The hybrid
     /// provider evicts only keys cleanup would drop (nothing unsent, no live lease).

@@ -60,6 +60,10 @@ const SHRINK_MAX: usize = 8192;
 /// every key.
 const EVICT_EXAMINE: usize = 512;
 
+/// How many of its own shard's keys [`WhenFull::Evict`] examines for an idle key before it
+/// settles for the first idle or light one.
+const EVICT_IDLE_LOOK: usize = 16;
+
 /// The keys a limiter's stores hold together, and their budget.
 #[derive(Debug, Default)]
 pub(crate) struct KeyCount {
@@ -320,57 +324,68 @@ impl<S> KeyStore<S> {
             }
             WhenFull::Evict => {
                 // The evicted key's place in the count goes to the new key.
-                if self.evict_for(&mut table, hash, spare) {
-                    Ok(self.insert_counted(&mut table, hash, key, create, f))
-                } else {
-                    Err(full)
+                if !self.evict_for(&mut table, hash, spare) {
+                    return Err(full);
                 }
+                // A removal can leave a tombstone, and a table short of free slots grows on
+                // the next insert even though it holds no more keys than before: give such
+                // growth back at once (a no-op unless the table is oversized), so keys
+                // churning under a full budget do not double the memory the budget costs.
+                let hasher = &self.hasher;
+                table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
+                Ok(self.insert_counted(&mut table, hash, key, create, f))
             }
         }
     }
 
-    /// Evicts one key that `spare` lets go, idle ones first: from `own` (the new key's shard,
-    /// locked) and then from the shards after it whose lock is free (a held lock is skipped,
-    /// never waited for, so two evictions never wait on each other), until
-    /// [`EVICT_EXAMINE`] keys were examined. Whether a key went.
+    /// Evicts one key that `spare` lets go: an idle one among the first [`EVICT_IDLE_LOOK`]
+    /// keys examined, else the first idle or light one among the first [`EVICT_EXAMINE`].
+    /// Keys are examined in `own` (the new key's shard, locked) and then in the shards after
+    /// it whose lock is free (a held lock is skipped, never waited for, so two evictions
+    /// never wait on each other). Whether a key went.
     fn evict_for(
         &self,
         own: &mut HashTable<(CompactString, S)>,
         hash: u64,
         mut spare: impl FnMut(&mut S) -> Spare,
     ) -> bool {
+        let examined = Cell::new(0usize);
+        let mut take = |table: &mut HashTable<(CompactString, S)>, limit: usize, light: bool| {
+            table
+                .extract_if(|e| {
+                    if examined.get() >= limit {
+                        return false;
+                    }
+                    examined.set(examined.get() + 1);
+                    match spare(&mut e.1) {
+                        Spare::Idle => true,
+                        Spare::Light => light,
+                        Spare::Keep => false,
+                    }
+                })
+                .next()
+                .is_some()
+        };
         let first = self.shard_index(hash);
-        for wanted in [Spare::Idle, Spare::Light] {
-            let examined = Cell::new(0usize);
-            let mut take = |table: &mut HashTable<(CompactString, S)>| {
-                table
-                    .extract_if(|e| {
-                        if examined.get() == EVICT_EXAMINE {
-                            return false;
-                        }
-                        examined.set(examined.get() + 1);
-                        let class = spare(&mut e.1);
-                        class == Spare::Idle || class == wanted
-                    })
-                    .next()
-                    .is_some()
-            };
-            if take(own) {
+        let mut search = |limit: usize, light: bool| {
+            examined.set(0);
+            if take(&mut *own, limit, light) {
                 return true;
             }
             for step in 1..self.shards.len() {
+                if examined.get() >= limit {
+                    break;
+                }
                 let index = (first + step) & (self.shards.len() - 1);
                 if let Some(mut table) = self.shards[index].0.try_lock()
-                    && take(&mut table)
+                    && take(&mut table, limit, light)
                 {
                     return true;
                 }
-                if examined.get() == EVICT_EXAMINE {
-                    break;
-                }
             }
-        }
-        false
+            false
+        };
+        search(EVICT_IDLE_LOOK, false) || search(EVICT_EXAMINE, true)
     }
 
     /// Locks the key's shard and keeps it locked until the returned guard drops: for a caller
