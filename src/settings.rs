@@ -106,7 +106,7 @@ pub enum WhenFull {
     /// overflow key would mix clients across instances.
     Overflow,
     /// A held key goes to make room: one whose window is empty if one is among the first
-    /// 16 keys looked at, else the first whose usage is at most half of its capacity (its
+    /// 4 keys looked at, else the first whose usage is at most half of its capacity (its
     /// usage is forgotten: it starts again at zero) among the first 512, looked for from the
     /// new key's part of the table on (parts locked by other calls are passed over). A key
     /// that refuses calls or holds more than half of its capacity is never evicted; when no

@@ -62,7 +62,7 @@ const EVICT_EXAMINE: usize = 512;
 
 /// How many of its own shard's keys [`WhenFull::Evict`] examines for an idle key before it
 /// settles for the first idle or light one.
-const EVICT_IDLE_LOOK: usize = 16;
+const EVICT_IDLE_LOOK: usize = 4;
 
 /// The keys a limiter's stores hold together, and their budget.
 #[derive(Debug, Default)]
