@@ -78,7 +78,13 @@ async fn redis_decides_every_call_as_the_local_provider() {
     for call in 0..1_500 {
         // Mostly a few calls a second per key; now and then a pause that empties the short
         // windows, so every limit admits, refuses and sheds in turn.
-        clock.advance(if call % 40 == 39 { 12_000 } else { next(400) });
+        // A third of the calls come at the same instant as the one before: every limit's
+        // open bucket is then the bucket of now, the script's hot path.
+        clock.advance(match (call % 40, next(3)) {
+            (39, _) => 12_000,
+            (_, 0) => 0,
+            _ => next(400),
+        });
         let key = ["a", "b"][next(2) as usize];
         let cost = 1 + next(3);
         let want = local.inc(key, cost).unwrap();
@@ -160,6 +166,71 @@ async fn four_instances_never_push_a_limit_over_its_quota() {
     );
 }
 
+/// Four limiter instances (each its own connection) share a per-IP limit while each user
+/// key has its own: the IP limit admits exactly its quota, no user key exceeds its own, and
+/// every limit counted exactly the admitted requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_share_an_ip_limit_exactly() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("policy4each");
+    let set: LimitSet = "ip = 30/m; user = 10/m".parse().unwrap();
+    let settings = || support::redis_settings(&local(), &prefix, SyncIntervalMs::default());
+    let mut tasks = Vec::new();
+    for instance in 0..4u64 {
+        let rl = RateLimiterBuilder::new(local())
+            .redis_connection(redis.manager().await, settings())
+            .build()
+            .unwrap();
+        let policy = rl.redis().policy(set.clone()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let ip = RedisKey::try_from("192.0.2.7").unwrap();
+            let mut admitted = [0u64; 5];
+            for i in 0..60u64 {
+                let u = ((instance + i) % 5) as usize;
+                let user = RedisKey::try_from(format!("user{u}")).unwrap();
+                if policy
+                    .inc_each(&[&ip, &user], 1)
+                    .await
+                    .unwrap()
+                    .is_allowed()
+                {
+                    admitted[u] += 1;
+                }
+            }
+            drop(rl);
+            admitted
+        }));
+    }
+    let mut admitted = [0u64; 5];
+    for task in tasks {
+        for (total, n) in admitted.iter_mut().zip(task.await.unwrap()) {
+            *total += n;
+        }
+    }
+    assert_eq!(
+        admitted.iter().sum::<u64>(),
+        30,
+        "the IP limit admits exactly its quota"
+    );
+    let rl = RateLimiterBuilder::new(local())
+        .redis_connection(redis.manager().await, settings())
+        .build()
+        .unwrap();
+    let policy = rl.redis().policy(set).unwrap();
+    let ip = RedisKey::try_from("192.0.2.7").unwrap();
+    for (u, n) in admitted.iter().enumerate() {
+        assert!(*n <= 10, "user{u} admitted {n}");
+        let user = RedisKey::try_from(format!("user{u}")).unwrap();
+        let d = policy.check_each(&[&ip, &user], 1).await.unwrap();
+        assert_eq!(d.limits()[0].remaining, 0);
+        assert_eq!(
+            d.limits()[1].remaining,
+            10 - n,
+            "user{u}: counted once per admitted request, never for a refused one"
+        );
+    }
+}
+
 /// Every key of a set shares the user key's hash tag, and every one carries a TTL.
 #[tokio::test]
 async fn a_sets_keys_share_one_hash_tag_and_expire() {
@@ -233,4 +304,83 @@ async fn one_key_per_limit_on_one_server() {
         "api3 was refused by the IP limit every time and was charged nothing"
     );
     assert!(p.inc_each(&[&ip], 1).await.is_err(), "one key per limit");
+}
+
+/// Per-call quotas on Redis: the same random calls with a count resolved per call (a plan
+/// per key, and now and then a plan change) get the same answers as on the local provider,
+/// on one key and on one key per limit; a bad count is refused before any round trip.
+#[tokio::test]
+async fn per_call_quotas_decide_as_the_local_provider() {
+    let redis = support::TestRedis::get();
+    let clock = ManualClock::new(1_000_000);
+    let rl = on_clock(&redis, &clock).await;
+    let local = rl.local().policy(set());
+    let remote = rl.redis().policy(set()).unwrap();
+    let mut rng = 7u64;
+    let mut next = |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut seen = [0usize; 3];
+    for call in 0..1_200 {
+        clock.advance(match (call % 40, next(3)) {
+            (39, _) => 12_000,
+            (_, 0) => 0,
+            _ => next(400),
+        });
+        let user = ["pro_a", "b"][next(2) as usize];
+        let ip = ["ip1", "ip2"][next(2) as usize];
+        // Plans: pro_ keys get 3x the set's counts; one call in ten under a changed plan.
+        let scale = if user.starts_with("pro_") { 3.0 } else { 1.0 }
+            * if next(10) == 0 { 0.5 } else { 1.0 };
+        let counts: Vec<f64> = set()
+            .iter()
+            .map(|l| (l.quota().count() * scale).max(1.0))
+            .collect();
+        let cost = 1 + next(3);
+        let keys = [ip, user, user];
+        let want = local.inc_with(&keys, &counts, cost).unwrap();
+        let rkeys: Vec<RedisKey> = keys
+            .iter()
+            .map(|k| RedisKey::try_from(*k).unwrap())
+            .collect();
+        let rkeys: Vec<&RedisKey> = rkeys.iter().collect();
+        let got = remote.inc_with(&rkeys, &counts, cost).await.unwrap();
+        assert_eq!(
+            got, want,
+            "call {call}: keys {keys:?}, counts {counts:?}, cost {cost}"
+        );
+        seen[want.outcome() as usize] += 1;
+        if call % 100 == 0 {
+            let want = local.check_with(&keys, &counts, 1).unwrap();
+            assert_eq!(remote.check_with(&rkeys, &counts, 1).await.unwrap(), want);
+        }
+    }
+    assert!(
+        seen.iter().all(|n| *n > 50),
+        "every outcome reached: {seen:?}"
+    );
+    let k = RedisKey::try_from("a").unwrap();
+    let err = remote
+        .inc_with(&[&k, &k, &k], &[3.0, 0.2, 5.0], 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sluicegate::Error::CapacityBelowOne { .. }),
+        "{err}"
+    );
+    assert!(
+        remote
+            .inc_with(&[&k, &k, &k], &[3.0, 5.0], 1)
+            .await
+            .is_err()
+    );
+    assert!(
+        remote
+            .check_with(&[&k, &k, &k], &[f64::NAN, 5.0, 5.0], 1)
+            .await
+            .is_err()
+    );
 }

@@ -2,12 +2,13 @@
 //! decision reads (copied one pointer hop closer), both clocks, and the health and
 //! counters the committer keeps.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::absolute::AbsoluteKey;
 use super::mode::{Conditions, Now};
+use super::policy::PolicyEngine;
 use super::stats::Counters;
 use super::suppressed::SuppressedKey;
 use crate::clock::{Clock, Time};
@@ -39,6 +40,8 @@ pub(crate) struct HybridCore {
     pub(crate) lease_ttl_ms: u64,
     /// One cycle at a time, whether from the task or from `flush()`.
     pub(super) cycle_lock: tokio::sync::Mutex<()>,
+    /// The limit sets made on this provider, for the committer (`policy.rs`).
+    pub(super) policies: Mutex<Vec<Weak<PolicyEngine>>>,
 }
 
 impl HybridCore {
@@ -78,6 +81,7 @@ impl HybridCore {
             max_pending_buckets,
             lease_ttl_ms: (10 * sync_ms).max(200),
             cycle_lock: tokio::sync::Mutex::new(()),
+            policies: Mutex::new(Vec::new()),
             core,
             clock,
         }
@@ -111,6 +115,7 @@ impl HybridCore {
         let grid = self.settings.grid;
         self.absolute.retain(|s| !s.idle(&grid, now))
             + self.suppressed.retain(|s| !s.idle(&grid, now))
+            + self.cleanup_policies(now)
     }
 }
 
