@@ -470,6 +470,7 @@ impl<S> KeyStore<S> {
 
     /// Runs `f` on each shard's table in turn, its lock held, until `f` breaks: the one
     /// walk over every key (cleanup's, and the hybrid committer's passes).
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
     pub(crate) fn each_shard(
         &self,
         mut f: impl FnMut(&mut HashTable<(CompactString, S)>) -> ControlFlow<()>,
