@@ -459,3 +459,16 @@ impl SuppressedLocalRateLimiter {
             .unwrap_or((0, 0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compact_str::CompactString;
+
+    #[test]
+    fn entry_sizes_are_the_ones_the_key_budget_docs_give() {
+        // A table slot is an entry and a control byte (see `KeyBudget`'s memory docs).
+        assert_eq!(size_of::<(CompactString, AbsoluteState)>(), 56);
+        assert_eq!(size_of::<(CompactString, SuppressedState)>(), 80);
+    }
+}
