@@ -542,6 +542,14 @@ mod tests {
     }
 
     #[test]
+    fn the_older_buckets_box_is_the_size_the_key_budget_docs_give() {
+        assert_eq!(size_of::<Older<u64>>(), 112);
+        assert_eq!(size_of::<Older<Usage>>(), 168);
+        assert_eq!(size_of::<Bucket<u64>>(), 16);
+        assert_eq!(size_of::<Bucket<Usage>>(), 24);
+    }
+
+    #[test]
     fn group_wider_than_window_is_an_error() {
         let err = WindowGrid::new(
             WindowSizeSeconds::try_from(1).unwrap(),

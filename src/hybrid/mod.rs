@@ -232,6 +232,7 @@ macro_rules! inc_methods {
 /// One checked call on a key of `keys`, created by `create(rate, cap, now)` if new,
 /// decided by `decide`: both strategies' `inc_sync`.
 #[inline]
+#[allow(clippy::too_many_arguments)] // each strategy's parts, passed once from two call sites
 fn decide_on<K, R>(
     core: &Option<Arc<HybridCore>>,
     key: &RedisKey,
@@ -240,6 +241,7 @@ fn decide_on<K, R>(
     keys: impl FnOnce(&HybridCore) -> &KeyStore<K>,
     create: impl FnOnce(f64, f64, u64) -> K,
     decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> R,
+    idle: impl FnMut(&mut K, &crate::window::WindowGrid, Now) -> bool,
 ) -> Result<R, Error> {
     let core = core_of(core)?;
     let rate = rate.get();
@@ -252,11 +254,17 @@ fn decide_on<K, R>(
         cap,
     };
     let conditions = core.conditions();
-    Ok(keys(core).with(
+    let mut idle = idle;
+    // Under a full key budget only keys cleanup would drop may make room.
+    Ok(keys(core).try_with(
         key.as_str(),
         || create(rate, cap, now.local),
         |state| decide(state, core, &conditions, now, call),
-    ))
+        |state| match idle(state, &core.settings.grid, now) {
+            true => crate::local::store::Spare::Idle,
+            false => crate::local::store::Spare::Keep,
+        },
+    )?)
 }
 
 /// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
@@ -271,9 +279,20 @@ pub struct HybridRateLimiter {
 }
 
 impl HybridRateLimiter {
-    pub(crate) fn new(core: Option<&Arc<Core>>, clock: Time, max_pending_buckets: usize) -> Self {
-        let shared =
-            core.map(|core| Arc::new(HybridCore::new(core.clone(), clock, max_pending_buckets)));
+    pub(crate) fn new(
+        core: Option<&Arc<Core>>,
+        clock: Time,
+        max_pending_buckets: usize,
+        keys: &Arc<crate::local::store::KeyCount>,
+    ) -> Self {
+        let shared = core.map(|core| {
+            Arc::new(HybridCore::new(
+                core.clone(),
+                clock,
+                max_pending_buckets,
+                keys,
+            ))
+        });
         if let Some(shared) = &shared {
             // Inside a runtime already: start now, so the first call finds a lease sooner.
             shared.start();
@@ -377,6 +396,7 @@ impl AbsoluteHybridRateLimiter {
                 let decision = state.inc(conditions, now, call);
                 then(state, conditions, now, decision)
             },
+            AbsoluteKey::idle,
         )
     }
 
@@ -429,6 +449,7 @@ impl SuppressedHybridRateLimiter {
                 let decision = state.inc(conditions, now, call, || core.core.random.next_f64());
                 then(state, conditions, now, decision)
             },
+            SuppressedKey::idle,
         )
     }
 
