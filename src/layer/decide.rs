@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
-use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
+use super::extract::{Key, KeyError, KeyExtractor, PeerIp, RequestHead};
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
 use super::headers::Prebuilt;
@@ -27,6 +27,8 @@ use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
 pub(crate) struct DecisionEngine {
     pub(super) limiter: Arc<RateLimiter>,
     pub(super) extractor: Arc<dyn KeyExtractor>,
+    /// The extractor when it is [`PeerIp`], the common case: no virtual call.
+    pub(super) peer_ip: Option<PeerIp>,
     pub(super) rate: RateSource,
     pub(super) cost: CostSource,
     pub(super) strategy: Strategy,
@@ -110,7 +112,11 @@ impl DecisionEngine {
         if let Some(set) = &self.set {
             return self.check_set(set, head);
         }
-        let key = match self.extractor.extract(head) {
+        let key = match &self.peer_ip {
+            Some(peer_ip) => peer_ip.extract(head),
+            None => self.extractor.extract(head),
+        };
+        let key = match key {
             Ok(key) => key,
             Err(err) => return self.key_failure(&err),
         };
