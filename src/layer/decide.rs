@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
 use super::extract::{
-    Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, normalize_ip, peer_addr,
+    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, normalize_ip, peer_addr,
 };
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
@@ -202,7 +202,7 @@ impl DecisionEngine {
             Err(err) => return Some(self.key_failure(&err)),
         };
         let IpAddr::V4(v4) = ip else { return None };
-        let mut buf = [0u8; 16];
+        let mut buf = Ipv4Text::new();
         let key = ipv4_str(v4, &mut buf);
         if key.len() > self.max_key_len {
             return Some(self.key_too_long(&Key::new(key)));
