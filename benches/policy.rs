@@ -5,6 +5,10 @@
 //! cargo bench -p sluicegate-benches --bench policy
 //! # against a running server instead of one the bench starts:
 //! SLUICEGATE_REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p sluicegate-benches --bench policy
+//! # instructions per local call, subject 0-3 (one limit, one-, two-, three-limit set):
+//! # run twice with different call counts under callgrind and divide the difference
+//! POLICY_CALLGRIND=2:200000 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/deps/policy-*   # (the bench binary cargo built)
 //! ```
 //!
 //! Subjects take turns within each round, each round starting with a different one, so load
@@ -230,11 +234,35 @@ async fn redis(keys: &[String]) {
     );
 }
 
+/// `POLICY_CALLGRIND=subject:calls`: only that local subject, for that many calls (for
+/// instruction counts under callgrind).
+fn callgrind(keys: &[String], spec: &str) {
+    let (subject, calls) = spec
+        .split_once(':')
+        .expect("POLICY_CALLGRIND=subject:calls");
+    let (subject, calls): (usize, usize) = (subject.parse().unwrap(), calls.parse().unwrap());
+    let rl = RateLimiterBuilder::new(options()).build().unwrap();
+    let rate = RateLimit::try_from(1e9).unwrap();
+    let policies = sets().map(|s| rl.local().policy(s));
+    for i in 0..calls {
+        let k = &keys[i % KEYS];
+        if subject == 0 {
+            black_box(rl.local().absolute().inc(k, &rate, 1));
+        } else {
+            black_box(policies[subject - 1].inc(k, 1).unwrap());
+        }
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let keys: Vec<String> = (0..KEYS).map(|i| format!("user_{i}")).collect();
+    if let Ok(spec) = std::env::var("POLICY_CALLGRIND") {
+        callgrind(&keys, &spec);
+        return;
+    }
     local(&keys);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -153,7 +153,8 @@ use std::time::Duration;
 pub use builder::RateLimiterBuilder;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use config::{
-    HardLimitFactor, RateGroupSizeMs, RateLimit, SuppressionFactorCacheMs, WindowSizeSeconds,
+    HardLimitFactor, MAX_CAPACITY, RateGroupSizeMs, RateLimit, SuppressionFactorCacheMs,
+    WindowSizeSeconds,
 };
 pub use decision::RateLimitDecision;
 pub use error::Error;

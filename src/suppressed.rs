@@ -202,9 +202,9 @@ impl SuppressedState {
         decision
     }
 
-    /// The case `call` is in on this key now; `None` when its
-    /// observed usage could not be recorded (past `u64::MAX`: only counts near 2^63 on a
-    /// capacity above 2^64 get here), which is declined as over the limit. Records nothing.
+    /// The case `call` is in on this key now; `None` when its observed usage could not be
+    /// recorded (past `MAX_OBSERVED`, 2^53), which is declined as over the limit. Records
+    /// nothing.
     #[inline]
     fn regime_of(
         &mut self,
@@ -218,7 +218,11 @@ impl SuppressedState {
         }
         self.window.expire(geo, call.now_ms);
         let total = self.window.total();
-        total.observed.checked_add(call.count)?;
+        // Observed usage past `MAX_OBSERVED` (2^53) is not recorded, so no provider's sum
+        // ever loses exactness or overflows: declined as over the limit, recording nothing.
+        if !capacity::fits_observed(total.observed, call.count) {
+            return None;
+        }
         let regime = Regime::of(total.observed, call.cap * params.hard_limit_factor, || {
             capacity::fits_more(total.accepted, call.count, call.cap)
         });

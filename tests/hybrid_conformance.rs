@@ -32,6 +32,7 @@ fn expect_of(result: Result<RateLimitDecision, Error>) -> Result<Expect, String>
         Err(Error::ZeroCount) => Ok(Expect::ZeroCount),
         Err(Error::CapacityBelowOne { .. }) => Ok(Expect::CapacityBelowOne),
         Err(Error::CountAboveCapacity { .. }) => Ok(Expect::CountAboveCapacity),
+        Err(Error::CapacityAboveMax { .. }) => Ok(Expect::CapacityAboveMax),
         Err(other) => Err(format!("unexpected error: {other}")),
     }
 }

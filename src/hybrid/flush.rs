@@ -62,27 +62,25 @@ impl HybridCore {
         reply.map(|values| values.into_iter().map(Ok).collect())
     }
 
+    /// On a cluster each key's call goes to its own master, and one that answers `NOSCRIPT`
+    /// (a promoted replica, a restarted node) gets the script loaded on that master alone:
+    /// a `SCRIPT LOAD` to every node would fail, and fail every key's flush, while any one
+    /// node is down.
     async fn send_each(
         &self,
         chunk: &[KeyJob],
         server_now: u64,
     ) -> Result<Vec<Result<Value, Error>>, Error> {
-        if !self.script_loaded.load(Ordering::Relaxed) {
-            let mut load = ::redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(SCRIPT_SOURCE);
-            self.core.conn.query::<Value>(&load).await?;
-            self.script_loaded.store(true, Ordering::Relaxed);
-        }
         let commands: Vec<Cmd> = chunk
             .iter()
             .map(|(key, dest, job)| self.command(key, dest, job, server_now))
             .collect();
-        let replies =
-            futures_util::future::join_all(commands.iter().map(|c| self.core.conn.query(c))).await;
-        if replies.iter().any(Result::is_err) {
-            // A node may have restarted without the script: load it again next time.
-            self.script_loaded.store(false, Ordering::Relaxed);
-        }
+        let replies = futures_util::future::join_all(
+            commands
+                .iter()
+                .map(|c| self.core.conn.evalsha(c, SCRIPT_SOURCE)),
+        )
+        .await;
         Ok(replies)
     }
 
@@ -128,6 +126,7 @@ impl HybridCore {
         received: u64,
     ) -> bool {
         let mut all_good = true;
+        let mut lost_keys = 0u64;
         for ((key, dest, job), value) in chunk.iter().zip(values) {
             let mut parsed = match value
                 .as_ref()
@@ -179,7 +178,15 @@ impl HybridCore {
                 view,
                 oldest: std::mem::take(&mut parsed.oldest),
             };
-            dest.refreshed(self, key, job.seq, refresh);
+            lost_keys += u64::from(dest.refreshed(self, key, job.seq, refresh));
+        }
+        if lost_keys > 0 {
+            tracing::warn!(
+                keys = lost_keys,
+                "sluicegate hybrid: Redis holds less usage than this instance admitted in the \
+                 window (FLUSHALL, lost writes or eviction); deciding on this instance's own \
+                 record for those keys, so nothing it admitted is admitted again"
+            );
         }
         all_good
     }

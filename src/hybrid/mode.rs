@@ -11,9 +11,58 @@
 //!   instance's own usage against `1 / N` of the capacity, `N` the lease holders last seen.
 
 use super::key::KeyState;
+use crate::absolute::AbsoluteState;
 use crate::config::capacity;
 use crate::settings::SuppressionParams;
-use crate::window::{self, Bucket, Counts, WindowGrid};
+use crate::suppressed::SuppressedState;
+use crate::window::{self, Bucket, Counts, Usage, WindowGrid};
+
+/// This instance's own record of what it admitted (and observed) in the window: the local
+/// core's state every hybrid decision also records into.
+pub(crate) trait OwnRecord {
+    /// Accepted and observed units of this instance still inside the window at `now_ms`.
+    fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage;
+}
+
+impl OwnRecord for AbsoluteState {
+    fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage {
+        let accepted = self.usage(grid, now_ms);
+        Usage {
+            accepted,
+            observed: accepted,
+        }
+    }
+}
+
+impl OwnRecord for SuppressedState {
+    fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage {
+        self.usage(grid, now_ms)
+    }
+}
+
+impl<S: OwnRecord, C: Counts> KeyState<S, C> {
+    /// Lost Redis data (`FLUSHALL`, a failover that lost writes, an evicted key): Redis
+    /// reports less usage than this instance alone admitted in the window and Redis
+    /// acknowledged. The view then counts this instance's own record instead, so what it
+    /// admitted is never admitted again; returns whether Redis had lost some.
+    ///
+    /// Acknowledged = own record minus what is still unsent (the reply's batch was
+    /// applied by the very script that computed `view.used`).
+    pub(crate) fn floor_to_own(&mut self, grid: &WindowGrid, view: &mut View) -> bool {
+        let own = self.own.own_usage(grid, view.at);
+        let unsent = self.unsent.total();
+        let accepted = own.accepted.saturating_sub(unsent.accepted());
+        let observed = own.observed.saturating_sub(unsent.observed());
+        let lost = view.used < accepted || view.observed < observed;
+        if lost {
+            view.used = view.used.max(accepted);
+            view.observed = view.observed.max(observed);
+            // The lease Redis computed counted none of it.
+            view.lease = view.lease.min((view.cap - view.used as f64).max(0.0));
+        }
+        lost
+    }
+}
 
 /// What the last refresh said about a key, from Redis.
 #[derive(Debug, Clone, Copy)]

@@ -35,7 +35,7 @@ use super::absolute::AbsoluteKey;
 use super::core::HybridCore;
 use super::flush::KeyJob;
 use super::key::{Job, KeyState};
-use super::mode::{Conditions, Now, Refresh};
+use super::mode::{Conditions, Now, Refresh, View};
 use super::suppressed::SuppressedKey;
 use super::walk::for_each;
 use crate::call::Call;
@@ -491,6 +491,13 @@ impl LimitKey {
         }
     }
 
+    fn floor_to_own(&mut self, grid: &WindowGrid, view: &mut View) -> bool {
+        match self {
+            LimitKey::Absolute(key) => key.floor_to_own(grid, view),
+            LimitKey::Suppressed(key) => key.floor_to_own(grid, view),
+        }
+    }
+
     fn idle(&mut self, grid: &WindowGrid, now: Now) -> bool {
         match self {
             LimitKey::Absolute(key) => key.idle(grid, now),
@@ -574,29 +581,36 @@ impl Dest {
         }
     }
 
-    /// Applies a refresh to the job's key, if it is still held.
+    /// Applies a refresh to the job's key, if it is still held; returns whether Redis had
+    /// lost some of what this instance admitted (the view is floored to its own record).
     pub(super) fn refreshed(
         &self,
         core: &HybridCore,
         key: &CompactString,
         seq: u64,
-        refresh: Refresh,
-    ) {
-        match self {
-            Dest::Single(StrategyTag::Absolute) => {
-                core.absolute
-                    .peek(key.as_str(), |s| s.refreshed(seq, refresh));
-            }
-            Dest::Single(StrategyTag::Suppressed) => {
-                core.suppressed
-                    .peek(key.as_str(), |s| s.refreshed(seq, refresh));
-            }
+        mut refresh: Refresh,
+    ) -> bool {
+        let lost = match self {
+            Dest::Single(StrategyTag::Absolute) => core.absolute.peek(key.as_str(), |s| {
+                let lost = s.floor_to_own(&core.settings.grid, &mut refresh.view);
+                s.refreshed(seq, refresh);
+                lost
+            }),
+            Dest::Single(StrategyTag::Suppressed) => core.suppressed.peek(key.as_str(), |s| {
+                let lost = s.floor_to_own(&core.settings.grid, &mut refresh.view);
+                s.refreshed(seq, refresh);
+                lost
+            }),
             Dest::Limit(policy, index) => {
-                policy.limits[*index]
-                    .keys
-                    .peek(key.as_str(), |s| s.refreshed(seq, refresh));
+                let limit = &policy.limits[*index];
+                limit.keys.peek(key.as_str(), |s| {
+                    let lost = s.floor_to_own(&limit.grid, &mut refresh.view);
+                    s.refreshed(seq, refresh);
+                    lost
+                })
             }
-        }
+        };
+        lost == Some(true)
     }
 }
 

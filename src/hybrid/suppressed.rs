@@ -55,6 +55,18 @@ impl SuppressedKey {
         call: Call,
         draw: impl FnOnce() -> f64,
     ) -> RateLimitDecision {
+        // Observed usage past `MAX_OBSERVED` is never recorded (the local core's rule; it
+        // decides the other modes).
+        if let Some(view) = &self.view
+            && !capacity::fits_observed(self.observed_estimate(view), call.count)
+        {
+            // Refreshed next cycle: the window may have emptied since this view.
+            self.touched = true;
+            return RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false,
+            };
+        }
         // The common case, kept small: a live lease with room, under the hard limit.
         if let Some(view) = &self.view {
             if call.rate == self.rate

@@ -27,6 +27,11 @@ pub enum KeyErrorPolicy {
     /// Answer with this status instead (400, 401 or 500 are the usual choices).
     RejectWith(StatusCode),
     /// Let the request through, unlimited (logged at `debug`).
+    ///
+    /// **This lets any client bypass the limit**: a client that sends a malformed key on
+    /// purpose (a garbled `X-Forwarded-For` hop, a header it leaves out, an over-long key)
+    /// is never counted. Use it only for keys a client cannot influence, or when a limit
+    /// is advisory; [`Reject`](Self::Reject) is the safe default.
     Allow,
 }
 

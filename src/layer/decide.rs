@@ -264,9 +264,9 @@ impl DecisionEngine {
     /// store, or the provider failing (the provider-error policy).
     pub(super) fn failed(&self, err: Error) -> Verdict {
         match err {
-            err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. }) => {
-                self.misconfigured(&err)
-            }
+            err @ (Error::CapacityBelowOne { .. }
+            | Error::CapacityAboveMax { .. }
+            | Error::CountAboveCapacity { .. }) => self.misconfigured(&err),
             Error::InvalidKey { key, reason } => self.key_failure(&KeyError::custom(
                 StatusCode::BAD_REQUEST,
                 format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),

@@ -27,6 +27,7 @@
 //! |---|---|---|---|
 //! | `count == 0` | [`Error::ZeroCount`] | `Allowed`, nothing recorded | `Allowed`, nothing recorded |
 //! | `rate × window < 1` | [`Error::CapacityBelowOne`] | `Rejected { retry_after_ms: u64::MAX, remaining_after_waiting: 0, .. }` | `Suppressed { suppression_factor: 1.0, is_allowed: false }` |
+//! | `rate × window >` [`MAX_CAPACITY`](crate::MAX_CAPACITY) (2^52) | [`Error::CapacityAboveMax`] | as above | as above |
 //! | `count > rate × window` | [`Error::CountAboveCapacity`] | as above | as above |
 //!
 //! None of them records anything or creates a key. `u64::MAX` means "never": waiting does
@@ -81,6 +82,8 @@ impl From<&LocalRateLimiterOptions> for WindowOptions {
 pub struct LocalRateLimiter {
     absolute: AbsoluteLocalRateLimiter,
     suppressed: SuppressedLocalRateLimiter,
+    /// The limit sets made by [`policy`](Self::policy), swept by [`cleanup`](Self::cleanup).
+    policies: policy::Registry,
 }
 
 impl LocalRateLimiter {
@@ -92,6 +95,7 @@ impl LocalRateLimiter {
             suppressed: SuppressedLocalRateLimiter {
                 keys: LocalKeys::new(settings, clock, random),
             },
+            policies: policy::Registry::default(),
         }
     }
 
@@ -107,18 +111,22 @@ impl LocalRateLimiter {
 
     /// A [`LimitSet`](crate::policy::LimitSet) decided on this provider, with this limiter's
     /// clock and random source: every limit admits a request or none counts it.
+    /// Its keys are swept by [`cleanup`](Self::cleanup) while the policy lives.
     pub fn policy(&self, set: crate::policy::LimitSet) -> LocalPolicy {
-        LocalPolicy::new(
+        let policy = LocalPolicy::new(
             set,
             self.absolute.keys.clock.clone(),
             self.suppressed.keys.random.clone(),
-        )
+        );
+        self.policies.add(&policy);
+        policy
     }
 
-    /// Drops every key with no usage left in its window; returns how many were dropped.
+    /// Drops every key with no usage left in its window (and those of the limit sets made by
+    /// [`policy`](Self::policy) too); returns how many were dropped.
     /// [`RateLimiter::run_cleanup_loop`](crate::RateLimiter::run_cleanup_loop) calls this.
     pub fn cleanup(&self) -> usize {
-        self.absolute.keys.cleanup() + self.suppressed.keys.cleanup()
+        self.absolute.keys.cleanup() + self.suppressed.keys.cleanup() + self.policies.cleanup()
     }
 }
 

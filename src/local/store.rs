@@ -240,6 +240,72 @@ impl<S> Locked<'_, S> {
     }
 }
 
+/// Several keys' shards of one store, locked together: for a caller that decides on several
+/// keys at once (a limit set whose limits have different keys). Each shard is locked once, in
+/// the order of the shards' addresses, the one order every such caller uses; a one-key
+/// caller holds one lock and waits for no other, so no two callers ever wait on each other.
+pub(crate) struct LockedKeys<'a, S, const N: usize> {
+    /// One guard per distinct shard, in locking order.
+    guards: [Option<spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>>; N],
+    /// Key `i`'s hash and the guard of its shard.
+    at: [(u64, usize); N],
+    hasher: &'a Hasher,
+}
+
+impl<S> KeyStore<S> {
+    /// Locks the shards of `keys` (see [`LockedKeys`]) until the returned guard drops.
+    pub(crate) fn lock_keys<const N: usize>(&self, keys: &[&str; N]) -> LockedKeys<'_, S, N> {
+        let hashes: [u64; N] = std::array::from_fn(|i| self.hash(keys[i]));
+        let address = |i: usize| std::ptr::from_ref(self.shard(hashes[i])) as usize;
+        let mut order: [usize; N] = std::array::from_fn(|i| i);
+        order.sort_unstable_by_key(|&i| address(i));
+        let mut guards = std::array::from_fn(|_| None);
+        let mut at = [(0, 0); N];
+        let mut held = 0;
+        for (n, &i) in order.iter().enumerate() {
+            if n == 0 || address(i) != address(order[n - 1]) {
+                guards[held] = Some(self.shard(hashes[i]).lock());
+                held += 1;
+            }
+            at[i] = (hashes[i], held - 1);
+        }
+        LockedKeys {
+            guards,
+            at,
+            hasher: &self.hasher,
+        }
+    }
+}
+
+impl<S, const N: usize> LockedKeys<'_, S, N> {
+    /// Key `i`'s state (`key` is `keys[i]` of the lock), if it exists.
+    #[inline]
+    pub(crate) fn get(&mut self, i: usize, key: &str) -> Option<&mut S> {
+        let (hash, guard) = self.at[i];
+        let table = self.guards[guard].as_mut().expect("locked");
+        table.find_mut(hash, |e| e.0 == key).map(|e| &mut e.1)
+    }
+
+    /// Key `i`'s state, created empty if the key is new.
+    pub(crate) fn get_or_default(&mut self, i: usize, key: &str) -> &mut S
+    where
+        S: Default,
+    {
+        let (hash, guard) = self.at[i];
+        let hasher = self.hasher;
+        let table = self.guards[guard].as_mut().expect("locked");
+        match table.entry(hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str())) {
+            hashbrown::hash_table::Entry::Occupied(entry) => &mut entry.into_mut().1,
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                &mut entry
+                    .insert((CompactString::from(key), S::default()))
+                    .into_mut()
+                    .1
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +329,39 @@ mod tests {
         assert_eq!(store.len(), 5_000);
         assert_eq!(store.peek("key-17", |s| *s), Some(18));
         assert_eq!(store.peek("key-16", |s| *s), None);
+    }
+
+    #[test]
+    fn several_keys_lock_together_without_deadlock() {
+        let store = KeyStore::<u64>::default();
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+        // Threads lock overlapping triples in different orders (some keys share a shard);
+        // every update lands and none waits forever.
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                let (store, keys) = (&store, &keys);
+                s.spawn(move || {
+                    for i in 0..20_000usize {
+                        let pick = |j: usize| keys[(i * (t + 1) + j * 7) % keys.len()].as_str();
+                        let triple = [pick(0), pick(1 + t), pick(2)];
+                        let mut locked = store.lock_keys(&triple);
+                        for (k, key) in triple.iter().enumerate() {
+                            *locked.get_or_default(k, key) += 1;
+                        }
+                        drop(locked);
+                        store.with(pick(3), || 0, |n| *n += 1);
+                    }
+                });
+            }
+        });
+        let total: u64 = keys
+            .iter()
+            .map(|k| store.peek(k, |n| *n).unwrap_or(0))
+            .sum();
+        assert_eq!(total, 4 * 20_000 * 4);
+        let mut locked = store.lock_keys(&["k1", "missing"]);
+        assert!(locked.get(0, "k1").is_some());
+        assert!(locked.get(1, "missing").is_none(), "get creates nothing");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub enum Expect {
     ZeroCount,
     CapacityBelowOne,
     CountAboveCapacity,
+    CapacityAboveMax,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -338,6 +339,74 @@ pub fn table() -> Vec<Scenario> {
             ],
         ),
     ]
+    .into_iter()
+    .chain(extremes())
+    .collect()
+}
+
+/// 2^52, [`sluicegate::MAX_CAPACITY`]: the largest capacity a call may have.
+const MAX_CAP: f64 = 4_503_599_627_370_496.0;
+const MAX_CAP_UNITS: u64 = 1 << 52;
+
+/// The arithmetic extremes (issue 13): rates and counts no provider can count exactly are
+/// refused alike, the largest capacity works, and the suppressed strategy records no
+/// observed usage past 2^53. Kept apart from the rows above so tables merge easily.
+fn extremes() -> Vec<Scenario> {
+    vec![
+        scenario(
+            "rates past the largest capacity and huge counts are refused alike",
+            (10, 100, 1.5, 100),
+            vec![
+                Abs(1e300, u64::MAX, CapacityAboveMax),
+                Abs(1e300, 1, CapacityAboveMax),
+                Abs(f64::MAX, 1, CapacityAboveMax),
+                Sup(1e300, u64::MAX, 0.5, CapacityAboveMax),
+                Sup(1e300, 1, 0.5, CapacityAboveMax),
+                // Just past 2^52 over the 10 s window.
+                Abs(MAX_CAP / 10.0 * 1.000_001, 1, CapacityAboveMax),
+                // Within the largest capacity, u64::MAX is simply above capacity.
+                Abs(MAX_CAP / 10.0, u64::MAX, CountAboveCapacity),
+                Sup(MAX_CAP / 10.0, u64::MAX, 0.5, CountAboveCapacity),
+                Abs(1.0, u64::MAX, CountAboveCapacity),
+                Abs(1e300, 0, CapacityAboveMax),
+                // None of the above counted: the key is empty.
+                AbsCheck(Allowed),
+                Abs(1.0, 10, Allowed),
+                Abs(1.0, 1, Rejected(10_100, 0)),
+            ],
+        ),
+        scenario(
+            "the largest capacity admits 2^52 units at once and frees them on time",
+            (1, 100, 1.0, 100),
+            // 2^30 units, far above the capacity's rounding slack (2^52 × 1e-9 ≈ 4.5M).
+            vec![
+                Abs(MAX_CAP, MAX_CAP_UNITS, Allowed),
+                Abs(MAX_CAP, 1 << 30, Rejected(1_100, 0)),
+                At(1_099),
+                Abs(MAX_CAP, 1 << 30, Rejected(1, 0)),
+                At(1_100),
+                Abs(MAX_CAP, MAX_CAP_UNITS - (1 << 30), Allowed),
+                Abs(MAX_CAP, 1 << 30, Allowed),
+                Abs(MAX_CAP, 1 << 30, Rejected(1_100, 0)),
+            ],
+        ),
+        scenario(
+            "the suppressed strategy records no observed usage past 2^53",
+            (1, 100, 4.0, 0),
+            vec![
+                Sup(MAX_CAP, MAX_CAP_UNITS, 0.0, Allowed),
+                // Over capacity, under the hard limit (2^54): the factor's perceived rate is
+                // 2^52 over the 1.1 s the bucket covers, below the rate: factor 0, admitted.
+                Sup(MAX_CAP, MAX_CAP_UNITS, 0.0, Suppressed(0.0, true)),
+                // 2^53 observed: one more unit is declined as over the hard limit, unrecorded.
+                Sup(MAX_CAP, 1, 0.0, Suppressed(1.0, false)),
+                Sup(MAX_CAP, MAX_CAP_UNITS, 0.999, Suppressed(1.0, false)),
+                At(1_100),
+                // The window emptied: admitted again.
+                Sup(MAX_CAP, MAX_CAP_UNITS, 0.0, Allowed),
+            ],
+        ),
+    ]
 }
 
 /// Which provider a run drives.
@@ -381,6 +450,7 @@ fn expect_of(result: Result<RateLimitDecision, Error>) -> Result<Expect, String>
         Err(Error::ZeroCount) => Ok(ZeroCount),
         Err(Error::CapacityBelowOne { .. }) => Ok(CapacityBelowOne),
         Err(Error::CountAboveCapacity { .. }) => Ok(CountAboveCapacity),
+        Err(Error::CapacityAboveMax { .. }) => Ok(CapacityAboveMax),
         Err(other) => Err(format!("unexpected error: {other}")),
     }
 }
