@@ -90,9 +90,34 @@ fn check_tour(tour: &[Exchange], exact: bool) {
 
 /// `/search` (burst 3/s and minute 10/min together): rounds of 4, 4, 4, 2 requests 1.2 s
 /// apart admit exactly 3, 3, 3, 1: a request either limit refused counted in neither.
-/// Every 429 lists both policies, and the minute's 429 waits for the minute.
-fn check_search(search: &[Exchange]) {
+/// Every 429 lists both policies, and the minute's 429 waits for the minute. The hybrid
+/// provider admits a new key's first units before its first lease from Redis (at most
+/// `max(1, rate × (t + sync))`, its documented provisional mode), so there it is bounded:
+/// no round over the burst's 3, no more than the minute's 10 in all.
+fn check_search(search: &[Exchange], exact: bool) {
     let statuses: Vec<u16> = search.iter().map(|e| e.status).collect();
+    if !exact {
+        assert!(
+            statuses.iter().all(|s| [200, 429].contains(s)),
+            "{statuses:?}"
+        );
+        let mut at = 0;
+        for calls in [4, 4, 4, 2] {
+            let round = &statuses[at..at + calls];
+            assert!(
+                round.iter().filter(|s| **s == 200).count() <= 3,
+                "{statuses:?}"
+            );
+            at += calls;
+        }
+        let admitted = statuses.iter().filter(|s| **s == 200).count();
+        assert!((4..=10).contains(&admitted), "{statuses:?}");
+        for refused in search.iter().filter(|e| e.status == 429) {
+            let policy: String = header(refused, "ratelimit-policy").unwrap();
+            assert_eq!(policy, "\"burst\";q=3;w=1, \"minute\";q=10;w=60");
+        }
+        return;
+    }
     let round = [200, 200, 200, 429];
     let want: Vec<u16> = [round, round, round]
         .concat()
@@ -119,10 +144,10 @@ fn check_search(search: &[Exchange]) {
 }
 
 /// What the load must show on every provider.
-fn check_load(outcome: &Outcome, svg: &str) {
+fn check_load(outcome: &Outcome, svg: &str, exact: bool) {
     let scenario = Scenario::quick();
     assert_eq!(outcome.provider_errors, 0, "the provider failed");
-    check_search(&outcome.search);
+    check_search(&outcome.search, exact);
     // Every planned request was answered.
     let samples = &outcome.samples;
     let planned: u64 = scenario
@@ -182,7 +207,7 @@ fn check_load(outcome: &Outcome, svg: &str) {
 async fn quick_demo_on_the_local_provider() {
     let (tour, outcome, svg) = quick_demo(&Store::Local).await;
     check_tour(&tour, true);
-    check_load(&outcome, &svg);
+    check_load(&outcome, &svg, true);
 }
 
 #[cfg(feature = "redis-tokio")]
@@ -191,7 +216,7 @@ async fn quick_demo_on_the_redis_provider() {
     let redis = support::TestRedis::get();
     let (tour, outcome, svg) = quick_demo(&Store::Redis(redis.url().to_owned())).await;
     check_tour(&tour, true);
-    check_load(&outcome, &svg);
+    check_load(&outcome, &svg, true);
 }
 
 #[cfg(feature = "redis-tokio")]
@@ -200,5 +225,5 @@ async fn quick_demo_on_the_hybrid_provider() {
     let redis = support::TestRedis::get();
     let (tour, outcome, svg) = quick_demo(&Store::Hybrid(redis.url().to_owned())).await;
     check_tour(&tour, false);
-    check_load(&outcome, &svg);
+    check_load(&outcome, &svg, false);
 }
