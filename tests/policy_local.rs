@@ -429,6 +429,10 @@ fn per_call_quotas_are_checked_and_the_sets_counts_are_inc() {
         ),
         "{err}"
     );
+    assert!(matches!(
+        b.inc_with(&["k", "k"], &[3.0, 1e16], 1),
+        Err(sluicegate::Error::CapacityAboveMax { .. })
+    ));
     for bad in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
         assert!(b.inc_with(&["k", "k"], &[bad, 150.0], 1).is_err(), "{bad}");
         assert!(

@@ -31,7 +31,9 @@ pub struct Quota {
 
 impl Quota {
     /// `count` requests per `window_seconds`. The count must be finite and at least 1 (a
-    /// window that admits less than one request would refuse every request forever).
+    /// window that admits less than one request would refuse every request forever), and at
+    /// most [`MAX_CAPACITY`](crate::MAX_CAPACITY) ([`Error::CapacityAboveMax`]), as every
+    /// provider's calls are.
     pub fn new(count: f64, window_seconds: u64) -> Result<Self, Error> {
         let window = WindowSizeSeconds::try_from(window_seconds)?;
         if !(count.is_finite() && count >= 1.0) {
@@ -40,6 +42,9 @@ impl Quota {
                 count,
                 "the count per window must be a finite number of at least 1",
             ));
+        }
+        if count > crate::MAX_CAPACITY {
+            return Err(above_max(count, window_seconds));
         }
         Ok(Quota { count, window })
     }
@@ -90,6 +95,15 @@ impl Quota {
 impl fmt::Display for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.count, WindowText(self.window.get()))
+    }
+}
+
+/// A count per window above [`MAX_CAPACITY`](crate::MAX_CAPACITY).
+fn above_max(count: f64, window_size_seconds: u64) -> Error {
+    Error::CapacityAboveMax {
+        rate_limit: count / window_size_seconds as f64,
+        window_size_seconds,
+        capacity: count,
     }
 }
 
@@ -338,6 +352,9 @@ impl LimitSet {
                     capacity: count,
                 });
             }
+            if count > crate::MAX_CAPACITY {
+                return Err(above_max(count, limit.quota().window_seconds()));
+            }
         }
         Ok(())
     }
@@ -387,6 +404,11 @@ mod tests {
                 .to_string()
                 .contains("WindowSizeSeconds")
         );
+        assert!(matches!(
+            Quota::new(crate::MAX_CAPACITY * 2.0, 10),
+            Err(Error::CapacityAboveMax { .. })
+        ));
+        assert!(Quota::new(crate::MAX_CAPACITY, 10).is_ok());
         let q = Quota::new(2.5, 10).unwrap();
         assert_eq!((q.count(), q.window_seconds()), (2.5, 10));
         assert_eq!(q.rate().get(), 0.25);
