@@ -34,6 +34,7 @@
 //! key of its own; keys of up to 24 bytes cost no allocation.
 
 mod policy;
+pub(crate) mod refund;
 pub(crate) mod store;
 
 pub use policy::LocalPolicy;
