@@ -118,6 +118,7 @@ mod fixtures;
 mod flush;
 mod key;
 mod mode;
+mod refund;
 mod stats;
 mod suppressed;
 mod walk;

@@ -38,6 +38,7 @@ pub(crate) mod refund;
 pub(crate) mod store;
 
 pub use policy::LocalPolicy;
+pub use refund::Reservation;
 
 use std::sync::Arc;
 

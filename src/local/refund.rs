@@ -1,20 +1,28 @@
-//! Refunds on the local provider: units a call admitted, given back (counting by outcome:
-//! the layer reserves before the handler and refunds a response it does not count).
+//! Reservations and refunds on the local provider: units a call admitted, given back
+//! (counting by outcome: the layer reserves before the handler and refunds a response it
+//! does not count).
 
-use super::{AbsoluteLocalRateLimiter, LocalKeys, LocalRateLimiter, LocalState, SuppressedLocalRateLimiter};
+use super::{AbsoluteLocalRateLimiter, LocalKeys, LocalState, SuppressedLocalRateLimiter};
 use crate::absolute::AbsoluteState;
 use crate::suppressed::SuppressedState;
 use crate::window::{Counts, Refund, Usage, Window, WindowGrid};
+use crate::{Error, RateLimit, RateLimitDecision};
 
-/// When a reservation was decided, on the limiter's clock: a reading taken just before the
-/// call and one just after it. The units it admitted are in a bucket between the two.
+/// When an admitted call (a `reserve`) was decided: what a `refund` of its units needs.
+///
+/// It holds two readings of the provider's clock, one just before the call and one just
+/// after; the units are in a bucket between the two. A refund takes them from the oldest
+/// bucket of that span that holds any, so what is left is never attributed to an older
+/// bucket than its own and never expires earlier than it would have: a refund can make a
+/// limit stricter by the span's width, never looser. It names no key: give the refund the
+/// key and count of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ReservedAt {
+pub struct Reservation {
     pub(crate) before_ms: u64,
     pub(crate) after_ms: u64,
 }
 
-impl ReservedAt {
+impl Reservation {
     /// The buckets the units may be in, on `grid`, for times shifted by `offset_ms` (the
     /// hybrid provider's server grid).
     pub(crate) fn buckets(&self, grid: &WindowGrid, offset_ms: i64) -> (u64, u64) {
@@ -72,9 +80,22 @@ pub(crate) fn refund_state<S: Refundable>(
 }
 
 impl<S: LocalState + Refundable> LocalKeys<S> {
+    /// `try_inc`, with when it was decided.
+    fn reserve(
+        &self,
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Reservation), Error> {
+        let before_ms = self.clock.now_ms();
+        let decision = self.try_inc(key, rate, count)?;
+        let after_ms = self.clock.now_ms();
+        Ok((decision, Reservation { before_ms, after_ms }))
+    }
+
     /// Gives back `count` units admitted for `key` at `at`; returns how many were not found
     /// (the key gone, or its bucket out of the window: they no longer counted).
-    fn refund(&self, key: &str, count: u64, at: ReservedAt) -> u64 {
+    fn refund(&self, key: &str, count: u64, at: Reservation) -> u64 {
         let grid = self.settings.grid;
         let span = at.buckets(&grid, 0);
         self.peek(key, |state, _, now| refund_state(state, &grid, now, span, count))
@@ -82,29 +103,39 @@ impl<S: LocalState + Refundable> LocalKeys<S> {
     }
 }
 
-impl LocalRateLimiter {
-    /// The limiter's clock now (the time the local provider decides on).
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.absolute.keys.clock.now_ms()
-    }
+/// `reserve` and `refund`, the same for both strategies.
+macro_rules! refund_methods {
+    () => {
+        /// [`try_inc`](Self::try_inc), with the [`Reservation`] a later
+        /// [`refund`](Self::refund) of its units needs (counting by outcome: reserve before
+        /// the work, give the units back if its outcome is not to count).
+        pub fn reserve(
+            &self,
+            key: &str,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<(RateLimitDecision, Reservation), Error> {
+            self.keys.reserve(key, rate, count)
+        }
+
+        /// Gives back `count` units that an admitted [`reserve`](Self::reserve) for `key`
+        /// recorded; returns how many it did not find (the key's window had dropped them:
+        /// they no longer counted). A limit that only some outcomes should count still
+        /// holds under concurrency: every call in flight holds its units until refunded.
+        pub fn refund(&self, key: &str, count: u64, reservation: Reservation) -> u64 {
+            self.keys.refund(key, count, reservation)
+        }
+    };
 }
 
 impl AbsoluteLocalRateLimiter {
-    /// Gives back `count` units an admitted call for `key` recorded at `at`; returns how
-    /// many it did not find (they no longer counted).
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn refund(&self, key: &str, count: u64, at: ReservedAt) -> u64 {
-        self.keys.refund(key, count, at)
-    }
+    refund_methods!();
 }
 
+/// A refund gives the units back as accepted and observed (units the strategy declined
+/// stay observed).
 impl SuppressedLocalRateLimiter {
-    /// As [`AbsoluteLocalRateLimiter::refund`]: the units go back as accepted and observed.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn refund(&self, key: &str, count: u64, at: ReservedAt) -> u64 {
-        self.keys.refund(key, count, at)
-    }
+    refund_methods!();
 }
 
 #[cfg(test)]
@@ -132,12 +163,7 @@ mod tests {
         let abs = rl.local().absolute();
         let rate = RateLimit::try_from(0.3).unwrap(); // 3 a window
         let reserve = || {
-            let before_ms = rl.local().now_ms();
-            let d = abs.inc("k", &rate, 1);
-            let at = ReservedAt {
-                before_ms,
-                after_ms: rl.local().now_ms(),
-            };
+            let (d, at) = abs.reserve("k", &rate, 1).unwrap();
             (d.is_allowed(), at)
         };
         let (ok, first) = reserve();
@@ -166,11 +192,8 @@ mod tests {
         let rl = limiter(&clock);
         let sup = rl.local().suppressed();
         let rate = RateLimit::try_from(1.0).unwrap();
-        let at = ReservedAt {
-            before_ms: 0,
-            after_ms: 0,
-        };
-        assert!(sup.inc("k", &rate, 2).is_allowed());
+        let (decision, at) = sup.reserve("k", &rate, 2).unwrap();
+        assert!(decision.is_allowed());
         assert_eq!(sup.refund("k", 1, at), 0);
         assert_eq!(sup.usage("k"), (1, 1));
         assert_eq!(sup.refund("k", 5, at), 4);

@@ -92,6 +92,11 @@ impl Connection {
         }
     }
 
+    /// The deadline of every call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn link(&self) -> Link {
         Link(self.shared.conn().clone())
     }

@@ -106,6 +106,7 @@ mod check;
 mod connection;
 mod key;
 mod policy;
+mod refund;
 mod scripts;
 mod suppressed;
 pub(crate) mod wire;
