@@ -119,3 +119,11 @@ impl AbsoluteHybridRateLimiter {
 impl SuppressedHybridRateLimiter {
     refund_methods!(suppressed, StrategyTag::Suppressed);
 }
+
+impl super::HybridRateLimiter {
+    /// The clock hybrid reservations are read on: the server grid's (0 without Redis).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn reservation_ms(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |c| c.now().server)
+    }
+}

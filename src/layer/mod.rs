@@ -72,12 +72,16 @@
 mod body;
 mod builder;
 mod decide;
+mod decision_ext;
+mod exempt;
 mod extract;
 mod fields;
 mod future;
+mod grpc;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
+mod outcome;
 mod provider;
 mod response;
 mod service;
@@ -95,7 +99,11 @@ pub use extract::{
     Both, ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, KEY_SEPARATOR, Key, KeyError,
     KeyExtractor, KeyFn, PeerIp, ProxyHeader, RequestHead, key_fn, peer_addr,
 };
+pub use decision_ext::RateLimitInfo;
+pub use exempt::{ExemptFn, ExemptKeyFn, Exemptions};
 pub use future::ResponseFuture;
+pub use grpc::{GRPC_RETRY_PUSHBACK_MS, Protocol};
+pub use outcome::CountFn;
 pub use headers::SUPPRESSION_FACTOR;
 pub use layer::RateLimitLayer;
 pub use provider::Provider;

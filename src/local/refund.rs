@@ -103,6 +103,14 @@ impl<S: LocalState + Refundable> LocalKeys<S> {
     }
 }
 
+impl super::LocalRateLimiter {
+    /// The limiter's clock now: local reservations are read on it.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.absolute.keys.clock.now_ms()
+    }
+}
+
 /// `reserve` and `refund`, the same for both strategies.
 macro_rules! refund_methods {
     () => {
@@ -140,7 +148,6 @@ impl SuppressedLocalRateLimiter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::local::LocalRateLimiterOptions;
     use crate::{ManualClock, RateLimit, RateLimiterBuilder};
 

@@ -150,3 +150,11 @@ impl AbsoluteRedisRateLimiter {
 impl SuppressedRedisRateLimiter {
     refund_methods!(StrategyTag::Suppressed);
 }
+
+impl super::RedisRateLimiter {
+    /// The clock reservations are read on (0 without Redis).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn reservation_ms(&self) -> u64 {
+        self.core().map_or(0, |c| c.reservation_ms())
+    }
+}
