@@ -88,10 +88,41 @@ fn check_tour(tour: &[Exchange], exact: bool) {
     }
 }
 
+/// `/search` (burst 3/s and minute 10/min together): rounds of 4, 4, 4, 2 requests 1.2 s
+/// apart admit exactly 3, 3, 3, 1: a request either limit refused counted in neither.
+/// Every 429 lists both policies, and the minute's 429 waits for the minute.
+fn check_search(search: &[Exchange]) {
+    let statuses: Vec<u16> = search.iter().map(|e| e.status).collect();
+    let round = [200, 200, 200, 429];
+    let want: Vec<u16> = [round, round, round]
+        .concat()
+        .into_iter()
+        .chain([200, 429])
+        .collect();
+    assert_eq!(statuses, want);
+    for refused in search.iter().filter(|e| e.status == 429) {
+        let policy: String = header(refused, "ratelimit-policy").unwrap();
+        assert_eq!(policy, "\"burst\";q=3;w=1, \"minute\";q=10;w=60");
+        let retry: u64 = header(refused, "retry-after").unwrap();
+        assert!(retry >= 1);
+    }
+    let last = search.last().unwrap();
+    let retry: u64 = header(last, "retry-after").unwrap();
+    // The first three went about 3.6 s before: the minute frees them 56-58 s later.
+    assert!((55..=60).contains(&retry), "Retry-After {retry}");
+    assert!(
+        last.body.contains(r#""violated-policies":["minute"]"#),
+        "{}",
+        last.body
+    );
+    assert!(search[3].body.contains(r#""violated-policies":["burst"]"#));
+}
+
 /// What the load must show on every provider.
 fn check_load(outcome: &Outcome, svg: &str) {
     let scenario = Scenario::quick();
     assert_eq!(outcome.provider_errors, 0, "the provider failed");
+    check_search(&outcome.search);
     // Every planned request was answered.
     let samples = &outcome.samples;
     let planned: u64 = scenario

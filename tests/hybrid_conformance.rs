@@ -133,3 +133,69 @@ async fn the_conformance_table_with_a_refresh_before_each_call() {
         failures.join("\n")
     );
 }
+
+/// The hybrid's admitted decisions carry the key's usage from the state they were decided
+/// on: Redis's count at the last refresh plus what this instance admitted since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admitted_hybrid_decisions_carry_the_usage_of_their_view() {
+    let redis = TestRedis::get();
+    let clock = ManualClock::new(T0);
+    let draw = ScriptedDraw::default();
+    let options = sluicegate::local::LocalRateLimiterOptions {
+        window_size_seconds: 10.try_into().unwrap(),
+        rate_group_size_ms: 1000.try_into().unwrap(),
+        hard_limit_factor: 1.5.try_into().unwrap(),
+        suppression_factor_cache_ms: 0.try_into().unwrap(),
+    };
+    let prefix = support::unique_prefix("husage");
+    let rl = RateLimiterBuilder::new(options)
+        .clock(clock.clone())
+        .random(draw.clone())
+        .redis_connection(
+            redis.manager().await,
+            support::redis_settings(&options, &prefix, 3_600_000.try_into().unwrap()),
+        )
+        .redis_time_from_clock_for_tests_only(clock.clone())
+        .build()
+        .unwrap();
+    let hybrid = rl.hybrid();
+    let rate = RateLimit::try_from(1.0).unwrap(); // capacity 10
+    for strategy in ["absolute", "suppressed"] {
+        let key = RedisKey::try_from(format!("hu_{strategy}")).unwrap();
+        let inc = |count: u64| {
+            let got = match strategy {
+                "absolute" => hybrid.absolute().inc_sync_with_usage(&key, &rate, count),
+                _ => hybrid.suppressed().inc_sync_with_usage(&key, &rate, count),
+            };
+            let (decision, usage) = got.unwrap();
+            (decision, usage.map(|u| (u.used, u.remaining, u.reset_ms)))
+        };
+        clock.set(T0);
+        hybrid.flush().await.unwrap();
+        let (d, u) = inc(3);
+        assert!(d.is_allowed(), "{strategy}");
+        assert_eq!(u, Some((3, 7, 10_000)), "{strategy}");
+        clock.set(T0 + 2500);
+        hybrid.flush().await.unwrap();
+        let (_, u) = inc(2);
+        // Redis's 3 at the refresh plus 2; only the new bucket is known: the window.
+        assert_eq!(u, Some((5, 5, 10_000)), "{strategy}");
+        clock.set(T0 + 2600);
+        hybrid.flush().await.unwrap();
+        // Past half the capacity the refresh sends an absolute key's oldest buckets: the
+        // first leaves at +11 s. A suppressed key's refresh sends sums only: its reset is
+        // the window (an upper bound).
+        hybrid.flush().await.unwrap();
+        let (_, u) = inc(1);
+        assert_eq!(u.map(|u| u.0), Some(6), "{strategy}");
+        hybrid.flush().await.unwrap();
+        let (_, u) = inc(1);
+        let reset = if strategy == "absolute" {
+            8_400
+        } else {
+            10_000
+        };
+        assert_eq!(u, Some((7, 3, reset)), "{strategy}");
+    }
+    assert_eq!(hybrid.stats().flush_errors, 0);
+}

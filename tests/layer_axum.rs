@@ -455,7 +455,9 @@ async fn problem_json_and_custom_hooks() {
         "{body}"
     );
     assert!(
-        body.ends_with(&format!(",\"retry_after\":{retry}}}")),
+        body.ends_with(&format!(
+            ",\"retry_after\":{retry},\"violated-policies\":[\"default\"]}}"
+        )),
         "{body}"
     );
 
@@ -695,7 +697,9 @@ async fn a_shed_over_the_hard_limit_says_the_window_and_the_quota() {
     assert_eq!(header(&resp, "retry-after"), Some("10"));
     let body = resp.text().await.unwrap();
     assert!(
-        body.ends_with(r#","retry_after":10,"suppression_factor":1.000}"#),
+        body.ends_with(
+            r#","retry_after":10,"suppression_factor":1.000,"violated-policies":["default"]}"#
+        ),
         "{body}"
     );
 }

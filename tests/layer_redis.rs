@@ -138,7 +138,8 @@ async fn redis_keys_with_colons_are_escaped_and_overlong_ones_are_400() {
         .key(key_fn(|head| {
             let path = head.uri.path();
             Ok(Key::new(if path == "/long" {
-                "x".repeat(300)
+                // Under the layer's 256-byte cap, but 300 bytes once escaped for Redis.
+                ":".repeat(100)
             } else {
                 "2001:db8::/64".into()
             }))
@@ -256,4 +257,68 @@ fn redis_providers_need_a_redis_connection() {
             .unwrap_err();
         assert!(matches!(err, Error::RedisNotConfigured), "{err:?}");
     }
+}
+
+/// Several limits on Redis: two limiters (two connections, as two processes would be) on
+/// one prefix, behind two servers; a per-API-key limit beside a per-IP one, decided all or
+/// nothing in one script.
+#[tokio::test]
+async fn redis_limit_sets_are_all_or_nothing_across_limiters() {
+    use sluicegate::layer::{HeaderKey, LayerLimit, PeerIp};
+    use sluicegate::policy::{Limit, LimitName, Quota};
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("layer-set");
+    let limit = |name: &str, per_minute: f64| {
+        Limit::new(
+            LimitName::new(name).unwrap(),
+            Quota::per_minute(per_minute).unwrap(),
+        )
+    };
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let rl = limiter(redis.url(), &prefix).await;
+        let layer = RateLimitLayer::builder(rl)
+            .key(HeaderKey::new(http::HeaderName::from_static("x-api-key")))
+            .limit(limit("key", 2.0))
+            .limit(LayerLimit::new(limit("ip", 3.0)).key(PeerIp::new()))
+            .provider(Provider::Redis)
+            .headers_on_allowed(true)
+            .problem_json()
+            .build()
+            .unwrap();
+        urls.push(serve(hello().layer(layer)).await);
+    }
+    let client = reqwest::Client::new();
+    let call =
+        |n: usize, key: &'static str| client.get(&urls[n % 2]).header("x-api-key", key).send();
+    let ok = call(0, "a").await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(
+        ok.headers()["ratelimit-policy"],
+        "\"key\";q=2;w=60, \"ip\";q=3;w=60"
+    );
+    let ok = call(1, "a").await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let rl_field = ok.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(
+        rl_field.starts_with("\"key\";r=0;t=") && rl_field.contains(", \"ip\";r=1;t="),
+        "{rl_field}"
+    );
+    // Key a is spent: refused on both servers, and the IP keeps its one unit.
+    for n in 0..4 {
+        let resp = call(n, "a").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let field = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(field.ends_with(", \"ip\";r=1"), "{field}");
+        let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        assert_eq!(body["violated-policies"], serde_json::json!(["key"]));
+    }
+    // Key b takes the IP's last unit, then the IP refuses b with b's own count at 1.
+    assert_eq!(call(0, "b").await.unwrap().status(), StatusCode::OK);
+    let resp = call(1, "b").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let field = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(field.starts_with("\"key\";r=1, \"ip\";r=0;t="), "{field}");
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["violated-policies"], serde_json::json!(["ip"]));
 }

@@ -339,3 +339,134 @@ fn a_suppressed_limit_sheds_and_counts_only_its_own_sheds() {
     clock.set(1_010);
     assert!(p.inc("k", 1).unwrap().is_allowed());
 }
+
+/// Per-call quotas, as a rate resolver per limit gives them (plans by API key: `pro_` keys 50
+/// per 10 s, others 5), beside a fixed per-IP limit: each key is held to its own plan, the
+/// window stays the limit's, and a refused request counts in neither limit.
+#[test]
+fn per_call_quotas_hold_each_key_to_its_plan() {
+    let clock = ManualClock::new(0);
+    let p = limiter(&clock, 1, 100)
+        .local()
+        .policy("ip = 100/10s; plan = 5/10s".parse().unwrap());
+    let plan = |key: &str| if key.starts_with("pro_") { 50.0 } else { 5.0 };
+    let call = |key: &str| {
+        p.inc_with(&["10.0.0.1", key], &[100.0, plan(key)], 1)
+            .unwrap()
+    };
+    let admitted = |key: &str| (0..80).filter(|_| call(key).is_allowed()).count();
+    assert_eq!(admitted("pro_alice"), 50);
+    assert_eq!(admitted("bob"), 5);
+    let d = call("bob");
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(d.limits()[1].remaining, 0);
+    assert_eq!(
+        d.limits()[0].remaining,
+        45,
+        "the IP limit counted the 55 admitted requests and none of the 106 refused"
+    );
+    // A check under the other plan: bob's 5 are the same usage under a count of 50.
+    let d = p
+        .check_with(&["10.0.0.1", "bob"], &[100.0, 50.0], 1)
+        .unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.limits()[1].remaining, 45);
+    // The window is the limit's (10 s; 100 ms groups by default): at 10.1 s the first
+    // bucket has left it and bob has a fresh quota of 5.
+    clock.set(10_099);
+    assert!(!call("bob").is_allowed());
+    clock.set(10_100);
+    assert_eq!(admitted("bob"), 5);
+}
+
+/// `inc_with` given the set's own counts decides every call exactly as `inc`, and a count
+/// that is not a quota is a clear error that records nothing.
+#[test]
+fn per_call_quotas_are_checked_and_the_sets_counts_are_inc() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock, 1, 100);
+    let set: LimitSet = "burst = 3/s; minute = 150/m".parse().unwrap();
+    let (a, b) = (rl.local().policy(set.clone()), rl.local().policy(set));
+    let mut rng = 4242u64;
+    let mut next = |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut outcomes = [0usize; 3];
+    for _ in 0..3_000 {
+        clock.advance(next(1_000));
+        let cost = 1 + next(3);
+        let want = a.inc("k", cost).unwrap();
+        assert_eq!(b.inc_with(&["k", "k"], &[3.0, 150.0], cost).unwrap(), want);
+        outcomes[want.outcome() as usize] += 1;
+    }
+    assert!(outcomes[0] > 500 && outcomes[1] > 500, "{outcomes:?}");
+
+    let err = b.inc_with(&["k", "k"], &[3.0, 0.5], 1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            sluicegate::Error::CapacityBelowOne {
+                window_size_seconds: 60,
+                capacity: 0.5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for bad in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+        assert!(b.inc_with(&["k", "k"], &[bad, 150.0], 1).is_err(), "{bad}");
+        assert!(
+            b.check_with(&["k", "k"], &[bad, 150.0], 1).is_err(),
+            "{bad}"
+        );
+    }
+    let err = b.inc_with(&["k", "k"], &[3.0], 1).unwrap_err().to_string();
+    assert!(err.contains("one quota count per limit"), "{err}");
+    let err = b
+        .inc_with(&["k"], &[3.0, 150.0], 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one key per limit"), "{err}");
+    assert!(matches!(
+        b.inc_with(&["k", "k"], &[3.0, 150.0], 0),
+        Err(sluicegate::Error::ZeroCount)
+    ));
+    // None of the errors recorded anything: a check still sees what `inc` left.
+    assert_eq!(
+        b.check("k", 1).unwrap(),
+        a.check("k", 1).unwrap(),
+        "the failed calls spent nothing"
+    );
+    // A cost above the call's count is refused for good by that limit, as under `inc`.
+    let d = b.inc_with(&["fresh", "fresh"], &[3.0, 2.0], 3).unwrap();
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(d.retry_after_ms(), u64::MAX);
+}
+
+/// A suppressed limit under a per-call count: its hard limit is the call's count times its
+/// factor.
+#[test]
+fn a_per_call_count_moves_a_suppressed_limits_hard_limit() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock, 1, 100);
+    let set = LimitSet::from(
+        "shed = 2/s"
+            .parse::<Limit>()
+            .unwrap()
+            .suppressed(HardLimitFactor::try_from(1.0).unwrap()),
+    );
+    let p = rl.local().policy(set);
+    for _ in 0..4 {
+        assert!(p.inc_with(&["k"], &[4.0], 1).unwrap().is_allowed());
+    }
+    let d = p.inc_with(&["k"], &[4.0], 1).unwrap();
+    assert_eq!(d.outcome(), Outcome::Shed);
+    assert_eq!(d.limits()[0].suppression_factor, 1.0, "at 4 × 1.0 observed");
+    assert!(
+        p.inc_with(&["k"], &[8.0], 1).unwrap().is_allowed(),
+        "under a count of 8, 5 observed is below capacity"
+    );
+}

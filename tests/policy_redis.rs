@@ -234,3 +234,78 @@ async fn one_key_per_limit_on_one_server() {
     );
     assert!(p.inc_each(&[&ip], 1).await.is_err(), "one key per limit");
 }
+
+/// Per-call quotas on Redis: the same random calls with a count resolved per call (a plan
+/// per key, and now and then a plan change) get the same answers as on the local provider,
+/// on one key and on one key per limit; a bad count is refused before any round trip.
+#[tokio::test]
+async fn per_call_quotas_decide_as_the_local_provider() {
+    let redis = support::TestRedis::get();
+    let clock = ManualClock::new(1_000_000);
+    let rl = on_clock(&redis, &clock).await;
+    let local = rl.local().policy(set());
+    let remote = rl.redis().policy(set()).unwrap();
+    let mut rng = 7u64;
+    let mut next = |m: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % m
+    };
+    let mut seen = [0usize; 3];
+    for call in 0..1_200 {
+        clock.advance(if call % 40 == 39 { 12_000 } else { next(400) });
+        let user = ["pro_a", "b"][next(2) as usize];
+        let ip = ["ip1", "ip2"][next(2) as usize];
+        // Plans: pro_ keys get 3x the set's counts; one call in ten under a changed plan.
+        let scale = if user.starts_with("pro_") { 3.0 } else { 1.0 }
+            * if next(10) == 0 { 0.5 } else { 1.0 };
+        let counts: Vec<f64> = set()
+            .iter()
+            .map(|l| (l.quota().count() * scale).max(1.0))
+            .collect();
+        let cost = 1 + next(3);
+        let keys = [ip, user, user];
+        let want = local.inc_with(&keys, &counts, cost).unwrap();
+        let rkeys: Vec<RedisKey> = keys
+            .iter()
+            .map(|k| RedisKey::try_from(*k).unwrap())
+            .collect();
+        let rkeys: Vec<&RedisKey> = rkeys.iter().collect();
+        let got = remote.inc_with(&rkeys, &counts, cost).await.unwrap();
+        assert_eq!(
+            got, want,
+            "call {call}: keys {keys:?}, counts {counts:?}, cost {cost}"
+        );
+        seen[want.outcome() as usize] += 1;
+        if call % 100 == 0 {
+            let want = local.check_with(&keys, &counts, 1).unwrap();
+            assert_eq!(remote.check_with(&rkeys, &counts, 1).await.unwrap(), want);
+        }
+    }
+    assert!(
+        seen.iter().all(|n| *n > 50),
+        "every outcome reached: {seen:?}"
+    );
+    let k = RedisKey::try_from("a").unwrap();
+    let err = remote
+        .inc_with(&[&k, &k, &k], &[3.0, 0.2, 5.0], 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sluicegate::Error::CapacityBelowOne { .. }),
+        "{err}"
+    );
+    assert!(
+        remote
+            .inc_with(&[&k, &k, &k], &[3.0, 5.0], 1)
+            .await
+            .is_err()
+    );
+    assert!(
+        remote
+            .check_with(&[&k, &k, &k], &[f64::NAN, 5.0, 5.0], 1)
+            .await
+            .is_err()
+    );
+}

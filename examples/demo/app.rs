@@ -4,6 +4,11 @@
 //!   window, any other key 5; no key is `401` with a body that says to send one.
 //! - `GET /feed`: suppressed, keyed by the client's IP, 50 requests per window; the limiter's
 //!   hard limit factor (1.5) is where shedding becomes total.
+//! - `GET /search`: two absolute limits together, keyed by `x-api-key` (401 without):
+//!   `burst` 3 per 1 s and `minute` 10 per 60 s, both in 100 ms groups, decided all or
+//!   nothing (a request one refuses counts in neither). Its 429s list both policies and a
+//!   `Retry-After` that covers the wait until both admit; the problem+json body names the
+//!   violated ones. The same limits in the full and the quick run.
 //! - `GET /health`: not limited.
 //!
 //! The window is 10 s in the full demo (so 5 requests/s for `pro_` keys and for the feed) and
@@ -19,7 +24,8 @@ use http::HeaderName;
 use sluicegate::Strategy;
 use sluicegate::layer::{HeaderKey, PeerIp, Provider, RateLimitLayer};
 use sluicegate::local::LocalRateLimiterOptions;
-use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
+use sluicegate::policy::{Limit, LimitName, LimitSet, Quota};
+use sluicegate::{RateGroupSizeMs, RateLimit, RateLimiter, RateLimiterBuilder};
 use tokio::net::TcpListener;
 
 /// The header `/api` is keyed by.
@@ -30,6 +36,22 @@ pub const PRO_PER_WINDOW: f64 = 50.0;
 pub const FREE_PER_WINDOW: f64 = 5.0;
 /// `/feed`: full shedding once the observed load reaches this multiple of the capacity.
 pub const HARD_LIMIT_FACTOR: f64 = 1.5;
+/// `/search`: (name, requests, window in seconds) of its two limits.
+pub const SEARCH_LIMITS: [(&str, f64, u64); 2] = [("burst", 3.0, 1), ("minute", 10.0, 60)];
+/// `/search`'s limits count in groups this wide.
+pub const SEARCH_GROUP_MS: u64 = 100;
+
+/// `/search`'s set: `burst` 3 per 1 s and `minute` 10 per 60 s, in 100 ms groups.
+pub fn search_limits() -> Result<LimitSet, sluicegate::Error> {
+    let group = RateGroupSizeMs::try_from(SEARCH_GROUP_MS)?;
+    let limits = SEARCH_LIMITS
+        .iter()
+        .map(|&(name, count, window_s)| {
+            Limit::new(LimitName::new(name)?, Quota::new(count, window_s)?).group(group)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    LimitSet::new(limits)
+}
 
 /// How the limiter is set up: the window, and how fine its buckets are.
 #[derive(Debug, Clone, Copy)]
@@ -65,11 +87,11 @@ impl Limits {
     }
 }
 
-/// The demo's app: the router, and its two layers (cheap clones) to read their counters.
+/// The demo's app: the router, and its layers (cheap clones) to read their counters.
 pub struct App {
-    /// The three routes.
+    /// The routes.
     pub router: Router,
-    layers: [RateLimitLayer; 2],
+    layers: Vec<RateLimitLayer>,
 }
 
 impl App {
@@ -83,14 +105,18 @@ impl App {
     }
 }
 
-/// The three routes on `limiter`, decided by `provider`.
+/// The routes on `limiter`, decided by `provider`. One limiter; a layer per route, each
+/// built from one base builder (a clone per route). A new route is one more entry in
+/// `limited` (or a plain `.route` for an unlimited one).
 pub fn app(
     limiter: Arc<RateLimiter>,
     limits: Limits,
     provider: Provider,
 ) -> Result<App, sluicegate::Error> {
     let window = limits.window_s as f64;
-    let api = RateLimitLayer::builder(limiter.clone())
+    let base = RateLimitLayer::builder(limiter).provider(provider);
+    let api = base
+        .clone()
         .key(HeaderKey::new(API_KEY))
         .rate_fn(move |key, _req| {
             let per_window = if key.as_str().starts_with("pro_") {
@@ -101,29 +127,47 @@ pub fn app(
             RateLimit::try_from(per_window / window).expect("plan rates are positive")
         })
         .strategy(Strategy::Absolute)
-        .provider(provider)
         .policy_name("api")
         .headers_on_allowed(true)
         .build()?;
-    let feed = RateLimitLayer::builder(limiter)
+    let feed = base
+        .clone()
         .key(PeerIp::new())
         .rate(RateLimit::try_from(limits.limit_per_s())?)
         .strategy(Strategy::Suppressed)
-        .provider(provider)
         .policy_name("feed")
         .build()?;
+    // Limit sets are on the local and Redis providers; with `--hybrid`, `/search` is decided
+    // on the hybrid limiter's Redis.
+    let search_provider = match provider {
+        #[cfg(feature = "redis-tokio")]
+        Provider::Hybrid => Provider::Redis,
+        p => p,
+    };
+    let search = base
+        .provider(search_provider)
+        .key(HeaderKey::new(API_KEY))
+        .limits(search_limits()?)
+        .headers_on_allowed(true)
+        .problem_json()
+        .build()?;
 
-    let router = Router::new()
-        .route("/api", get(|| async { "api: ok\n" }).layer(api.clone()))
-        .route("/feed", get(|| async { "feed: ok\n" }).layer(feed.clone()))
-        .route("/health", get(|| async { "ok\n" }))
+    let limited = [
+        ("/api", get(|| async { "api: ok\n" }), api),
+        ("/feed", get(|| async { "feed: ok\n" }), feed),
+        ("/search", get(|| async { "search: ok\n" }), search),
+    ];
+    let mut router = Router::new().route("/health", get(|| async { "ok\n" }));
+    let mut layers = Vec::new();
+    for (path, handler, layer) in limited {
+        router = router.route(path, handler.layer(layer.clone()));
+        layers.push(layer);
+    }
+    let router = router
         // `PeerIp` reads the connection's address from a `SocketAddr` request extension
         // (with the crate's `axum` feature it also reads axum's `ConnectInfo` itself).
         .layer(axum::middleware::map_request(copy_peer_addr));
-    Ok(App {
-        router,
-        layers: [api, feed],
-    })
+    Ok(App { router, layers })
 }
 
 async fn copy_peer_addr(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request) -> Request {

@@ -14,6 +14,10 @@
 //!   factor 1.5. Past the capacity a share of requests is shed (`503` with
 //!   `x-suppression-factor`) so the admitted rate settles at the limit; past the hard limit
 //!   everything is shed.
+//! - `GET /search`: two absolute limits together, keyed by `x-api-key` (401 without):
+//!   `burst` 3 per 1 s and `minute` 10 per 60 s, in 100 ms groups. A request refused by one
+//!   counts in neither; its 429 lists both policies, and `Retry-After` covers the wait until
+//!   both admit.
 //! - `GET /health`: not limited.
 //!
 //! The load runs in phases: below the limit, at it, 1.3x (under `/feed`'s hard limit), 3x
@@ -31,7 +35,7 @@ mod run;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use load::{Exchange, PRO_KEY, Route, Scenario};
+use load::{Exchange, PRO_KEY, Route, SEARCH_KEY, Scenario};
 use run::Store;
 
 /// What the command line asked for.
@@ -152,6 +156,9 @@ async fn serve(args: &Args, scenario: &Scenario) -> Result<(), Box<dyn std::erro
     println!(
         "  for i in $(seq 80); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/feed; done; echo"
     );
+    println!(
+        "  for i in 1 2 3 4; do curl -s -i -H 'x-api-key: me' {base}/search | grep -iE '^(HTTP|retry-after|ratelimit)'; done"
+    );
     server.wait().await?;
     Ok(())
 }
@@ -225,6 +232,23 @@ async fn demo(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    println!("\n/search: burst 3 per 1 s and minute 10 per 60 s together (key {SEARCH_KEY}):");
+    let mut refusals = std::collections::HashSet::new();
+    for e in &outcome.search {
+        // Each kind of answer in full once; the rest as one line.
+        let fields: Vec<String> = e.fields.iter().map(|(n, v)| format!("{n}: {v}")).collect();
+        let kind = (e.status, e.body.contains("\"minute\""));
+        if e.status != 200 && refusals.insert(kind) {
+            print_exchange(e, true);
+        } else {
+            println!("    {} {}", e.status, fields.join("; "));
+        }
+    }
+    let admitted = outcome.search.iter().filter(|e| e.status == 200).count();
+    println!(
+        "  {admitted} admitted of {} (the refused ones counted in neither limit)",
+        outcome.search.len()
+    );
     if outcome.provider_errors > 0 {
         println!(
             "\n{} decisions failed on the {} provider and were let through (the layers fail open)",

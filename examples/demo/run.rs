@@ -110,6 +110,8 @@ pub struct Outcome {
     pub table: String,
     /// Decisions the provider failed to make (let through).
     pub provider_errors: u64,
+    /// `/search` under its two limits ([`load::search_tour`]), after the load.
+    pub search: Vec<Exchange>,
 }
 
 /// Runs the demo end to end on a free loopback port and writes the chart to `chart`.
@@ -128,6 +130,7 @@ pub async fn run(
     let tour = load::tour(addr).await?;
     on_ready(addr, &tour);
     let samples = load::drive(addr, scenario, progress).await?;
+    let search = load::search_tour(addr).await?;
     server.stop().await?;
     let table = report::table(&samples, scenario);
     if let Some(dir) = chart.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -138,5 +141,6 @@ pub async fn run(
         samples,
         table,
         provider_errors: app.provider_errors(),
+        search,
     })
 }

@@ -121,6 +121,7 @@ mod mode;
 mod refund;
 mod stats;
 mod suppressed;
+mod usage;
 mod walk;
 
 use std::sync::Arc;
@@ -135,7 +136,7 @@ use suppressed::SuppressedKey;
 use crate::call::{Call, checked_capacity};
 use crate::clock::Time;
 use crate::local::store::KeyStore;
-use crate::redis::{Core, RedisKey};
+use crate::redis::{Core, KeyUsage, RedisKey};
 use crate::{Error, RateLimit, RateLimitDecision};
 use mode::{Conditions, Now};
 
@@ -197,21 +198,38 @@ macro_rules! inc_methods {
         ) -> Result<RateLimitDecision, Error> {
             self.decide(key, rate, count)
         }
+
+        /// [`inc_sync`](Self::inc_sync), with the key's usage after an admitted call
+        /// (`None` for a refusal), read from the state the call was decided on: no I/O,
+        /// no second lookup. The usage is this instance's view: Redis's count at the last
+        /// refresh plus what this instance admitted since.
+        ///
+        /// # Errors
+        /// As [`inc_sync`](Self::inc_sync).
+        #[inline]
+        pub fn inc_sync_with_usage(
+            &self,
+            key: &RedisKey,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
+            self.decide_with_usage(key, rate, count)
+        }
     };
 }
 
 /// One checked call on a key of `keys`, created by `create(rate, cap, now)` if new,
 /// decided by `decide`: both strategies' `inc_sync`.
 #[inline]
-fn decide_on<K>(
+fn decide_on<K, R>(
     core: &Option<Arc<HybridCore>>,
     key: &RedisKey,
     rate: &RateLimit,
     count: u64,
     keys: impl FnOnce(&HybridCore) -> &KeyStore<K>,
     create: impl FnOnce(f64, f64, u64) -> K,
-    decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> RateLimitDecision,
-) -> Result<RateLimitDecision, Error> {
+    decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> R,
+) -> Result<R, Error> {
     let core = core_of(core)?;
     let rate = rate.get();
     let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
@@ -336,6 +354,32 @@ impl AbsoluteHybridRateLimiter {
         )
     }
 
+    /// The decision of `inc_sync_with_usage`.
+    #[inline]
+    fn decide_with_usage(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
+        decide_on(
+            &self.shared,
+            key,
+            rate,
+            count,
+            |core| &core.absolute,
+            AbsoluteKey::new,
+            |state, _, conditions, now, call| {
+                let decision = state.inc(conditions, now, call);
+                let usage = decision.is_allowed().then(|| {
+                    let own = state.own.usage(conditions.grid, now.server);
+                    state.usage_after(conditions, now, own)
+                });
+                (decision, usage)
+            },
+        )
+    }
+
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, from
     /// local state. Records nothing; a key this instance has not seen is `Allowed`.
     ///
@@ -382,6 +426,32 @@ impl SuppressedHybridRateLimiter {
             SuppressedKey::new,
             |state, core, conditions, now, call| {
                 state.inc(conditions, now, call, || core.core.random.next_f64())
+            },
+        )
+    }
+
+    /// The decision of `inc_sync_with_usage`.
+    #[inline]
+    fn decide_with_usage(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
+        decide_on(
+            &self.shared,
+            key,
+            rate,
+            count,
+            |core| &core.suppressed,
+            SuppressedKey::new,
+            |state, core, conditions, now, call| {
+                let decision = state.inc(conditions, now, call, || core.core.random.next_f64());
+                let usage = decision.is_allowed().then(|| {
+                    let own = state.own.usage(conditions.grid, now.server).accepted;
+                    state.usage_after(conditions, now, own)
+                });
+                (decision, usage)
             },
         )
     }

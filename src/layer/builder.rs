@@ -12,7 +12,9 @@ use super::extract::{Key, KeyExtractor, PeerIp, RequestHead};
 use super::headers::{self, Prebuilt};
 use super::provider::{AsyncProvider, Backend, Provider};
 use super::response::{Rejection, RejectionBody, RejectionFn};
+use super::set::{LayerLimit, SetEngine};
 use crate::Strategy;
+use crate::policy::LimitSet;
 use crate::{Error, RateLimit, RateLimiter};
 
 /// What happens to a request whose key cannot be read.
@@ -45,15 +47,21 @@ pub type RateFn = dyn Fn(&Key, &RequestHead<'_>) -> RateLimit + Send + Sync;
 /// The cost of a request in units of the rate.
 pub type CostFn = dyn Fn(&RequestHead<'_>) -> u64 + Send + Sync;
 
+#[derive(Clone)]
 pub(crate) enum RateSource {
     Fixed(RateLimit),
-    Resolver(Box<RateFn>),
+    Resolver(Arc<RateFn>),
 }
 
+#[derive(Clone)]
 pub(crate) enum CostSource {
     Fixed(u64),
-    Resolver(Box<CostFn>),
+    Resolver(Arc<CostFn>),
 }
+
+/// The longest key the layer takes by default, in bytes: longer keys are answered `431`
+/// before they reach a store.
+pub const DEFAULT_MAX_KEY_LEN: usize = 256;
 
 /// Builds a [`RateLimitLayer`]; every setting has a default but the rate.
 ///
@@ -79,9 +87,43 @@ pub(crate) enum CostSource {
 ///     .build()?;
 /// # let _ = layer; Ok(()) }
 /// ```
+///
+/// # Several limits
+/// [`limit`](Self::limit) and [`limits`](Self::limits) put a [`LimitSet`] on the layer in
+/// place of the one rate: each limit with its own name, quota, strategy and (with
+/// [`LayerLimit::key`]) its own key, decided all or nothing (a request one limit refuses
+/// counts in none). The builder is `Clone`: set the common parts once and clone it per
+/// route, one limiter behind every layer.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use sluicegate::{RateLimiterBuilder, local::LocalRateLimiterOptions};
+/// use sluicegate::layer::{HeaderKey, LayerLimit, PeerIp, RateLimitLayer};
+/// use sluicegate::policy::{Limit, LimitName, LimitSet, Quota};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let limiter = Arc::new(RateLimiterBuilder::new(LocalRateLimiterOptions {
+/// #     window_size_seconds: 60.try_into()?, rate_group_size_ms: 100.try_into()?,
+/// #     hard_limit_factor: Default::default(), suppression_factor_cache_ms: Default::default(),
+/// # }).build()?);
+/// let base = RateLimitLayer::builder(limiter)
+///     .key(HeaderKey::new(http::HeaderName::from_static("x-api-key")))
+///     .problem_json();
+/// // Per API key: 3 a second and 10 a minute together.
+/// let search = base.clone().limits("burst = 3/s; minute = 10/min".parse::<LimitSet>()?).build()?;
+/// // Per API key and, beside it, per peer IP.
+/// let upload = base
+///     .limit(Limit::new(LimitName::new("key")?, Quota::per_minute(30.0)?))
+///     .limit(LayerLimit::new(Limit::new(LimitName::new("ip")?, Quota::per_minute(100.0)?))
+///         .key(PeerIp::new()))
+///     .build()?;
+/// # let _ = (search, upload); Ok(()) }
+/// ```
+#[derive(Clone)]
 pub struct RateLimitLayerBuilder {
     limiter: Arc<RateLimiter>,
-    extractor: Box<dyn KeyExtractor>,
+    extractor: Arc<dyn KeyExtractor>,
+    limits: Vec<LayerLimit>,
+    max_key_len: usize,
     rate: Option<RateSource>,
     cost: CostSource,
     strategy: Strategy,
@@ -109,7 +151,9 @@ impl RateLimitLayerBuilder {
     pub(crate) fn new(limiter: Arc<RateLimiter>) -> Self {
         RateLimitLayerBuilder {
             limiter,
-            extractor: Box::new(PeerIp::new()),
+            extractor: Arc::new(PeerIp::new()),
+            limits: Vec::new(),
+            max_key_len: DEFAULT_MAX_KEY_LEN,
             rate: None,
             cost: CostSource::Fixed(1),
             strategy: Strategy::default(),
@@ -124,9 +168,40 @@ impl RateLimitLayerBuilder {
         }
     }
 
-    /// What requests are keyed by (default: [`PeerIp`]).
+    /// What requests are keyed by (default: [`PeerIp`]); with several limits, the key of
+    /// every limit that has none of its own.
     pub fn key(mut self, extractor: impl KeyExtractor) -> Self {
-        self.extractor = Box::new(extractor);
+        self.extractor = Arc::new(extractor);
+        self
+    }
+
+    /// Adds a limit: the layer then decides a [`LimitSet`] (every limit added) in place of
+    /// one rate, all or nothing. A [`Limit`](crate::policy::Limit) is keyed by the layer's
+    /// key; a [`LayerLimit`] may have its own. Give either limits or
+    /// [`rate`](Self::rate)/[`rate_fn`](Self::rate_fn), not both.
+    ///
+    /// Each limit's name is its policy name in `RateLimit-Policy`; its strategy is its own
+    /// ([`strategy`](Self::strategy) is for the one-rate layer).
+    pub fn limit(mut self, limit: impl Into<LayerLimit>) -> Self {
+        self.limits.push(limit.into());
+        self
+    }
+
+    /// Adds every limit of `set`, keyed by the layer's key (e.g. a set parsed from
+    /// `"burst = 3/s; minute = 10/min"`).
+    pub fn limits(mut self, set: LimitSet) -> Self {
+        self.limits.extend(set.iter().cloned().map(LayerLimit::new));
+        self
+    }
+
+    /// The longest key taken, in bytes (default [`DEFAULT_MAX_KEY_LEN`], 256). A longer
+    /// key is refused with `431 Request Header Fields Too Large` before it reaches a store,
+    /// whatever the [`KeyErrorPolicy`] (letting it through would let any client skip the
+    /// limit by padding its key). 431 because the keys that can grow long come from request
+    /// headers (an API key, a forwarded chain); a [`key_fn`](super::key_fn) reading the
+    /// path gets the same answer.
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
         self
     }
 
@@ -143,7 +218,7 @@ impl RateLimitLayerBuilder {
         mut self,
         resolve: impl Fn(&Key, &RequestHead<'_>) -> RateLimit + Send + Sync + 'static,
     ) -> Self {
-        self.rate = Some(RateSource::Resolver(Box::new(resolve)));
+        self.rate = Some(RateSource::Resolver(Arc::new(resolve)));
         self
     }
 
@@ -158,7 +233,7 @@ impl RateLimitLayerBuilder {
         mut self,
         cost: impl Fn(&RequestHead<'_>) -> u64 + Send + Sync + 'static,
     ) -> Self {
-        self.cost = CostSource::Resolver(Box::new(cost));
+        self.cost = CostSource::Resolver(Arc::new(cost));
         self
     }
 
@@ -246,7 +321,39 @@ impl RateLimitLayerBuilder {
     pub fn build(self) -> Result<RateLimitLayer, Error> {
         let window_s = self.limiter.window_size_seconds();
         headers::validate_policy_name(&self.policy_name)?;
-        let rate = self.rate.ok_or_else(|| {
+        if self.max_key_len == 0 {
+            return Err(Error::invalid(
+                "RateLimitLayer max_key_len",
+                0,
+                "must be at least 1 byte",
+            ));
+        }
+        let set = if self.limits.is_empty() {
+            None
+        } else {
+            if self.rate.is_some() {
+                return Err(Error::invalid(
+                    "RateLimitLayer rate",
+                    "a rate and limits",
+                    "give either `.rate`/`.rate_fn` or `.limit`/`.limits`, not both",
+                ));
+            }
+            Some(Box::new(SetEngine::new(
+                &self.limiter,
+                self.provider,
+                self.extractor.clone(),
+                self.limits,
+                &self.cost,
+            )?))
+        };
+        // The one-rate parts are unused with a set; a placeholder rate keeps them simple.
+        let rate = match (self.rate, &set) {
+            (None, Some(_)) => Some(RateSource::Fixed(
+                RateLimit::try_from(1.0).expect("1 is a valid rate"),
+            )),
+            (rate, _) => rate,
+        };
+        let rate = rate.ok_or_else(|| {
             Error::invalid(
                 "RateLimitLayer rate",
                 "none",
@@ -257,7 +364,9 @@ impl RateLimitLayerBuilder {
             RateSource::Fixed(r) => Some(r.get()),
             RateSource::Resolver(_) => None,
         };
-        if let Some(r) = fixed_rate {
+        if set.is_some() {
+            // The set checked its own quotas against the cost.
+        } else if let Some(r) = fixed_rate {
             let cost = match self.cost {
                 CostSource::Fixed(c) => c,
                 CostSource::Resolver(_) => 1,
@@ -267,6 +376,7 @@ impl RateLimitLayerBuilder {
             return Err(Error::ZeroCount);
         }
         let backend = match self.async_provider {
+            _ if set.is_some() => Backend::Local(self.strategy),
             Some(p) => Backend::Async(p),
             None => match self.provider {
                 Provider::Local => Backend::Local(self.strategy),
@@ -290,7 +400,8 @@ impl RateLimitLayerBuilder {
             &self.policy_name,
             window_s,
             fixed_rate,
-            self.strategy == Strategy::Suppressed,
+            self.strategy == Strategy::Suppressed
+                || set.as_ref().is_some_and(|s| s.any_suppressed()),
         );
         Ok(RateLimitLayer::from_engine(Arc::new(DecisionEngine {
             limiter: self.limiter,
@@ -305,6 +416,8 @@ impl RateLimitLayerBuilder {
             factor_on_allowed: self.factor_on_allowed,
             body: self.body,
             prebuilt,
+            set,
+            max_key_len: self.max_key_len,
             provider_errors: AtomicU64::new(0),
         })))
     }

@@ -18,13 +18,14 @@ use super::fields::AdmittedHeaders;
 use super::headers::Prebuilt;
 use super::provider::{self, Backend, DecisionFuture};
 use super::response::{Rejection, RejectionBody};
+use super::set::SetEngine;
 use crate::Strategy;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
 
 /// Everything a service needs to decide, behind the one `Arc` a clone copies.
 pub(crate) struct DecisionEngine {
     pub(super) limiter: Arc<RateLimiter>,
-    pub(super) extractor: Box<dyn KeyExtractor>,
+    pub(super) extractor: Arc<dyn KeyExtractor>,
     pub(super) rate: RateSource,
     pub(super) cost: CostSource,
     pub(super) strategy: Strategy,
@@ -35,6 +36,10 @@ pub(crate) struct DecisionEngine {
     pub(super) factor_on_allowed: bool,
     pub(super) body: RejectionBody,
     pub(super) prebuilt: Prebuilt,
+    /// Several limits: the set, decided in place of the one rate.
+    pub(super) set: Option<Box<SetEngine>>,
+    /// The longest key taken, in bytes.
+    pub(super) max_key_len: usize,
     pub(crate) provider_errors: AtomicU64,
 }
 
@@ -57,8 +62,34 @@ pub(crate) enum Verdict {
     /// Answer with this response (boxed: it is large, and the allowed path's future
     /// should not be).
     Reject(Box<Response<Bytes>>),
-    /// Wait for a networked provider, then [`DecisionEngine::finish`].
-    Awaiting(DecisionFuture, AwaitedRequest),
+    /// Wait for a networked provider, then [`Pending::poll`].
+    Awaiting(Pending),
+}
+
+/// A networked decision on its way, and what finishing it needs.
+pub(crate) enum Pending {
+    /// The one-rate layer.
+    One(DecisionFuture, AwaitedRequest),
+    /// A set; the extractors' keys.
+    #[cfg(feature = "redis-tokio")]
+    Set(super::set::SetFuture, Box<[Key]>),
+}
+
+impl Pending {
+    /// Polls the decision; once it is in, the verdict.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, engine: &DecisionEngine) -> Poll<Verdict> {
+        match self {
+            Pending::One(decision, awaited) => {
+                let result = std::task::ready!(decision.as_mut().poll(cx));
+                Poll::Ready(engine.finish(result, awaited))
+            }
+            #[cfg(feature = "redis-tokio")]
+            Pending::Set(decision, keys) => {
+                let result = std::task::ready!(decision.as_mut().poll(cx));
+                Poll::Ready(engine.finish_set(result, keys))
+            }
+        }
+    }
 }
 
 /// The request a networked decision is awaited for: what the finishing step needs.
@@ -71,18 +102,21 @@ impl DecisionEngine {
     /// Decides one request from its head.
     #[inline]
     pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
+        if let Some(set) = &self.set {
+            return self.check_set(set, head);
+        }
         let key = match self.extractor.extract(head) {
             Ok(key) => key,
             Err(err) => return self.key_failure(&err),
         };
+        if let Err(verdict) = self.check_key_len(&key) {
+            return verdict;
+        }
         let rate = match &self.rate {
             RateSource::Fixed(r) => *r,
             RateSource::Resolver(f) => f(&key, head),
         };
-        let cost = match &self.cost {
-            CostSource::Fixed(c) => *c,
-            CostSource::Resolver(f) => f(head).max(1),
-        };
+        let cost = self.resolve_cost(head);
         match &self.backend {
             // With the admitted fields on, the usage after the call comes from the same
             // lookup: no second one for `RateLimit: r=`.
@@ -111,10 +145,41 @@ impl DecisionEngine {
                 let mut cx = Context::from_waker(Waker::noop());
                 match decision.as_mut().poll(&mut cx) {
                     Poll::Ready(result) => self.finish(result, &awaited),
-                    Poll::Pending => Verdict::Awaiting(decision, awaited),
+                    Poll::Pending => Verdict::Awaiting(Pending::One(decision, awaited)),
                 }
             }
         }
+    }
+
+    /// The request's cost (at least 1).
+    #[inline]
+    pub(super) fn resolve_cost(&self, head: &RequestHead<'_>) -> u64 {
+        match &self.cost {
+            CostSource::Fixed(c) => *c,
+            CostSource::Resolver(f) => f(head).max(1),
+        }
+    }
+
+    /// Refuses a key over the length cap before it reaches a store.
+    #[inline]
+    pub(super) fn check_key_len(&self, key: &Key) -> Result<(), Verdict> {
+        if key.as_str().len() <= self.max_key_len {
+            return Ok(());
+        }
+        Err(self.key_too_long(key))
+    }
+
+    #[cold]
+    fn key_too_long(&self, key: &Key) -> Verdict {
+        let err = KeyError::TooLong {
+            len: key.as_str().len(),
+            max: self.max_key_len,
+        };
+        tracing::debug!(error = %err, "sluicegate: rate-limit key refused");
+        Verdict::Reject(Box::new(self.body.build(&Rejection::KeyUnavailable {
+            status: err.status(),
+            error: &err,
+        })))
     }
 
     /// Turns a networked provider's answer into a verdict.
@@ -125,14 +190,22 @@ impl DecisionEngine {
     ) -> Verdict {
         match result {
             Ok(decision) => self.verdict(decision, &awaited.key, awaited.rate, None),
-            Err(err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. })) => {
+            Err(err) => self.failed(err),
+        }
+    }
+
+    /// A networked provider's error: a misconfigured rate or cost, a key Redis cannot
+    /// store, or the provider failing (the provider-error policy).
+    pub(super) fn failed(&self, err: Error) -> Verdict {
+        match err {
+            err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. }) => {
                 self.misconfigured(&err)
             }
-            Err(Error::InvalidKey { key, reason }) => self.key_failure(&KeyError::custom(
+            Error::InvalidKey { key, reason } => self.key_failure(&KeyError::custom(
                 StatusCode::BAD_REQUEST,
                 format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),
             )),
-            Err(err) => {
+            err => {
                 self.provider_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");
                 match self.on_provider_error {
@@ -182,7 +255,7 @@ impl DecisionEngine {
     }
 
     #[cold]
-    fn key_failure(&self, err: &KeyError) -> Verdict {
+    pub(super) fn key_failure(&self, err: &KeyError) -> Verdict {
         let status = match self.on_key_error {
             KeyErrorPolicy::Allow => {
                 tracing::debug!(error = %err, "sluicegate: no rate-limit key; request let through");
@@ -201,7 +274,7 @@ impl DecisionEngine {
     }
 
     #[cold]
-    fn misconfigured(&self, err: &Error) -> Verdict {
+    pub(super) fn misconfigured(&self, err: &Error) -> Verdict {
         tracing::error!(error = %err, "sluicegate: resolved rate or cost does not fit the limiter");
         Verdict::Reject(Box::new(
             self.body.build(&Rejection::Misconfigured { error: err }),

@@ -33,6 +33,19 @@ impl AdmittedHeaders {
         AdmittedHeaders(None)
     }
 
+    /// These fields (any may be absent).
+    pub(crate) fn with(
+        policy: Option<HeaderValue>,
+        ratelimit: Option<HeaderValue>,
+        factor: Option<HeaderValue>,
+    ) -> Self {
+        AdmittedHeaders(Some(Box::new(AdmittedValues {
+            policy,
+            ratelimit,
+            factor,
+        })))
+    }
+
     /// Adds the fields to the inner service's response headers.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         let Some(values) = self.0 else { return };
@@ -78,6 +91,11 @@ impl DecisionEngine {
         AdmittedHeaders(Some(Box::new(values)))
     }
 
+    /// The suppression factor header, pre-built where the factor has three decimals.
+    pub(super) fn prebuilt_factor(&self, factor: f64) -> HeaderValue {
+        self.prebuilt.factor(factor)
+    }
+
     /// The `429` of the absolute strategy: the core's wait, rounded up and capped at the
     /// window.
     pub(super) fn limited(&self, key: &Key, rate: RateLimit, wait_ms: u64) -> Response<Bytes> {
@@ -85,6 +103,7 @@ impl DecisionEngine {
         let mut response = self.body.build(&Rejection::RateLimited {
             key,
             retry_after_seconds: seconds,
+            violated: self.prebuilt.violated(),
         });
         self.add_limit_fields(&mut response, rate, seconds);
         response
@@ -98,6 +117,7 @@ impl DecisionEngine {
             key,
             suppression_factor: factor,
             retry_after_seconds: seconds,
+            violated: self.prebuilt.violated(),
         });
         self.add_limit_fields(&mut response, rate, seconds);
         let h = response.headers_mut();

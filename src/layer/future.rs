@@ -13,9 +13,8 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::{BodyMode, Wrapped};
-use super::decide::{AwaitedRequest, DecisionEngine, Verdict};
+use super::decide::{DecisionEngine, Pending, Verdict};
 use super::fields::AdmittedHeaders;
-use super::provider::DecisionFuture;
 
 pin_project! {
     /// The future of [`RateLimitService`](super::RateLimitService).
@@ -52,8 +51,7 @@ pin_project! {
 }
 
 struct Deciding<S, ReqBody> {
-    decision: DecisionFuture,
-    awaited: AwaitedRequest,
+    pending: Pending,
     service: Option<S>,
     request: Option<Request<ReqBody>>,
     engine: Arc<DecisionEngine>,
@@ -80,8 +78,7 @@ where
     }
 
     pub(crate) fn awaiting(
-        decision: DecisionFuture,
-        awaited: AwaitedRequest,
+        pending: Pending,
         service: S,
         request: Request<ReqBody>,
         engine: Arc<DecisionEngine>,
@@ -89,8 +86,7 @@ where
         ResponseFuture {
             state: State::Deciding {
                 deciding: Box::new(Deciding {
-                    decision,
-                    awaited,
+                    pending,
                     service: Some(service),
                     request: Some(request),
                     engine,
@@ -125,14 +121,12 @@ where
                 }
                 StateProj::Deciding { deciding } => {
                     let Deciding {
-                        decision,
-                        awaited,
+                        pending,
                         service,
                         request,
                         engine,
                     } = &mut **deciding;
-                    let result = ready!(decision.as_mut().poll(cx));
-                    let next = match engine.finish(result, awaited) {
+                    let next = match ready!(pending.poll(cx, engine)) {
                         Verdict::Pass(fields) => {
                             let mut service = service
                                 .take()

@@ -18,6 +18,7 @@
 
 use http::{HeaderName, HeaderValue};
 
+use super::response::ViolatedPolicies;
 use crate::Error;
 
 /// `RateLimit-Policy`: the quota and window of the policy that applies to the request.
@@ -100,6 +101,12 @@ pub(crate) fn quota(rate: f64, window_s: u64) -> u64 {
     (cap * (1.0 + 1e-9)).floor() as u64
 }
 
+/// The quota advertised for a count per window: the count rounded down, with the same
+/// slack against f64 rounding.
+pub(crate) fn quota_of_count(count: f64) -> u64 {
+    (count * (1.0 + 1e-9)).floor() as u64
+}
+
 /// Header values built once per layer.
 #[derive(Debug)]
 pub(crate) struct Prebuilt {
@@ -133,6 +140,11 @@ impl Prebuilt {
                 Vec::new()
             },
         }
+    }
+
+    /// The one policy, as the policy a rejection violated.
+    pub(crate) fn violated(&self) -> ViolatedPolicies<'_> {
+        ViolatedPolicies::new(std::slice::from_ref(&self.name), 1)
     }
 
     /// `Retry-After` for `seconds`.

@@ -85,6 +85,7 @@ mod outcome;
 mod provider;
 mod response;
 mod service;
+mod set;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -92,7 +93,9 @@ pub mod fuzzing;
 #[cfg(feature = "axum")]
 pub use body::AxumBody;
 pub use body::{BodyMode, ResponseBody, Wrapped};
-pub use builder::{CostFn, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder};
+pub use builder::{
+    CostFn, DEFAULT_MAX_KEY_LEN, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder,
+};
 #[cfg(feature = "axum")]
 pub use extract::MatchedRoute;
 pub use extract::{
@@ -107,5 +110,6 @@ pub use outcome::CountFn;
 pub use headers::SUPPRESSION_FACTOR;
 pub use layer::RateLimitLayer;
 pub use provider::Provider;
-pub use response::{Rejection, RejectionBody, RejectionFn};
+pub use response::{Rejection, RejectionBody, RejectionFn, ViolatedPolicies};
 pub use service::RateLimitService;
+pub use set::LayerLimit;

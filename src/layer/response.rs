@@ -15,10 +15,13 @@ use crate::Error;
 pub enum Rejection<'a> {
     /// The absolute strategy refused the request: `429 Too Many Requests`.
     RateLimited {
-        /// The key that is over its limit.
+        /// The key that is over its limit (with several limits on different keys: the key
+        /// of the first limit that refused).
         key: &'a Key,
         /// `Retry-After`, in whole seconds (at least 1).
         retry_after_seconds: u64,
+        /// The policies that refused the request.
+        violated: ViolatedPolicies<'a>,
     },
     /// The suppressed strategy shed the request: `503 Service Unavailable`.
     Suppressed {
@@ -28,6 +31,8 @@ pub enum Rejection<'a> {
         suppression_factor: f64,
         /// `Retry-After`, in whole seconds: 1 below the hard limit, the window at factor 1.
         retry_after_seconds: u64,
+        /// The policies that shed the request.
+        violated: ViolatedPolicies<'a>,
     },
     /// No key could be read from the request (the configured status, 500 by default for a
     /// set-up mistake, 401 for a missing credential header, 400 for a malformed one).
@@ -86,6 +91,41 @@ impl Rejection<'_> {
     }
 }
 
+/// The names of the policies that refused or shed a request, in the layer's order
+/// (`violated-policies` in the problem+json body). Borrowed from the layer: no allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct ViolatedPolicies<'a> {
+    names: &'a [Box<str>],
+    /// Bit `i`: the policy `names[i]` refused.
+    mask: u16,
+}
+
+impl<'a> ViolatedPolicies<'a> {
+    pub(crate) fn new(names: &'a [Box<str>], mask: u16) -> Self {
+        ViolatedPolicies { names, mask }
+    }
+
+    /// The names, in the layer's order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mask = self.mask;
+        self.names
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| mask & (1 << i) != 0)
+            .map(|(_, n)| &**n)
+    }
+
+    /// How many policies refused.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether no policy refused (never, on a 429 or a shed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A hook that builds the response for a rejection. The layer then adds `Retry-After`,
 /// the IETF fields and the suppression factor where the hook did not set them.
 pub type RejectionFn = dyn Fn(&Rejection<'_>) -> Response<Bytes> + Send + Sync;
@@ -97,7 +137,8 @@ pub enum RejectionBody {
     #[default]
     PlainText,
     /// RFC 9457 `application/problem+json` with `type`, `title`, `status`, `detail` and,
-    /// on 429 and 503, a `retry_after` member in seconds.
+    /// on 429 and 503, a `retry_after` member in seconds and `violated-policies`, the
+    /// names of the policies that refused (as the IETF draft's problem types do).
     ProblemJson,
     /// A hook of your own.
     Custom(Arc<RejectionFn>),
@@ -159,23 +200,39 @@ fn problem_json(rejection: &Rejection<'_>) -> String {
     match rejection {
         Rejection::RateLimited {
             retry_after_seconds,
+            violated,
             ..
         } => {
             out.push_str(&format!(",\"retry_after\":{retry_after_seconds}"));
+            violated_json(&mut out, violated);
         }
         Rejection::Suppressed {
             suppression_factor,
             retry_after_seconds,
+            violated,
             ..
         } => {
             out.push_str(&format!(
                 ",\"retry_after\":{retry_after_seconds},\"suppression_factor\":{suppression_factor:.3}"
             ));
+            violated_json(&mut out, violated);
         }
         _ => {}
     }
     out.push('}');
     out
+}
+
+/// `,"violated-policies":["a","b"]`.
+fn violated_json(out: &mut String, violated: &ViolatedPolicies<'_>) {
+    out.push_str(",\"violated-policies\":[");
+    for (i, name) in violated.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(out, name);
+    }
+    out.push(']');
 }
 
 fn json_string(out: &mut String, s: &str) {
@@ -199,9 +256,11 @@ mod tests {
     #[test]
     fn problem_json_is_rfc_9457_shaped_and_escaped() {
         let key = Key::new("k");
+        let names: Vec<Box<str>> = vec!["burst".into(), "minute".into(), "day".into()];
         let r = Rejection::RateLimited {
             key: &key,
             retry_after_seconds: 3,
+            violated: ViolatedPolicies::new(&names, 0b101),
         };
         let resp = RejectionBody::ProblemJson.build(&r);
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -212,7 +271,7 @@ mod tests {
         assert_eq!(
             resp.body(),
             &Bytes::from_static(
-                br#"{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"rate limit exceeded; retry in 3 s","retry_after":3}"#
+                br#"{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"rate limit exceeded; retry in 3 s","retry_after":3,"violated-policies":["burst","day"]}"#
             )
         );
         let err = KeyError::custom(StatusCode::BAD_REQUEST, "bad \"x\"\n\u{1}");

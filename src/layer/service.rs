@@ -73,12 +73,12 @@ where
             // Decided synchronously: `self.inner` is the service that was polled ready.
             Verdict::Pass(fields) => ResponseFuture::inner(self.inner.call(req), fields),
             Verdict::Reject(response) => ResponseFuture::reply(response),
-            Verdict::Awaiting(decision, awaited) => {
+            Verdict::Awaiting(pending) => {
                 // The decision takes a round trip: move the ready service into the future
                 // and leave a fresh clone, which must be polled ready before its own call.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::awaiting(decision, awaited, ready, req, self.engine.clone())
+                ResponseFuture::awaiting(pending, ready, req, self.engine.clone())
             }
         }
     }

@@ -46,14 +46,23 @@ struct Engine {
 /// One limit's keys and the numbers it decides with.
 struct LimitCounts {
     geo: WindowGrid,
+    /// The set's quota for this limit; a call may give its own count instead.
+    quota: CallQuota,
+    /// The suppressed strategy's hard limit factor (1 for an absolute limit).
+    hard_factor: f64,
+    strategy: Strategy,
+    keys: KeyStore<Window<Usage>>,
+}
+
+/// The numbers one call decides a limit with: the set's quota, or the call's own count.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallQuota {
     /// The quota: the accepted usage a window may hold.
     cap: f64,
     /// Suppressed: the observed usage past which everything is shed.
     hard: f64,
     /// The rate, for the suppression factor.
     rate: f64,
-    strategy: Strategy,
-    keys: KeyStore<Window<Usage>>,
 }
 
 /// What one limit says before the set decides.
@@ -79,9 +88,12 @@ impl LocalPolicy {
                 LimitCounts {
                     geo: WindowGrid::new(limit.quota().window(), group)
                         .expect("a limit's group fits its window"),
-                    cap: limit.quota().count(),
-                    hard: limit.quota().count() * limit.hard_limit_factor().get(),
-                    rate: limit.quota().rate().get(),
+                    quota: CallQuota {
+                        cap: limit.quota().count(),
+                        hard: limit.quota().count() * limit.hard_limit_factor().get(),
+                        rate: limit.quota().rate().get(),
+                    },
+                    hard_factor: limit.hard_limit_factor().get(),
                     strategy: limit.strategy(),
                     keys: KeyStore::default(),
                 }
@@ -104,27 +116,58 @@ impl LocalPolicy {
 
     /// Counts `cost` units for `key` in every limit of the set, or in none.
     pub fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(|_| key, cost, true)
+        self.inner.decide(|_| key, None, cost, true)
     }
 
     /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
     /// beside a per-API-key one).
     pub fn inc_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
         self.inner.check_keys(keys)?;
-        self.inner.decide(|i| keys[i], cost, true)
+        self.inner.decide(|i| keys[i], None, cost, true)
+    }
+
+    /// As [`inc_each`](Self::inc_each), with this call's quota count for each limit, in the
+    /// set's order: a rate resolved per request (plans by API key: `pro_` keys 50 per 10 s,
+    /// others 5). Each limit keeps its window, group and strategy; only its count per
+    /// window (and so its rate and, for a suppressed limit, its hard limit) is the call's.
+    /// Usage counted under one count is the same usage under another: a key whose plan
+    /// grows gets the difference at once.
+    ///
+    /// Each count is checked as [`Quota::new`](crate::policy::Quota::new) checks one: finite
+    /// and at least 1; a count below 1 is [`Error::CapacityBelowOne`] (the seeds' answer to a
+    /// rate whose window holds less than a request), and a wrong number of counts or keys is
+    /// [`Error::InvalidValue`]. As with `inc`, a cost above a limit's count is refused by
+    /// that limit with `retry_after_ms == u64::MAX`.
+    pub fn inc_with(&self, keys: &[&str], counts: &[f64], cost: u64) -> Result<SetDecision, Error> {
+        self.inner.check_keys(keys)?;
+        self.inner.set.check_counts(counts)?;
+        self.inner.decide(|i| keys[i], Some(counts), cost, true)
+    }
+
+    /// What [`inc_with`](Self::inc_with) would answer now, recording nothing and creating no
+    /// key.
+    pub fn check_with(
+        &self,
+        keys: &[&str],
+        counts: &[f64],
+        cost: u64,
+    ) -> Result<SetDecision, Error> {
+        self.inner.check_keys(keys)?;
+        self.inner.set.check_counts(counts)?;
+        self.inner.decide(|i| keys[i], Some(counts), cost, false)
     }
 
     /// What [`inc`](Self::inc) with `cost` would answer now, recording nothing and creating
     /// no key. A suppressed limit between its quota and its hard limit reports `Shed` here
     /// (its admission would be a draw).
     pub fn check(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(|_| key, cost, false)
+        self.inner.decide(|_| key, None, cost, false)
     }
 
     /// [`check`](Self::check) with one key per limit.
     pub fn check_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
         self.inner.check_keys(keys)?;
-        self.inner.decide(|i| keys[i], cost, false)
+        self.inner.decide(|i| keys[i], None, cost, false)
     }
 
     /// Drops the keys with no usage left in any window; returns how many (key, limit) pairs
@@ -165,6 +208,7 @@ impl Engine {
     fn decide<'k>(
         &self,
         key: impl Fn(usize) -> &'k str,
+        counts: Option<&[f64]>,
         cost: u64,
         record: bool,
     ) -> Result<SetDecision, Error> {
@@ -173,6 +217,13 @@ impl Engine {
         }
         let now = self.clock.now_ms();
         let n = self.limits.len();
+        let mut quotas = [CallQuota::default(); MAX_LIMITS];
+        for (i, limit) in self.limits.iter().enumerate() {
+            quotas[i] = match counts {
+                None => limit.quota,
+                Some(counts) => limit.quota_of(counts[i]),
+            };
+        }
         // Locked in the set's order: see the module docs.
         let mut locks: [Option<Locked<'_, Window<Usage>>>; MAX_LIMITS] = Default::default();
         for (i, limit) in self.limits.iter().enumerate() {
@@ -185,10 +236,10 @@ impl Engine {
             let (verdict, total) = match lock.get(key(i)) {
                 Some(window) => {
                     window.expire(&limit.geo, now);
-                    (limit.verdict(window, now, cost), window.total())
+                    (limit.verdict(&quotas[i], window, now, cost), window.total())
                 }
                 None => (
-                    limit.verdict(&Window::default(), now, cost),
+                    limit.verdict(&quotas[i], &Window::default(), now, cost),
                     Usage::default(),
                 ),
             };
@@ -244,7 +295,7 @@ impl Engine {
                     accepted: cost,
                     observed: cost,
                 }),
-                (Outcome::Shed, true) if shed[i] && capacity::fits(cost, limit.cap) => {
+                (Outcome::Shed, true) if shed[i] && capacity::fits(cost, quotas[i].cap) => {
                     Some(Usage {
                         accepted: 0,
                         observed: cost,
@@ -286,7 +337,7 @@ impl Engine {
                 decision.retry_after_ms = decision.retry_after_ms.max(wait);
             }
             decision.limits[i] = LimitStatus {
-                remaining: LimitStatus::remaining_of(limit.cap, total.accepted),
+                remaining: LimitStatus::remaining_of(quotas[i].cap, total.accepted),
                 reset_ms: if refused {
                     wait.min(window_ms)
                 } else {
@@ -301,22 +352,33 @@ impl Engine {
 }
 
 impl LimitCounts {
-    /// What this limit says of `cost` more units on `window` (already expired to `now`).
+    /// This limit's numbers for a call that gives its own (checked) count per window.
     #[inline]
-    fn verdict(&self, window: &Window<Usage>, now: u64, cost: u64) -> Verdict {
+    fn quota_of(&self, count: f64) -> CallQuota {
+        CallQuota {
+            cap: count,
+            hard: count * self.hard_factor,
+            rate: count / self.geo.window_seconds() as f64,
+        }
+    }
+
+    /// What this limit says of `cost` more units on `window` (already expired to `now`)
+    /// under the call's quota `q`.
+    #[inline]
+    fn verdict(&self, q: &CallQuota, window: &Window<Usage>, now: u64, cost: u64) -> Verdict {
         let total = window.total();
         let never = u64::MAX;
         match self.strategy {
             Strategy::Absolute => {
-                if capacity::fits_more(total.accepted, cost, self.cap) {
+                if capacity::fits_more(total.accepted, cost, q.cap) {
                     Verdict::Admit
                 } else {
                     let wait = window
                         .release_until(&self.geo, now, |left| {
-                            capacity::fits_more(left.accepted, cost, self.cap)
+                            capacity::fits_more(left.accepted, cost, q.cap)
                         })
                         .map_or(never, |(wait, _)| wait);
-                    Verdict::Refuse(if capacity::fits(cost, self.cap) {
+                    Verdict::Refuse(if capacity::fits(cost, q.cap) {
                         wait
                     } else {
                         never
@@ -324,17 +386,17 @@ impl LimitCounts {
                 }
             }
             Strategy::Suppressed => {
-                if !capacity::fits(cost, self.cap) || total.observed.checked_add(cost).is_none() {
+                if !capacity::fits(cost, q.cap) || total.observed.checked_add(cost).is_none() {
                     return Verdict::ShedHard(never);
                 }
                 // The strategy's three cases, as every suppressed provider decides them.
-                match Regime::of(total.observed, self.hard, || {
-                    capacity::fits_more(total.accepted, cost, self.cap)
+                match Regime::of(total.observed, q.hard, || {
+                    capacity::fits_more(total.accepted, cost, q.cap)
                 }) {
                     Regime::OverHardLimit => {
                         let wait = window
                             .release_until(&self.geo, now, |left| {
-                                !capacity::reaches(left.observed, self.hard)
+                                !capacity::reaches(left.observed, q.hard)
                             })
                             .map_or(never, |(wait, _)| wait);
                         Verdict::ShedHard(wait)
@@ -342,7 +404,7 @@ impl LimitCounts {
                     Regime::UnderCapacity => Verdict::Admit,
                     Regime::Shedding => {
                         let recent = window.recent(&self.geo, now, RECENT_MS).observed;
-                        Verdict::Draw(factor_of(&self.geo, now, self.rate, total.observed, recent))
+                        Verdict::Draw(factor_of(&self.geo, now, q.rate, total.observed, recent))
                     }
                 }
             }

@@ -309,6 +309,38 @@ impl LimitSet {
     pub fn iter(&self) -> std::slice::Iter<'_, Limit> {
         self.limits.iter()
     }
+
+    /// Checks one call's quota counts (see [`LocalPolicy::inc_with`](crate::policy::LocalPolicy::inc_with)):
+    /// one per limit, each finite and at least 1, as [`Quota::new`] checks a count. A count
+    /// below 1 is [`Error::CapacityBelowOne`], as the seeds' `try_inc` answers a rate whose
+    /// window holds less than one request.
+    pub(crate) fn check_counts(&self, counts: &[f64]) -> Result<(), Error> {
+        if counts.len() != self.limits.len() {
+            return Err(Error::invalid(
+                "counts",
+                counts.len(),
+                "give one quota count per limit of the set, in the set's order",
+            ));
+        }
+        for (limit, &count) in self.limits.iter().zip(counts) {
+            if !count.is_finite() {
+                return Err(Error::invalid(
+                    "quota count",
+                    count,
+                    "a limit's quota count per window must be a finite number of at least 1",
+                ));
+            }
+            if count < 1.0 {
+                let window_size_seconds = limit.quota().window_seconds();
+                return Err(Error::CapacityBelowOne {
+                    rate_limit: count / window_size_seconds as f64,
+                    window_size_seconds,
+                    capacity: count,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl From<Limit> for LimitSet {

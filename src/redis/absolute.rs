@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ::redis::Value;
 
 use super::key::{RedisKey, StrategyTag};
-use super::{Core, core_of, scripts, wire};
+use super::{Core, KeyUsage, core_of, scripts, wire};
 use crate::call::checked_capacity;
 use crate::{Error, RateLimit, RateLimitDecision};
 
@@ -32,6 +32,20 @@ impl AbsoluteRedisRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
+        Ok(self.inc_with_usage(key, rate, count).await?.0)
+    }
+
+    /// [`inc`](Self::inc), with the key's usage after an admitted call (`None` for a
+    /// rejection) from the same script: no second round trip.
+    ///
+    /// # Errors
+    /// As [`inc`](Self::inc).
+    pub async fn inc_with_usage(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
         let core = core_of(&self.core)?;
         let rate = rate.get();
         let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
@@ -40,7 +54,12 @@ impl AbsoluteRedisRateLimiter {
         core.head(&mut invocation, &names, wire::ABSOLUTE_INC);
         wire::absolute_inc(&mut invocation, rate, count, cap);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        wire::absolute_reply(&reply, core.settings.grid.window_seconds())
+        let window_s = core.settings.grid.window_seconds();
+        let (decision, usage) = wire::absolute_reply_with_usage(&reply, window_s)?;
+        Ok((
+            decision,
+            usage.map(|(used, reset_ms)| KeyUsage::new(cap, used, reset_ms, window_s)),
+        ))
     }
 
     /// Whether `inc(key, rate, 1)` at the key's latest rate would be admitted now, with the

@@ -109,6 +109,7 @@ mod policy;
 mod refund;
 mod scripts;
 mod suppressed;
+mod usage;
 pub(crate) mod wire;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ pub use check::RedisCheck;
 pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
+pub use usage::KeyUsage;
 
 use crate::clock::Clock;
 use crate::random::RandomSource;

@@ -27,6 +27,9 @@ pub struct RedisPolicy {
     limits: Arc<[SetLimitArgs]>,
 }
 
+/// One call's quota counts, when it gives its own (checked) ones.
+type Counts<'a> = Option<&'a [f64]>;
+
 impl std::fmt::Debug for RedisPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPolicy")
@@ -66,13 +69,13 @@ impl RedisPolicy {
     /// Counts `cost` units for `key` in every limit of the set, or in none: one round trip.
     pub async fn inc(&self, key: &RedisKey, cost: u64) -> Result<SetDecision, Error> {
         let keys = vec![key; self.limits.len()];
-        self.one_call(&keys, cost, wire::SET_INC).await
+        self.one_call(&keys, None, cost, wire::SET_INC).await
     }
 
     /// What [`inc`](Self::inc) would answer now, recording nothing.
     pub async fn check(&self, key: &RedisKey, cost: u64) -> Result<SetDecision, Error> {
         let keys = vec![key; self.limits.len()];
-        self.one_call(&keys, cost, wire::SET_CHECK).await
+        self.one_call(&keys, None, cost, wire::SET_CHECK).await
     }
 
     /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
@@ -90,17 +93,50 @@ impl RedisPolicy {
     /// bucket leaves their windows (at most window + group). It takes 2 round trips per
     /// distinct key.
     pub async fn inc_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
-        self.each(keys, cost, true).await
+        self.each(keys, None, cost, true).await
     }
 
     /// What [`inc_each`](Self::inc_each) would answer now, recording nothing (on Cluster,
     /// one check per distinct key).
     pub async fn check_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
-        self.each(keys, cost, false).await
+        self.each(keys, None, cost, false).await
     }
 
-    /// `inc_each` (`count`) or `check_each`.
-    async fn each(&self, keys: &[&RedisKey], cost: u64, count: bool) -> Result<SetDecision, Error> {
+    /// As [`inc_each`](Self::inc_each), with this call's quota count for each limit, in the
+    /// set's order: a rate resolved per request (plans by API key). Each limit keeps its
+    /// window, group and strategy (and so its Redis keys); only its count per window (its
+    /// rate, and a suppressed limit's hard limit) is the call's. Counts are checked as on
+    /// the local provider ([`LocalPolicy::inc_with`](crate::policy::LocalPolicy::inc_with)),
+    /// before any round trip.
+    pub async fn inc_with(
+        &self,
+        keys: &[&RedisKey],
+        counts: &[f64],
+        cost: u64,
+    ) -> Result<SetDecision, Error> {
+        self.set.check_counts(counts)?;
+        self.each(keys, Some(counts), cost, true).await
+    }
+
+    /// What [`inc_with`](Self::inc_with) would answer now, recording nothing.
+    pub async fn check_with(
+        &self,
+        keys: &[&RedisKey],
+        counts: &[f64],
+        cost: u64,
+    ) -> Result<SetDecision, Error> {
+        self.set.check_counts(counts)?;
+        self.each(keys, Some(counts), cost, false).await
+    }
+
+    /// `inc_each` (`count`) or `check_each`, with the call's counts or the set's.
+    async fn each(
+        &self,
+        keys: &[&RedisKey],
+        counts: Counts<'_>,
+        cost: u64,
+        count: bool,
+    ) -> Result<SetDecision, Error> {
         if keys.len() != self.limits.len() {
             return Err(Error::invalid(
                 "keys",
@@ -115,26 +151,26 @@ impl RedisPolicy {
         };
         let distinct = distinct_keys(keys);
         if distinct.len() == 1 || !self.core.conn.is_cluster() {
-            return self.one_call(keys, cost, mode).await;
+            return self.one_call(keys, counts, cost, mode).await;
         }
         let mut parts: Vec<Option<SetLimitReply>> = vec![None; self.limits.len()];
         // Pass 1: check every key, count nothing.
         let (mut outcome, mut retry) = self
-            .pass(keys, &distinct, cost, wire::SET_CHECK, &mut parts)
+            .pass(keys, &distinct, counts, cost, wire::SET_CHECK, &mut parts)
             .await?;
         if count && outcome != 1 {
             // Pass 2: count, key by key, until one refuses. (A check reports a suppressed
             // limit in its shedding range as shedding, since its admission is a draw the
             // count makes: only an outright refusal stops a request at the check.)
             (outcome, retry) = self
-                .pass(keys, &distinct, cost, wire::SET_INC, &mut parts)
+                .pass(keys, &distinct, counts, cost, wire::SET_INC, &mut parts)
                 .await?;
         }
         let parts: Vec<SetLimitReply> = parts
             .into_iter()
             .map(|p| p.expect("every limit decided"))
             .collect();
-        Ok(self.decision(outcome, retry, &parts))
+        Ok(self.decision(outcome, retry, counts, &parts))
     }
 
     /// One script per distinct key, in order, each over that key's limits, filling `parts`;
@@ -144,6 +180,7 @@ impl RedisPolicy {
         &self,
         keys: &[&RedisKey],
         distinct: &[&RedisKey],
+        counts: Counts<'_>,
         cost: u64,
         mode: &str,
         parts: &mut [Option<SetLimitReply>],
@@ -151,7 +188,7 @@ impl RedisPolicy {
         let (mut outcome, mut retry) = (0u8, 0u64);
         for key in distinct {
             let limits: Vec<usize> = (0..keys.len()).filter(|i| keys[*i] == *key).collect();
-            let (o, r, replies) = self.run(keys, &limits, cost, mode).await?;
+            let (o, r, replies) = self.run(keys, &limits, counts, cost, mode).await?;
             for (i, reply) in limits.iter().zip(replies) {
                 parts[*i] = Some(reply);
             }
@@ -174,12 +211,27 @@ impl RedisPolicy {
     async fn one_call(
         &self,
         keys: &[&RedisKey],
+        counts: Counts<'_>,
         cost: u64,
         mode: &str,
     ) -> Result<SetDecision, Error> {
         let all: Vec<usize> = (0..self.limits.len()).collect();
-        let (outcome, retry, parts) = self.run(keys, &all, cost, mode).await?;
-        Ok(self.decision(outcome, retry, &parts))
+        let (outcome, retry, parts) = self.run(keys, &all, counts, cost, mode).await?;
+        Ok(self.decision(outcome, retry, counts, &parts))
+    }
+
+    /// Limit `i`'s script arguments for a call: the set's, or with the call's count.
+    fn args(&self, i: usize, counts: Counts<'_>) -> SetLimitArgs {
+        let limit = self.limits[i];
+        match counts {
+            None => limit,
+            Some(counts) => SetLimitArgs {
+                cap: counts[i],
+                hard: counts[i] * self.set.limits()[i].hard_limit_factor().get(),
+                rate: counts[i] / limit.grid.window_seconds() as f64,
+                ..limit
+            },
+        }
     }
 
     /// The set script over the limits `which` (positions in the set), limit `i` on `keys[i]`.
@@ -187,6 +239,7 @@ impl RedisPolicy {
         &self,
         keys: &[&RedisKey],
         which: &[usize],
+        counts: Counts<'_>,
         cost: u64,
         mode: &str,
     ) -> Result<(u8, u64, Vec<SetLimitReply>), Error> {
@@ -205,7 +258,7 @@ impl RedisPolicy {
             .iter()
             .flat_map(|n| [n.buckets.as_str(), n.hash.as_str()])
             .collect();
-        let limits: Vec<SetLimitArgs> = which.iter().map(|i| self.limits[*i]).collect();
+        let limits: Vec<SetLimitArgs> = which.iter().map(|i| self.args(*i, counts)).collect();
         let now = self.core.script_now();
         let draw = self.core.random.next_f64();
         let mut invocation = scripts::SET.prepare_invoke();
@@ -215,7 +268,13 @@ impl RedisPolicy {
         wire::set_reply(&reply, limits.len())
     }
 
-    fn decision(&self, outcome: u8, retry: u64, parts: &[SetLimitReply]) -> SetDecision {
+    fn decision(
+        &self,
+        outcome: u8,
+        retry: u64,
+        counts: Counts<'_>,
+        parts: &[SetLimitReply],
+    ) -> SetDecision {
         let mut decision = SetDecision {
             outcome: match outcome {
                 0 => Outcome::Allowed,
@@ -226,9 +285,9 @@ impl RedisPolicy {
             len: self.limits.len() as u8,
             limits: [LimitStatus::default(); MAX_LIMITS],
         };
-        for (i, (part, limit)) in parts.iter().zip(self.limits.iter()).enumerate() {
+        for (i, part) in parts.iter().enumerate() {
             decision.limits[i] = LimitStatus {
-                remaining: LimitStatus::remaining_of(limit.cap, part.accepted),
+                remaining: LimitStatus::remaining_of(self.args(i, counts).cap, part.accepted),
                 reset_ms: part.reset_ms,
                 suppression_factor: part.factor,
                 refused: part.refused,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ::redis::Value;
 
 use super::key::{RedisKey, StrategyTag};
-use super::{Core, core_of, scripts, wire};
+use super::{Core, KeyUsage, core_of, scripts, wire};
 use crate::call::checked_capacity;
 use crate::{Error, RateLimit, RateLimitDecision};
 
@@ -35,6 +35,20 @@ impl SuppressedRedisRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, Error> {
+        Ok(self.inc_with_usage(key, rate, count).await?.0)
+    }
+
+    /// [`inc`](Self::inc), with the key's usage after the call (accepted units; `Some` for
+    /// every decision) from the same script: no second round trip.
+    ///
+    /// # Errors
+    /// As [`inc`](Self::inc).
+    pub async fn inc_with_usage(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
         let core = core_of(&self.core)?;
         let rate = rate.get();
         let cap = checked_capacity(rate, core.settings.grid.window_seconds(), count)?;
@@ -45,7 +59,9 @@ impl SuppressedRedisRateLimiter {
         wire::suppressed_params(&mut invocation, &core.settings.suppression);
         wire::suppressed_inc(&mut invocation, rate, count, cap, draw);
         let reply: Vec<Value> = core.conn.invoke(&invocation).await?;
-        wire::suppressed_reply(&reply)
+        let window_s = core.settings.grid.window_seconds();
+        let (decision, (used, reset_ms)) = wire::suppressed_reply_with_usage(&reply, window_s)?;
+        Ok((decision, Some(KeyUsage::new(cap, used, reset_ms, window_s))))
     }
 
     /// The key's suppression factor now, in `[0, 1]`, at its latest rate: 0 below capacity

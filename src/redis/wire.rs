@@ -137,35 +137,78 @@ pub(crate) fn flush(args: &mut impl ScriptArgs, flush: &Flush<'_>) {
     }
 }
 
-/// The absolute script's answer: `{0}` or `{1, retry_after_ms, remaining_after_waiting}`.
+/// The absolute script's answer: `{0}` or `{1, retry_after_ms, remaining_after_waiting}`
+/// (an admitted increment adds its usage: see [`absolute_reply_with_usage`]).
 pub(crate) fn absolute_reply(
     reply: &[Value],
     window_size_seconds: u64,
 ) -> Result<RateLimitDecision, Error> {
-    match reply {
-        [Value::Int(0)] => Ok(RateLimitDecision::Allowed),
-        [Value::Int(1), Value::Int(wait), Value::Int(left)] => Ok(RateLimitDecision::Rejected {
-            window_size_seconds,
-            retry_after_ms: u64::try_from(*wait).unwrap_or(u64::MAX),
-            remaining_after_waiting: u64::try_from(*left).unwrap_or(0),
-        }),
-        other => Err(Error::UnexpectedReply(format!(
-            "absolute script answered {other:?}"
-        ))),
+    absolute_reply_with_usage(reply, window_size_seconds).map(|(decision, _)| decision)
+}
+
+/// `{used, reset_ms}` after an admitted call, as the scripts send them (a reset past the
+/// window, which the open bucket's group may add, is the window).
+fn usage_of(used: &Value, reset: &Value, window_size_seconds: u64) -> Option<(u64, u64)> {
+    match (used, reset) {
+        (Value::Int(used), Value::Int(reset)) => Some((
+            u64::try_from(*used).unwrap_or(0),
+            u64::try_from(*reset)
+                .unwrap_or(0)
+                .min(window_size_seconds.saturating_mul(1000)),
+        )),
+        _ => None,
     }
 }
 
-/// The suppressed script's answer to an increment: `{0}` or `{1, is_allowed, factor}`.
-pub(crate) fn suppressed_reply(reply: &[Value]) -> Result<RateLimitDecision, Error> {
+fn unexpected_reply(script: &str, reply: &[Value]) -> Error {
+    Error::UnexpectedReply(format!("{script} script answered {reply:?}"))
+}
+
+/// The absolute script's answer with the key's `(used, reset_ms)` when an increment was
+/// admitted: `{0, used, reset_ms}`, `{0}` (a check) or `{1, retry_after_ms,
+/// remaining_after_waiting}`.
+pub(crate) fn absolute_reply_with_usage(
+    reply: &[Value],
+    window_size_seconds: u64,
+) -> Result<(RateLimitDecision, Option<(u64, u64)>), Error> {
     match reply {
-        [Value::Int(0)] => Ok(RateLimitDecision::Allowed),
-        [Value::Int(1), Value::Int(allowed), factor] => Ok(RateLimitDecision::Suppressed {
-            suppression_factor: factor_reply(factor)?,
-            is_allowed: *allowed == 1,
-        }),
-        other => Err(Error::UnexpectedReply(format!(
-            "suppressed script answered {other:?}"
-        ))),
+        [Value::Int(0)] => Ok((RateLimitDecision::Allowed, None)),
+        [Value::Int(0), used, reset] => usage_of(used, reset, window_size_seconds)
+            .map(|usage| (RateLimitDecision::Allowed, Some(usage)))
+            .ok_or_else(|| unexpected_reply("absolute", reply)),
+        [Value::Int(1), Value::Int(wait), Value::Int(left)] => Ok((
+            RateLimitDecision::Rejected {
+                window_size_seconds,
+                retry_after_ms: u64::try_from(*wait).unwrap_or(u64::MAX),
+                remaining_after_waiting: u64::try_from(*left).unwrap_or(0),
+            },
+            None,
+        )),
+        other => Err(unexpected_reply("absolute", other)),
+    }
+}
+
+/// The suppressed script's answer to an increment, with the key's `(used, reset_ms)`
+/// (accepted usage after the call): `{0, used, reset_ms}` or `{1, is_allowed, factor, used,
+/// reset_ms}`.
+pub(crate) fn suppressed_reply_with_usage(
+    reply: &[Value],
+    window_size_seconds: u64,
+) -> Result<(RateLimitDecision, (u64, u64)), Error> {
+    let usage = |used, reset| {
+        usage_of(used, reset, window_size_seconds)
+            .ok_or_else(|| unexpected_reply("suppressed", reply))
+    };
+    match reply {
+        [Value::Int(0), used, reset] => Ok((RateLimitDecision::Allowed, usage(used, reset)?)),
+        [Value::Int(1), Value::Int(allowed), factor, used, reset] => Ok((
+            RateLimitDecision::Suppressed {
+                suppression_factor: factor_reply(factor)?,
+                is_allowed: *allowed == 1,
+            },
+            usage(used, reset)?,
+        )),
+        other => Err(unexpected_reply("suppressed", other)),
     }
 }
 
@@ -423,13 +466,45 @@ mod tests {
             absolute_reply(&[Value::Int(2)], 10),
             Err(Error::UnexpectedReply(_))
         ));
+        // An admitted call carries the key's usage and reset (capped at the window).
         assert_eq!(
-            suppressed_reply(&[Value::Int(1), Value::Int(0), text("0.75")]).unwrap(),
-            RateLimitDecision::Suppressed {
-                suppression_factor: 0.75,
-                is_allowed: false
-            }
+            absolute_reply_with_usage(&[Value::Int(0), Value::Int(4), Value::Int(10_100)], 10)
+                .unwrap(),
+            (RateLimitDecision::Allowed, Some((4, 10_000)))
         );
+        assert!(matches!(
+            absolute_reply(&[Value::Int(0), Value::Int(4), text("x")], 10),
+            Err(Error::UnexpectedReply(_))
+        ));
+        assert_eq!(
+            suppressed_reply_with_usage(
+                &[
+                    Value::Int(1),
+                    Value::Int(0),
+                    text("0.75"),
+                    Value::Int(9),
+                    Value::Int(700)
+                ],
+                10
+            )
+            .unwrap(),
+            (
+                RateLimitDecision::Suppressed {
+                    suppression_factor: 0.75,
+                    is_allowed: false
+                },
+                (9, 700)
+            )
+        );
+        assert_eq!(
+            suppressed_reply_with_usage(&[Value::Int(0), Value::Int(3), Value::Int(-1)], 10)
+                .unwrap(),
+            (RateLimitDecision::Allowed, (3, 0))
+        );
+        assert!(matches!(
+            suppressed_reply_with_usage(&[Value::Int(0)], 10),
+            Err(Error::UnexpectedReply(_))
+        ));
         assert_eq!(factor_reply(&Value::SimpleString("1".into())).unwrap(), 1.0);
         for bad in [text("1.5"), text("x"), Value::Int(0)] {
             assert!(matches!(factor_reply(&bad), Err(Error::UnexpectedReply(_))));

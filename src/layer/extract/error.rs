@@ -36,6 +36,19 @@ pub enum KeyError {
     )]
     MissingMatchedPath,
 
+    /// The key is longer than the layer takes
+    /// ([`max_key_len`](crate::layer::RateLimitLayerBuilder::max_key_len)): `431`.
+    #[error(
+        "the rate-limit key is {len} bytes, longer than the {max} bytes this service takes: \
+         send a shorter value"
+    )]
+    TooLong {
+        /// The key's length, in bytes.
+        len: usize,
+        /// The cap, in bytes.
+        max: usize,
+    },
+
     /// A custom extractor's reason.
     #[error("{message}")]
     Custom {
@@ -56,7 +69,8 @@ impl KeyError {
     }
 
     /// The status a rejection uses by default: 401 for a missing credential header, 400
-    /// for malformed input, 500 for a server set-up mistake.
+    /// for malformed input, 431 for a key over the length cap, 500 for a server set-up
+    /// mistake.
     pub fn status(&self) -> StatusCode {
         match self {
             KeyError::MissingHeader(_) => StatusCode::UNAUTHORIZED,
@@ -64,6 +78,7 @@ impl KeyError {
             KeyError::MissingPeerAddr | KeyError::MissingMatchedPath => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            KeyError::TooLong { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             KeyError::Custom { status, .. } => *status,
         }
     }

@@ -2,7 +2,8 @@
 -- HMGET `state` this reuses).  One counter, '': open bucket count 'c', total 't'.
 -- mode 'i' (inc): ARGV[5] rate, ARGV[6] count, ARGV[7] capacity (rate × window, from Rust).
 -- mode 'c' (is_allowed): one unit at the key's latest rate; records nothing.
--- Returns {0} (allowed) or {1, retry_after_ms, remaining_after_waiting}; retry -1 = never.
+-- Returns {0, accepted usage, ms until the oldest live bucket expires} (allowed; a check of
+-- an unknown key: {0}) or {1, retry_after_ms, remaining_after_waiting}; retry -1 = never.
 
 local COUNTERS = {''}
 local exists = load(state, COUNTERS)
@@ -19,7 +20,7 @@ if mode == 'i' then
   end
   if fits(totals[''] + count, cap) then
     add(COUNTERS, {count})
-    return {0}
+    return {0, totals[''], expires_at(tonumber(oldest or newest)) - now}
   end
 else
   -- mode 'c'
@@ -27,7 +28,9 @@ else
   if not exists then return {0} end
   count = 1
   cap = tonumber(state[5]) * window_s
-  if fits(totals[''] + 1, cap) then return {0} end
+  if fits(totals[''] + 1, cap) then
+    return {0, totals[''], expires_at(tonumber(oldest or newest)) - now}
+  end
 end
 
 settle()

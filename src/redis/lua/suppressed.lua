@@ -5,7 +5,9 @@
 -- until which it may be reused.
 -- ARGV[5] hard limit factor, ARGV[6] cache ms.
 -- mode 'i' (inc): ARGV[7] rate, ARGV[8] count, ARGV[9] capacity, ARGV[10] the draw in [0, 1).
---   Returns {0} (allowed below capacity) or {1, is_allowed (0/1), factor as a string}.
+--   Returns {0, accepted, reset} (allowed below capacity) or {1, is_allowed (0/1), factor as
+--   a string, accepted, reset}: accepted usage after the call and the ms until the oldest
+--   live bucket expires.
 -- mode 'f' (get_suppression_factor): returns the factor now as a string; records nothing.
 
 local COUNTERS = {'o', 'd'}
@@ -23,7 +25,7 @@ if mode == 'i' then
   if not reaches(totals['o'], cap * hard_factor)
     and fits(totals['o'] - totals['d'] + count, cap) then
     add(COUNTERS, {count, 0})
-    return {0}
+    return {0, totals['o'] - totals['d'], expires_at(tonumber(oldest or newest)) - now}
   end
 end
 
@@ -39,7 +41,7 @@ local function show(sf) return string.format('%.17g', sf) end
 if mode == 'i' then
   if reaches(totals['o'], cap * hard_factor) then
     record(count)
-    return {1, 0, '1'}
+    return {1, 0, '1', totals['o'] - totals['d'], expires_at(tonumber(oldest or newest)) - now}
   end
   local cache = redis.call('HMGET', hash, 'sfu', 'sf')
   local sf
@@ -51,7 +53,8 @@ if mode == 'i' then
   end
   local allowed = tonumber(ARGV[10]) >= sf
   if allowed then record(0) else record(count) end
-  return {1, allowed and 1 or 0, show(sf)}
+  return {1, allowed and 1 or 0, show(sf), totals['o'] - totals['d'],
+    expires_at(tonumber(oldest or newest)) - now}
 end
 
 -- mode 'f'

@@ -4,7 +4,8 @@
 -- suppressed.lua.
 -- ARGV[5] hard limit factor, ARGV[6] cache ms.
 -- mode 'i' (inc): ARGV[7] rate, ARGV[8] count, ARGV[9] capacity, ARGV[10] the draw in [0, 1).
--- Returns {0} (allowed below capacity).
+-- Returns {0, accepted usage after the call, ms until the oldest live bucket expires}
+-- (allowed below capacity).
 
 local state = redis.call('HMGET', hash, 'n', 'l', 'to', 'td', 'co', 'cd', 'r')
 if mode == 'i' and state[1] == current and state[7] == ARGV[7]
@@ -18,6 +19,6 @@ if mode == 'i' and state[1] == current and state[7] == ARGV[7]
     and observed - (tonumber(state[4]) or 0) <= cap * (1 + SLACK) then
     redis.call('HSET', hash, 'co', string.format('%d', (tonumber(state[5]) or 0) + tonumber(ARGV[8])),
       'to', string.format('%d', observed))
-    return {0}
+    return {0, observed - (tonumber(state[4]) or 0), (tonumber(state[2]) + 1) * G + W - now}
   end
 end

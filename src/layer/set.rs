@@ -1,0 +1,423 @@
+//! Several limits on one layer: a [`LimitSet`] decided all or nothing, each limit with its
+//! own key, and the fields that list every policy of the set.
+//!
+//! The set is decided by the provider's limit-set machinery (`rl.local().policy(set)`,
+//! `rl.redis().policy(set)`): a request is admitted iff every limit admits it, and a request
+//! any limit refuses counts in none. The fields, after draft-ietf-httpapi-ratelimit-headers-10:
+//!
+//! - `RateLimit-Policy` lists every policy: `"burst";q=3;w=1, "minute";q=10;w=60`.
+//! - `RateLimit` lists every policy's remaining quota. On an admitted response each item is
+//!   `r=<left>;t=<s>`, `t` the seconds until the policy's usage next falls (its oldest
+//!   counted group expires), at most `w`. On a refusal a policy that refused is
+//!   `r=<left>;t=<s>`, `t` its own wait until it admits the call (at most `w`); a policy
+//!   that did not refuse carries only `r`, since the client waits for the refusing ones.
+//! - `Retry-After` is the longest `t` of the refusing policies: the wait until the whole
+//!   set admits (given the usage counted now), never earlier than any `t` in `RateLimit`.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Response, header};
+
+use super::builder::CostSource;
+use super::decide::{DecisionEngine, Verdict};
+use super::extract::{Key, KeyExtractor, RequestHead};
+use super::fields::AdmittedHeaders;
+use super::headers::{self, RATELIMIT, RATELIMIT_POLICY, SUPPRESSION_FACTOR};
+use super::provider::Provider;
+use super::response::{Rejection, ViolatedPolicies};
+use crate::config::capacity;
+use crate::policy::{Limit, LimitSet, LocalPolicy, MAX_LIMITS, Outcome, SetDecision};
+use crate::{Error, RateLimiter};
+
+/// One limit of a layer, with the key it counts by: the layer's own key unless
+/// [`key`](Self::key) gives another (a per-IP limit beside per-API-key ones).
+///
+/// A plain [`Limit`] converts into one keyed by the layer's key.
+#[derive(Clone)]
+pub struct LayerLimit {
+    pub(super) limit: Limit,
+    pub(super) key: Option<Arc<dyn KeyExtractor>>,
+}
+
+impl std::fmt::Debug for LayerLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerLimit")
+            .field("limit", &self.limit.to_string())
+            .field("own_key", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl LayerLimit {
+    /// `limit`, keyed by the layer's key.
+    pub fn new(limit: Limit) -> Self {
+        LayerLimit { limit, key: None }
+    }
+
+    /// Counts this limit by `extractor`'s key instead of the layer's.
+    pub fn key(mut self, extractor: impl KeyExtractor) -> Self {
+        self.key = Some(Arc::new(extractor));
+        self
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+}
+
+impl From<Limit> for LayerLimit {
+    fn from(limit: Limit) -> Self {
+        LayerLimit::new(limit)
+    }
+}
+
+/// Who decides the set.
+pub(crate) enum SetBackend {
+    Local(LocalPolicy),
+    #[cfg(feature = "redis-tokio")]
+    Redis(crate::redis::RedisPolicy),
+}
+
+/// A boxed set decision from Redis.
+#[cfg(feature = "redis-tokio")]
+pub(crate) type SetFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<SetDecision, Error>> + Send + 'static>,
+>;
+
+/// A layer's limit set: the keys, the decider, and the fields' fixed parts.
+pub(crate) struct SetEngine {
+    /// The distinct key extractors; limit `i` counts by `extractors[key_of[i]]`.
+    extractors: Box<[Arc<dyn KeyExtractor>]>,
+    key_of: [u8; MAX_LIMITS],
+    len: usize,
+    pub(super) backend: SetBackend,
+    /// Policy names, in the set's order.
+    pub(super) names: Box<[Box<str>]>,
+    /// Each policy's window, seconds.
+    windows: [u64; MAX_LIMITS],
+    /// `RateLimit-Policy`, every policy of the set.
+    policy: HeaderValue,
+    suppressed: bool,
+}
+
+impl std::fmt::Debug for SetEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetEngine")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SetEngine {
+    pub(crate) fn new(
+        limiter: &Arc<RateLimiter>,
+        provider: Provider,
+        default_key: Arc<dyn KeyExtractor>,
+        limits: Vec<LayerLimit>,
+        cost: &CostSource,
+    ) -> Result<Self, Error> {
+        let set = LimitSet::new(limits.iter().map(|l| l.limit.clone()))?;
+        if let CostSource::Fixed(c) = cost {
+            if *c == 0 {
+                return Err(Error::ZeroCount);
+            }
+            if let Some(l) = set.iter().find(|l| !capacity::fits(*c, l.quota().count())) {
+                return Err(Error::invalid(
+                    "RateLimitLayer cost",
+                    format!("{c} (limit {l})"),
+                    "must not exceed the quota of any limit of the layer",
+                ));
+            }
+        }
+        let mut extractors: Vec<Arc<dyn KeyExtractor>> = Vec::new();
+        let mut default_at = None;
+        let mut key_of = [0u8; MAX_LIMITS];
+        for (i, l) in limits.iter().enumerate() {
+            key_of[i] = match &l.key {
+                Some(own) => {
+                    extractors.push(own.clone());
+                    (extractors.len() - 1) as u8
+                }
+                None => *default_at.get_or_insert_with(|| {
+                    extractors.push(default_key.clone());
+                    (extractors.len() - 1) as u8
+                }),
+            };
+        }
+        let mut windows = [0u64; MAX_LIMITS];
+        let mut quotas = [0u64; MAX_LIMITS];
+        for (i, l) in set.iter().enumerate() {
+            windows[i] = l.quota().window_seconds();
+            quotas[i] = headers::quota_of_count(l.quota().count());
+        }
+        let names: Box<[Box<str>]> = set.iter().map(|l| Box::from(l.name())).collect();
+        let policy = list_value(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("\"{n}\";q={};w={}", quotas[i], windows[i])),
+        );
+        let len = set.len();
+        let suppressed = set
+            .iter()
+            .any(|l| l.strategy() == crate::Strategy::Suppressed);
+        let backend = match provider {
+            Provider::Local => SetBackend::Local(limiter.local().policy(set)),
+            #[cfg(feature = "redis-tokio")]
+            Provider::Redis => SetBackend::Redis(limiter.redis().policy(set)?),
+            #[cfg(feature = "redis-tokio")]
+            Provider::Hybrid => {
+                return Err(Error::invalid(
+                    "RateLimitLayer provider",
+                    "Provider::Hybrid with limits",
+                    "several limits on one layer work on Provider::Local and Provider::Redis; \
+                     the hybrid's limit sets are not in this version",
+                ));
+            }
+        };
+        Ok(SetEngine {
+            extractors: extractors.into(),
+            key_of,
+            len,
+            backend,
+            names,
+            windows,
+            policy,
+            suppressed,
+        })
+    }
+
+    /// Whether a limit of the set is suppressed (its factor header is pre-built).
+    pub(crate) fn any_suppressed(&self) -> bool {
+        self.suppressed
+    }
+
+    /// Whether every limit counts by one key.
+    fn one_key(&self) -> bool {
+        self.extractors.len() == 1
+    }
+
+    /// Each extractor's key, or the first failure.
+    fn keys(
+        &self,
+        engine: &DecisionEngine,
+        head: &RequestHead<'_>,
+    ) -> Result<[Option<Key>; MAX_LIMITS], Verdict> {
+        let mut keys: [Option<Key>; MAX_LIMITS] = Default::default();
+        for (slot, ex) in keys.iter_mut().zip(self.extractors.iter()) {
+            let key = ex.extract(head).map_err(|e| engine.key_failure(&e))?;
+            engine.check_key_len(&key)?;
+            *slot = Some(key);
+        }
+        Ok(keys)
+    }
+
+    /// The key limit `i` counts by.
+    fn key<'k>(&self, keys: &'k [Option<Key>], i: usize) -> &'k Key {
+        keys[usize::from(self.key_of[i])]
+            .as_ref()
+            .expect("every extractor ran")
+    }
+
+    /// `RateLimit`: every policy's remaining quota, and `t` where it is meaningful.
+    fn ratelimit(&self, d: &SetDecision) -> HeaderValue {
+        let refused = d.outcome() != Outcome::Allowed;
+        list_value(d.limits().iter().enumerate().map(|(i, s)| {
+            let name = &self.names[i];
+            if !refused {
+                let t = s.reset_ms.div_ceil(1000).min(self.windows[i]);
+                format!("\"{name}\";r={};t={t}", s.remaining)
+            } else if s.refused {
+                let t = headers::retry_after_seconds(s.reset_ms, self.windows[i]);
+                format!("\"{name}\";r={};t={t}", s.remaining)
+            } else {
+                format!("\"{name}\";r={}", s.remaining)
+            }
+        }))
+    }
+
+    /// `Retry-After` of a refusal: the longest wait of the refusing policies, each capped
+    /// at its window.
+    fn retry_after_seconds(&self, d: &SetDecision) -> u64 {
+        d.limits()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.refused)
+            .map(|(i, s)| headers::retry_after_seconds(s.reset_ms, self.windows[i]))
+            .max()
+            .unwrap_or(1)
+    }
+
+    fn violated_mask(d: &SetDecision) -> u16 {
+        d.refused().fold(0u16, |m, i| m | (1 << i))
+    }
+}
+
+/// A structured-field list of the items.
+fn list_value(items: impl Iterator<Item = String>) -> HeaderValue {
+    let mut out = String::with_capacity(64);
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&item);
+    }
+    HeaderValue::try_from(out).expect("digits, quotes and validated names are valid header text")
+}
+
+impl DecisionEngine {
+    /// Decides one request under the layer's set.
+    pub(super) fn check_set(&self, set: &SetEngine, head: &RequestHead<'_>) -> Verdict {
+        let keys = match set.keys(self, head) {
+            Ok(keys) => keys,
+            Err(verdict) => return verdict,
+        };
+        let cost = self.resolve_cost(head);
+        match &set.backend {
+            SetBackend::Local(policy) => {
+                let result = if set.one_key() {
+                    policy.inc(set.key(&keys, 0).as_str(), cost)
+                } else {
+                    let mut strs = [""; MAX_LIMITS];
+                    for (i, s) in strs.iter_mut().enumerate().take(set.len) {
+                        *s = set.key(&keys, i).as_str();
+                    }
+                    policy.inc_each(&strs[..set.len], cost)
+                };
+                match result {
+                    Ok(d) => self.set_verdict(set, &d, &keys),
+                    Err(err) => self.misconfigured(&err),
+                }
+            }
+            #[cfg(feature = "redis-tokio")]
+            SetBackend::Redis(policy) => {
+                let owned: Box<[Key]> = keys[..set.extractors.len()]
+                    .iter()
+                    .map(|k| k.clone().expect("every extractor ran"))
+                    .collect();
+                let mut decision = redis_set_inc(set, policy, &owned, cost);
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match decision.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(result) => self.finish_set(result, &owned),
+                    std::task::Poll::Pending => {
+                        Verdict::Awaiting(super::decide::Pending::Set(decision, owned))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns a networked set decision into a verdict; `keys` are the extractors' keys.
+    #[cfg(feature = "redis-tokio")]
+    pub(super) fn finish_set(&self, result: Result<SetDecision, Error>, keys: &[Key]) -> Verdict {
+        let set = self
+            .set
+            .as_deref()
+            .expect("a set decision comes from a set layer");
+        match result {
+            Ok(d) => {
+                let mut slots: [Option<Key>; MAX_LIMITS] = Default::default();
+                for (slot, k) in slots.iter_mut().zip(keys) {
+                    *slot = Some(k.clone());
+                }
+                self.set_verdict(set, &d, &slots)
+            }
+            Err(err) => self.failed(err),
+        }
+    }
+
+    /// The verdict of a set decision.
+    fn set_verdict(&self, set: &SetEngine, d: &SetDecision, keys: &[Option<Key>]) -> Verdict {
+        match d.outcome() {
+            Outcome::Allowed => {
+                let factor = d
+                    .limits()
+                    .iter()
+                    .map(|s| s.suppression_factor)
+                    .fold(0.0, f64::max);
+                let factor =
+                    (self.factor_on_allowed && factor > 0.0).then(|| self.prebuilt_factor(factor));
+                if !self.headers_on_allowed && factor.is_none() {
+                    return Verdict::Pass(AdmittedHeaders::none());
+                }
+                let (policy, ratelimit) = if self.headers_on_allowed {
+                    (Some(set.policy.clone()), Some(set.ratelimit(d)))
+                } else {
+                    (None, None)
+                };
+                Verdict::Pass(AdmittedHeaders::with(policy, ratelimit, factor))
+            }
+            outcome => {
+                let seconds = set.retry_after_seconds(d);
+                let mask = SetEngine::violated_mask(d);
+                let first = d.refused().next().unwrap_or(0);
+                let key = set.key(keys, first);
+                let violated = ViolatedPolicies::new(&set.names, mask);
+                let factor = d
+                    .limits()
+                    .iter()
+                    .filter(|s| s.refused)
+                    .map(|s| s.suppression_factor)
+                    .fold(0.0, f64::max);
+                let rejection = if outcome == Outcome::Shed {
+                    Rejection::Suppressed {
+                        key,
+                        suppression_factor: factor,
+                        retry_after_seconds: seconds,
+                        violated,
+                    }
+                } else {
+                    Rejection::RateLimited {
+                        key,
+                        retry_after_seconds: seconds,
+                        violated,
+                    }
+                };
+                let mut response: Response<bytes::Bytes> = self.body.build(&rejection);
+                let h = response.headers_mut();
+                if !h.contains_key(header::RETRY_AFTER) {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
+                if !h.contains_key(RATELIMIT_POLICY) {
+                    h.insert(RATELIMIT_POLICY, set.policy.clone());
+                }
+                if !h.contains_key(RATELIMIT) {
+                    h.insert(RATELIMIT, set.ratelimit(d));
+                }
+                if outcome == Outcome::Shed && !h.contains_key(SUPPRESSION_FACTOR) {
+                    h.insert(SUPPRESSION_FACTOR, self.prebuilt_factor(factor));
+                }
+                Verdict::Reject(Box::new(response))
+            }
+        }
+    }
+}
+
+/// The Redis set decision for the extractors' `keys`, as a `'static` future.
+#[cfg(feature = "redis-tokio")]
+fn redis_set_inc(
+    set: &SetEngine,
+    policy: &crate::redis::RedisPolicy,
+    keys: &[Key],
+    cost: u64,
+) -> SetFuture {
+    let redis_keys: Result<Vec<_>, Error> = keys.iter().map(super::provider::redis_key).collect();
+    let redis_keys = match redis_keys {
+        Ok(k) => k,
+        Err(err) => return Box::pin(std::future::ready(Err(err))),
+    };
+    let policy = policy.clone();
+    let key_of: Vec<usize> = set.key_of[..set.len]
+        .iter()
+        .map(|k| usize::from(*k))
+        .collect();
+    Box::pin(async move {
+        if redis_keys.len() == 1 {
+            policy.inc(&redis_keys[0], cost).await
+        } else {
+            let refs: Vec<_> = key_of.iter().map(|k| &redis_keys[*k]).collect();
+            policy.inc_each(&refs, cost).await
+        }
+    })
+}
