@@ -3,6 +3,7 @@
 //! peer addresses.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -15,10 +16,10 @@ pub type ExemptKeyFn = dyn Fn(&Key) -> bool + Send + Sync;
 
 /// What exempts a request from a layer (or from one limit of it). An exempt request is not
 /// counted by the limit, never refused by it, and counted as `exempt` in the metrics.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Exemptions {
-    request: Vec<Box<ExemptFn>>,
-    key: Vec<Box<ExemptKeyFn>>,
+    request: Vec<Arc<ExemptFn>>,
+    key: Vec<Arc<ExemptKeyFn>>,
     cidrs: Vec<IpNet>,
 }
 
@@ -45,14 +46,14 @@ impl Exemptions {
         mut self,
         predicate: impl Fn(&RequestHead<'_>) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.request.push(Box::new(predicate));
+        self.request.push(Arc::new(predicate));
         self
     }
 
     /// Exempts the requests whose key `predicate` holds for (e.g. API keys of internal
     /// callers: `|k| k.as_str().starts_with("internal_")`).
     pub fn key(mut self, predicate: impl Fn(&Key) -> bool + Send + Sync + 'static) -> Self {
-        self.key.push(Box::new(predicate));
+        self.key.push(Arc::new(predicate));
         self
     }
 

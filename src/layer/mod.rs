@@ -81,6 +81,7 @@ mod grpc;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
+mod ops;
 mod outcome;
 mod provider;
 mod response;

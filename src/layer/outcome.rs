@@ -28,7 +28,8 @@ pub(crate) enum Refunder {
 
 /// A layer's counting by outcome.
 pub(crate) struct CountOutcomes {
-    pub(crate) counts: Box<CountFn>,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) counts: Arc<CountFn>,
     pub(crate) refunder: Refunder,
 }
 
@@ -43,6 +44,7 @@ impl std::fmt::Debug for CountOutcomes {
 /// An admitted request's units, held until its response says whether they count.
 #[derive(Debug)]
 pub(crate) struct Pending {
+    pub(crate) counting: Arc<CountOutcomes>,
     pub(crate) key: Key,
     pub(crate) cost: u64,
     /// The reservation clock just before the decision.
@@ -66,22 +68,18 @@ impl Refunder {
 impl CountOutcomes {
     /// The response is in: keeps the units if it counts, gives them back otherwise (in place
     /// for the local provider; on a spawned task for the networked ones).
-    pub(crate) fn settle(
-        &self,
-        rl: &Arc<RateLimiter>,
-        pending: Pending,
-        status: StatusCode,
-        headers: &HeaderMap,
-    ) {
-        if (self.counts)(status, headers) {
+    pub(crate) fn settle(pending: Pending, status: StatusCode, headers: &HeaderMap) {
+        let this = &*pending.counting;
+        let rl = &this.limiter;
+        if (this.counts)(status, headers) {
             return;
         }
         let at = Reservation {
             before_ms: pending.before_ms,
-            after_ms: self.refunder.now_ms(rl),
+            after_ms: this.refunder.now_ms(rl),
         };
         let Pending { key, cost, .. } = pending;
-        match self.refunder {
+        match this.refunder {
             Refunder::Local(Strategy::Absolute) => {
                 rl.local().absolute().refund(key.as_str(), cost, at);
             }
@@ -93,7 +91,7 @@ impl CountOutcomes {
                 let Ok(key) = super::provider::redis_key(&key) else {
                     return;
                 };
-                let (rl, hybrid) = (rl.clone(), matches!(self.refunder, Refunder::Hybrid(_)));
+                let (rl, hybrid) = (rl.clone(), matches!(this.refunder, Refunder::Hybrid(_)));
                 tokio::spawn(async move {
                     let result = match (hybrid, strategy) {
                         (true, Strategy::Absolute) => {

@@ -42,8 +42,9 @@ impl LayerMetrics {
         self.near_limit.increment(1);
     }
 
-    pub(crate) fn latency(&self, seconds: f64) {
-        self.latency.record(seconds);
+    /// The latency histogram, for a decision future to record into.
+    pub(crate) fn latency_handle(&self) -> Histogram {
+        self.latency.clone()
     }
 }
 
