@@ -80,7 +80,12 @@ async fn shadow_mode_never_refuses_and_counts_would_be_refusals() {
         .shadow(true)
         .build()
         .unwrap();
-    let base = serve(Router::new().route("/", get(|| async { "ok" })).layer(layer)).await;
+    let base = serve(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await;
     let client = reqwest::Client::new();
     let mut limit_fields = 0;
     for _ in 0..5 {
@@ -91,7 +96,10 @@ async fn shadow_mode_never_refuses_and_counts_would_be_refusals() {
             limit_fields += 1;
         }
     }
-    assert_eq!(limit_fields, 3, "the would-be refusals carry the would-be fields");
+    assert_eq!(
+        limit_fields, 3,
+        "the would-be refusals carry the would-be fields"
+    );
     assert_eq!(requests("shadow_t", "allowed"), 2.0);
     assert_eq!(requests("shadow_t", "shadow_rejected"), 3.0);
     assert_eq!(requests("shadow_t", "rejected"), 0.0);
@@ -139,9 +147,17 @@ async fn exempt_requests_are_neither_limited_nor_counted() {
     assert_eq!(rl.local().absolute().usage("internal_batch"), 0);
     assert_eq!(requests("exempt_t", "exempt"), 15.0);
     // Others are limited as usual.
-    let get = |key: &'static str| client.get(format!("{base}/api")).header("x-api-key", key).send();
+    let get = |key: &'static str| {
+        client
+            .get(format!("{base}/api"))
+            .header("x-api-key", key)
+            .send()
+    };
     assert_eq!(get("user_1").await.unwrap().status(), StatusCode::OK);
-    assert_eq!(get("user_1").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        get("user_1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(requests("exempt_t", "rejected"), 1.0);
     // No key at all (and not exempt): a key error.
     let r = client.get(format!("{base}/api")).send().await.unwrap();
@@ -160,7 +176,12 @@ async fn a_cidr_allowlist_exempts_loopback_peers() {
         .exempt(Exemptions::new().cidrs(["127.0.0.0/8".parse().unwrap()]))
         .build()
         .unwrap();
-    let base = serve(Router::new().route("/", get(|| async { "ok" })).layer(layer)).await;
+    let base = serve(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await;
     for _ in 0..4 {
         let r = reqwest::get(&base).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -245,7 +266,10 @@ async fn only_failed_logins_count_even_concurrently_local() {
     assert_eq!(rl.local().absolute().usage("127.0.0.1"), 3);
     // The window frees the failures: good logins go through again.
     clock.advance(10_100);
-    assert_eq!(count(&attempts(&base, 3, "open-sesame").await, StatusCode::OK), 3);
+    assert_eq!(
+        count(&attempts(&base, 3, "open-sesame").await, StatusCode::OK),
+        3
+    );
     assert_eq!(rl.local().absolute().usage("127.0.0.1"), 0);
 }
 
@@ -306,7 +330,9 @@ mod networked {
         assert_eq!(count(&good, StatusCode::TOO_MANY_REQUESTS), 2, "{good:?}");
         // Redis latency is in the histogram.
         assert!(
-            metric("sluicegate_decision_duration_seconds_count{policy=\"login_redis\",provider=\"redis\"}") >= 32.0
+            metric(
+                "sluicegate_decision_duration_seconds_count{policy=\"login_redis\",provider=\"redis\"}"
+            ) >= 32.0
         );
     }
 
@@ -366,9 +392,12 @@ async fn the_handler_reads_the_decision() {
     }
     assert_eq!(
         bodies,
-        ["ext_t Some(2) 0 false", "ext_t Some(1) 0 false", "ext_t Some(0) 0 false"]
+        [
+            "ext_t Some(2) 0 false",
+            "ext_t Some(1) 0 false",
+            "ext_t Some(0) 0 false"
+        ]
     );
     // The third used 3 of 3: near the limit (and so was the second, 2 of 3 < 80 %? no).
     assert_eq!(metric("sluicegate_near_limit_total{policy=\"ext_t\"}"), 1.0);
 }
-

@@ -87,7 +87,11 @@ async fn an_outage_writes_one_warning_a_second_and_refusals_name_no_key() {
             .redis_timeout(std::time::Duration::from_millis(50))
             .redis_connection(
                 manager,
-                support::redis_settings(&local, &support::unique_prefix("outage"), SyncIntervalMs::default()),
+                support::redis_settings(
+                    &local,
+                    &support::unique_prefix("outage"),
+                    SyncIntervalMs::default(),
+                ),
             )
             .build()
             .unwrap(),
@@ -98,7 +102,9 @@ async fn an_outage_writes_one_warning_a_second_and_refusals_name_no_key() {
         .policy_name("outage_t")
         .build()
         .unwrap();
-    let svc = Router::new().route("/", get(|| async { "ok" })).layer(layer.clone());
+    let svc = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer.clone());
     let request = || {
         let mut req = http::Request::new(axum::body::Body::empty());
         req.extensions_mut()
@@ -137,7 +143,9 @@ async fn an_outage_writes_one_warning_a_second_and_refusals_name_no_key() {
         .policy_name("refusal_t")
         .build()
         .unwrap();
-    let svc = Router::new().route("/", get(|| async { "ok" })).layer(local_layer);
+    let svc = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(local_layer);
     let statuses = [
         svc.clone().oneshot(request()).await.unwrap().status(),
         svc.clone().oneshot(request()).await.unwrap().status(),
@@ -150,7 +158,10 @@ async fn an_outage_writes_one_warning_a_second_and_refusals_name_no_key() {
         .collect();
     assert_eq!(refusals.len(), 1, "{:#?}", captured.lines());
     let line = &refusals[0];
-    assert!(line.contains("DEBUG") && line.contains("policy=\"refusal_t\""), "{line}");
+    assert!(
+        line.contains("DEBUG") && line.contains("policy=\"refusal_t\""),
+        "{line}"
+    );
     let fp = sluicegate::observe::fingerprint("198.51.100.7").to_string();
     assert!(line.contains(&format!("key={fp}")), "{line}");
     assert!(!line.contains("198.51.100.7"), "{line}");

@@ -83,7 +83,11 @@ async fn redis_refunds_take_the_unit_back_from_its_bucket() {
     clock.advance(1);
     assert!(abs.reserve(&k, &rate, 1).await.unwrap().0.is_allowed());
     // More than the bucket holds: the rest is reported.
-    assert_eq!(abs.refund(&k, 5, fourth).await.unwrap(), 5, "bucket 10030 is gone");
+    assert_eq!(
+        abs.refund(&k, 5, fourth).await.unwrap(),
+        5,
+        "bucket 10030 is gone"
+    );
     // A refund of units whose bucket left the window finds nothing.
     clock.advance(20_000);
     assert_eq!(abs.refund(&k, 1, first).await.unwrap(), 1);

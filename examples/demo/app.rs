@@ -75,11 +75,10 @@ pub fn prometheus() -> &'static PrometheusHandle {
 /// `/beta`'s one limit: 2 per 10 s, whatever the limiter's window.
 fn beta_limits() -> Result<LimitSet, sluicegate::Error> {
     let (count, window_s) = BETA_LIMIT;
-    LimitSet::new([Limit::new(
-        LimitName::new("beta")?,
-        Quota::new(count, window_s)?,
-    )
-    .group(RateGroupSizeMs::try_from(100)?)?])
+    LimitSet::new([
+        Limit::new(LimitName::new("beta")?, Quota::new(count, window_s)?)
+            .group(RateGroupSizeMs::try_from(100)?)?,
+    ])
 }
 
 /// `/login`'s limiter: a 60 s window in 100 ms groups.

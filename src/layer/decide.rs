@@ -16,6 +16,7 @@ use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource
 use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
 use super::fields::AdmittedHeaders;
 use super::headers::Prebuilt;
+use super::ops::Standing;
 use super::provider::{self, Backend, DecisionFuture};
 use super::response::{Rejection, RejectionBody};
 use super::set::SetEngine;
@@ -137,11 +138,7 @@ impl DecisionEngine {
             // With the admitted fields on (or the near-limit count, or the handler's
             // decision), the usage after the call comes from the same lookup: no second
             // one for `RateLimit: r=`.
-            Backend::Local(strategy)
-                if self.headers_on_allowed
-                    || cfg!(feature = "metrics")
-                    || self.ops.decision_extension =>
-            {
+            Backend::Local(strategy) if self.headers_on_allowed || self.ops.wants_usage => {
                 match provider::local_inc_with_used(&self.limiter, *strategy, &key, &rate, cost) {
                     Ok((decision, used)) => {
                         self.verdict(decision, &key, rate, Some(used), cost, before_ms)
@@ -286,7 +283,17 @@ impl DecisionEngine {
                 };
                 let q = quota();
                 let left = used.map(|u| q.saturating_sub(u));
-                self.admitted_outcome(fields, key, left, Some(q), 0.0, cost, before_ms)
+                self.admitted_outcome(
+                    fields,
+                    key,
+                    Standing {
+                        left,
+                        quota: Some(q),
+                        factor: 0.0,
+                    },
+                    cost,
+                    before_ms,
+                )
             }
             RateLimitDecision::Suppressed {
                 is_allowed: true,
@@ -295,7 +302,17 @@ impl DecisionEngine {
                 let fields = self.admitted(rate, used, Some(suppression_factor));
                 let q = quota();
                 let left = used.map(|u| q.saturating_sub(u));
-                self.admitted_outcome(fields, key, left, Some(q), suppression_factor, cost, before_ms)
+                self.admitted_outcome(
+                    fields,
+                    key,
+                    Standing {
+                        left,
+                        quota: Some(q),
+                        factor: suppression_factor,
+                    },
+                    cost,
+                    before_ms,
+                )
             }
             RateLimitDecision::Rejected { retry_after_ms, .. } => self.refused_outcome(
                 Outcome::Rejected,

@@ -105,7 +105,11 @@ mod tests {
     use super::*;
 
     fn request(method: Method, path: &str, peer: &str) -> Request<()> {
-        let mut req = Request::builder().method(method).uri(path).body(()).unwrap();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
         req.extensions_mut()
             .insert(peer.parse::<SocketAddr>().unwrap());
         req

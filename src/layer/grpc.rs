@@ -55,7 +55,10 @@ pub(crate) fn into_grpc(response: Response<Bytes>, retry_after_ms: Option<u64>) 
     let message = text.trim();
     parts.status = StatusCode::OK;
     let h = &mut parts.headers;
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     h.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
     if let Ok(v) = HeaderValue::from_str(&percent_encode(message)) {
         h.insert(GRPC_MESSAGE, v);
@@ -129,8 +132,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Standard base64 without padding, as gRPC sends `-bin` metadata.
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -168,7 +170,14 @@ mod tests {
 
     #[test]
     fn codes_follow_the_http_status() {
-        for (status, code) in [(429, 8), (503, 14), (400, 3), (401, 16), (500, 13), (418, 2)] {
+        for (status, code) in [
+            (429, 8),
+            (503, 14),
+            (400, 3),
+            (401, 16),
+            (500, 13),
+            (418, 2),
+        ] {
             assert_eq!(grpc_code(StatusCode::from_u16(status).unwrap()), code);
         }
     }

@@ -97,19 +97,19 @@ pub use body::{BodyMode, ResponseBody, Wrapped};
 pub use builder::{
     CostFn, DEFAULT_MAX_KEY_LEN, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder,
 };
+pub use decision_ext::RateLimitInfo;
+pub use exempt::{ExemptFn, ExemptKeyFn, Exemptions};
 #[cfg(feature = "axum")]
 pub use extract::MatchedRoute;
 pub use extract::{
     Both, ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, KEY_SEPARATOR, Key, KeyError,
     KeyExtractor, KeyFn, PeerIp, ProxyHeader, RequestHead, key_fn, peer_addr,
 };
-pub use decision_ext::RateLimitInfo;
-pub use exempt::{ExemptFn, ExemptKeyFn, Exemptions};
 pub use future::ResponseFuture;
 pub use grpc::{GRPC_RETRY_PUSHBACK_MS, Protocol};
-pub use outcome::CountFn;
 pub use headers::SUPPRESSION_FACTOR;
 pub use layer::RateLimitLayer;
+pub use outcome::CountFn;
 pub use provider::Provider;
 pub use response::{Rejection, RejectionBody, RejectionFn, ViolatedPolicies};
 pub use service::RateLimitService;

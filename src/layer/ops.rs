@@ -23,13 +23,27 @@ use crate::observe::{self, NEAR_LIMIT_SHARE, Outcome, WarnThrottle};
 use crate::{Error, RateLimiter};
 
 /// The operability settings a builder collects.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct OpsBuilder {
+    metrics: bool,
     shadow: bool,
     exemptions: Exemptions,
     counts: Option<Arc<CountFn>>,
     protocol: Protocol,
     decision_extension: bool,
+}
+
+impl Default for OpsBuilder {
+    fn default() -> Self {
+        OpsBuilder {
+            metrics: true,
+            shadow: false,
+            exemptions: Exemptions::default(),
+            counts: None,
+            protocol: Protocol::default(),
+            decision_extension: false,
+        }
+    }
 }
 
 /// A layer's operability settings and state, checked once.
@@ -42,7 +56,10 @@ pub(crate) struct Ops {
     policy: Arc<str>,
     throttle: WarnThrottle,
     #[cfg(feature = "metrics")]
-    pub(super) metrics: observe::LayerMetrics,
+    pub(super) metrics: Option<observe::LayerMetrics>,
+    /// Whether an admitted request needs the key's usage (the near-limit count, the
+    /// handler's decision): the local provider then reads it in the decision's lookup.
+    pub(super) wants_usage: bool,
 }
 
 impl std::fmt::Debug for Ops {
@@ -86,6 +103,14 @@ impl OpsBuilder {
             }
         };
         let _ = provider;
+        #[cfg(feature = "metrics")]
+        let metrics = self
+            .metrics
+            .then(|| observe::LayerMetrics::new(policy, provider));
+        #[cfg(feature = "metrics")]
+        let wants_usage = metrics.is_some() || self.decision_extension;
+        #[cfg(not(feature = "metrics"))]
+        let wants_usage = self.decision_extension;
         Ok(Ops {
             shadow: self.shadow,
             exemptions: (!self.exemptions.is_empty()).then_some(self.exemptions),
@@ -95,12 +120,21 @@ impl OpsBuilder {
             policy: Arc::from(policy),
             throttle: WarnThrottle::new(WARN_INTERVAL_MS),
             #[cfg(feature = "metrics")]
-            metrics: observe::LayerMetrics::new(policy, provider),
+            metrics,
+            wants_usage,
         })
     }
 }
 
 impl RateLimitLayerBuilder {
+    /// Whether this layer reports to the `metrics` facade (feature `metrics`; default
+    /// true). Off, it neither counts outcomes nor reads the usage the near-limit count
+    /// needs: the allowed path is the one without the feature.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.ops_mut().metrics = on;
+        self
+    }
+
     /// Shadow mode (dark launch): decide and count as usual, but never refuse. Would-be
     /// refusals are counted as `shadow_rejected` in the metrics, logged at `debug` (with
     /// `shadow = true`), and the response carries the would-be `RateLimit-Policy` and
@@ -183,7 +217,9 @@ impl Ops {
     #[inline]
     pub(crate) fn count(&self, outcome: Outcome) {
         #[cfg(feature = "metrics")]
-        self.metrics.outcome(outcome);
+        if let Some(m) = &self.metrics {
+            m.outcome(outcome);
+        }
         #[cfg(not(feature = "metrics"))]
         let _ = outcome;
     }
@@ -208,7 +244,12 @@ impl Ops {
     /// A provider failure: counted, and logged at `warn` at most once a second with the
     /// number of failures the line stands for.
     #[cold]
-    pub(crate) fn provider_failed(&self, limiter: &RateLimiter, err: &Error, policy: &dyn std::fmt::Debug) {
+    pub(crate) fn provider_failed(
+        &self,
+        limiter: &RateLimiter,
+        err: &Error,
+        policy: &dyn std::fmt::Debug,
+    ) {
         self.count(Outcome::ProviderError);
         if let Some(failures) = self.throttle.event(limiter.local().now_ms()) {
             tracing::warn!(error = %err, policy = %self.policy, on_error = ?policy, failures, "sluicegate: rate-limit provider failed");
@@ -222,16 +263,15 @@ impl Ops {
         decision: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> {
         #[cfg(feature = "metrics")]
-        {
-            let histogram = self.metrics.latency_handle();
+        if let Some(m) = &self.metrics {
+            let histogram = m.latency_handle();
             let start = std::time::Instant::now();
-            Box::pin(async move {
+            return Box::pin(async move {
                 let out = decision.await;
                 histogram.record(start.elapsed().as_secs_f64());
                 out
-            })
+            });
         }
-        #[cfg(not(feature = "metrics"))]
         decision
     }
 
@@ -252,6 +292,17 @@ impl Ops {
     }
 }
 
+/// What an admitted decision says about the key's quota.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Standing {
+    /// Units left after the request, where the provider knows it.
+    pub(crate) left: Option<u64>,
+    /// The quota they are left of.
+    pub(crate) quota: Option<u64>,
+    /// The suppression factor (0 when not suppressing).
+    pub(crate) factor: f64,
+}
+
 impl DecisionEngine {
     /// An admitted request: counted (and near the limit when at least 80 % of `quota` is
     /// used after it); with the decision extension or counting by outcome, what the
@@ -261,18 +312,21 @@ impl DecisionEngine {
         &self,
         mut fields: AdmittedHeaders,
         key: &Key,
-        remaining: Option<u64>,
-        quota: Option<u64>,
-        factor: f64,
+        standing: Standing,
         cost: u64,
         before_ms: u64,
     ) -> Verdict {
         let ops = &self.ops;
+        let Standing {
+            left: remaining,
+            quota,
+            factor,
+        } = standing;
         ops.count(Outcome::Allowed);
         #[cfg(feature = "metrics")]
-        if let (Some(left), Some(quota)) = (remaining, quota) {
+        if let (Some(m), Some(left), Some(quota)) = (&ops.metrics, remaining, quota) {
             if (quota.saturating_sub(left) as f64) >= NEAR_LIMIT_SHARE * quota as f64 {
-                ops.metrics.near_limit();
+                m.near_limit();
             }
         }
         #[cfg(not(feature = "metrics"))]

@@ -374,7 +374,17 @@ impl DecisionEngine {
                     })
                     .unwrap_or((0, 0));
                 let key = set.key(keys, 0);
-                self.admitted_outcome(fields, key, Some(left), Some(quota), raw_factor, 1, 0)
+                self.admitted_outcome(
+                    fields,
+                    key,
+                    super::ops::Standing {
+                        left: Some(left),
+                        quota: Some(quota),
+                        factor: raw_factor,
+                    },
+                    1,
+                    0,
+                )
             }
             outcome => {
                 let seconds = set.retry_after_seconds(d);

@@ -90,7 +90,13 @@ impl<S: LocalState + Refundable> LocalKeys<S> {
         let before_ms = self.clock.now_ms();
         let decision = self.try_inc(key, rate, count)?;
         let after_ms = self.clock.now_ms();
-        Ok((decision, Reservation { before_ms, after_ms }))
+        Ok((
+            decision,
+            Reservation {
+                before_ms,
+                after_ms,
+            },
+        ))
     }
 
     /// Gives back `count` units admitted for `key` at `at`; returns how many were not found
@@ -98,8 +104,10 @@ impl<S: LocalState + Refundable> LocalKeys<S> {
     fn refund(&self, key: &str, count: u64, at: Reservation) -> u64 {
         let grid = self.settings.grid;
         let span = at.buckets(&grid, 0);
-        self.peek(key, |state, _, now| refund_state(state, &grid, now, span, count))
-            .unwrap_or(count)
+        self.peek(key, |state, _, now| {
+            refund_state(state, &grid, now, span, count)
+        })
+        .unwrap_or(count)
     }
 }
 

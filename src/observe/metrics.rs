@@ -22,9 +22,7 @@ impl LayerMetrics {
     /// Registers the policy's counters with the recorder installed now. `provider` labels
     /// the latency histogram.
     pub(crate) fn new(policy: &str, provider: &'static str) -> Self {
-        let outcome = |o: Outcome| {
-            counter!(REQUESTS_TOTAL, "policy" => policy.to_owned(), "outcome" => o.as_str())
-        };
+        let outcome = |o: Outcome| counter!(REQUESTS_TOTAL, "policy" => policy.to_owned(), "outcome" => o.as_str());
         LayerMetrics {
             outcomes: Outcome::ALL.map(outcome),
             near_limit: counter!(NEAR_LIMIT_TOTAL, "policy" => policy.to_owned()),
