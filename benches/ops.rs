@@ -12,7 +12,11 @@
 //!
 //! ```text
 //! cargo bench -p sluicegate-benches --bench ops
+//! # instructions a request, one variant, without the machine's noise:
+//! OPS_ONLY=router/allowed/metrics_on OPS_CALLS=5000 OPS_ROUNDS=1 valgrind --tool=callgrind \
+//!   --collect-atstart=no --toggle-collect='ops::measured*' target/release/deps/ops-<hash>
 //! ```
+//! (callgrind's total divided by `OPS_CALLS × (OPS_ROUNDS + 1)`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -89,6 +93,14 @@ fn layer(metrics: bool) -> RateLimitLayer<sluicegate::layer::AxumBody> {
         .axum_body()
 }
 
+/// `calls` requests through `call` (what callgrind counts).
+#[inline(never)]
+fn measured(call: &mut Variant, cx: &mut Context<'_>, calls: usize) {
+    for _ in 0..calls {
+        assert_eq!(black_box(call(cx)), StatusCode::OK);
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -118,15 +130,21 @@ fn main() {
     ];
     let mut cx = Context::from_waker(Waker::noop());
     let (calls, rounds) = (env("OPS_CALLS", 200_000), env("OPS_ROUNDS", 15));
+    if let Ok(only) = std::env::var("OPS_ONLY") {
+        variants.retain(|(name, _)| *name == only);
+        assert_eq!(variants.len(), 1, "OPS_ONLY names one variant");
+        for _ in 0..rounds + 1 {
+            measured(&mut variants[0].1, &mut cx, calls);
+        }
+        return;
+    }
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds + 1 {
         for k in 0..variants.len() {
             let i = (k + round) % variants.len();
             let call = &mut variants[i].1;
             let start = Instant::now();
-            for _ in 0..calls {
-                assert_eq!(black_box(call(&mut cx)), StatusCode::OK);
-            }
+            measured(call, &mut cx, calls);
             let per = start.elapsed().as_nanos() as f64 / calls as f64;
             // Round 0 warms up.
             if round > 0 {
