@@ -18,8 +18,10 @@ pub enum Protocol {
     /// `429`, `503` and the key errors' statuses, with the chosen body.
     #[default]
     Http,
-    /// gRPC statuses (see the [module docs](self)): `RESOURCE_EXHAUSTED` (8) for a
-    /// limit, `UNAVAILABLE` (14) for a shed or a provider failing closed, and the key
+    /// gRPC statuses, as a trailers-only response (HTTP 200, `content-type:
+    /// application/grpc`, `grpc-status` and `grpc-message` in the headers, the wait as
+    /// `grpc-retry-pushback-ms` and a `google.rpc.RetryInfo` in `grpc-status-details-bin`):
+    /// `RESOURCE_EXHAUSTED` (8) for a limit, `UNAVAILABLE` (14) for a shed or a provider failing closed, and the key
     /// errors mapped by their HTTP status (400 → `INVALID_ARGUMENT`, 401 →
     /// `UNAUTHENTICATED`, 403 → `PERMISSION_DENIED`, other 5xx → `INTERNAL`).
     Grpc,
