@@ -5,6 +5,10 @@
 //! cargo bench -p sluicegate-benches --bench policy
 //! # against a running server instead of one the bench starts:
 //! SLUICEGATE_REDIS_URL=redis://127.0.0.1:6379/ cargo bench -p sluicegate-benches --bench policy
+//! # instructions per local call, subject 0-3 (one limit, one-, two-, three-limit set):
+//! # run twice with different call counts under callgrind and divide the difference
+//! POLICY_CALLGRIND=2:200000 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/deps/policy-*   # (the bench binary cargo built)
 //! ```
 //!
 //! Subjects take turns within each round, each round starting with a different one, so load
@@ -85,7 +89,7 @@ fn local(keys: &[String]) {
     let set = |p: &LocalPolicy| {
         let p = p.clone();
         move |k: &str| {
-            black_box(p.inc(k, 1).unwrap());
+            black_box(&p.inc(k, 1).unwrap());
         }
     };
     let (mut s1, mut s2, mut s3) = (set(&one), set(&two), set(&three));
@@ -230,11 +234,47 @@ async fn redis(keys: &[String]) {
     );
 }
 
+/// `POLICY_CALLGRIND=subject:calls`: only that local subject, for that many calls (for
+/// instruction counts under callgrind). Time is a manual clock that moves 1 ms every 10 000
+/// calls, about the pace of the native run (100 ns a call): under callgrind's slowdown the
+/// real clock would open a new bucket on nearly every call and count work a native run
+/// rarely does.
+fn callgrind(keys: &[String], spec: &str) {
+    let (subject, calls) = spec
+        .split_once(':')
+        .expect("POLICY_CALLGRIND=subject:calls");
+    let (subject, calls): (usize, usize) = (subject.parse().unwrap(), calls.parse().unwrap());
+    let clock = sluicegate::ManualClock::new(0);
+    let rl = RateLimiterBuilder::new(options())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let rate = RateLimit::try_from(1e9).unwrap();
+    let policies = sets().map(|s| rl.local().policy(s));
+    for i in 0..calls {
+        if i % 10_000 == 0 {
+            clock.advance(1);
+        }
+        let k = &keys[i % KEYS];
+        if subject == 0 {
+            black_box(rl.local().absolute().inc(k, &rate, 1));
+        } else {
+            // By reference: a decision is a few hundred bytes, which `black_box` by value
+            // would copy on every call (a caller reads it where it lies).
+            black_box(&policies[subject - 1].inc(k, 1).unwrap());
+        }
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let keys: Vec<String> = (0..KEYS).map(|i| format!("user_{i}")).collect();
+    if let Ok(spec) = std::env::var("POLICY_CALLGRIND") {
+        callgrind(&keys, &spec);
+        return;
+    }
     local(&keys);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,7 +3,7 @@
 //! strategies, so they refuse the same inputs the same way.
 
 use crate::Error;
-use crate::config::capacity;
+use crate::config::{MAX_CAPACITY, capacity};
 
 /// One checked call: what every strategy's `inc` decides on.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +19,7 @@ pub(crate) struct Call {
 #[inline]
 pub(crate) fn checked_capacity(rate: f64, window_seconds: u64, count: u64) -> Result<f64, Error> {
     let cap = capacity::of(rate, window_seconds);
-    if count != 0 && capacity::fits(1, cap) && capacity::fits(count, cap) {
+    if count != 0 && capacity::fits(1, cap) && capacity::fits(count, cap) && cap <= MAX_CAPACITY {
         Ok(cap)
     } else {
         Err(malformed(rate, window_seconds, count, cap))
@@ -31,6 +31,12 @@ pub(crate) fn checked_capacity(rate: f64, window_seconds: u64, count: u64) -> Re
 fn malformed(rate: f64, window_seconds: u64, count: u64, cap: f64) -> Error {
     if !capacity::fits(1, cap) {
         Error::CapacityBelowOne {
+            rate_limit: rate,
+            window_size_seconds: window_seconds,
+            capacity: cap,
+        }
+    } else if cap > MAX_CAPACITY {
+        Error::CapacityAboveMax {
             rate_limit: rate,
             window_size_seconds: window_seconds,
             capacity: cap,
@@ -64,5 +70,21 @@ mod tests {
             Err(Error::CountAboveCapacity { count: 11, .. })
         ));
         assert_eq!(checked_capacity(1.0, 10, 10).unwrap(), 10.0);
+        // The extremes: the largest capacity is fine, one past it is refused for any count.
+        let max = MAX_CAPACITY;
+        assert_eq!(checked_capacity(max, 1, u64::MAX >> 12).unwrap(), max);
+        for (rate, count) in [(1e300, u64::MAX), (1e300, 1), (max, 0), (f64::MAX, 1)] {
+            assert!(
+                matches!(
+                    checked_capacity(rate, 2, count),
+                    Err(Error::CapacityAboveMax { .. })
+                ),
+                "{rate} {count}"
+            );
+        }
+        assert!(matches!(
+            checked_capacity(max, 1, u64::MAX),
+            Err(Error::CountAboveCapacity { .. })
+        ));
     }
 }

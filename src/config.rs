@@ -117,8 +117,27 @@ impl Default for SuppressionFactorCacheMs {
     }
 }
 
+/// The largest capacity (`rate × window`, in units) a call may have: 2^52. Every sum a
+/// provider keeps then stays exact in an `f64` (and so in Redis's Lua numbers) and far
+/// from `i64`/`u64` overflow. A call above it is refused with [`Error::CapacityAboveMax`]
+/// by every provider alike.
+pub const MAX_CAPACITY: f64 = (1u64 << 52) as f64;
+
 /// Capacity arithmetic shared by every provider (the Lua scripts mirror it).
 pub(crate) mod capacity {
+    /// The most observed units (admitted and shed) the suppressed strategy records for a key
+    /// in one window: 2^53, exact in an `f64`. A call that would take a key past it is
+    /// declined as over the hard limit and recorded nowhere, on every provider.
+    pub(crate) const MAX_OBSERVED: u64 = 1 << 53;
+
+    /// Whether `count` more observed units on top of `observed` may be recorded.
+    #[inline]
+    pub(crate) fn fits_observed(observed: u64, count: u64) -> bool {
+        observed
+            .checked_add(count)
+            .is_some_and(|total| total <= MAX_OBSERVED)
+    }
+
     /// Relative slack that absorbs f64 rounding in `rate × window` (0.3 × 10 is 3.0000000000000004).
     const SLACK: f64 = 1e-9;
 

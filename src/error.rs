@@ -32,6 +32,22 @@ pub enum Error {
         capacity: f64,
     },
 
+    /// The rate times the window is above [`MAX_CAPACITY`](crate::MAX_CAPACITY) (2^52)
+    /// units: no provider could count such a window exactly.
+    #[error(
+        "capacity above the maximum: rate_limit {rate_limit}/s over a {window_size_seconds} s \
+         window allows {capacity} units, more than 2^52 (4503599627370496); lower the rate, or \
+         count in larger units"
+    )]
+    CapacityAboveMax {
+        /// The rate given to the call.
+        rate_limit: f64,
+        /// The limiter's window.
+        window_size_seconds: u64,
+        /// `rate_limit × window_size_seconds`.
+        capacity: f64,
+    },
+
     /// A call asked for zero units; count at least one.
     #[error("count must be at least 1, got 0")]
     ZeroCount,
@@ -46,6 +62,18 @@ pub enum Error {
         count: u64,
         /// `rate_limit × window_size_seconds`.
         capacity: f64,
+    },
+
+    /// The limiter holds as many keys as its [`KeyBudget`](crate::KeyBudget) allows and a
+    /// call named a new one: nothing was recorded and no key was created.
+    #[error(
+        "key budget full: the limiter holds its maximum of {max_keys} keys and refuses new \
+         ones (existing keys are decided as usual); raise RateLimiterBuilder::key_budget or \
+         choose another WhenFull policy"
+    )]
+    KeyBudgetFull {
+        /// The budget's cap.
+        max_keys: usize,
     },
 
     /// A Redis key is empty, too long, or contains the separator.

@@ -164,6 +164,11 @@ pub(crate) struct SuppressedState {
 }
 
 impl SuppressedState {
+    /// The rate of the latest call (the key budget's eviction test reads it).
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate
+    }
+
     pub(crate) fn new(rate: f64) -> Self {
         SuppressedState {
             rate,
@@ -182,29 +187,13 @@ impl SuppressedState {
         call: Call,
         draw: impl FnOnce() -> f64,
     ) -> RateLimitDecision {
-        let Call {
-            now_ms,
-            rate,
-            count,
-            cap,
-        } = call;
-        if rate != self.rate {
-            self.rate = rate;
-            self.factor.clear();
-        }
-        self.window.expire(geo, now_ms);
-        let total = self.window.total();
-        // Observed usage past `u64::MAX` cannot be recorded (only counts near 2^63 on a
-        // capacity above 2^64 get here): decline as over the limit, recording nothing.
-        if total.observed.checked_add(count).is_none() {
+        let Some(regime) = self.regime_of(geo, params, call) else {
             return RateLimitDecision::Suppressed {
                 suppression_factor: 1.0,
                 is_allowed: false,
             };
-        }
-        let regime = Regime::of(total.observed, cap * params.hard_limit_factor, || {
-            capacity::fits_more(total.accepted, count, cap)
-        });
+        };
+        let Call { now_ms, rate, .. } = call;
         let (cache, window) = (&mut self.factor, &self.window);
         let decision = regime.decide(
             || {
@@ -214,8 +203,56 @@ impl SuppressedState {
             },
             draw,
         );
-        self.record(geo, now_ms, accepted(&decision, count), count);
+        self.record(geo, now_ms, accepted(&decision, call.count), call.count);
         decision
+    }
+
+    /// The case `call` is in on this key now; `None` when its observed usage could not be
+    /// recorded (past `MAX_OBSERVED`, 2^53), which is declined as over the limit. Records
+    /// nothing.
+    #[inline]
+    fn regime_of(
+        &mut self,
+        geo: &WindowGrid,
+        params: &SuppressionParams,
+        call: Call,
+    ) -> Option<Regime> {
+        if call.rate != self.rate {
+            self.rate = call.rate;
+            self.factor.clear();
+        }
+        self.window.expire(geo, call.now_ms);
+        let total = self.window.total();
+        // Observed usage past `MAX_OBSERVED` (2^53) is not recorded, so no provider's sum
+        // ever loses exactness or overflows: declined as over the limit, recording nothing.
+        if !capacity::fits_observed(total.observed, call.count) {
+            return None;
+        }
+        let regime = Regime::of(total.observed, call.cap * params.hard_limit_factor, || {
+            capacity::fits_more(total.accepted, call.count, call.cap)
+        });
+        Some(regime)
+    }
+
+    /// Where `call` stands now and the factor it would see (cached as `inc` caches it),
+    /// recording nothing: a limit set's verdict, counted afterwards with [`record`](Self::record).
+    #[cfg(feature = "redis-tokio")]
+    pub(crate) fn standing(
+        &mut self,
+        geo: &WindowGrid,
+        params: &SuppressionParams,
+        call: Call,
+    ) -> (Regime, f64) {
+        let Some(regime) = self.regime_of(geo, params, call) else {
+            return (Regime::OverHardLimit, 1.0);
+        };
+        let (cache, window) = (&mut self.factor, &self.window);
+        let factor = regime.factor(|| {
+            cache.get(call.now_ms, params.cache_ms, || {
+                formula(window, geo, call.now_ms, call.rate)
+            })
+        });
+        (regime, factor)
     }
 
     /// The factor a call would see now, at the latest rate: 1 over the hard limit, 0 while one

@@ -94,7 +94,12 @@ async fn redis_provider_limits_across_layers_and_writes_to_redis() {
     let resp = reqwest::get(&a).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["ratelimit-policy"], "\"default\";q=3;w=10");
-    assert_eq!(status(&b).await, StatusCode::OK);
+    // The script's reply carries the usage: `r` and `t` with no second round trip (the
+    // unit's bucket leaves the 10 s window within 10.1 s: t is capped at 10).
+    assert_eq!(resp.headers()["ratelimit"], "\"default\";r=2;t=10");
+    let resp = reqwest::get(&b).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["ratelimit"], "\"default\";r=1;t=10");
     assert_eq!(status(&a).await, StatusCode::OK);
     let resp = reqwest::get(&b).await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -182,14 +187,22 @@ async fn hybrid_provider_decides_locally_and_flushes_to_redis() {
         .key(GlobalKey::new("hybrid-global"))
         .rate(rate(0.5)) // 5 a window
         .provider(Provider::Hybrid)
+        .headers_on_allowed(true)
         .build()
         .unwrap();
     let url = serve(hello().layer(layer.clone())).await;
     // A new key admits one unit before its first refresh, then decides on its lease.
     assert_eq!(status(&url).await, StatusCode::OK);
     rl.hybrid().flush().await.unwrap();
-    for _ in 0..4 {
-        assert_eq!(status(&url).await, StatusCode::OK);
+    // Each admitted answer says what is left, from the hybrid's own state.
+    for left in (0..4).rev() {
+        let resp = reqwest::get(&url).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let field = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            field.starts_with(&format!("\"default\";r={left};t=")),
+            "{field}, want r={left}"
+        );
     }
     rl.hybrid().flush().await.unwrap();
     let resp = reqwest::get(&url).await.unwrap();
@@ -237,12 +250,13 @@ async fn a_dead_redis_fails_open_by_default_and_closed_if_asked() {
         StatusCode::SERVICE_UNAVAILABLE,
         "fail closed"
     );
-    assert!(
-        resp.text()
-            .await
-            .unwrap()
-            .contains("rate limiter unavailable")
-    );
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("rate limiter unavailable"), "{body}");
+    // The Redis error (its address, its words) is for the logs, not for clients.
+    let port = server.port().to_string();
+    for leak in [port.as_str(), "127.0.0.1", "refused", "redis error"] {
+        assert!(!body.contains(leak), "{leak:?} in the 503 body: {body}");
+    }
     assert_eq!(closed.provider_errors(), 1);
 }
 
@@ -321,4 +335,43 @@ async fn redis_limit_sets_are_all_or_nothing_across_limiters() {
     assert!(field.starts_with("\"key\";r=1, \"ip\";r=0;t="), "{field}");
     let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(body["violated-policies"], serde_json::json!(["ip"]));
+}
+
+/// A limit set on the hybrid provider: decided from memory in the call, refusals that list
+/// every policy, and the admitted count within the hybrid's bound.
+#[tokio::test]
+async fn hybrid_limit_sets_decide_in_memory() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("layer-hset");
+    let rl = limiter(redis.url(), &prefix).await;
+    let layer = RateLimitLayer::builder(rl.clone())
+        .key(GlobalKey::new("hybrid-set"))
+        .limits("short = 3/min; long = 5/h".parse().unwrap())
+        .provider(Provider::Hybrid)
+        .headers_on_allowed(true)
+        .problem_json()
+        .build()
+        .unwrap();
+    let url = serve(hello().layer(layer.clone())).await;
+    let mut admitted = 0;
+    for _ in 0..8 {
+        let resp = reqwest::get(&url).await.unwrap();
+        assert_eq!(
+            resp.headers()["ratelimit-policy"],
+            "\"short\";q=3;w=60, \"long\";q=5;w=3600"
+        );
+        match resp.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let body: serde_json::Value =
+                    serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+                assert_eq!(body["violated-policies"], serde_json::json!(["short"]));
+            }
+            other => panic!("{other}"),
+        }
+        rl.hybrid().flush().await.unwrap();
+    }
+    // One instance, flushed after every call: exactly the short limit's 3.
+    assert_eq!(admitted, 3);
+    assert_eq!(layer.provider_errors(), 0);
 }

@@ -610,3 +610,65 @@ async fn overlong_keys_are_431_before_any_store_sees_them() {
     let resp = fetch(&set_url, Some(&"y".repeat(60_000))).await;
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn each_limit_resolves_its_own_quota_per_key() {
+    let clock = ManualClock::new(0);
+    let rl = limiter(&clock);
+    // Plans by API key on the minute limit (`pro_` 5, others 2), one fixed burst of 3.
+    let layer = RateLimitLayer::builder(rl.clone())
+        .key(HeaderKey::new(API_KEY))
+        .limit(limit("burst", 3.0, 1))
+        .limit(LayerLimit::new(limit("plan", 2.0, 60)).count_fn(|key, _| {
+            if key.as_str().starts_with("pro_") {
+                5.0
+            } else if key.as_str() == "broken" {
+                0.5
+            } else {
+                2.0
+            }
+        }))
+        .headers_on_allowed(true)
+        .build()
+        .unwrap();
+    let url = serve(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await;
+
+    let resp = fetch(&url, Some("free_1")).await;
+    assert_eq!(
+        policies(&resp),
+        [("burst".into(), 3, 1), ("plan".into(), 2, 60)]
+    );
+    assert_eq!(fetch(&url, Some("free_1")).await.status(), StatusCode::OK);
+    let resp = fetch(&url, Some("free_1")).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = check_refusal_fields(&resp);
+    assert_eq!(
+        r[0],
+        ("burst".into(), 1, None),
+        "the plan refused, burst spent nothing"
+    );
+    assert_eq!(r[1].1, 0);
+
+    let mut admitted = 0;
+    for second in 0..3u64 {
+        clock.set(second * 1200);
+        for _ in 0..3 {
+            let resp = fetch(&url, Some("pro_1")).await;
+            if resp.status() == StatusCode::OK {
+                admitted += 1;
+                assert_eq!(policies(&resp)[1], ("plan".into(), 5, 60));
+                assert_eq!(ratelimit(&resp)[1].1, 5 - admitted);
+            }
+        }
+    }
+    assert_eq!(admitted, 5, "the pro plan's 5 a minute");
+
+    // A resolver's count below one request is a bug: a logged 500, nothing counted.
+    let resp = fetch(&url, Some("broken")).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}

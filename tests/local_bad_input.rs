@@ -301,33 +301,38 @@ fn count_above_capacity_is_never_admitted_and_records_nothing() {
 }
 
 #[test]
-fn huge_rates_and_counts_do_not_overflow() {
+fn huge_rates_and_counts_are_refused_and_the_largest_capacity_is_exact() {
     let (rl, clock) = limiter();
     let (absolute, suppressed) = (rl.local().absolute(), rl.local().suppressed());
-    // Capacity 1e20 is above u64::MAX: the counts themselves must not wrap or panic.
-    let huge = rate(1e19);
-    let half = u64::MAX / 2 + 1;
-    assert_eq!(absolute.inc("k", &huge, half), RateLimitDecision::Allowed);
-    let second = absolute.inc("k", &huge, half);
-    assert!(
-        !second.is_allowed(),
-        "u64::MAX + 1 units admitted: {second:?}"
-    );
-    assert_eq!(absolute.usage("k"), half);
-    suppressed.inc("k", &huge, half);
-    let second = suppressed.inc("k", &huge, half);
-    assert!(
-        !second.is_allowed(),
-        "u64::MAX + 1 units admitted: {second:?}"
-    );
-    clock.advance(WINDOW_S * 1000 + 100);
+    // Capacity 1e20 is above MAX_CAPACITY (2^52): refused, recording nothing.
+    for (r, count) in [(1e19, u64::MAX / 2 + 1), (1e300, u64::MAX), (f64::MAX, 1)] {
+        let huge = rate(r);
+        assert!(matches!(
+            absolute.try_inc("k", &huge, count),
+            Err(Error::CapacityAboveMax { .. })
+        ));
+        assert_eq!(absolute.inc("k", &huge, count), REJECTED_FOREVER);
+        assert_eq!(suppressed.inc("k", &huge, count), DECLINED);
+        let message = suppressed
+            .try_inc("k", &huge, count)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("2^52") && message.contains("lower the rate"),
+            "{message}"
+        );
+    }
     assert_eq!(absolute.usage("k"), 0);
-    let max = rate(f64::MAX);
-    assert_eq!(
-        absolute.inc("m", &max, u64::MAX),
-        RateLimitDecision::Allowed
-    );
-    assert!(!absolute.inc("m", &max, 1).is_allowed());
+    assert_eq!(suppressed.usage("k"), (0, 0));
+    // The largest capacity: 2^52 units at once, exactly, then nothing more.
+    let max = rate(sluicegate::MAX_CAPACITY / WINDOW_S as f64);
+    let units = 1u64 << 52;
+    assert_eq!(absolute.inc("m", &max, units), RateLimitDecision::Allowed);
+    // 2^30: past the capacity's relative rounding slack (2^52 × 1e-9, about 4.5M units).
+    assert!(!absolute.inc("m", &max, 1 << 30).is_allowed());
+    assert_eq!(absolute.usage("m"), units);
+    clock.advance(WINDOW_S * 1000 + 100);
+    assert_eq!(absolute.usage("m"), 0);
 }
 
 // ---------------------------------------------------------------------------------------

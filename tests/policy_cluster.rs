@@ -102,6 +102,24 @@ async fn limits_on_different_keys_across_slots() {
         1,
         "the refusal did not count in the fresh key's limit"
     );
+
+    // Per-call quotas across slots: a `pro_` plan of 5 a minute beside the IP's 20.
+    let plans = policy(&cluster, "ip = 20/m; apikey = 2/m").await;
+    let ip = key("203.0.113.10");
+    let (pro, free) = (key("pro_x"), key("free_y"));
+    let mut admitted = [0, 0];
+    for _ in 0..8 {
+        for (n, (k, count)) in [(&pro, 5.0), (&free, 2.0)].into_iter().enumerate() {
+            let d = plans.inc_with(&[&ip, k], &[20.0, count], 1).await.unwrap();
+            admitted[n] += usize::from(d.is_allowed());
+        }
+    }
+    assert_eq!(admitted, [5, 2], "each key held to its plan");
+    let d = plans
+        .check_with(&[&ip, &key("probe")], &[20.0, 2.0], 1)
+        .await
+        .unwrap();
+    assert_eq!(d.limits()[0].remaining, 13, "only the 7 admitted counted");
 }
 
 /// Tasks on two connections race for one IP's quota through many API keys: no limit ever

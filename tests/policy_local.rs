@@ -178,8 +178,10 @@ fn check_records_nothing_and_creates_no_key() {
         assert!(p.check("k", 1).unwrap().is_allowed());
     }
     assert_eq!(p.key_count(), 0);
+    assert!(!p.inc("k", 9).unwrap().is_allowed());
+    assert_eq!(p.key_count(), 0, "a refused request creates no key");
     p.inc("k", 1).unwrap();
-    assert_eq!(p.key_count(), 2);
+    assert_eq!(p.key_count(), 1, "one entry holds both limits' windows");
     assert_eq!(p.check("k", 1).unwrap().limits()[0].remaining, 1);
 }
 
@@ -196,22 +198,33 @@ fn a_cost_above_a_quota_is_never_admitted_and_counts_nowhere() {
 #[test]
 fn cleanup_drops_only_keys_whose_windows_emptied() {
     let clock = ManualClock::new(0);
-    let p = policy(&clock, "a = 5/s; b = 5/m");
+    let rl = limiter(&clock, 1, 100);
+    let p = rl.local().policy("a = 5/s; b = 5/m".parse().unwrap());
     p.inc("old", 1).unwrap();
     clock.set(1_500);
     p.inc("new", 1).unwrap();
     // Groups: 10 ms for the second, 600 ms for the minute. "old" left the second at 1.01 s
-    // but is still inside the minute.
-    assert_eq!(p.cleanup(), 1);
-    assert_eq!(p.key_count(), 3);
+    // but is still inside the minute: its key stays.
+    assert_eq!(p.cleanup(), 0);
+    assert_eq!(p.key_count(), 2);
     // At 61.7 s "old" has left the minute (its bucket ended at 0.6 s), "new" (bucket
     // 1.2-1.8 s) has not.
     clock.set(61_700);
-    assert_eq!(p.cleanup(), 2);
-    assert_eq!(p.key_count(), 1);
-    clock.set(61_800);
     assert_eq!(p.cleanup(), 1);
+    assert_eq!(p.key_count(), 1);
+    assert_eq!(p.check("new", 1).unwrap().limits()[1].remaining, 4);
+    // The limiter's own cleanup (what its cleanup loop runs) sweeps the policies it made.
+    clock.set(61_800);
+    assert_eq!(rl.local().cleanup(), 1);
     assert_eq!(p.key_count(), 0);
+    // A dropped policy is forgotten; a live one is still swept.
+    let q = rl.local().policy("c = 5/s".parse().unwrap());
+    drop(rl.local().policy("d = 5/s".parse().unwrap()));
+    q.inc("x", 1).unwrap();
+    p.inc("y", 1).unwrap();
+    clock.set(130_000);
+    assert_eq!(rl.local().cleanup(), 2);
+    assert_eq!(q.key_count() + p.key_count(), 0);
 }
 
 /// Threads hammer a set whose limits have different keys; no limit admits more than its
@@ -469,4 +482,41 @@ fn a_per_call_count_moves_a_suppressed_limits_hard_limit() {
         p.inc_with(&["k"], &[8.0], 1).unwrap().is_allowed(),
         "under a count of 8, 5 observed is below capacity"
     );
+}
+
+/// Threads hammer one key under three limits with different windows, mixing `inc`,
+/// `inc_each` with the key repeated, and `inc_with` with the set's counts (all the same
+/// limits on the same key): the tightest limit admits exactly its quota, and every limit
+/// counted exactly the admitted requests.
+#[test]
+fn threads_on_one_key_fill_the_tightest_limit_exactly() {
+    let clock = ManualClock::new(0);
+    let p = policy(&clock, "second = 40/s; minute = 25/m; hour = 100/h");
+    let admitted = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (p, admitted) = (&p, &admitted);
+            s.spawn(move || {
+                for i in 0..3_000u64 {
+                    let d = match (t + i) % 3 {
+                        0 => p.inc("k", 1),
+                        1 => p.inc_each(&["k", "k", "k"], 1),
+                        _ => p.inc_with(&["k", "k", "k"], &[40.0, 25.0, 100.0], 1),
+                    };
+                    if d.unwrap().is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.load(Ordering::Relaxed), 25);
+    let d = p.check("k", 1).unwrap();
+    let remaining: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+    assert_eq!(
+        remaining,
+        [15, 0, 75],
+        "11975 refused requests counted nowhere"
+    );
+    assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
 }

@@ -78,7 +78,13 @@ async fn redis_decides_every_call_as_the_local_provider() {
     for call in 0..1_500 {
         // Mostly a few calls a second per key; now and then a pause that empties the short
         // windows, so every limit admits, refuses and sheds in turn.
-        clock.advance(if call % 40 == 39 { 12_000 } else { next(400) });
+        // A third of the calls come at the same instant as the one before: every limit's
+        // open bucket is then the bucket of now, the script's hot path.
+        clock.advance(match (call % 40, next(3)) {
+            (39, _) => 12_000,
+            (_, 0) => 0,
+            _ => next(400),
+        });
         let key = ["a", "b"][next(2) as usize];
         let cost = 1 + next(3);
         let want = local.inc(key, cost).unwrap();
@@ -158,6 +164,71 @@ async fn four_instances_never_push_a_limit_over_its_quota() {
         170,
         "370 refused requests spent none of the day"
     );
+}
+
+/// Four limiter instances (each its own connection) share a per-IP limit while each user
+/// key has its own: the IP limit admits exactly its quota, no user key exceeds its own, and
+/// every limit counted exactly the admitted requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_share_an_ip_limit_exactly() {
+    let redis = support::TestRedis::get();
+    let prefix = support::unique_prefix("policy4each");
+    let set: LimitSet = "ip = 30/m; user = 10/m".parse().unwrap();
+    let settings = || support::redis_settings(&local(), &prefix, SyncIntervalMs::default());
+    let mut tasks = Vec::new();
+    for instance in 0..4u64 {
+        let rl = RateLimiterBuilder::new(local())
+            .redis_connection(redis.manager().await, settings())
+            .build()
+            .unwrap();
+        let policy = rl.redis().policy(set.clone()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let ip = RedisKey::try_from("192.0.2.7").unwrap();
+            let mut admitted = [0u64; 5];
+            for i in 0..60u64 {
+                let u = ((instance + i) % 5) as usize;
+                let user = RedisKey::try_from(format!("user{u}")).unwrap();
+                if policy
+                    .inc_each(&[&ip, &user], 1)
+                    .await
+                    .unwrap()
+                    .is_allowed()
+                {
+                    admitted[u] += 1;
+                }
+            }
+            drop(rl);
+            admitted
+        }));
+    }
+    let mut admitted = [0u64; 5];
+    for task in tasks {
+        for (total, n) in admitted.iter_mut().zip(task.await.unwrap()) {
+            *total += n;
+        }
+    }
+    assert_eq!(
+        admitted.iter().sum::<u64>(),
+        30,
+        "the IP limit admits exactly its quota"
+    );
+    let rl = RateLimiterBuilder::new(local())
+        .redis_connection(redis.manager().await, settings())
+        .build()
+        .unwrap();
+    let policy = rl.redis().policy(set).unwrap();
+    let ip = RedisKey::try_from("192.0.2.7").unwrap();
+    for (u, n) in admitted.iter().enumerate() {
+        assert!(*n <= 10, "user{u} admitted {n}");
+        let user = RedisKey::try_from(format!("user{u}")).unwrap();
+        let d = policy.check_each(&[&ip, &user], 1).await.unwrap();
+        assert_eq!(d.limits()[0].remaining, 0);
+        assert_eq!(
+            d.limits()[1].remaining,
+            10 - n,
+            "user{u}: counted once per admitted request, never for a refused one"
+        );
+    }
 }
 
 /// Every key of a set shares the user key's hash tag, and every one carries a TTL.
@@ -254,7 +325,11 @@ async fn per_call_quotas_decide_as_the_local_provider() {
     };
     let mut seen = [0usize; 3];
     for call in 0..1_200 {
-        clock.advance(if call % 40 == 39 { 12_000 } else { next(400) });
+        clock.advance(match (call % 40, next(3)) {
+            (39, _) => 12_000,
+            (_, 0) => 0,
+            _ => next(400),
+        });
         let user = ["pro_a", "b"][next(2) as usize];
         let ip = ["ip1", "ip2"][next(2) as usize];
         // Plans: pro_ keys get 3x the set's counts; one call in ten under a changed plan.

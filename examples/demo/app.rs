@@ -125,6 +125,9 @@ pub fn search_limits() -> Result<LimitSet, sluicegate::Error> {
 pub struct Limits {
     /// The window every route's budget refills over, in seconds.
     pub window_s: u64,
+    /// The key budget (`--max-keys N`): at most this many keys held; new keys past it are
+    /// refused (the layer answers them by its provider-error policy). `None`: no cap.
+    pub max_keys: Option<usize>,
 }
 
 impl Limits {
@@ -147,7 +150,11 @@ impl Limits {
 
     /// The in-process limiter.
     pub fn local_limiter(self) -> Result<Arc<RateLimiter>, sluicegate::Error> {
-        let limiter = Arc::new(RateLimiterBuilder::new(self.options()?).build()?);
+        let mut builder = RateLimiterBuilder::new(self.options()?);
+        if let Some(max_keys) = self.max_keys {
+            builder = builder.max_keys(max_keys);
+        }
+        let limiter = Arc::new(builder.build()?);
         // Drops idle keys in the background; stops when the limiter is dropped.
         limiter.run_cleanup_loop();
         Ok(limiter)
@@ -206,16 +213,8 @@ pub fn app(
         .strategy(Strategy::Suppressed)
         .policy_name("feed")
         .build()?;
-    // Limit sets are on the local and Redis providers; with `--hybrid`, `/search` is decided
-    // on the hybrid limiter's Redis.
-    let search_provider = match provider {
-        #[cfg(feature = "redis-tokio")]
-        Provider::Hybrid => Provider::Redis,
-        p => p,
-    };
     let beta = base
         .clone()
-        .provider(search_provider)
         .key(PeerIp::new())
         .limits(beta_limits()?)
         .policy_name("beta")
@@ -228,7 +227,6 @@ pub fn app(
         .count_if(|status, _| status == StatusCode::UNAUTHORIZED)
         .build()?;
     let search = base
-        .provider(search_provider)
         .key(HeaderKey::new(API_KEY))
         .limits(search_limits()?)
         .headers_on_allowed(true)

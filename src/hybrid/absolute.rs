@@ -47,27 +47,20 @@ impl AbsoluteKey {
         self.cap = call.cap;
         self.touched = true;
         let mode = self.mode(c, now);
-        let admitted = match mode {
-            // Within the lease, and within the call's own capacity on what this instance
-            // knows (a lower rate applies at once, not at the next refresh).
-            Mode::Lease(view) => self.lease_fits(c, now, &view, call.count, call.cap),
-            Mode::Provisional => self.provisional_fits(c, now, call.count, call.cap),
-            Mode::Outage(holders) => {
-                let share = Call {
-                    now_ms: now.server,
-                    cap: call.cap / holders as f64,
-                    ..call
-                };
-                let decision = self.own.inc(c.grid, share);
-                if decision.is_allowed() {
-                    self.push(c.grid, now, call.count);
-                }
-                return decision;
+        if let Mode::Outage(holders) = mode {
+            let share = Call {
+                now_ms: now.server,
+                cap: call.cap / holders as f64,
+                ..call
+            };
+            let decision = self.own.inc(c.grid, share);
+            if decision.is_allowed() {
+                self.push(c.grid, now, call.count);
             }
-        };
-        if admitted {
-            self.own.record(c.grid, now.server, call.rate, call.count);
-            self.push(c.grid, now, call.count);
+            return decision;
+        }
+        if self.fits(c, now, &mode, call.count, call.cap) {
+            self.admit(c, now, call);
             RateLimitDecision::Allowed
         } else {
             self.wanted = self.wanted.max(call.count);
@@ -75,19 +68,48 @@ impl AbsoluteKey {
         }
     }
 
+    /// Whether `count` more units fit now at capacity `cap`: within the lease, and within
+    /// the call's own capacity on what this instance knows (a lower rate applies at once,
+    /// not at the next refresh); the provisional allowance; this instance's share in an
+    /// outage.
+    fn fits(&mut self, c: &Conditions<'_>, now: Now, mode: &Mode, count: u64, cap: f64) -> bool {
+        match mode {
+            Mode::Lease(view) => self.lease_fits(c, now, view, count, cap),
+            Mode::Provisional => self.provisional_fits(c, now, count, cap),
+            Mode::Outage(holders) => capacity::fits_more(
+                self.own.usage(c.grid, now.server),
+                count,
+                cap / *holders as f64,
+            ),
+        }
+    }
+
+    /// Counts an admitted call.
+    #[inline]
+    pub(crate) fn admit(&mut self, c: &Conditions<'_>, now: Now, call: Call) {
+        self.own.record(c.grid, now.server, call.rate, call.count);
+        self.push(c.grid, now, call.count);
+    }
+
+    /// A limit set's verdict on `call`, recording nothing ([`admit`](Self::admit) counts
+    /// it): `Ok` if it fits now, else the wait the rejection of `inc` would give (one sync
+    /// interval in an outage, where the share is this instance's guess).
+    pub(crate) fn verdict(&mut self, c: &Conditions<'_>, now: Now, call: Call) -> Result<(), u64> {
+        self.rate = call.rate;
+        self.cap = call.cap;
+        self.touched = true;
+        let mode = self.mode(c, now);
+        if self.fits(c, now, &mode, call.count, call.cap) {
+            return Ok(());
+        }
+        self.wanted = self.wanted.max(call.count);
+        Err(self.wait_and_left(c, &mode, now, call.count).0)
+    }
+
     /// Whether one more unit at the latest rate would be admitted now; records nothing.
     pub(crate) fn check(&mut self, c: &Conditions<'_>, now: Now) -> RateLimitDecision {
         let mode = self.mode(c, now);
-        let fits = match mode {
-            Mode::Lease(view) => self.lease_fits(c, now, &view, 1, self.cap),
-            Mode::Provisional => self.provisional_fits(c, now, 1, self.cap),
-            Mode::Outage(holders) => capacity::fits_more(
-                self.own.usage(c.grid, now.server),
-                1,
-                self.cap / holders as f64,
-            ),
-        };
-        if fits {
+        if self.fits(c, now, &mode, 1, self.cap) {
             RateLimitDecision::Allowed
         } else {
             self.rejection(c, &mode, now, 1)
@@ -101,7 +123,17 @@ impl AbsoluteKey {
         now: Now,
         count: u64,
     ) -> RateLimitDecision {
-        let (retry_after_ms, remaining_after_waiting) = match mode {
+        let (retry_after_ms, remaining_after_waiting) = self.wait_and_left(c, mode, now, count);
+        RateLimitDecision::Rejected {
+            window_size_seconds: c.grid.window_seconds(),
+            retry_after_ms,
+            remaining_after_waiting,
+        }
+    }
+
+    /// A rejection's wait and the usage left after it.
+    fn wait_and_left(&self, c: &Conditions<'_>, mode: &Mode, now: Now, count: u64) -> (u64, u64) {
+        match mode {
             Mode::Lease(view)
                 if !capacity::fits_more(
                     view.used.saturating_sub(self.freed(c, now)) + self.spent,
@@ -129,11 +161,6 @@ impl AbsoluteKey {
             // Room left in Redis, held by other instances' leases: ask after the next refresh.
             Mode::Lease(view) => (c.sync_ms, view.used + self.spent),
             _ => (c.sync_ms, self.spent),
-        };
-        RateLimitDecision::Rejected {
-            window_size_seconds: c.grid.window_seconds(),
-            retry_after_ms,
-            remaining_after_waiting,
         }
     }
 

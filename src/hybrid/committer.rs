@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::core::HybridCore;
 use super::flush::{KeyJob, MAX_KEYS_PER_PIPELINE};
+use super::policy::Dest;
 use super::walk::for_each;
 use crate::redis::StrategyTag;
 
@@ -45,15 +46,20 @@ impl HybridCore {
         for_each(&self.absolute, |key, state| {
             if state.is_dirty() {
                 let job = state.job(now.local, next_seq);
-                jobs.push((key.clone(), StrategyTag::Absolute, job.into_usage()));
+                jobs.push((
+                    key.clone(),
+                    Dest::Single(StrategyTag::Absolute),
+                    job.into_usage(),
+                ));
             }
         });
         for_each(&self.suppressed, |key, state| {
             if state.is_dirty() {
                 let job = state.job(now.local, next_seq);
-                jobs.push((key.clone(), StrategyTag::Suppressed, job));
+                jobs.push((key.clone(), Dest::Single(StrategyTag::Suppressed), job));
             }
         });
+        self.policy_jobs(now, &mut jobs);
         if jobs.is_empty() {
             return;
         }

@@ -2,16 +2,17 @@
 //! decision reads (copied one pointer hop closer), both clocks, and the health and
 //! counters the committer keeps.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::absolute::AbsoluteKey;
 use super::mode::{Conditions, Now};
+use super::policy::PolicyEngine;
 use super::stats::Counters;
 use super::suppressed::SuppressedKey;
 use crate::clock::{Clock, Time};
-use crate::local::store::KeyStore;
+use crate::local::store::{KeyCount, KeyStore};
 use crate::redis::{Core, TimeSource};
 use crate::settings::Settings;
 
@@ -39,10 +40,18 @@ pub(crate) struct HybridCore {
     pub(crate) lease_ttl_ms: u64,
     /// One cycle at a time, whether from the task or from `flush()`.
     pub(super) cycle_lock: tokio::sync::Mutex<()>,
+    /// The limit sets made on this provider, for the committer (`policy.rs`).
+    pub(super) policies: Mutex<Vec<Weak<PolicyEngine>>>,
 }
 
 impl HybridCore {
-    pub(crate) fn new(core: Arc<Core>, clock: Time, max_pending_buckets: usize) -> Self {
+    /// Both strategies' keys count in `keys` (the limiter's key budget).
+    pub(crate) fn new(
+        core: Arc<Core>,
+        clock: Time,
+        max_pending_buckets: usize,
+        keys: &Arc<KeyCount>,
+    ) -> Self {
         let sync_ms = core.sync_interval_ms.get();
         let offset = match core.time {
             TimeSource::TestClock(_) => 0,
@@ -63,8 +72,8 @@ impl HybridCore {
             offset_ms: AtomicI64::new(offset),
             instance: instance_id(),
             seq: AtomicU64::new(0),
-            absolute: KeyStore::default(),
-            suppressed: KeyStore::default(),
+            absolute: KeyStore::new(keys.clone(), false),
+            suppressed: KeyStore::new(keys.clone(), false),
             stats: Counters::default(),
             healthy: AtomicBool::new(true),
             script_loaded: AtomicBool::new(false),
@@ -72,6 +81,7 @@ impl HybridCore {
             max_pending_buckets,
             lease_ttl_ms: (10 * sync_ms).max(200),
             cycle_lock: tokio::sync::Mutex::new(()),
+            policies: Mutex::new(Vec::new()),
             core,
             clock,
         }
@@ -105,6 +115,7 @@ impl HybridCore {
         let grid = self.settings.grid;
         self.absolute.retain(|s| !s.idle(&grid, now))
             + self.suppressed.retain(|s| !s.idle(&grid, now))
+            + self.cleanup_policies(now)
     }
 }
 

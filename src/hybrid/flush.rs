@@ -11,8 +11,9 @@ use compact_str::CompactString;
 use super::core::HybridCore;
 use super::key::Job;
 use super::mode::{Refresh, View};
+use super::policy::Dest;
 use crate::Error;
-use crate::redis::{RedisKey, StrategyTag, TimeSource, wire};
+use crate::redis::{TimeSource, wire};
 use crate::window::Usage;
 
 /// Keys per pipeline: a cycle with more dirty keys sends several pipelines at once.
@@ -27,8 +28,9 @@ const SCRIPT_SOURCE: &str = concat!(
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT_SOURCE));
 
-/// One key's part of a cycle: its name, strategy and what to send.
-pub(super) type KeyJob = (CompactString, StrategyTag, Job<Usage>);
+/// One key's part of a cycle: its name, where it goes (a strategy's key or a limit's) and
+/// what to send.
+pub(super) type KeyJob = (CompactString, Dest, Job<Usage>);
 
 impl HybridCore {
     /// One chunk's round trip: a pipeline on a single server; on a cluster (where a
@@ -50,7 +52,7 @@ impl HybridCore {
             pipe.cmd("SCRIPT").arg("LOAD").arg(SCRIPT_SOURCE).ignore();
         }
         for (key, strategy, job) in chunk {
-            pipe.add_command(self.command(key, *strategy, job, server_now));
+            pipe.add_command(self.command(key, strategy, job, server_now));
         }
         let reply = self.core.conn.pipeline::<Vec<Value>>(&pipe).await;
         match &reply {
@@ -60,39 +62,30 @@ impl HybridCore {
         reply.map(|values| values.into_iter().map(Ok).collect())
     }
 
+    /// On a cluster each key's call goes to its own master, and one that answers `NOSCRIPT`
+    /// (a promoted replica, a restarted node) gets the script loaded on that master alone:
+    /// a `SCRIPT LOAD` to every node would fail, and fail every key's flush, while any one
+    /// node is down.
     async fn send_each(
         &self,
         chunk: &[KeyJob],
         server_now: u64,
     ) -> Result<Vec<Result<Value, Error>>, Error> {
-        if !self.script_loaded.load(Ordering::Relaxed) {
-            let mut load = ::redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(SCRIPT_SOURCE);
-            self.core.conn.query::<Value>(&load).await?;
-            self.script_loaded.store(true, Ordering::Relaxed);
-        }
         let commands: Vec<Cmd> = chunk
             .iter()
-            .map(|(key, strategy, job)| self.command(key, *strategy, job, server_now))
+            .map(|(key, dest, job)| self.command(key, dest, job, server_now))
             .collect();
-        let replies =
-            futures_util::future::join_all(commands.iter().map(|c| self.core.conn.query(c))).await;
-        if replies.iter().any(Result::is_err) {
-            // A node may have restarted without the script: load it again next time.
-            self.script_loaded.store(false, Ordering::Relaxed);
-        }
+        let replies = futures_util::future::join_all(
+            commands
+                .iter()
+                .map(|c| self.core.conn.evalsha(c, SCRIPT_SOURCE)),
+        )
+        .await;
         Ok(replies)
     }
 
-    fn command(&self, key: &str, strategy: StrategyTag, job: &Job<Usage>, server_now: u64) -> Cmd {
-        let (names, lease) = match RedisKey::try_from(key) {
-            Ok(k) => (
-                self.core.keys.names(&k, strategy),
-                self.core.keys.lease(&k, strategy),
-            ),
-            // Keys are checked before they are stored.
-            Err(_) => Default::default(),
-        };
+    fn command(&self, key: &str, dest: &Dest, job: &Job<Usage>, server_now: u64) -> Cmd {
+        let target = dest.target(self, key);
         let now = match &self.core.time {
             TimeSource::Server => None,
             TimeSource::TestClock(_) => Some(server_now),
@@ -101,15 +94,15 @@ impl HybridCore {
         cmd.arg(SCRIPT.get_hash());
         wire::head(
             &mut cmd,
-            &[&names.buckets, &names.hash, &lease],
+            &[&target.names.buckets, &target.names.hash, &target.lease],
             now,
-            &self.settings.grid,
-            strategy.tag(),
+            target.grid,
+            target.tag.tag(),
         );
         wire::flush(
             &mut cmd,
             &wire::Flush {
-                tag: strategy,
+                tag: target.tag,
                 instance: &self.instance,
                 seq: job.seq,
                 lease_ttl_ms: self.lease_ttl_ms,
@@ -117,7 +110,7 @@ impl HybridCore {
                 cap: job.cap,
                 wanted: job.wanted,
                 held: job.held,
-                hard_limit_factor: self.settings.suppression.hard_limit_factor,
+                hard_limit_factor: target.hard_limit_factor,
                 buckets: &job.buckets,
             },
         );
@@ -133,7 +126,8 @@ impl HybridCore {
         received: u64,
     ) -> bool {
         let mut all_good = true;
-        for ((key, strategy, job), value) in chunk.iter().zip(values) {
+        let mut lost_keys = 0u64;
+        for ((key, dest, job), value) in chunk.iter().zip(values) {
             let mut parsed = match value
                 .as_ref()
                 .map_err(|e| e.to_string())
@@ -184,16 +178,15 @@ impl HybridCore {
                 view,
                 oldest: std::mem::take(&mut parsed.oldest),
             };
-            match strategy {
-                StrategyTag::Absolute => {
-                    self.absolute
-                        .peek(key.as_str(), |s| s.refreshed(job.seq, refresh));
-                }
-                StrategyTag::Suppressed => {
-                    self.suppressed
-                        .peek(key.as_str(), |s| s.refreshed(job.seq, refresh));
-                }
-            }
+            lost_keys += u64::from(dest.refreshed(self, key, job.seq, refresh));
+        }
+        if lost_keys > 0 {
+            tracing::warn!(
+                keys = lost_keys,
+                "sluicegate hybrid: Redis holds less usage than this instance admitted in the \
+                 window (FLUSHALL, lost writes or eviction); deciding on this instance's own \
+                 record for those keys, so nothing it admitted is admitted again"
+            );
         }
         all_good
     }

@@ -11,9 +11,58 @@
 //!   instance's own usage against `1 / N` of the capacity, `N` the lease holders last seen.
 
 use super::key::KeyState;
+use crate::absolute::AbsoluteState;
 use crate::config::capacity;
 use crate::settings::SuppressionParams;
-use crate::window::{self, Bucket, Counts, WindowGrid};
+use crate::suppressed::SuppressedState;
+use crate::window::{self, Bucket, Counts, Usage, WindowGrid};
+
+/// This instance's own record of what it admitted (and observed) in the window: the local
+/// core's state every hybrid decision also records into.
+pub(crate) trait OwnRecord {
+    /// Accepted and observed units of this instance still inside the window at `now_ms`.
+    fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage;
+}
+
+impl OwnRecord for AbsoluteState {
+    fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage {
+        let accepted = self.usage(grid, now_ms);
+        Usage {
+            accepted,
+            observed: accepted,
+        }
+    }
+}
+
+impl OwnRecord for SuppressedState {
+    fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage {
+        self.usage(grid, now_ms)
+    }
+}
+
+impl<S: OwnRecord, C: Counts> KeyState<S, C> {
+    /// Lost Redis data (`FLUSHALL`, a failover that lost writes, an evicted key): Redis
+    /// reports less usage than this instance alone admitted in the window and Redis
+    /// acknowledged. The view then counts this instance's own record instead, so what it
+    /// admitted is never admitted again; returns whether Redis had lost some.
+    ///
+    /// Acknowledged = own record minus what is still unsent (the reply's batch was
+    /// applied by the very script that computed `view.used`).
+    pub(crate) fn floor_to_own(&mut self, grid: &WindowGrid, view: &mut View) -> bool {
+        let own = self.own.own_usage(grid, view.at);
+        let unsent = self.unsent.total();
+        let accepted = own.accepted.saturating_sub(unsent.accepted());
+        let observed = own.observed.saturating_sub(unsent.observed());
+        let lost = view.used < accepted || view.observed < observed;
+        if lost {
+            view.used = view.used.max(accepted);
+            view.observed = view.observed.max(observed);
+            // The lease Redis computed counted none of it.
+            view.lease = view.lease.min((view.cap - view.used as f64).max(0.0));
+        }
+        lost
+    }
+}
 
 /// What the last refresh said about a key, from Redis.
 #[derive(Debug, Clone, Copy)]
@@ -162,5 +211,75 @@ impl<S, C: Counts> KeyState<S, C> {
             &self.oldest,
             |left| capacity::fits_more(left, count, self.cap),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{at, call, ctx, geo, view};
+    use super::super::{AbsoluteKey, SuppressedKey};
+
+    #[test]
+    fn a_view_short_of_what_this_instance_admitted_counts_its_own_record() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
+        key.refreshed(0, view(50.0, 0, 1, at(0)));
+        for i in 0..30 {
+            assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed());
+        }
+        let mut seq = 0;
+        let job = key.job(40, || {
+            seq += 1;
+            seq
+        });
+        // Two more admitted while the batch is out: unsent, so not in Redis yet.
+        assert!(key.inc(&c, at(41), call(at(41), 1)).is_allowed());
+        assert!(key.inc(&c, at(42), call(at(42), 1)).is_allowed());
+        // Redis answers as if it had applied the batch (30) ...
+        let mut honest = view(60.0, 30, 1, at(50)).view;
+        assert!(!key.floor_to_own(&g, &mut honest));
+        assert_eq!((honest.used, honest.lease), (30, 60.0));
+        // ... or after a FLUSHALL: 0 used, a fresh lease. The instance counts its 30.
+        let mut lost = view(100.0, 0, 1, at(50)).view;
+        assert!(key.floor_to_own(&g, &mut lost));
+        assert_eq!(lost.used, 30);
+        assert_eq!(lost.observed, 30);
+        assert_eq!(lost.lease, 70.0, "capacity 100 less the 30 Redis lost");
+        // A lease already below what is left stays as it was.
+        let mut small = view(10.0, 0, 1, at(50)).view;
+        assert!(key.floor_to_own(&g, &mut small));
+        assert_eq!((small.used, small.lease), (30, 10.0));
+        // Once the window has passed, nothing of it counts any more.
+        let mut later = view(100.0, 0, 1, at(10_200)).view;
+        assert!(!key.floor_to_own(&g, &mut later));
+        assert_eq!(later.used, 0);
+        assert_eq!(job.seq, 1);
+    }
+
+    #[test]
+    fn the_suppressed_floor_covers_observed_units_too() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = SuppressedKey::new(10.0, 100.0, 0);
+        key.refreshed(0, view(200.0, 0, 1, at(0)));
+        for i in 0..20 {
+            key.inc(&c, at(i), call(at(i), 5), || 0.5);
+        }
+        let mut seq = 0;
+        key.job(30, || {
+            seq += 1;
+            seq
+        });
+        let mut lost = view(100.0, 0, 1, at(40)).view;
+        lost.observed = 0;
+        assert!(key.floor_to_own(&g, &mut lost));
+        assert_eq!(lost.observed, 100, "20 calls of 5 observed");
+        assert_eq!(lost.used, 100, "all 100 accepted: within capacity");
+        // Redis observed more (other instances): kept.
+        let mut more = view(100.0, 100, 1, at(40)).view;
+        more.observed = 500;
+        key.floor_to_own(&g, &mut more);
+        assert_eq!(more.observed, 500);
     }
 }

@@ -23,7 +23,8 @@ impl SuppressedKey {
         Self::with_own(SuppressedState::new(rate), rate, cap, now_local)
     }
 
-    fn record(&mut self, c: &Conditions<'_>, now: Now, accepted: u64, observed: u64) {
+    /// Counts a decided call: `observed` units offered, `accepted` of them admitted.
+    pub(crate) fn record(&mut self, c: &Conditions<'_>, now: Now, accepted: u64, observed: u64) {
         self.own.usage(c.grid, now.server);
         self.own.record(c.grid, now.server, accepted, observed);
         self.push(c.grid, now, Usage { accepted, observed });
@@ -54,6 +55,18 @@ impl SuppressedKey {
         call: Call,
         draw: impl FnOnce() -> f64,
     ) -> RateLimitDecision {
+        // Observed usage past `MAX_OBSERVED` is never recorded (the local core's rule; it
+        // decides the other modes).
+        if let Some(view) = &self.view
+            && !capacity::fits_observed(self.observed_estimate(view), call.count)
+        {
+            // Refreshed next cycle: the window may have emptied since this view.
+            self.touched = true;
+            return RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false,
+            };
+        }
         // The common case, kept small: a live lease with room, under the hard limit.
         if let Some(view) = &self.view {
             if call.rate == self.rate
@@ -105,13 +118,7 @@ impl SuppressedKey {
             }
             // No lease yet or Redis away: the local core on this instance's own usage.
             Mode::Provisional | Mode::Outage(_) => {
-                let holders = self.holders_last.max(1);
-                let share = Call {
-                    now_ms: now.server,
-                    rate: call.rate / holders as f64,
-                    cap: call.cap / holders as f64,
-                    count: n,
-                };
+                let share = self.share(now, call);
                 let decision = self.own.inc(c.grid, c.params, share, draw);
                 self.push(
                     c.grid,
@@ -123,6 +130,47 @@ impl SuppressedKey {
                 );
                 decision
             }
+        }
+    }
+
+    /// A limit set's verdict on `call`, recording nothing ([`record`](Self::record) counts it):
+    /// the case it is in and the factor it would see, on the key's Redis-wide usage within a
+    /// lease, on this instance's share (the local core) without one.
+    pub(crate) fn verdict(&mut self, c: &Conditions<'_>, now: Now, call: Call) -> (Regime, f64) {
+        if call.rate != self.rate {
+            self.factor.clear();
+        }
+        self.rate = call.rate;
+        self.cap = call.cap;
+        self.touched = true;
+        match self.mode(c, now) {
+            Mode::Lease(view) => {
+                let regime = self.regime(c, now, &view, call.count, call.cap);
+                if regime == Regime::Shedding {
+                    self.wanted = self.wanted.max(call.count);
+                }
+                let (rate, cache) = (self.rate, &mut self.factor);
+                let factor = regime.factor(|| {
+                    cache.get(now.server, c.params.cache_ms, || formula(c, &view, rate))
+                });
+                (regime, factor)
+            }
+            Mode::Provisional | Mode::Outage(_) => {
+                let share = self.share(now, call);
+                self.own.standing(c.grid, c.params, share)
+            }
+        }
+    }
+
+    /// This instance's share of `call` without a lease: `1 / N` of its rate and capacity,
+    /// `N` the holders last seen.
+    fn share(&self, now: Now, call: Call) -> Call {
+        let holders = self.holders_last.max(1) as f64;
+        Call {
+            now_ms: now.server,
+            rate: call.rate / holders,
+            cap: call.cap / holders,
+            count: call.count,
         }
     }
 

@@ -27,6 +27,11 @@ pub enum KeyErrorPolicy {
     /// Answer with this status instead (400, 401 or 500 are the usual choices).
     RejectWith(StatusCode),
     /// Let the request through, unlimited (logged at `debug`).
+    ///
+    /// **This lets any client bypass the limit**: a client that sends a malformed key on
+    /// purpose (a garbled `X-Forwarded-For` hop, a header it leaves out, an over-long key)
+    /// is never counted. Use it only for keys a client cannot influence, or when a limit
+    /// is advisory; [`Reject`](Self::Reject) is the safe default.
     Allow,
 }
 
@@ -122,6 +127,8 @@ pub const DEFAULT_MAX_KEY_LEN: usize = 256;
 pub struct RateLimitLayerBuilder {
     limiter: Arc<RateLimiter>,
     extractor: Arc<dyn KeyExtractor>,
+    /// The extractor, when it is [`PeerIp`]: called without the `dyn` on the hot path.
+    peer_ip: Option<PeerIp>,
     limits: Vec<LayerLimit>,
     max_key_len: usize,
     rate: Option<RateSource>,
@@ -154,6 +161,7 @@ impl RateLimitLayerBuilder {
         RateLimitLayerBuilder {
             limiter,
             extractor: Arc::new(PeerIp::new()),
+            peer_ip: Some(PeerIp::new()),
             limits: Vec::new(),
             max_key_len: DEFAULT_MAX_KEY_LEN,
             rate: None,
@@ -179,6 +187,9 @@ impl RateLimitLayerBuilder {
     /// What requests are keyed by (default: [`PeerIp`]); with several limits, the key of
     /// every limit that has none of its own.
     pub fn key(mut self, extractor: impl KeyExtractor) -> Self {
+        self.peer_ip = (&extractor as &dyn std::any::Any)
+            .downcast_ref::<PeerIp>()
+            .copied();
         self.extractor = Arc::new(extractor);
         self
     }
@@ -273,9 +284,10 @@ impl RateLimitLayerBuilder {
 
     /// Whether admitted responses carry `RateLimit-Policy` and `RateLimit` too (default
     /// false: only limited ones do). On an admitted response `r` is the quota left and `t`
-    /// is the window, the longest time until all of the current usage has expired. With the
-    /// Redis and hybrid providers admitted responses carry only `RateLimit-Policy`: the
-    /// usage would cost another round trip.
+    /// is the window, the longest time until all of the current usage has expired (local);
+    /// with the Redis and hybrid providers, the time until the key's usage next falls. The
+    /// decision itself carries the usage on every provider: no second lookup, no second
+    /// round trip.
     pub fn headers_on_allowed(mut self, on: bool) -> Self {
         self.headers_on_allowed = on;
         self
@@ -399,6 +411,7 @@ impl RateLimitLayerBuilder {
                         Backend::Async(Arc::new(super::provider::Networked {
                             limiter: self.limiter.clone(),
                             strategy: self.strategy,
+                            usage: self.headers_on_allowed,
                         }))
                     }
                 }
@@ -435,6 +448,7 @@ impl RateLimitLayerBuilder {
         Ok(RateLimitLayer::from_engine(Arc::new(DecisionEngine {
             limiter: self.limiter,
             extractor: self.extractor,
+            peer_ip: self.peer_ip,
             rate,
             cost: self.cost,
             strategy: self.strategy,

@@ -13,8 +13,11 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
-use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
-use super::fields::AdmittedHeaders;
+use super::extract::{
+    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, normalize_ip, peer_addr,
+};
+use super::fields::{AdmittedHeaders, Left};
+use super::headers;
 use super::headers::Prebuilt;
 use super::ops::Standing;
 use super::provider::{self, Backend, DecisionFuture};
@@ -23,11 +26,14 @@ use super::set::SetEngine;
 use crate::Strategy;
 use crate::observe::Outcome;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
+use std::net::IpAddr;
 
 /// Everything a service needs to decide, behind the one `Arc` a clone copies.
 pub(crate) struct DecisionEngine {
     pub(super) limiter: Arc<RateLimiter>,
     pub(super) extractor: Arc<dyn KeyExtractor>,
+    /// The extractor when it is [`PeerIp`], the common case: no virtual call.
+    pub(super) peer_ip: Option<PeerIp>,
     pub(super) rate: RateSource,
     pub(super) cost: CostSource,
     pub(super) strategy: Strategy,
@@ -76,7 +82,11 @@ pub(crate) enum Pending {
     One(DecisionFuture, AwaitedRequest),
     /// A set; the extractors' keys.
     #[cfg(feature = "redis-tokio")]
-    Set(super::set::SetFuture, Box<[Key]>),
+    Set(
+        super::set::SetFuture,
+        Box<[Key]>,
+        Option<[f64; crate::policy::MAX_LIMITS]>,
+    ),
 }
 
 impl Pending {
@@ -88,9 +98,9 @@ impl Pending {
                 Poll::Ready(engine.finish(result, awaited))
             }
             #[cfg(feature = "redis-tokio")]
-            Pending::Set(decision, keys) => {
+            Pending::Set(decision, keys, counts) => {
                 let result = std::task::ready!(decision.as_mut().poll(cx));
-                Poll::Ready(engine.finish_set(result, keys))
+                Poll::Ready(engine.finish_set(result, keys, *counts))
             }
         }
     }
@@ -115,7 +125,16 @@ impl DecisionEngine {
         if let Some(set) = &self.set {
             return self.check_set(set, head);
         }
-        let key = match self.extractor.extract(head) {
+        if self.peer_ip.is_some() && self.ops.verdict_only() {
+            if let Some(verdict) = self.check_ipv4(head) {
+                return verdict;
+            }
+        }
+        let key = match &self.peer_ip {
+            Some(peer_ip) => peer_ip.extract(head),
+            None => self.extractor.extract(head),
+        };
+        let key = match key {
             Ok(key) => key,
             Err(err) => return self.key_failure(&err),
         };
@@ -141,7 +160,14 @@ impl DecisionEngine {
             Backend::Local(strategy) if self.headers_on_allowed || self.ops.wants_usage => {
                 match provider::local_inc_with_used(&self.limiter, *strategy, &key, &rate, cost) {
                     Ok((decision, used)) => {
-                        self.verdict(decision, &key, rate, Some(used), cost, before_ms)
+                        // The local store reports the usage after the call; `t` is then the
+                        // window, the longest until all of it has expired.
+                        let window_s = self.prebuilt.window_s;
+                        let left = Left {
+                            remaining: headers::quota(rate.get(), window_s).saturating_sub(used),
+                            reset_s: window_s,
+                        };
+                        self.verdict(decision, &key, rate, Some(left), cost, before_ms)
                     }
                     Err(err) => self.misconfigured(&err),
                 }
@@ -154,7 +180,14 @@ impl DecisionEngine {
             }
             #[cfg(feature = "redis-tokio")]
             Backend::Hybrid(strategy) => {
-                let result = provider::hybrid_inc(&self.limiter, *strategy, &key, &rate, cost);
+                let result = provider::hybrid_inc(
+                    &self.limiter,
+                    *strategy,
+                    &key,
+                    &rate,
+                    cost,
+                    self.headers_on_allowed || self.ops.wants_usage,
+                );
                 self.finish(
                     result,
                     &AwaitedRequest {
@@ -184,6 +217,37 @@ impl DecisionEngine {
         }
     }
 
+    /// The common case, decided without building a [`Key`]: an IPv4 peer keyed by
+    /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses. The
+    /// address is written as text on the stack and the store is keyed with it directly; a
+    /// `Key` is made only for a refusal. `None`: not this case.
+    #[inline]
+    fn check_ipv4(&self, head: &RequestHead<'_>) -> Option<Verdict> {
+        let (RateSource::Fixed(rate), Backend::Local(strategy), false) =
+            (&self.rate, &self.backend, self.headers_on_allowed)
+        else {
+            return None;
+        };
+        let ip = match peer_addr(head.extensions) {
+            Ok(addr) => normalize_ip(addr.ip()),
+            Err(err) => return Some(self.key_failure(&err)),
+        };
+        let IpAddr::V4(v4) = ip else { return None };
+        let mut buf = Ipv4Text::new();
+        let key = ipv4_str(v4, &mut buf);
+        if key.len() > self.max_key_len {
+            return Some(self.key_too_long(&Key::new(key)));
+        }
+        let cost = self.resolve_cost(head);
+        Some(
+            match provider::local_inc_str(&self.limiter, *strategy, key, rate, cost) {
+                Ok(RateLimitDecision::Allowed) => Verdict::Pass(AdmittedHeaders::none()),
+                Ok(decision) => self.verdict(decision, &Key::new(key), *rate, None, cost, 0),
+                Err(err) => self.misconfigured(&err),
+            },
+        )
+    }
+
     /// The request's cost (at least 1).
     #[inline]
     pub(super) fn resolve_cost(&self, head: &RequestHead<'_>) -> u64 {
@@ -203,7 +267,7 @@ impl DecisionEngine {
     }
 
     #[cold]
-    fn key_too_long(&self, key: &Key) -> Verdict {
+    pub(super) fn key_too_long(&self, key: &Key) -> Verdict {
         self.ops.count(Outcome::KeyError);
         let err = KeyError::TooLong {
             len: key.as_str().len(),
@@ -219,15 +283,15 @@ impl DecisionEngine {
     /// Turns a networked provider's answer into a verdict.
     pub(crate) fn finish(
         &self,
-        result: Result<RateLimitDecision, Error>,
+        result: Result<(RateLimitDecision, Option<Left>), Error>,
         awaited: &AwaitedRequest,
     ) -> Verdict {
         match result {
-            Ok(decision) => self.verdict(
+            Ok((decision, left)) => self.verdict(
                 decision,
                 &awaited.key,
                 awaited.rate,
-                None,
+                left,
                 awaited.cost,
                 awaited.before_ms,
             ),
@@ -239,9 +303,9 @@ impl DecisionEngine {
     /// store, or the provider failing (the provider-error policy).
     pub(super) fn failed(&self, err: Error) -> Verdict {
         match err {
-            err @ (Error::CapacityBelowOne { .. } | Error::CountAboveCapacity { .. }) => {
-                self.misconfigured(&err)
-            }
+            err @ (Error::CapacityBelowOne { .. }
+            | Error::CapacityAboveMax { .. }
+            | Error::CountAboveCapacity { .. }) => self.misconfigured(&err),
             Error::InvalidKey { key, reason } => self.key_failure(&KeyError::custom(
                 StatusCode::BAD_REQUEST,
                 format!("rate-limit key {key:?} cannot be stored in Redis: {reason}"),
@@ -261,7 +325,7 @@ impl DecisionEngine {
         }
     }
 
-    /// `used`: the key's admitted usage after the call, where the provider knows it;
+    /// `left`: what the decision says is left of the key's quota, where it says;
     /// `cost` and `before_ms` for counting by outcome.
     #[inline]
     fn verdict(
@@ -269,7 +333,7 @@ impl DecisionEngine {
         decision: RateLimitDecision,
         key: &Key,
         rate: RateLimit,
-        used: Option<u64>,
+        left: Option<Left>,
         cost: u64,
         before_ms: u64,
     ) -> Verdict {
@@ -277,18 +341,16 @@ impl DecisionEngine {
         match decision {
             RateLimitDecision::Allowed => {
                 let fields = if self.headers_on_allowed {
-                    self.admitted(rate, used, None)
+                    self.admitted(rate, left, None)
                 } else {
                     AdmittedHeaders::none()
                 };
-                let q = quota();
-                let left = used.map(|u| q.saturating_sub(u));
                 self.admitted_outcome(
                     fields,
                     key,
                     Standing {
-                        left,
-                        quota: Some(q),
+                        left: left.map(|l| l.remaining),
+                        quota: Some(quota()),
                         factor: 0.0,
                     },
                     cost,
@@ -299,15 +361,13 @@ impl DecisionEngine {
                 is_allowed: true,
                 suppression_factor,
             } => {
-                let fields = self.admitted(rate, used, Some(suppression_factor));
-                let q = quota();
-                let left = used.map(|u| q.saturating_sub(u));
+                let fields = self.admitted(rate, left, Some(suppression_factor));
                 self.admitted_outcome(
                     fields,
                     key,
                     Standing {
-                        left,
-                        quota: Some(q),
+                        left: left.map(|l| l.remaining),
+                        quota: Some(quota()),
                         factor: suppression_factor,
                     },
                     cost,

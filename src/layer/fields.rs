@@ -94,26 +94,32 @@ impl AdmittedHeaders {
     }
 }
 
+/// What an admitted decision says is left of the key's quota, for `RateLimit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Left {
+    /// Whole requests of one unit still admitted.
+    pub(crate) remaining: u64,
+    /// Seconds until the usage next falls (`t`), at most the window.
+    pub(crate) reset_s: u64,
+}
+
 impl DecisionEngine {
-    /// The fields of an admitted response; `used` is the key's admitted usage after the
-    /// call where the provider knows it (the local one), `factor` the suppression factor
-    /// when the suppressed strategy admitted it over capacity.
+    /// The fields of an admitted response; `left` is what the decision says is left of the
+    /// key's quota where the provider reports it, `factor` the suppression factor when the
+    /// suppressed strategy admitted it over capacity.
     pub(super) fn admitted(
         &self,
         rate: RateLimit,
-        used: Option<u64>,
+        left: Option<Left>,
         factor: Option<f64>,
     ) -> AdmittedHeaders {
         let mut values = AdmittedValues::default();
         if self.headers_on_allowed {
             let p = &self.prebuilt;
             values.policy = Some(p.policy_for(rate.get(), self.fixed_rate()));
-            // The remaining quota needs the usage: only the local provider has it at hand,
-            // from the decision's own lookup.
-            values.ratelimit = used.map(|used| {
-                let left = headers::quota(rate.get(), p.window_s).saturating_sub(used);
-                headers::ratelimit_value(&p.name, left, p.window_s)
-            });
+            // From the decision itself: no second lookup or round trip.
+            values.ratelimit = left
+                .map(|l| headers::ratelimit_value(&p.name, l.remaining, l.reset_s.min(p.window_s)));
         }
         if let Some(factor) = factor.filter(|f| self.factor_on_allowed && *f > 0.0) {
             values.factor = Some(self.prebuilt.factor(factor));

@@ -18,7 +18,7 @@ use super::extract::{Key, RequestHead};
 use super::fields::AdmittedHeaders;
 use super::grpc::{self, Protocol};
 use super::headers::{RATELIMIT, RATELIMIT_POLICY};
-use super::outcome::{CountFn, CountOutcomes, Pending, Refunder};
+use super::outcome::{CountIfFn, CountOutcomes, Pending, Refunder};
 use crate::observe::{self, NEAR_LIMIT_SHARE, Outcome, WarnThrottle};
 use crate::{Error, RateLimiter};
 
@@ -28,7 +28,7 @@ pub(crate) struct OpsBuilder {
     metrics: bool,
     shadow: bool,
     exemptions: Exemptions,
-    counts: Option<Arc<CountFn>>,
+    counts: Option<Arc<CountIfFn>>,
     protocol: Protocol,
     decision_extension: bool,
 }
@@ -205,6 +205,14 @@ impl Ops {
         self.exemptions
             .as_ref()
             .is_some_and(|e| e.exempts_request(head))
+    }
+
+    /// Whether nothing here needs more than the verdict: no key exemptions, no counting by
+    /// outcome, no usage wanted (metrics, the handler's decision). The layer's IPv4 fast
+    /// path runs only then.
+    #[inline]
+    pub(crate) fn verdict_only(&self) -> bool {
+        self.exemptions.is_none() && self.counting.is_none() && !self.wants_usage
     }
 
     /// Whether the request is exempt by its key.

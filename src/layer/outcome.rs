@@ -14,7 +14,7 @@ use crate::local::Reservation;
 use crate::{RateLimiter, Strategy};
 
 /// Which responses count: `true` keeps the request's units, `false` gives them back.
-pub type CountFn = dyn Fn(StatusCode, &HeaderMap) -> bool + Send + Sync;
+pub type CountIfFn = dyn Fn(StatusCode, &HeaderMap) -> bool + Send + Sync;
 
 /// Who gives the units back, and on which clock a reservation is read.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ pub(crate) enum Refunder {
 /// A layer's counting by outcome.
 pub(crate) struct CountOutcomes {
     pub(crate) limiter: Arc<RateLimiter>,
-    pub(crate) counts: Arc<CountFn>,
+    pub(crate) counts: Arc<CountIfFn>,
     pub(crate) refunder: Refunder,
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter, Strategy};
 
 use super::extract::Key;
+use super::fields::Left;
 
 /// Where the counts live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,9 +33,10 @@ pub enum Provider {
     Hybrid,
 }
 
-/// A boxed decision from a networked provider.
+/// A boxed decision from a networked provider, with what is left of the key's quota when
+/// the provider says.
 pub(crate) type DecisionFuture =
-    Pin<Box<dyn Future<Output = Result<RateLimitDecision, Error>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<(RateLimitDecision, Option<Left>), Error>> + Send>>;
 
 /// A provider that answers asynchronously (Redis). The layer calls it once per
 /// request and treats an `Err` with its provider-error policy (fail open or closed).
@@ -64,6 +66,7 @@ impl std::fmt::Debug for Backend {
 }
 
 /// One local decision.
+#[inline]
 pub(crate) fn local_inc(
     limiter: &RateLimiter,
     strategy: Strategy,
@@ -71,12 +74,21 @@ pub(crate) fn local_inc(
     rate: &RateLimit,
     cost: u64,
 ) -> Result<RateLimitDecision, Error> {
+    local_inc_str(limiter, strategy, key.as_str(), rate, cost)
+}
+
+/// One local decision on a key's text.
+#[inline]
+pub(crate) fn local_inc_str(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &str,
+    rate: &RateLimit,
+    cost: u64,
+) -> Result<RateLimitDecision, Error> {
     match strategy {
-        Strategy::Absolute => limiter.local().absolute().try_inc(key.as_str(), rate, cost),
-        Strategy::Suppressed => limiter
-            .local()
-            .suppressed()
-            .try_inc(key.as_str(), rate, cost),
+        Strategy::Absolute => limiter.local().absolute().try_inc(key, rate, cost),
+        Strategy::Suppressed => limiter.local().suppressed().try_inc(key, rate, cost),
     }
 }
 
@@ -105,7 +117,17 @@ pub(crate) fn local_inc_with_used(
     }
 }
 
-/// One hybrid decision: synchronous, no I/O, no future.
+/// What a Redis or hybrid decision's usage leaves for `RateLimit`.
+#[cfg(feature = "redis-tokio")]
+fn left_of(usage: Option<crate::redis::KeyUsage>) -> Option<Left> {
+    usage.map(|u| Left {
+        remaining: u.remaining,
+        reset_s: u.reset_ms.div_ceil(1000),
+    })
+}
+
+/// One hybrid decision: synchronous, no I/O, no future. With `usage`, the key's usage from
+/// the same state (for `RateLimit` on admitted responses).
 #[cfg(feature = "redis-tokio")]
 pub(crate) fn hybrid_inc(
     limiter: &RateLimiter,
@@ -113,11 +135,23 @@ pub(crate) fn hybrid_inc(
     key: &Key,
     rate: &RateLimit,
     cost: u64,
-) -> Result<RateLimitDecision, Error> {
+    usage: bool,
+) -> Result<(RateLimitDecision, Option<Left>), Error> {
     let key = redis_key(key)?;
-    match strategy {
-        Strategy::Absolute => limiter.hybrid().absolute().inc_sync(&key, rate, cost),
-        Strategy::Suppressed => limiter.hybrid().suppressed().inc_sync(&key, rate, cost),
+    let h = limiter.hybrid();
+    match (strategy, usage) {
+        (Strategy::Absolute, false) => h.absolute().inc_sync(&key, rate, cost).map(|d| (d, None)),
+        (Strategy::Suppressed, false) => {
+            h.suppressed().inc_sync(&key, rate, cost).map(|d| (d, None))
+        }
+        (Strategy::Absolute, true) => h
+            .absolute()
+            .inc_sync_with_usage(&key, rate, cost)
+            .map(|(d, u)| (d, left_of(u))),
+        (Strategy::Suppressed, true) => h
+            .suppressed()
+            .inc_sync_with_usage(&key, rate, cost)
+            .map(|(d, u)| (d, left_of(u))),
     }
 }
 
@@ -126,6 +160,8 @@ pub(crate) fn hybrid_inc(
 pub(crate) struct Networked {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) strategy: Strategy,
+    /// Ask the script for the key's usage too (the admitted `RateLimit` field).
+    pub(crate) usage: bool,
 }
 
 #[cfg(feature = "redis-tokio")]
@@ -136,11 +172,28 @@ impl AsyncProvider for Networked {
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
         let rl = self.limiter.clone();
-        let strategy = self.strategy;
+        let (strategy, usage) = (self.strategy, self.usage);
         Box::pin(async move {
-            match strategy {
-                Strategy::Absolute => rl.redis().absolute().inc(&key, &rate, cost).await,
-                Strategy::Suppressed => rl.redis().suppressed().inc(&key, &rate, cost).await,
+            let r = rl.redis();
+            match (strategy, usage) {
+                (Strategy::Absolute, false) => {
+                    r.absolute().inc(&key, &rate, cost).await.map(|d| (d, None))
+                }
+                (Strategy::Suppressed, false) => r
+                    .suppressed()
+                    .inc(&key, &rate, cost)
+                    .await
+                    .map(|d| (d, None)),
+                (Strategy::Absolute, true) => r
+                    .absolute()
+                    .inc_with_usage(&key, &rate, cost)
+                    .await
+                    .map(|(d, u)| (d, left_of(u))),
+                (Strategy::Suppressed, true) => r
+                    .suppressed()
+                    .inc_with_usage(&key, &rate, cost)
+                    .await
+                    .map(|(d, u)| (d, left_of(u))),
             }
         })
     }

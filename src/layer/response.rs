@@ -42,7 +42,10 @@ pub enum Rejection<'a> {
         /// The status the layer answers with.
         status: StatusCode,
     },
-    /// The provider failed and the layer fails closed: `503 Service Unavailable`.
+    /// The provider failed and the layer fails closed: `503 Service Unavailable`. The
+    /// built-in bodies never show the error (it names servers, addresses and Redis's own
+    /// words, which are for the logs: the layer logs it with `tracing::warn!`); a custom
+    /// hook gets it here.
     ProviderUnavailable {
         /// The provider's error.
         error: &'a Error,
@@ -81,8 +84,9 @@ impl Rejection<'_> {
                 "request shed under load (suppression factor {suppression_factor:.3}); retry shortly"
             ),
             Rejection::KeyUnavailable { error, .. } => error.to_string(),
-            Rejection::ProviderUnavailable { error } => {
-                format!("rate limiter unavailable: {error}")
+            // Never the error itself: it is in the logs, not for clients.
+            Rejection::ProviderUnavailable { .. } => {
+                "rate limiter unavailable; retry shortly".to_owned()
             }
             Rejection::Misconfigured { error } => {
                 format!("rate limiter misconfigured: {error}")
@@ -184,6 +188,9 @@ fn plain_text(rejection: &Rejection<'_>) -> Bytes {
         Rejection::Suppressed { .. } => Bytes::from_static(
             b"Service Unavailable: request shed under load; retry after the Retry-After header's seconds\n",
         ),
+        Rejection::ProviderUnavailable { .. } => {
+            Bytes::from_static(b"Service Unavailable: rate limiter unavailable; retry shortly\n")
+        }
         other => Bytes::from(format!("{}\n", other.detail())),
     }
 }
@@ -281,6 +288,26 @@ mod tests {
         };
         let body = problem_json(&r);
         assert!(body.contains(r#""detail":"bad \"x\"\n\u0001""#), "{body}");
+    }
+
+    #[cfg(feature = "redis-tokio")]
+    #[test]
+    fn a_provider_error_stays_out_of_the_body() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect 10.1.2.3:6379 WRONGPASS secret-user",
+        );
+        let err = Error::Redis(::redis::RedisError::from(io));
+        let r = Rejection::ProviderUnavailable { error: &err };
+        for body in [RejectionBody::PlainText, RejectionBody::ProblemJson] {
+            let resp = body.build(&r);
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let text = std::str::from_utf8(resp.body()).unwrap();
+            assert!(text.contains("rate limiter unavailable"), "{text}");
+            for leak in ["10.1.2.3", "6379", "WRONGPASS", "secret-user", "refused"] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+        }
     }
 
     #[test]

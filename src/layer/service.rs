@@ -123,7 +123,10 @@ mod tests {
             let (rl, key) = (self.0.clone(), key.clone());
             Box::pin(async move {
                 tokio::task::yield_now().await;
-                rl.local().absolute().try_inc(key.as_str(), &rate, cost)
+                rl.local()
+                    .absolute()
+                    .try_inc(key.as_str(), &rate, cost)
+                    .map(|d| (d, None))
             })
         }
     }

@@ -2,7 +2,7 @@
 //! own key, and the fields that list every policy of the set.
 //!
 //! The set is decided by the provider's limit-set machinery (`rl.local().policy(set)`,
-//! `rl.redis().policy(set)`): a request is admitted iff every limit admits it, and a request
+//! `rl.redis().policy(set)`, `rl.hybrid().policy(set)`): a request is admitted iff every limit admits it, and a request
 //! any limit refuses counts in none. The fields, after draft-ietf-httpapi-ratelimit-headers-10:
 //!
 //! - `RateLimit-Policy` lists every policy: `"burst";q=3;w=1, "minute";q=10;w=60`.
@@ -37,13 +37,19 @@ use crate::{Error, RateLimiter};
 pub struct LayerLimit {
     pub(super) limit: Limit,
     pub(super) key: Option<Arc<dyn KeyExtractor>>,
+    pub(super) count: Option<Arc<CountFn>>,
 }
+
+/// A resolver of one limit's quota for a request: the count per the limit's own window
+/// (plans by API key, for example). Its window, group and strategy stay the limit's.
+pub type CountFn = dyn Fn(&Key, &RequestHead<'_>) -> f64 + Send + Sync;
 
 impl std::fmt::Debug for LayerLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LayerLimit")
             .field("limit", &self.limit.to_string())
             .field("own_key", &self.key.is_some())
+            .field("resolved", &self.count.is_some())
             .finish()
     }
 }
@@ -51,7 +57,34 @@ impl std::fmt::Debug for LayerLimit {
 impl LayerLimit {
     /// `limit`, keyed by the layer's key.
     pub fn new(limit: Limit) -> Self {
-        LayerLimit { limit, key: None }
+        LayerLimit {
+            limit,
+            key: None,
+            count: None,
+        }
+    }
+
+    /// Resolves this limit's quota per request: `resolve(key, request)` is the count per
+    /// the limit's window (its window, group and strategy stay the limit's; its own count
+    /// is the one shown when nothing is resolved). Called on every request: keep it cheap.
+    /// A count below 1 or not finite is answered `500` and logged, since it is a bug in the
+    /// resolver; a request costing more than the count is refused by this limit.
+    ///
+    /// ```
+    /// # use sluicegate::layer::LayerLimit;
+    /// # use sluicegate::policy::{Limit, LimitName, Quota};
+    /// # fn main() -> Result<(), sluicegate::Error> {
+    /// // `pro_` keys 50 per 10 s, any other key 5.
+    /// let plans = LayerLimit::new(Limit::new(LimitName::new("plan")?, Quota::new(5.0, 10)?))
+    ///     .count_fn(|key, _req| if key.as_str().starts_with("pro_") { 50.0 } else { 5.0 });
+    /// # let _ = plans; Ok(()) }
+    /// ```
+    pub fn count_fn(
+        mut self,
+        resolve: impl Fn(&Key, &RequestHead<'_>) -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        self.count = Some(Arc::new(resolve));
+        self
     }
 
     /// Counts this limit by `extractor`'s key instead of the layer's.
@@ -77,6 +110,9 @@ pub(crate) enum SetBackend {
     Local(LocalPolicy),
     #[cfg(feature = "redis-tokio")]
     Redis(crate::redis::RedisPolicy),
+    /// Decided from memory in the call, like the local provider.
+    #[cfg(feature = "redis-tokio")]
+    Hybrid(crate::hybrid::HybridPolicy),
 }
 
 /// A boxed set decision from Redis.
@@ -91,13 +127,17 @@ pub(crate) struct SetEngine {
     extractors: Box<[Arc<dyn KeyExtractor>]>,
     key_of: [u8; MAX_LIMITS],
     len: usize,
+    /// Per limit: its count resolver, if it has one.
+    resolvers: Box<[Option<Arc<CountFn>>]>,
+    /// Per limit: its own count (the one used without a resolver).
+    counts: [f64; MAX_LIMITS],
+    /// Whether any limit resolves its count per request.
+    resolved: bool,
     pub(super) backend: SetBackend,
     /// Policy names, in the set's order.
     pub(super) names: Box<[Box<str>]>,
     /// Each policy's window, seconds.
     windows: [u64; MAX_LIMITS],
-    /// Each policy's quota (the near-limit count).
-    quotas: [u64; MAX_LIMITS],
     /// `RateLimit-Policy`, every policy of the set.
     policy: HeaderValue,
     suppressed: bool,
@@ -124,7 +164,14 @@ impl SetEngine {
             if *c == 0 {
                 return Err(Error::ZeroCount);
             }
-            if let Some(l) = set.iter().find(|l| !capacity::fits(*c, l.quota().count())) {
+            // Only fixed quotas can be checked now; a resolved one may be larger.
+            if let Some(l) = set
+                .iter()
+                .zip(&limits)
+                .filter(|(_, ll)| ll.count.is_none())
+                .map(|(l, _)| l)
+                .find(|l| !capacity::fits(*c, l.quota().count()))
+            {
                 return Err(Error::invalid(
                     "RateLimitLayer cost",
                     format!("{c} (limit {l})"),
@@ -148,18 +195,16 @@ impl SetEngine {
             };
         }
         let mut windows = [0u64; MAX_LIMITS];
-        let mut quotas = [0u64; MAX_LIMITS];
+        let mut counts = [0.0f64; MAX_LIMITS];
         for (i, l) in set.iter().enumerate() {
             windows[i] = l.quota().window_seconds();
-            quotas[i] = headers::quota_of_count(l.quota().count());
+            counts[i] = l.quota().count();
         }
         let names: Box<[Box<str>]> = set.iter().map(|l| Box::from(l.name())).collect();
-        let policy = list_value(
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("\"{n}\";q={};w={}", quotas[i], windows[i])),
-        );
+        let policy = policy_list(&names, &windows, &counts[..set.len()]);
+        let resolvers: Box<[Option<Arc<CountFn>>]> =
+            limits.iter().map(|l| l.count.clone()).collect();
+        let resolved = resolvers.iter().any(Option::is_some);
         let len = set.len();
         let suppressed = set
             .iter()
@@ -169,23 +214,18 @@ impl SetEngine {
             #[cfg(feature = "redis-tokio")]
             Provider::Redis => SetBackend::Redis(limiter.redis().policy(set)?),
             #[cfg(feature = "redis-tokio")]
-            Provider::Hybrid => {
-                return Err(Error::invalid(
-                    "RateLimitLayer provider",
-                    "Provider::Hybrid with limits",
-                    "several limits on one layer work on Provider::Local and Provider::Redis; \
-                     the hybrid's limit sets are not in this version",
-                ));
-            }
+            Provider::Hybrid => SetBackend::Hybrid(limiter.hybrid().policy(set)?),
         };
         Ok(SetEngine {
             extractors: extractors.into(),
             key_of,
             len,
+            resolvers,
+            counts,
+            resolved,
             backend,
             names,
             windows,
-            quotas,
             policy,
             suppressed,
         })
@@ -223,6 +263,37 @@ impl SetEngine {
             .expect("every extractor ran")
     }
 
+    /// This request's quota count per limit, where any limit resolves its own.
+    fn resolve_counts(
+        &self,
+        keys: &[Option<Key>],
+        head: &RequestHead<'_>,
+    ) -> Option<[f64; MAX_LIMITS]> {
+        if !self.resolved {
+            return None;
+        }
+        let mut counts = self.counts;
+        for (i, r) in self.resolvers.iter().enumerate() {
+            if let Some(resolve) = r {
+                counts[i] = resolve(self.key(keys, i), head);
+            }
+        }
+        Some(counts)
+    }
+
+    /// Limit `i`'s whole units of quota for this request (the near-limit count).
+    fn quota_of(&self, i: usize, counts: Option<&[f64; MAX_LIMITS]>) -> u64 {
+        headers::quota_of_count(counts.unwrap_or(&self.counts)[i])
+    }
+
+    /// `RateLimit-Policy`: the pre-built one, or this request's counts.
+    fn policy(&self, counts: Option<&[f64; MAX_LIMITS]>) -> HeaderValue {
+        match counts {
+            None => self.policy.clone(),
+            Some(c) => policy_list(&self.names, &self.windows, &c[..self.len]),
+        }
+    }
+
     /// `RateLimit`: every policy's remaining quota, and `t` where it is meaningful.
     fn ratelimit(&self, d: &SetDecision) -> HeaderValue {
         let refused = d.outcome() != Outcome::Allowed;
@@ -257,6 +328,17 @@ impl SetEngine {
     }
 }
 
+/// `"name";q=<count>;w=<window>, ...`.
+fn policy_list(names: &[Box<str>], windows: &[u64], counts: &[f64]) -> HeaderValue {
+    list_value(
+        names
+            .iter()
+            .zip(windows)
+            .zip(counts)
+            .map(|((n, w), c)| format!("\"{n}\";q={};w={w}", headers::quota_of_count(*c))),
+    )
+}
+
 /// A structured-field list of the items.
 fn list_value(items: impl Iterator<Item = String>) -> HeaderValue {
     let mut out = String::with_capacity(64);
@@ -280,20 +362,32 @@ impl DecisionEngine {
             return self.ops.exempt();
         }
         let cost = self.resolve_cost(head);
+        let counts = set.resolve_counts(&keys, head);
         match &set.backend {
             SetBackend::Local(policy) => {
-                let result = if set.one_key() {
+                let result = if set.one_key() && counts.is_none() {
                     policy.inc(set.key(&keys, 0).as_str(), cost)
                 } else {
                     let mut strs = [""; MAX_LIMITS];
                     for (i, s) in strs.iter_mut().enumerate().take(set.len) {
                         *s = set.key(&keys, i).as_str();
                     }
-                    policy.inc_each(&strs[..set.len], cost)
+                    match &counts {
+                        Some(c) => policy.inc_with(&strs[..set.len], &c[..set.len], cost),
+                        None => policy.inc_each(&strs[..set.len], cost),
+                    }
                 };
                 match result {
-                    Ok(d) => self.set_verdict(set, &d, &keys),
+                    Ok(d) => self.set_verdict(set, &d, &keys, counts.as_ref()),
                     Err(err) => self.misconfigured(&err),
+                }
+            }
+            #[cfg(feature = "redis-tokio")]
+            SetBackend::Hybrid(policy) => {
+                let result = hybrid_set_inc(set, policy, &keys, counts.as_ref(), cost);
+                match result {
+                    Ok(d) => self.set_verdict(set, &d, &keys, counts.as_ref()),
+                    Err(err) => self.failed(err),
                 }
             }
             #[cfg(feature = "redis-tokio")]
@@ -302,12 +396,12 @@ impl DecisionEngine {
                     .iter()
                     .map(|k| k.clone().expect("every extractor ran"))
                     .collect();
-                let mut decision = self.ops.timed(redis_set_inc(set, policy, &owned, cost));
+                let mut decision = self.ops.timed(redis_set_inc(set, policy, &owned, counts, cost));
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 match decision.as_mut().poll(&mut cx) {
-                    std::task::Poll::Ready(result) => self.finish_set(result, &owned),
+                    std::task::Poll::Ready(result) => self.finish_set(result, &owned, counts),
                     std::task::Poll::Pending => {
-                        Verdict::Awaiting(super::decide::Pending::Set(decision, owned))
+                        Verdict::Awaiting(super::decide::Pending::Set(decision, owned, counts))
                     }
                 }
             }
@@ -316,7 +410,12 @@ impl DecisionEngine {
 
     /// Turns a networked set decision into a verdict; `keys` are the extractors' keys.
     #[cfg(feature = "redis-tokio")]
-    pub(super) fn finish_set(&self, result: Result<SetDecision, Error>, keys: &[Key]) -> Verdict {
+    pub(super) fn finish_set(
+        &self,
+        result: Result<SetDecision, Error>,
+        keys: &[Key],
+        counts: Option<[f64; MAX_LIMITS]>,
+    ) -> Verdict {
         let set = self
             .set
             .as_deref()
@@ -327,14 +426,20 @@ impl DecisionEngine {
                 for (slot, k) in slots.iter_mut().zip(keys) {
                     *slot = Some(k.clone());
                 }
-                self.set_verdict(set, &d, &slots)
+                self.set_verdict(set, &d, &slots, counts.as_ref())
             }
             Err(err) => self.failed(err),
         }
     }
 
     /// The verdict of a set decision.
-    fn set_verdict(&self, set: &SetEngine, d: &SetDecision, keys: &[Option<Key>]) -> Verdict {
+    fn set_verdict(
+        &self,
+        set: &SetEngine,
+        d: &SetDecision,
+        keys: &[Option<Key>],
+        counts: Option<&[f64; MAX_LIMITS]>,
+    ) -> Verdict {
         match d.outcome() {
             Outcome::Allowed => {
                 let factor = d
@@ -353,7 +458,7 @@ impl DecisionEngine {
                     AdmittedHeaders::none()
                 } else {
                     let (policy, ratelimit) = if self.headers_on_allowed {
-                        (Some(set.policy.clone()), Some(set.ratelimit(d)))
+                        (Some(set.policy(counts)), Some(set.ratelimit(d)))
                     } else {
                         (None, None)
                     };
@@ -365,7 +470,7 @@ impl DecisionEngine {
                     .limits()
                     .iter()
                     .enumerate()
-                    .map(|(i, s)| (s.remaining, set.quotas[i]))
+                    .map(|(i, s)| (s.remaining, set.quota_of(i, counts)))
                     .max_by(|a, b| {
                         let used = |(left, q): (u64, u64)| {
                             q.saturating_sub(left) as f64 / (q.max(1) as f64)
@@ -418,7 +523,7 @@ impl DecisionEngine {
                     h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
                 }
                 if !h.contains_key(RATELIMIT_POLICY) {
-                    h.insert(RATELIMIT_POLICY, set.policy.clone());
+                    h.insert(RATELIMIT_POLICY, set.policy(counts));
                 }
                 if !h.contains_key(RATELIMIT) {
                     h.insert(RATELIMIT, set.ratelimit(d));
@@ -437,12 +542,37 @@ impl DecisionEngine {
     }
 }
 
+/// The hybrid set decision: synchronous, no I/O.
+#[cfg(feature = "redis-tokio")]
+fn hybrid_set_inc(
+    set: &SetEngine,
+    policy: &crate::hybrid::HybridPolicy,
+    keys: &[Option<Key>],
+    counts: Option<&[f64; MAX_LIMITS]>,
+    cost: u64,
+) -> Result<SetDecision, Error> {
+    let redis_keys = keys[..set.extractors.len()]
+        .iter()
+        .map(|k| super::provider::redis_key(k.as_ref().expect("every extractor ran")))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let refs: Vec<_> = set.key_of[..set.len]
+        .iter()
+        .map(|k| &redis_keys[usize::from(*k)])
+        .collect();
+    match counts {
+        Some(c) => policy.inc_with(&refs, &c[..set.len], cost),
+        None if redis_keys.len() == 1 => policy.inc(&redis_keys[0], cost),
+        None => policy.inc_each(&refs, cost),
+    }
+}
+
 /// The Redis set decision for the extractors' `keys`, as a `'static` future.
 #[cfg(feature = "redis-tokio")]
 fn redis_set_inc(
     set: &SetEngine,
     policy: &crate::redis::RedisPolicy,
     keys: &[Key],
+    counts: Option<[f64; MAX_LIMITS]>,
     cost: u64,
 ) -> SetFuture {
     let redis_keys: Result<Vec<_>, Error> = keys.iter().map(super::provider::redis_key).collect();
@@ -456,11 +586,11 @@ fn redis_set_inc(
         .map(|k| usize::from(*k))
         .collect();
     Box::pin(async move {
-        if redis_keys.len() == 1 {
-            policy.inc(&redis_keys[0], cost).await
-        } else {
-            let refs: Vec<_> = key_of.iter().map(|k| &redis_keys[*k]).collect();
-            policy.inc_each(&refs, cost).await
+        let refs: Vec<_> = key_of.iter().map(|k| &redis_keys[*k]).collect();
+        match counts {
+            Some(c) => policy.inc_with(&refs, &c[..refs.len()], cost).await,
+            None if redis_keys.len() == 1 => policy.inc(&redis_keys[0], cost).await,
+            None => policy.inc_each(&refs, cost).await,
         }
     })
 }

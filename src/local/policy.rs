@@ -1,14 +1,22 @@
-//! A limit set on the local provider: every limit of the set decided under one set of locks.
+//! A limit set on the local provider: every limit of the set decided under one lock.
 //!
-//! Each limit keeps its keys in a store of its own. A decision locks the shard of each
-//! limit's key, in the set's order (every caller takes them in that order, so two never wait
-//! on each other), decides on every limit, then either counts the request in every limit or
-//! in none, and unlocks. No thread can see or change a limit between the check and the
-//! count, so no limit ever admits more than its quota, and a refused request spends nothing.
+//! A key's entry holds one window per limit of the set, so a set whose limits share the key
+//! ([`inc`](LocalPolicy::inc)) costs one hash, one lock and one lookup, however many limits
+//! it has. When the limits have different keys ([`inc_each`](LocalPolicy::inc_each): per IP
+//! and per API key), limit `i` counts in window `i` of key `i`'s entry (the same window `inc`
+//! uses, so the two may be mixed), and the call locks the shards of every key at once, each
+//! shard once, in one fixed order that every caller uses, so two never wait on each other.
+//! Under the lock every limit decides, then the request is counted in every limit or in
+//! none, and the lock is released. No thread can see or change a limit between the check and
+//! the count, so no limit ever admits more than its quota, and a refused request spends
+//! nothing.
+//!
+//! Memory: an entry holds `len()` windows (32 bytes each, plus a key's older buckets while it
+//! has any), whichever limits use it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
-use super::store::{KeyStore, Locked};
+use super::store::KeyStore;
 use crate::Error;
 use crate::Strategy;
 use crate::clock::Time;
@@ -22,36 +30,79 @@ use crate::window::{Usage, Window, WindowGrid};
 const RECENT_MS: u64 = 1000;
 
 /// A limit set bound to the local provider: `rl.local().policy(set)`. Cheap to clone;
-/// clones share their counts.
+/// clones share their counts. The limiter's cleanup ([`LocalRateLimiter::cleanup`](super::LocalRateLimiter::cleanup),
+/// and so its cleanup loop) sweeps every policy it made while the policy lives.
 #[derive(Clone)]
 pub struct LocalPolicy {
-    inner: Arc<Engine>,
+    inner: Arc<dyn Engine>,
 }
 
 impl std::fmt::Debug for LocalPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalPolicy")
-            .field("set", &self.inner.set.to_string())
+            .field("set", &self.inner.set().to_string())
             .finish()
     }
 }
 
-struct Engine {
+/// The keys of one call: one for every limit, or one per limit.
+#[derive(Debug, Clone, Copy)]
+enum Keys<'a> {
+    One(&'a str),
+    Each(&'a [&'a str]),
+}
+
+/// A set of `N` limits, with `N` a constant so that each entry holds its windows inline.
+trait Engine: Send + Sync {
+    fn set(&self) -> &LimitSet;
+    /// Decides a call into `out` (made for this set's length): written in place, as a
+    /// decision is a few hundred bytes that moving through the calls would copy.
+    fn decide(
+        &self,
+        keys: Keys<'_>,
+        counts: Option<&[f64]>,
+        cost: u64,
+        record: bool,
+        out: &mut SetDecision,
+    ) -> Result<(), Error>;
+    fn cleanup(&self) -> usize;
+    fn key_count(&self) -> usize;
+}
+
+struct Set<const N: usize> {
     set: LimitSet,
-    limits: Box<[LimitCounts]>,
+    limits: [LimitCounts; N],
+    /// Each limit's quota as the set gives it.
+    set_quotas: [CallQuota; N],
+    keys: KeyStore<Slots<N>>,
     clock: Time,
     random: Arc<dyn RandomSource>,
 }
 
-/// One limit's keys and the numbers it decides with.
+/// One key's windows, one per limit in the set's order.
+struct Slots<const N: usize>([Window<Usage>; N]);
+
+impl<const N: usize> Default for Slots<N> {
+    fn default() -> Self {
+        Slots(std::array::from_fn(|_| Window::default()))
+    }
+}
+
+impl<const N: usize> Slots<N> {
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Window::is_empty)
+    }
+}
+
+/// One limit's numbers.
 struct LimitCounts {
     geo: WindowGrid,
+    window_ms: u64,
     /// The set's quota for this limit; a call may give its own count instead.
     quota: CallQuota,
     /// The suppressed strategy's hard limit factor (1 for an absolute limit).
     hard_factor: f64,
     strategy: Strategy,
-    keys: KeyStore<Window<Usage>>,
 }
 
 /// The numbers one call decides a limit with: the set's quota, or the call's own count.
@@ -80,50 +131,70 @@ enum Verdict {
 
 impl LocalPolicy {
     pub(crate) fn new(set: LimitSet, clock: Time, random: Arc<dyn RandomSource>) -> Self {
-        let limits = set
-            .iter()
-            .map(|limit| {
-                let group = RateGroupSizeMs::try_from(limit.group_ms())
-                    .expect("a limit's group is at least 1 ms");
-                LimitCounts {
-                    geo: WindowGrid::new(limit.quota().window(), group)
-                        .expect("a limit's group fits its window"),
-                    quota: CallQuota {
-                        cap: limit.quota().count(),
-                        hard: limit.quota().count() * limit.hard_limit_factor().get(),
-                        rate: limit.quota().rate().get(),
-                    },
-                    hard_factor: limit.hard_limit_factor().get(),
-                    strategy: limit.strategy(),
-                    keys: KeyStore::default(),
-                }
-            })
-            .collect();
-        LocalPolicy {
-            inner: Arc::new(Engine {
+        fn make<const N: usize>(
+            set: LimitSet,
+            clock: Time,
+            random: Arc<dyn RandomSource>,
+        ) -> Arc<dyn Engine> {
+            let limits: [LimitCounts; N] =
+                std::array::from_fn(|i| LimitCounts::of(&set.limits()[i]));
+            Arc::new(Set::<N> {
                 set,
+                set_quotas: std::array::from_fn(|i| limits[i].quota),
                 limits,
+                keys: KeyStore::default(),
                 clock,
                 random,
-            }),
+            })
         }
+        const _: () = assert!(MAX_LIMITS == 8, "one arm per set size below");
+        let inner = match set.len() {
+            1 => make::<1>(set, clock, random),
+            2 => make::<2>(set, clock, random),
+            3 => make::<3>(set, clock, random),
+            4 => make::<4>(set, clock, random),
+            5 => make::<5>(set, clock, random),
+            6 => make::<6>(set, clock, random),
+            7 => make::<7>(set, clock, random),
+            _ => make::<8>(set, clock, random),
+        };
+        LocalPolicy { inner }
     }
 
     /// The set this policy decides.
     pub fn limit_set(&self) -> &LimitSet {
-        &self.inner.set
+        self.inner.set()
+    }
+
+    #[inline]
+    fn decide(
+        &self,
+        keys: Keys<'_>,
+        counts: Option<&[f64]>,
+        cost: u64,
+        record: bool,
+    ) -> Result<SetDecision, Error> {
+        // Built where it is returned: a decision is a few hundred bytes, and `Ok(decision)`
+        // would copy it.
+        let mut answer = Ok(SetDecision::empty(self.inner.set().len()));
+        if let Ok(decision) = &mut answer
+            && let Err(err) = self.inner.decide(keys, counts, cost, record, decision)
+        {
+            answer = Err(err);
+        }
+        answer
     }
 
     /// Counts `cost` units for `key` in every limit of the set, or in none.
+    #[inline]
     pub fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(|_| key, None, cost, true)
+        self.decide(Keys::One(key), None, cost, true)
     }
 
     /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
     /// beside a per-API-key one).
     pub fn inc_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.decide(|i| keys[i], None, cost, true)
+        self.decide(Keys::Each(keys), None, cost, true)
     }
 
     /// As [`inc_each`](Self::inc_each), with this call's quota count for each limit, in the
@@ -139,9 +210,20 @@ impl LocalPolicy {
     /// [`Error::InvalidValue`]. As with `inc`, a cost above a limit's count is refused by
     /// that limit with `retry_after_ms == u64::MAX`.
     pub fn inc_with(&self, keys: &[&str], counts: &[f64], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.set.check_counts(counts)?;
-        self.inner.decide(|i| keys[i], Some(counts), cost, true)
+        self.inner.set().check_counts(counts)?;
+        self.decide(Keys::Each(keys), Some(counts), cost, true)
+    }
+
+    /// What [`inc`](Self::inc) with `cost` would answer now, recording nothing and creating
+    /// no key. A suppressed limit between its quota and its hard limit reports `Shed` here
+    /// (its admission would be a draw).
+    pub fn check(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
+        self.decide(Keys::One(key), None, cost, false)
+    }
+
+    /// [`check`](Self::check) with one key per limit.
+    pub fn check_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
+        self.decide(Keys::Each(keys), None, cost, false)
     }
 
     /// What [`inc_with`](Self::inc_with) would answer now, recording nothing and creating no
@@ -152,110 +234,267 @@ impl LocalPolicy {
         counts: &[f64],
         cost: u64,
     ) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.set.check_counts(counts)?;
-        self.inner.decide(|i| keys[i], Some(counts), cost, false)
+        self.inner.set().check_counts(counts)?;
+        self.decide(Keys::Each(keys), Some(counts), cost, false)
     }
 
-    /// What [`inc`](Self::inc) with `cost` would answer now, recording nothing and creating
-    /// no key. A suppressed limit between its quota and its hard limit reports `Shed` here
-    /// (its admission would be a draw).
-    pub fn check(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(|_| key, None, cost, false)
-    }
-
-    /// [`check`](Self::check) with one key per limit.
-    pub fn check_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.decide(|i| keys[i], None, cost, false)
-    }
-
-    /// Drops the keys with no usage left in any window; returns how many (key, limit) pairs
-    /// went. The limiter's cleanup loop calls it for every policy it made.
+    /// Drops the keys with no usage left in any of their windows; returns how many went.
+    /// The limiter's cleanup calls it for every policy it made.
     pub fn cleanup(&self) -> usize {
-        let now = self.inner.clock.now_ms();
-        self.inner
-            .limits
-            .iter()
-            .map(|limit| {
-                limit.keys.retain(|w| {
-                    w.expire(&limit.geo, now);
-                    !w.is_empty()
-                })
-            })
-            .sum()
+        self.inner.cleanup()
     }
 
-    /// How many (key, limit) pairs are held in memory.
+    /// How many keys are held in memory (each with one window per limit).
     pub fn key_count(&self) -> usize {
-        self.inner.limits.iter().map(|l| l.keys.len()).sum()
+        self.inner.key_count()
     }
 }
 
-impl Engine {
-    fn check_keys(&self, keys: &[&str]) -> Result<(), Error> {
-        if keys.len() == self.limits.len() {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                "keys",
-                keys.len(),
-                "give one key per limit of the set, in the set's order",
-            ))
-        }
+/// The policies a local limiter made, swept by its cleanup while they live.
+#[derive(Default)]
+pub(crate) struct Registry(Mutex<Vec<Weak<dyn Engine>>>);
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Remembers `policy` for [`cleanup`](Self::cleanup).
+    pub(crate) fn add(&self, policy: &LocalPolicy) {
+        let mut policies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        policies.retain(|p| p.strong_count() > 0);
+        policies.push(Arc::downgrade(&policy.inner));
     }
 
-    fn decide<'k>(
+    /// Cleans up every live policy; forgets the dropped ones. Returns the keys dropped.
+    pub(crate) fn cleanup(&self) -> usize {
+        let live: Vec<Arc<dyn Engine>> = {
+            let mut policies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            policies.retain(|p| p.strong_count() > 0);
+            policies.iter().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().map(|p| p.cleanup()).sum()
+    }
+}
+
+/// Where one call's windows are: `window(i)` is limit `i`'s window, if its key exists.
+trait Windows {
+    fn window(&mut self, i: usize) -> Option<&mut Window<Usage>>;
+    /// Limit `i`'s window, its key created if new.
+    fn window_or_new(&mut self, i: usize) -> &mut Window<Usage>;
+}
+
+/// Every limit on one key: its entry, found once.
+impl<const N: usize> Windows for Slots<N> {
+    #[inline]
+    fn window(&mut self, i: usize) -> Option<&mut Window<Usage>> {
+        Some(&mut self.0[i])
+    }
+    #[inline]
+    fn window_or_new(&mut self, i: usize) -> &mut Window<Usage> {
+        &mut self.0[i]
+    }
+}
+
+/// A key per limit, every key's shard locked.
+struct EachKey<'a, 'k, const N: usize> {
+    locked: super::store::LockedKeys<'a, Slots<N>, N>,
+    keys: &'k [&'k str; N],
+}
+
+impl<const N: usize> Windows for EachKey<'_, '_, N> {
+    fn window(&mut self, i: usize) -> Option<&mut Window<Usage>> {
+        self.locked.get(i, self.keys[i]).map(|s| &mut s.0[i])
+    }
+    fn window_or_new(&mut self, i: usize) -> &mut Window<Usage> {
+        &mut self.locked.get_or_default(i, self.keys[i]).0[i]
+    }
+}
+
+impl<const N: usize> Engine for Set<N> {
+    fn set(&self) -> &LimitSet {
+        &self.set
+    }
+
+    #[inline]
+    fn decide(
         &self,
-        key: impl Fn(usize) -> &'k str,
+        keys: Keys<'_>,
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-    ) -> Result<SetDecision, Error> {
+        out: &mut SetDecision,
+    ) -> Result<(), Error> {
+        let key = match keys {
+            Keys::One(key) => key,
+            Keys::Each(keys) => {
+                let Ok(keys) = <&[&str; N]>::try_from(keys) else {
+                    return Err(Error::invalid(
+                        "keys",
+                        keys.len(),
+                        "give one key per limit of the set, in the set's order",
+                    ));
+                };
+                if keys.iter().any(|k| *k != keys[0]) {
+                    return self.decide_each(keys, counts, cost, record, out);
+                }
+                keys[0]
+            }
+        };
         if cost == 0 {
             return Err(Error::ZeroCount);
         }
+        let call_quotas;
+        let quotas = match counts {
+            None => &self.set_quotas,
+            Some(counts) => {
+                call_quotas = self.quotas(counts);
+                &call_quotas
+            }
+        };
         let now = self.clock.now_ms();
-        let n = self.limits.len();
-        let mut quotas = [CallQuota::default(); MAX_LIMITS];
-        for (i, limit) in self.limits.iter().enumerate() {
-            quotas[i] = match counts {
-                None => limit.quota,
-                Some(counts) => limit.quota_of(counts[i]),
-            };
+        let mut lock = self.keys.lock(key);
+        if let Some(slots) = lock.get(key) {
+            self.run(slots, quotas, now, cost, record, out);
+            return Ok(());
         }
-        // Locked in the set's order: see the module docs.
-        let mut locks: [Option<Locked<'_, Window<Usage>>>; MAX_LIMITS] = Default::default();
-        for (i, limit) in self.limits.iter().enumerate() {
-            locks[i] = Some(limit.keys.lock(key(i)));
+        // A new key: decided on empty windows, and stored only if the call counted.
+        let mut fresh = Slots::default();
+        self.run(&mut fresh, quotas, now, cost, record, out);
+        if !fresh.is_empty() {
+            *lock.get_or_default(key) = fresh;
         }
-        let mut verdicts = [Verdict::Admit; MAX_LIMITS];
-        let mut totals = [Usage::default(); MAX_LIMITS];
-        for (i, limit) in self.limits.iter().enumerate() {
-            let lock = locks[i].as_mut().expect("locked above");
-            let (verdict, total) = match lock.get(key(i)) {
-                Some(window) => {
-                    window.expire(&limit.geo, now);
-                    (limit.verdict(&quotas[i], window, now, cost), window.total())
-                }
-                None => (
-                    limit.verdict(&quotas[i], &Window::default(), now, cost),
-                    Usage::default(),
-                ),
-            };
-            verdicts[i] = verdict;
-            totals[i] = total;
-        }
+        Ok(())
+    }
 
-        let rejected = verdicts[..n]
-            .iter()
-            .any(|v| matches!(v, Verdict::Refuse(_)));
-        let hard = verdicts[..n]
-            .iter()
-            .any(|v| matches!(v, Verdict::ShedHard(_)));
-        let mut shed = [false; MAX_LIMITS];
-        let mut factors = [0.0; MAX_LIMITS];
-        for i in 0..n {
+    fn cleanup(&self) -> usize {
+        let now = self.clock.now_ms();
+        self.keys.retain(|slots| {
+            for (window, limit) in slots.0.iter_mut().zip(&self.limits) {
+                window.expire(&limit.geo, now);
+            }
+            !slots.is_empty()
+        })
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl<const N: usize> Set<N> {
+    /// The call's quotas from its (checked) counts.
+    fn quotas(&self, counts: &[f64]) -> [CallQuota; N] {
+        std::array::from_fn(|i| self.limits[i].quota_of(counts[i]))
+    }
+
+    /// A call whose limits have different keys.
+    #[cold]
+    fn decide_each(
+        &self,
+        keys: &[&str; N],
+        counts: Option<&[f64]>,
+        cost: u64,
+        record: bool,
+        out: &mut SetDecision,
+    ) -> Result<(), Error> {
+        if cost == 0 {
+            return Err(Error::ZeroCount);
+        }
+        let quotas = counts.map_or(self.set_quotas, |c| self.quotas(c));
+        let now = self.clock.now_ms();
+        let mut windows = EachKey {
+            locked: self.keys.lock_keys(keys),
+            keys,
+        };
+        self.run(&mut windows, &quotas, now, cost, record, out);
+        Ok(())
+    }
+
+    /// Decides a call on its windows (their keys locked) and counts it in all or none.
+    #[inline]
+    fn run(
+        &self,
+        windows: &mut impl Windows,
+        quotas: &[CallQuota; N],
+        now: u64,
+        cost: u64,
+        record: bool,
+        decision: &mut SetDecision,
+    ) {
+        let mut verdicts = [Verdict::Admit; N];
+        let mut totals = [Usage::default(); N];
+        let mut oldest = [None; N];
+        let mut all_admit = true;
+        for (i, limit) in self.limits.iter().enumerate() {
+            if let Some(window) = windows.window(i) {
+                window.expire(&limit.geo, now);
+                totals[i] = window.total();
+                oldest[i] = window.oldest();
+                verdicts[i] = limit.verdict(&quotas[i], window, totals[i], now, cost);
+            } else {
+                verdicts[i] = limit.verdict(&quotas[i], &Window::default(), totals[i], now, cost);
+            }
+            all_admit &= matches!(verdicts[i], Verdict::Admit);
+        }
+        if all_admit && record {
+            // The common case: counted in every limit.
+            let counts = Usage {
+                accepted: cost,
+                observed: cost,
+            };
+            for (i, limit) in self.limits.iter().enumerate() {
+                windows.window_or_new(i).add(&limit.geo, now, counts);
+                let oldest = oldest[i].unwrap_or_else(|| limit.geo.bucket_of(now));
+                decision.limits[i] = LimitStatus {
+                    remaining: LimitStatus::remaining_of(
+                        quotas[i].cap,
+                        totals[i].accepted.saturating_add(cost),
+                    ),
+                    reset_ms: limit.reset_ms(Some(oldest), now),
+                    suppression_factor: 0.0,
+                    refused: false,
+                };
+            }
+            return;
+        }
+        self.settle(
+            windows, decision, &verdicts, &totals, &oldest, quotas, now, cost, record,
+        );
+    }
+
+    /// Every case but "every limit admits and the call counts": draws, refusals, sheds and
+    /// checks.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        windows: &mut impl Windows,
+        decision: &mut SetDecision,
+        verdicts: &[Verdict; N],
+        totals: &[Usage; N],
+        oldest: &[Option<u64>; N],
+        quotas: &[CallQuota; N],
+        now: u64,
+        cost: u64,
+        record: bool,
+    ) {
+        let rejected = verdicts.iter().any(|v| matches!(v, Verdict::Refuse(_)));
+        let hard = verdicts.iter().any(|v| matches!(v, Verdict::ShedHard(_)));
+        // Draws decide only a request that no limit refused outright, and one draw serves
+        // every limit (each sheds iff the draw is below its factor), as in set.lua: the
+        // request is admitted with probability `1 - max factor`. A check never draws and
+        // reports a drawing limit as shedding.
+        let draws = verdicts.iter().any(|v| matches!(v, Verdict::Draw(_)));
+        let draw = if draws && record && !rejected && !hard {
+            self.random.next_f64()
+        } else {
+            0.0
+        };
+        let mut shed = [false; N];
+        let mut factors = [0.0; N];
+        for i in 0..N {
             match verdicts[i] {
                 Verdict::ShedHard(_) => {
                     shed[i] = true;
@@ -263,34 +502,20 @@ impl Engine {
                 }
                 Verdict::Draw(factor) => {
                     factors[i] = factor;
-                    // Draws decide only a request that no limit refused outright; a check
-                    // never draws and reports the limit as shedding.
-                    shed[i] = if rejected || hard {
-                        false
-                    } else {
-                        !record || self.random.next_f64() < factor
-                    };
+                    shed[i] = !(rejected || hard) && (!record || draw < factor);
                 }
                 _ => {}
             }
         }
-        let outcome = if rejected {
+        decision.outcome = if rejected {
             Outcome::Rejected
-        } else if shed[..n].iter().any(|s| *s) {
+        } else if shed.iter().any(|s| *s) {
             Outcome::Shed
         } else {
             Outcome::Allowed
         };
-
-        let mut decision = SetDecision {
-            outcome,
-            retry_after_ms: 0,
-            len: n as u8,
-            limits: [LimitStatus::default(); MAX_LIMITS],
-        };
         for (i, limit) in self.limits.iter().enumerate() {
-            let lock = locks[i].as_mut().expect("locked above");
-            let counted = match (outcome, record) {
+            let counted = match (decision.outcome, record) {
                 (Outcome::Allowed, true) => Some(Usage {
                     accepted: cost,
                     observed: cost,
@@ -304,24 +529,12 @@ impl Engine {
                 _ => None,
             };
             let mut total = totals[i];
-            let window_ms = limit.geo.window_seconds() * 1000;
-            let next_expiry = |w: &Window<Usage>| {
-                w.buckets().next().map_or(0, |b| {
-                    limit
-                        .geo
-                        .expires_at(b.id)
-                        .saturating_sub(now)
-                        .min(window_ms)
-                })
-            };
-            let reset_ms = if let Some(counts) = counted {
-                let window = lock.get_or_default(key(i));
-                window.add(&limit.geo, now, counts);
-                total = window.total();
-                next_expiry(window)
-            } else {
-                lock.get(key(i)).map_or(0, |w| next_expiry(w))
-            };
+            let mut oldest = oldest[i];
+            if let Some(counts) = counted {
+                windows.window_or_new(i).add(&limit.geo, now, counts);
+                total.add_counts(counts);
+                oldest = oldest.or(Some(limit.geo.bucket_of(now)));
+            }
             let refused = match verdicts[i] {
                 Verdict::Refuse(_) | Verdict::ShedHard(_) => true,
                 // A drawn shed happens only when no limit refused: the outcome is `Shed`.
@@ -330,7 +543,7 @@ impl Engine {
             };
             let wait = match verdicts[i] {
                 Verdict::Refuse(wait) | Verdict::ShedHard(wait) => wait,
-                Verdict::Draw(_) if refused => RECENT_MS.min(window_ms),
+                Verdict::Draw(_) if refused => RECENT_MS.min(limit.window_ms),
                 _ => 0,
             };
             if refused {
@@ -339,19 +552,49 @@ impl Engine {
             decision.limits[i] = LimitStatus {
                 remaining: LimitStatus::remaining_of(quotas[i].cap, total.accepted),
                 reset_ms: if refused {
-                    wait.min(window_ms)
+                    wait.min(limit.window_ms)
                 } else {
-                    reset_ms
+                    limit.reset_ms(oldest, now)
                 },
                 suppression_factor: factors[i],
                 refused,
             };
         }
-        Ok(decision)
+    }
+}
+
+/// `Usage` plus `Usage`, as a window adds its counts.
+trait AddCounts {
+    fn add_counts(&mut self, other: Usage);
+}
+
+impl AddCounts for Usage {
+    #[inline]
+    fn add_counts(&mut self, other: Usage) {
+        self.accepted = self.accepted.saturating_add(other.accepted);
+        self.observed = self.observed.saturating_add(other.observed);
     }
 }
 
 impl LimitCounts {
+    fn of(limit: &crate::policy::Limit) -> Self {
+        let group =
+            RateGroupSizeMs::try_from(limit.group_ms()).expect("a limit's group is at least 1 ms");
+        let geo = WindowGrid::new(limit.quota().window(), group)
+            .expect("a limit's group fits its window");
+        LimitCounts {
+            geo,
+            window_ms: geo.window_seconds() * 1000,
+            quota: CallQuota {
+                cap: limit.quota().count(),
+                hard: limit.quota().count() * limit.hard_limit_factor().get(),
+                rate: limit.quota().rate().get(),
+            },
+            hard_factor: limit.hard_limit_factor().get(),
+            strategy: limit.strategy(),
+        }
+    }
+
     /// This limit's numbers for a call that gives its own (checked) count per window.
     #[inline]
     fn quota_of(&self, count: f64) -> CallQuota {
@@ -362,28 +605,59 @@ impl LimitCounts {
         }
     }
 
-    /// What this limit says of `cost` more units on `window` (already expired to `now`)
-    /// under the call's quota `q`.
+    /// Milliseconds until the oldest bucket leaves the window, at most the window; 0 when
+    /// nothing is counted.
     #[inline]
-    fn verdict(&self, q: &CallQuota, window: &Window<Usage>, now: u64, cost: u64) -> Verdict {
-        let total = window.total();
+    fn reset_ms(&self, oldest: Option<u64>, now: u64) -> u64 {
+        oldest.map_or(0, |id| {
+            self.geo
+                .expires_at(id)
+                .saturating_sub(now)
+                .min(self.window_ms)
+        })
+    }
+
+    /// What this limit says of `cost` more units on `window` (already expired to `now`,
+    /// holding `total`) under the call's quota `q`.
+    #[inline]
+    fn verdict(
+        &self,
+        q: &CallQuota,
+        window: &Window<Usage>,
+        total: Usage,
+        now: u64,
+        cost: u64,
+    ) -> Verdict {
+        match self.strategy {
+            Strategy::Absolute if capacity::fits_more(total.accepted, cost, q.cap) => {
+                Verdict::Admit
+            }
+            _ => self.verdict_slow(q, window, total, now, cost),
+        }
+    }
+
+    /// [`verdict`](Self::verdict) past an absolute limit's admission.
+    fn verdict_slow(
+        &self,
+        q: &CallQuota,
+        window: &Window<Usage>,
+        total: Usage,
+        now: u64,
+        cost: u64,
+    ) -> Verdict {
         let never = u64::MAX;
         match self.strategy {
             Strategy::Absolute => {
-                if capacity::fits_more(total.accepted, cost, q.cap) {
-                    Verdict::Admit
-                } else {
-                    let wait = window
-                        .release_until(&self.geo, now, |left| {
-                            capacity::fits_more(left.accepted, cost, q.cap)
-                        })
-                        .map_or(never, |(wait, _)| wait);
-                    Verdict::Refuse(if capacity::fits(cost, q.cap) {
-                        wait
-                    } else {
-                        never
+                let wait = window
+                    .release_until(&self.geo, now, |left| {
+                        capacity::fits_more(left.accepted, cost, q.cap)
                     })
-                }
+                    .map_or(never, |(wait, _)| wait);
+                Verdict::Refuse(if capacity::fits(cost, q.cap) {
+                    wait
+                } else {
+                    never
+                })
             }
             Strategy::Suppressed => {
                 if !capacity::fits(cost, q.cap) || total.observed.checked_add(cost).is_none() {

@@ -29,6 +29,19 @@
 //! holds at most `window / group + 1` live buckets per limit, and a limit's group is never
 //! finer than `window / MAX_BUCKETS_PER_WINDOW`, so a day-long window holds at most
 //! [`MAX_BUCKETS_PER_WINDOW`]` + 1` buckets per key however busy the key is.
+//!
+//! # Suppressed limits in a set
+//! A suppressed limit between its quota and its hard limit admits by a draw. A request that
+//! an absolute limit refuses, or that a suppressed limit sheds outright (over its hard
+//! limit), draws nothing. Otherwise one draw per request serves every drawing limit: each
+//! sheds iff the draw is below its factor, so the request is admitted with probability
+//! `1 - max factor`. A shed request counts as observed (offered, declined) in the limits
+//! that shed it and nowhere else; every provider decides it so.
+//!
+//! # Quotas per call
+//! `inc_with` on [`LocalPolicy`] and `RedisPolicy` takes one quota count per limit with each
+//! call (a rate resolved per request: plans by API key). A limit's window, group and
+//! strategy stay fixed; its count, and so its rate and hard limit, is the call's.
 
 mod decision;
 mod limit;

@@ -180,7 +180,7 @@ async fn probe(weak: Weak<Breaker>) {
         let Some(breaker) = weak.upgrade() else {
             return;
         };
-        let mut link = Link(breaker.conn.clone());
+        let mut link = Link::new(breaker.conn.clone());
         let ping = ::redis::cmd("PING");
         let reply: Result<::redis::RedisResult<::redis::Value>, _> =
             tokio::time::timeout(breaker.timeout, ping.query_async(&mut link)).await;

@@ -175,6 +175,12 @@ impl KeySpace {
         }
     }
 
+    /// The lease hash of `key` under one limit of a set (the hybrid provider's):
+    /// `prefix:{key}:p:name:l`, beside the limit's state.
+    pub(crate) fn limit_lease(&self, key: &RedisKey, limit: &str) -> String {
+        format!("{}:{{{}}}:p:{}:{LEASES}", self.prefix, key.as_str(), limit)
+    }
+
     /// `prefix:{key}:tag:`, what every Redis key of `key` starts with.
     fn stem(&self, key: &RedisKey, strategy: StrategyTag) -> String {
         format!("{}:{{{}}}:{}:", self.prefix, key.as_str(), strategy.tag())
@@ -221,5 +227,8 @@ mod tests {
         let plain =
             KeySpace::new(None).names(&RedisKey::try_from("u7").unwrap(), StrategyTag::Absolute);
         assert_eq!(plain.hash, "sluicegate:{u7}:a:h");
+        let u7 = RedisKey::try_from("u7").unwrap();
+        assert_eq!(space.limit_names(&u7, "burst").hash, "app1:{u7}:p:burst:h");
+        assert_eq!(space.limit_lease(&u7, "burst"), "app1:{u7}:p:burst:l");
     }
 }

@@ -69,8 +69,11 @@
 //!
 //! # Errors and time bounds
 //! Malformed calls get the same errors as the local provider's `try_inc`
-//! ([`Error::ZeroCount`], [`Error::CapacityBelowOne`], [`Error::CountAboveCapacity`]) before
-//! anything is sent. Every call is bounded by a deadline ([`DEFAULT_REDIS_TIMEOUT`], 1 s,
+//! ([`Error::ZeroCount`], [`Error::CapacityBelowOne`], [`Error::CountAboveCapacity`],
+//! [`Error::CapacityAboveMax`] past [`MAX_CAPACITY`](crate::MAX_CAPACITY), 2^52 units)
+//! before anything is sent, so every total the scripts keep stays an exact Lua number; the
+//! suppressed strategy records no observed usage past 2^53 (a call that would go past it
+//! is declined as over the hard limit), as the local provider does. Every call is bounded by a deadline ([`DEFAULT_REDIS_TIMEOUT`], 1 s,
 //! unless [`RateLimiterBuilder::redis_timeout`](crate::RateLimiterBuilder::redis_timeout)
 //! says otherwise): with Redis down a call returns [`Error::Redis`] or
 //! [`Error::RedisTimeout`] within it, never hangs, and the same limiter works again once
@@ -93,7 +96,29 @@
 //! increments and is tried again the next sync interval, as after any failed flush. On a
 //! Redis Cluster connection there is no breaker (one node down must not fail the keys of
 //! the others): calls wait out the deadline as before.
+//!
+//! # Failover: Redis Cluster and Sentinel
+//! Build a cluster connection with [`RedisConnection::cluster`] (from a `ClusterClient`)
+//! and a Sentinel-managed one with [`RedisConnection::sentinel`]: once calls have had no
+//! answer for [`CLUSTER_REBUILD_AFTER`] (1 s), the limiter makes a new connection (from the
+//! client, or to the master the sentinels name now), so decisions resume about a second
+//! after a failover's promotion. On a cluster a script missing on a node (a promoted
+//! replica) is loaded on that node alone, never on every node (one of which may be dead).
+//! Run a cluster with `cluster-require-full-coverage no` so that the healthy shards keep
+//! answering while one has no master.
 
+//! # Lost data
+//! Redis is the only record the Redis provider has: when a key's data is lost (`FLUSHALL`,
+//! a failover that lost the writes not yet copied to the promoted replica, an evicted key
+//! under a `maxmemory-policy` other than `noeviction`), the next call finds an empty
+//! window, and the key gets a second full window from then on (tested in
+//! `tests/redis_lost_data.rs`). Nothing else is affected: the scripts never fail on a
+//! missing key. The hybrid provider keeps its own record of what it admitted in the
+//! window and decides on the larger of that and what Redis reports, so one instance never
+//! admits again what it admitted before the loss (it logs a warning when it finds Redis
+//! short); other instances know only their own records, so across several instances the
+//! loss can still admit up to what the others had admitted.
+//!
 //! # Differences from the local provider
 //! Decisions are the same for the same sequence of calls, with two documented exceptions:
 //! the suppressed strategy draws one random number per `inc` (the local one draws only when
@@ -120,7 +145,10 @@ use ::redis::aio::ConnectionManager;
 pub use absolute::AbsoluteRedisRateLimiter;
 pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
 pub use check::RedisCheck;
-pub use connection::{DEFAULT_REDIS_TIMEOUT, RedisConnection, connection_manager_config};
+pub use connection::{
+    CLUSTER_REBUILD_AFTER, ClusterReconnecting, DEFAULT_REDIS_TIMEOUT, RedisConnection,
+    connection_manager_config,
+};
 pub use key::RedisKey;
 pub use suppressed::SuppressedRedisRateLimiter;
 pub use usage::KeyUsage;

@@ -33,10 +33,12 @@ pub(crate) static SUPPRESSED: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// A limit set decided in one call: `head.lua`, `window.lua`, `factor.lua`, then `set.lua`.
+/// A limit set decided in one call: `head.lua`, the hot path `set_hot.lua` (every limit
+/// admits into its open bucket), `window.lua`, `factor.lua`, then `set.lua`.
 pub(crate) static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/head.lua"),
+        include_str!("lua/set_hot.lua"),
         include_str!("lua/window.lua"),
         include_str!("lua/factor.lua"),
         include_str!("lua/set.lua")

@@ -253,7 +253,8 @@ pub(crate) struct SetLimitReply {
 }
 
 /// Parses `{outcome, retry_after_ms, then accepted, reset_ms, factor, refused per limit}`;
-/// outcome 0 allowed, 1 rejected, 2 shed; a retry of -1 is never (`u64::MAX`).
+/// outcome 0 allowed, 1 rejected, 2 shed; a retry of -1 is never (`u64::MAX`). The hot
+/// path's `{0, then accepted, reset_ms per limit}` is an admission with no limit shedding.
 pub(crate) fn set_reply(
     reply: &[Value],
     limits: usize,
@@ -263,6 +264,21 @@ pub(crate) fn set_reply(
         Value::Int(i) => Some(*i),
         _ => None,
     };
+    if reply.len() == 1 + 2 * limits && matches!(reply[0], Value::Int(0)) {
+        let parts = reply[1..]
+            .chunks(2)
+            .map(|part| {
+                Some(SetLimitReply {
+                    accepted: u64::try_from(int(&part[0])?).ok()?,
+                    reset_ms: u64::try_from(int(&part[1])?).ok()?,
+                    factor: 0.0,
+                    refused: false,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(unexpected)?;
+        return Ok((0, 0, parts));
+    }
     if reply.len() != 2 + 4 * limits {
         return Err(unexpected());
     }
@@ -629,5 +645,46 @@ mod tests {
         bad = reply.clone();
         bad[0] = Value::Int(3);
         assert!(set_reply(&bad, 2).is_err(), "an unknown outcome");
+
+        // The hot path's admission: accepted and reset per limit.
+        let hot = [
+            Value::Int(0),
+            Value::Int(4),
+            Value::Int(700),
+            Value::Int(9),
+            Value::Int(59_000),
+        ];
+        let (outcome, retry, limits) = set_reply(&hot, 2).unwrap();
+        assert_eq!((outcome, retry), (0, 0));
+        assert_eq!(
+            limits,
+            [
+                SetLimitReply {
+                    accepted: 4,
+                    reset_ms: 700,
+                    factor: 0.0,
+                    refused: false
+                },
+                SetLimitReply {
+                    accepted: 9,
+                    reset_ms: 59_000,
+                    factor: 0.0,
+                    refused: false
+                }
+            ]
+        );
+        assert!(
+            set_reply(&hot, 1).is_err(),
+            "a length that fits neither form"
+        );
+        let mut bad = hot.clone();
+        bad[0] = Value::Int(1);
+        assert!(
+            set_reply(&bad, 2).is_err(),
+            "the short form is only an admission"
+        );
+        bad = hot.clone();
+        bad[2] = Value::Int(-5);
+        assert!(set_reply(&bad, 2).is_err(), "a negative reset");
     }
 }

@@ -423,3 +423,362 @@ impl RedisCluster {
             .unwrap()
     }
 }
+
+/// A Redis Cluster with replicas, for failover tests: `masters` masters with one replica
+/// each, a short `cluster-node-timeout` (a dead master is failed over about a second after
+/// it dies) and `cluster-require-full-coverage no` (the healthy shards keep answering while
+/// one is down, as an operator running for availability sets it).
+pub struct ReplicatedCluster {
+    nodes: Vec<RedisServer>,
+    node_timeout_ms: u64,
+}
+
+impl ReplicatedCluster {
+    pub fn start(masters: usize, node_timeout_ms: u64) -> Self {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..masters * 2)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &timeout,
+                    "--cluster-require-full-coverage",
+                    "no",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new(binary("redis-cli"))
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}. {INSTALL_HINT}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = ReplicatedCluster {
+            nodes,
+            node_timeout_ms,
+        };
+        cluster.wait_until_replicated(masters);
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok` and `masters` replicas have their
+    /// link to their master up.
+    fn wait_until_replicated(&self, masters: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                self.query_node(n.port(), &["CLUSTER", "INFO"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            let linked = self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    self.query_node(n.port(), &["INFO", "replication"])
+                        .is_some_and(|i| i.contains("master_link_status:up"))
+                })
+                .count();
+            if ok && linked == masters {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicated cluster not ready within 30 s ({linked} replicas linked)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One command to the node on `port`, as text; `None` if it does not answer.
+    pub fn query_node(&self, port: u16, args: &[&str]) -> Option<String> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(300))
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_millis(1000)))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let value: redis::Value = cmd.query(&mut conn).ok()?;
+        Some(match value {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            redis::Value::VerbatimString { text, .. } => text,
+            redis::Value::SimpleString(s) => s,
+            redis::Value::Int(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_millis(self.node_timeout_ms)
+    }
+
+    /// The hash slot of a key (its hash tag's), as the cluster computes it.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let port = self.alive_port().expect("a node answers");
+        self.query_node(port, &["CLUSTER", "KEYSLOT", key])
+            .and_then(|s| s.parse().ok())
+            .expect("CLUSTER KEYSLOT answers")
+    }
+
+    /// A port whose node answers.
+    fn alive_port(&self) -> Option<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.pid().is_some())
+            .map(RedisServer::port)
+            .find(|p| self.query_node(*p, &["PING"]).is_some())
+    }
+
+    /// The port of the master serving `slot` now, and of its replica, from `CLUSTER NODES`
+    /// as a live node sees it.
+    pub fn master_and_replica_of(&self, slot: u16) -> (u16, Option<u16>) {
+        self.try_master_and_replica_of(slot)
+            .expect("a master serves the slot")
+    }
+
+    /// As [`master_and_replica_of`](Self::master_and_replica_of); `None` while no live
+    /// master serves the slot (during a failover).
+    pub fn try_master_and_replica_of(&self, slot: u16) -> Option<(u16, Option<u16>)> {
+        let port = self.alive_port()?;
+        let nodes = self.query_node(port, &["CLUSTER", "NODES"])?;
+        let mut master: Option<(String, u16)> = None;
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|range| {
+                let mut ends = range.split('-');
+                let lo: u16 = ends.next().and_then(|s| s.parse().ok()).unwrap_or(u16::MAX);
+                let hi: u16 = ends.next().and_then(|s| s.parse().ok()).unwrap_or(lo);
+                (lo..=hi).contains(&slot)
+            });
+            if serves {
+                master = Some((f[0].to_owned(), port_of(f[1])));
+            }
+        }
+        let (id, master_port) = master?;
+        let replica = nodes.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 3 && f[3] == id && !f[2].contains("fail")).then(|| port_of(f[1]))
+        });
+        Some((master_port, replica))
+    }
+
+    /// Kills (SIGKILL) the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port() == port).unwrap();
+        node.kill();
+    }
+
+    /// Whether the node on `port` answers `ROLE` as a master.
+    pub fn is_master(&self, port: u16) -> bool {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300)) else {
+            return false;
+        };
+        let role: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query(&mut conn);
+        matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master")
+    }
+
+    /// Waits until the replica on `port` runs as a master and the live nodes agree that it
+    /// serves `slot`; the instant it was first seen so.
+    pub fn wait_for_promotion(&self, port: u16, slot: u16, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.is_master(port)
+                && self
+                    .try_master_and_replica_of(slot)
+                    .is_some_and(|(master, _)| master == port)
+            {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica on {port} was not promoted within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The limiter's connection: made from a client, so the limiter can make it again.
+    pub async fn limiter_connection(&self) -> sluicegate::redis::RedisConnection {
+        let client = redis::cluster::ClusterClient::new(self.urls()).unwrap();
+        sluicegate::redis::RedisConnection::cluster(client)
+            .await
+            .unwrap()
+    }
+
+    /// A cluster connection as an application would build it.
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+/// The port of a `CLUSTER NODES` address, `127.0.0.1:port@bus`.
+fn port_of(address: &str) -> u16 {
+    address
+        .split('@')
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+impl RedisServer {
+    /// A server replicating the one on `master_port`.
+    pub fn start_replica_of(master_port: u16) -> Self {
+        Self::start_with(&["--replicaof", "127.0.0.1", &master_port.to_string()])
+    }
+}
+
+/// A `redis-server --sentinel` of ours monitoring the master on `master_port` as
+/// `mymaster` (quorum 2, a master is down after 1 s), on a free loopback port; killed when
+/// dropped, its log printed if the test fails.
+pub struct SentinelServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SentinelServer {
+    pub const MASTER_NAME: &'static str = "mymaster";
+
+    pub fn start(master_port: u16) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(unique("sluicegate_sentinel"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+                     sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 5000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.display(),
+                    log = dir.join("sentinel.log").display(),
+                    name = Self::MASTER_NAME,
+                ),
+            )
+            .unwrap();
+            let child = Command::new(binary("redis-server"))
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start redis-server --sentinel: {e}. {INSTALL_HINT}")
+                });
+            let mut sentinel = SentinelServer {
+                port,
+                dir,
+                child: Some(child),
+            };
+            let ours = sentinel.child.as_ref().unwrap().id();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if sentinel
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .try_wait()
+                    .unwrap()
+                    .is_some()
+                {
+                    break;
+                }
+                match server_pid(port) {
+                    Some(pid) if pid == ours => return sentinel,
+                    Some(_) => break,
+                    None if Instant::now() > deadline => break,
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            eprintln!("sentinel on port {port} did not come up; trying another port");
+        }
+        panic!("no sentinel came up on 5 ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The sentinel's view: `SENTINEL MASTER mymaster` as field/value pairs.
+    pub fn master_info(&self) -> Vec<(String, String)> {
+        let client = redis::Client::open(self.url()).unwrap();
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(300)) else {
+            return Vec::new();
+        };
+        let flat: Vec<String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(Self::MASTER_NAME)
+            .query(&mut conn)
+            .unwrap_or_default();
+        flat.chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].clone(), kv[1].clone()))
+            .collect()
+    }
+
+    /// The port of the master this sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(300))
+            .ok()?;
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(Self::MASTER_NAME)
+            .query(&mut conn)
+            .ok()?;
+        addr.get(1)?.parse().ok()
+    }
+}
+
+impl Drop for SentinelServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("sentinel.log")).unwrap_or_default();
+            eprintln!("sentinel on port {} (the test failed):\n{log}", self.port);
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

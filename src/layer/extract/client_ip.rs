@@ -48,10 +48,19 @@ pub struct ClientIp {
 impl ClientIp {
     /// Trusts the proxies in `cidrs` (e.g. `"10.0.0.0/8".parse()?`), reads
     /// `X-Forwarded-For`, groups IPv6 by /64.
+    ///
+    /// Addresses are compared as the IPv4 ones they map to (`::ffff:10.0.0.1` is
+    /// `10.0.0.1`), so an IPv4-mapped IPv6 CIDR is taken as its IPv4 CIDR:
+    /// `::ffff:10.0.0.0/104` trusts `10.0.0.0/8`, and an IPv6 CIDR that spans the whole
+    /// mapped range (`::/0`, `::ffff:0:0/96`) trusts every IPv4 address too.
     pub fn trusting(cidrs: impl IntoIterator<Item = IpNet>) -> Self {
         let header = ProxyHeader::default();
+        let mut trusted = Vec::new();
+        for net in cidrs {
+            push_normalized(&mut trusted, net.trunc());
+        }
         ClientIp {
-            trusted: cidrs.into_iter().map(|n| n.trunc()).collect(),
+            trusted,
             header,
             header_name: header.name(),
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
@@ -99,6 +108,36 @@ impl ClientIp {
     }
 }
 
+/// The IPv4-mapped IPv6 addresses, `::ffff:0.0.0.0/96`.
+const MAPPED: ipnet::Ipv6Net =
+    match ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+        Ok(net) => net,
+        Err(_) => unreachable!(),
+    };
+
+/// Pushes `net` as the addresses it matches after [`normalize_ip`]: a CIDR inside the
+/// IPv4-mapped range becomes its IPv4 CIDR (it would otherwise match nothing, since mapped
+/// addresses are compared as IPv4), and one spanning the whole range adds `0.0.0.0/0`.
+fn push_normalized(trusted: &mut Vec<IpNet>, net: IpNet) {
+    if let IpNet::V6(v6) = net {
+        if MAPPED.contains(&v6) {
+            let v4 = v6
+                .network()
+                .to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            let prefix = v6.prefix_len() - MAPPED.prefix_len();
+            if let Ok(v4net) = ipnet::Ipv4Net::new(v4, prefix) {
+                trusted.push(IpNet::V4(v4net));
+            }
+            return;
+        }
+        if v6.contains(&MAPPED) {
+            trusted.push(IpNet::V4(ipnet::Ipv4Net::default()));
+        }
+    }
+    trusted.push(net);
+}
+
 impl KeyExtractor for ClientIp {
     fn extract(&self, req: &RequestHead<'_>) -> Result<Key, KeyError> {
         let peer = peer_addr(req.extensions)?;
@@ -119,6 +158,38 @@ mod tests {
             .header(h);
         let req = request_from(peer, header);
         ex.extract(&RequestHead::from(&req))
+    }
+
+    #[test]
+    fn ipv4_mapped_cidrs_trust_their_ipv4_proxies() {
+        let h = Some(("x-forwarded-for", "198.51.100.7"));
+        let mapped = ClientIp::trusting(["::ffff:10.0.0.0/104".parse().unwrap()]);
+        for peer in ["10.3.4.5:1", "[::ffff:10.3.4.5]:1"] {
+            let key = mapped
+                .extract(&RequestHead::from(&request_from(peer, h)))
+                .unwrap();
+            assert_eq!(key.as_str(), "198.51.100.7", "peer {peer}");
+        }
+        // Outside the mapped /104: the peer is the client.
+        let key = mapped
+            .extract(&RequestHead::from(&request_from("11.0.0.1:1", h)))
+            .unwrap();
+        assert_eq!(key.as_str(), "11.0.0.1");
+        // A single mapped host, and the whole mapped range.
+        let one = ClientIp::trusting(["::ffff:192.0.2.1/128".parse().unwrap()]);
+        assert_eq!(one.trusted, ["192.0.2.1/32".parse::<IpNet>().unwrap()]);
+        let all = ClientIp::trusting(["::/0".parse().unwrap()]);
+        let key = all
+            .extract(&RequestHead::from(&request_from("203.0.113.1:1", h)))
+            .unwrap();
+        assert_eq!(key.as_str(), "198.51.100.7");
+        let key = all
+            .extract(&RequestHead::from(&request_from("[2001:db8::1]:1", h)))
+            .unwrap();
+        assert_eq!(key.as_str(), "198.51.100.7");
+        // A plain IPv6 CIDR outside the mapped range stays IPv6 only.
+        let v6 = ClientIp::trusting(["fd00::/8".parse().unwrap()]);
+        assert_eq!(v6.trusted, ["fd00::/8".parse::<IpNet>().unwrap()]);
     }
 
     #[test]

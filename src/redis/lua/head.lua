@@ -26,6 +26,8 @@ end
 
 -- config::capacity: relative slack that absorbs f64 rounding.
 local SLACK = 1e-9
+-- config::capacity::MAX_OBSERVED (2^53): observed units past it are never recorded.
+local MAX_OBSERVED = 9007199254740992
 
 -- The bucket of now, and the oldest bucket that still counts now: bucket b counts while
 -- (b + 1) * G + W > now.

@@ -1,6 +1,7 @@
--- A limit set (src/local/policy.rs), after head.lua, window.lua and factor.lua: every limit's window is
--- loaded and decided, then the request is counted in every limit or in none, in one
--- script, so no other call sees a limit between the check and the count.
+-- A limit set (src/local/policy.rs), after head.lua, set_hot.lua (whose `cost`, `n` and
+-- HMGET `states` this reuses), window.lua and factor.lua: every limit's window is loaded
+-- and decided, then the request is counted in every limit or in none, in one script, so no
+-- other call sees a limit between the check and the count.
 --
 -- window.lua works on one window through head.lua's locals (ids, hash, W, G, live,
 -- current_id, current) and its own (newest, oldest, totals, newest_counts, unsaved); this
@@ -17,11 +18,10 @@
 -- (observed) and 'd' (declined).
 --
 -- Returns {outcome, retry_after_ms, then per limit: accepted, reset_ms, factor (string),
--- refused (0/1)}; outcome 0 allowed, 1 rejected, 2 shed; retry -1 means never.
+-- refused (0/1)}; outcome 0 allowed, 1 rejected, 2 shed; retry -1 means never.  (The hot
+-- path's shorter reply is in set_hot.lua.)
 
-local cost = tonumber(ARGV[5])
 local draw = tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
 local COUNTERS = {a = {''}, s = {'o', 'd'}}
 local FIELDS = {a = {'n', 'l', 't', 'c'}, s = {'n', 'l', 'to', 'td', 'co', 'cd'}}
 
@@ -59,7 +59,7 @@ for i = 1, n do
   local l = limits[i]
   newest, oldest, totals, newest_counts, unsaved = false, false, {}, {}, {}
   select(i)
-  load(redis.call('HMGET', hash, unpack(FIELDS[l.kind])), COUNTERS[l.kind])
+  load(states[i] or redis.call('HMGET', hash, unpack(FIELDS[l.kind])), COUNTERS[l.kind])
   factors[i] = 0
   if l.kind == 'a' then
     if fits(totals[''] + cost, l.cap) then

@@ -16,6 +16,7 @@ if mode == 'i' and state[1] == current and state[7] == ARGV[7]
   local cap = tonumber(ARGV[9])
   -- not reaches(observed before, cap × hard factor) and fits(accepted + count, cap)
   if before < cap * tonumber(ARGV[5]) * (1 - SLACK)
+    and tonumber(ARGV[8]) <= MAX_OBSERVED - before
     and observed - (tonumber(state[4]) or 0) <= cap * (1 + SLACK) then
     redis.call('HSET', hash, 'co', string.format('%d', (tonumber(state[5]) or 0) + tonumber(ARGV[8])),
       'to', string.format('%d', observed))
