@@ -85,6 +85,12 @@ impl AbsoluteState {
         self.window.add(geo, now_ms, count);
     }
 
+    /// The key's window, for a refund (`window/refund.rs`).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn window_mut(&mut self) -> &mut Window<u64> {
+        &mut self.window
+    }
+
     /// Admitted usage still inside the window at `now_ms`.
     pub(crate) fn usage(&mut self, geo: &WindowGrid, now_ms: u64) -> u64 {
         self.window.expire(geo, now_ms);

@@ -129,6 +129,8 @@ pub mod hybrid;
 #[cfg(feature = "tower")]
 pub mod layer;
 pub mod local;
+#[cfg(feature = "tower")]
+pub mod observe;
 pub mod policy;
 mod random;
 #[cfg(feature = "redis-tokio")]

@@ -278,6 +278,12 @@ impl SuppressedState {
         self.window.add(geo, now_ms, Usage { accepted, observed });
     }
 
+    /// The key's window, for a refund (`window/refund.rs`).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn window_mut(&mut self) -> &mut Window<Usage> {
+        &mut self.window
+    }
+
     /// Accepted and observed usage still inside the window at `now_ms`.
     pub(crate) fn usage(&mut self, geo: &WindowGrid, now_ms: u64) -> Usage {
         self.window.expire(geo, now_ms);

@@ -10,7 +10,11 @@
 //! Work per call is bounded by the number of live buckets, at most `W/g + 1`, and amortised
 //! O(1): each bucket is pushed once and popped once.
 
+mod refund;
+
 use std::collections::VecDeque;
+
+pub(crate) use refund::Refund;
 
 use crate::Error;
 use crate::config::{RateGroupSizeMs, WindowSizeSeconds};

@@ -10,6 +10,17 @@
 //!   `Retry-After` that covers the wait until both admit; the problem+json body names the
 //!   violated ones. The same limits in the full and the quick run.
 //! - `GET /health`: not limited.
+//! - `GET /metrics`: Prometheus text (metrics-exporter-prometheus) of every layer's
+//!   `sluicegate_requests_total{policy, outcome}`, `sluicegate_near_limit_total`, the keys
+//!   held, and with Redis the decision latency and the hybrid committer's counters.
+//! - `GET /beta`: keyed by the client's IP, 2 per 10 s, in shadow mode: always 200, every
+//!   would-be refusal counted as `outcome="shadow_rejected"` for policy `beta`.
+//! - `/api` exempts keys that start with `internal_`: never limited, counted as `exempt`.
+//! - `POST /login`: form body `password=...`; `open-sesame` answers 200, anything else 401.
+//!   Only the 401s count, 3 per 60 s per client IP: once 3 have failed every attempt (the
+//!   right password too) is 429 until the window frees one. Successful logins never count.
+//!   Its 60 s window is its own limiter's (a layer of one rate decides on its limiter's
+//!   window), always in process.
 //!
 //! The window is 10 s in the full demo (so 5 requests/s for `pro_` keys and for the feed) and
 //! 1 s in the quick run, which replays the same story ten times faster.
@@ -17,12 +28,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
-use axum::routing::get;
-use http::HeaderName;
+use axum::routing::{get, post};
+use http::{HeaderName, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sluicegate::Strategy;
-use sluicegate::layer::{HeaderKey, PeerIp, Provider, RateLimitLayer};
+use sluicegate::layer::{Exemptions, HeaderKey, PeerIp, Provider, RateLimitLayer};
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::policy::{Limit, LimitName, LimitSet, Quota};
 use sluicegate::{RateGroupSizeMs, RateLimit, RateLimiter, RateLimiterBuilder};
@@ -40,6 +54,59 @@ pub const HARD_LIMIT_FACTOR: f64 = 1.5;
 pub const SEARCH_LIMITS: [(&str, f64, u64); 2] = [("burst", 3.0, 1), ("minute", 10.0, 60)];
 /// `/search`'s limits count in groups this wide.
 pub const SEARCH_GROUP_MS: u64 = 100;
+/// `/beta`: requests per window, and the window in seconds (shadow mode).
+pub const BETA_LIMIT: (f64, u64) = (2.0, 10);
+/// `/login`: failed attempts per window, and the window in seconds.
+pub const LOGIN_LIMIT: (f64, u64) = (3.0, 60);
+/// `/login`'s one right password.
+pub const LOGIN_PASSWORD: &str = "open-sesame";
+
+/// The process's Prometheus recorder, installed before the first layer is built (a layer
+/// registers its counters when it is built).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other metrics recorder in the demo")
+    })
+}
+
+/// `/beta`'s one limit: 2 per 10 s, whatever the limiter's window.
+fn beta_limits() -> Result<LimitSet, sluicegate::Error> {
+    let (count, window_s) = BETA_LIMIT;
+    LimitSet::new([
+        Limit::new(LimitName::new("beta")?, Quota::new(count, window_s)?)
+            .group(RateGroupSizeMs::try_from(100)?)?,
+    ])
+}
+
+/// `/login`'s limiter: a 60 s window in 100 ms groups.
+fn login_limiter() -> Result<Arc<RateLimiter>, sluicegate::Error> {
+    let limiter = Arc::new(
+        RateLimiterBuilder::new(LocalRateLimiterOptions {
+            window_size_seconds: LOGIN_LIMIT.1.try_into()?,
+            rate_group_size_ms: 100.try_into()?,
+            hard_limit_factor: Default::default(),
+            suppression_factor_cache_ms: Default::default(),
+        })
+        .build()?,
+    );
+    limiter.run_cleanup_loop();
+    Ok(limiter)
+}
+
+async fn login(body: String) -> StatusCode {
+    let password = body
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("password="))
+        .unwrap_or("");
+    if password == LOGIN_PASSWORD {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
+}
 
 /// `/search`'s set: `burst` 3 per 1 s and `minute` 10 per 60 s, in 100 ms groups.
 pub fn search_limits() -> Result<LimitSet, sluicegate::Error> {
@@ -121,7 +188,8 @@ pub fn app(
     provider: Provider,
 ) -> Result<App, sluicegate::Error> {
     let window = limits.window_s as f64;
-    let base = RateLimitLayer::builder(limiter).provider(provider);
+    let metrics = prometheus();
+    let base = RateLimitLayer::builder(limiter.clone()).provider(provider);
     let api = base
         .clone()
         .key(HeaderKey::new(API_KEY))
@@ -136,6 +204,7 @@ pub fn app(
         .strategy(Strategy::Absolute)
         .policy_name("api")
         .headers_on_allowed(true)
+        .exempt(Exemptions::new().key(|key| key.as_str().starts_with("internal_")))
         .build()?;
     let feed = base
         .clone()
@@ -144,19 +213,43 @@ pub fn app(
         .strategy(Strategy::Suppressed)
         .policy_name("feed")
         .build()?;
+    let beta = base
+        .clone()
+        .key(PeerIp::new())
+        .limits(beta_limits()?)
+        .policy_name("beta")
+        .shadow(true)
+        .build()?;
+    let login_layer = RateLimitLayer::builder(login_limiter()?)
+        .key(PeerIp::new())
+        .rate(RateLimit::try_from(LOGIN_LIMIT.0 / LOGIN_LIMIT.1 as f64)?)
+        .policy_name("login")
+        .count_if(|status, _| status == StatusCode::UNAUTHORIZED)
+        .build()?;
     let search = base
         .key(HeaderKey::new(API_KEY))
         .limits(search_limits()?)
         .headers_on_allowed(true)
         .problem_json()
+        .policy_name("search")
         .build()?;
 
     let limited = [
         ("/api", get(|| async { "api: ok\n" }), api),
         ("/feed", get(|| async { "feed: ok\n" }), feed),
         ("/search", get(|| async { "search: ok\n" }), search),
+        ("/beta", get(|| async { "beta: ok\n" }), beta),
+        ("/login", post(login), login_layer),
     ];
-    let mut router = Router::new().route("/health", get(|| async { "ok\n" }));
+    let mut router = Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                sluicegate::observe::publish(&limiter);
+                metrics.render()
+            }),
+        );
     let mut layers = Vec::new();
     for (path, handler, layer) in limited {
         router = router.route(path, handler.layer(layer.clone()));

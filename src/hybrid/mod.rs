@@ -126,6 +126,7 @@ mod flush;
 mod key;
 mod mode;
 mod policy;
+mod refund;
 mod stats;
 mod suppressed;
 mod usage;

@@ -142,6 +142,8 @@ pub struct RateLimitLayerBuilder {
     headers_on_allowed: bool,
     factor_on_allowed: bool,
     body: RejectionBody,
+    /// Shadow mode, exemptions, counting by outcome, protocol (`ops.rs`).
+    ops: super::ops::OpsBuilder,
 }
 
 impl std::fmt::Debug for RateLimitLayerBuilder {
@@ -173,7 +175,13 @@ impl RateLimitLayerBuilder {
             headers_on_allowed: false,
             factor_on_allowed: true,
             body: RejectionBody::default(),
+            ops: Default::default(),
         }
+    }
+
+    /// The operability settings, for `ops.rs`'s builder methods.
+    pub(super) fn ops_mut(&mut self) -> &mut super::ops::OpsBuilder {
+        &mut self.ops
     }
 
     /// What requests are keyed by (default: [`PeerIp`]); with several limits, the key of
@@ -416,6 +424,27 @@ impl RateLimitLayerBuilder {
             self.strategy == Strategy::Suppressed
                 || set.as_ref().is_some_and(|s| s.any_suppressed()),
         );
+        let refunder = match (&backend, &set) {
+            (_, Some(_)) => None,
+            (Backend::Local(s), None) => Some(super::outcome::Refunder::Local(*s)),
+            #[cfg(feature = "redis-tokio")]
+            (Backend::Hybrid(s), None) => Some(super::outcome::Refunder::Hybrid(*s)),
+            #[cfg(feature = "redis-tokio")]
+            (Backend::Async(_), None) if self.provider == Provider::Redis => {
+                Some(super::outcome::Refunder::Redis(self.strategy))
+            }
+            (Backend::Async(_), None) => None,
+        };
+        let provider_label = match self.provider {
+            Provider::Local => "local",
+            #[cfg(feature = "redis-tokio")]
+            Provider::Redis => "redis",
+            #[cfg(feature = "redis-tokio")]
+            Provider::Hybrid => "hybrid",
+        };
+        let ops = self
+            .ops
+            .build(&self.limiter, &self.policy_name, provider_label, refunder)?;
         Ok(RateLimitLayer::from_engine(Arc::new(DecisionEngine {
             limiter: self.limiter,
             extractor: self.extractor,
@@ -433,6 +462,7 @@ impl RateLimitLayerBuilder {
             set,
             max_key_len: self.max_key_len,
             provider_errors: AtomicU64::new(0),
+            ops,
         })))
     }
 }

@@ -19,10 +19,12 @@ use super::extract::{
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
 use super::headers::Prebuilt;
+use super::ops::Standing;
 use super::provider::{self, Backend, DecisionFuture};
 use super::response::{Rejection, RejectionBody};
 use super::set::SetEngine;
 use crate::Strategy;
+use crate::observe::Outcome;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
 use std::net::IpAddr;
 
@@ -47,6 +49,8 @@ pub(crate) struct DecisionEngine {
     /// The longest key taken, in bytes.
     pub(super) max_key_len: usize,
     pub(crate) provider_errors: AtomicU64,
+    /// Metrics, logs, shadow mode, exemptions, counting by outcome (`ops.rs`).
+    pub(super) ops: super::ops::Ops,
 }
 
 impl std::fmt::Debug for DecisionEngine {
@@ -106,16 +110,22 @@ impl Pending {
 pub(crate) struct AwaitedRequest {
     key: Key,
     rate: RateLimit,
+    cost: u64,
+    /// The reservation clock before the decision (counting by outcome).
+    before_ms: u64,
 }
 
 impl DecisionEngine {
     /// Decides one request from its head.
     #[inline]
     pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
+        if self.ops.exempts_request(head) {
+            return self.ops.exempt();
+        }
         if let Some(set) = &self.set {
             return self.check_set(set, head);
         }
-        if self.peer_ip.is_some() {
+        if self.peer_ip.is_some() && self.ops.verdict_only() {
             if let Some(verdict) = self.check_ipv4(head) {
                 return verdict;
             }
@@ -131,15 +141,23 @@ impl DecisionEngine {
         if let Err(verdict) = self.check_key_len(&key) {
             return verdict;
         }
+        if self.ops.exempts_key(&key) {
+            return self.ops.exempt();
+        }
         let rate = match &self.rate {
             RateSource::Fixed(r) => *r,
             RateSource::Resolver(f) => f(&key, head),
         };
         let cost = self.resolve_cost(head);
+        let before_ms = match &self.ops.counting {
+            None => 0,
+            Some(c) => c.refunder.now_ms(&self.limiter),
+        };
         match &self.backend {
-            // With the admitted fields on, the usage after the call comes from the same
-            // lookup: no second one for `RateLimit: r=`.
-            Backend::Local(strategy) if self.headers_on_allowed => {
+            // With the admitted fields on (or the near-limit count, or the handler's
+            // decision), the usage after the call comes from the same lookup: no second
+            // one for `RateLimit: r=`.
+            Backend::Local(strategy) if self.headers_on_allowed || self.ops.wants_usage => {
                 match provider::local_inc_with_used(&self.limiter, *strategy, &key, &rate, cost) {
                     Ok((decision, used)) => {
                         // The local store reports the usage after the call; `t` is then the
@@ -149,14 +167,14 @@ impl DecisionEngine {
                             remaining: headers::quota(rate.get(), window_s).saturating_sub(used),
                             reset_s: window_s,
                         };
-                        self.verdict(decision, &key, rate, Some(left))
+                        self.verdict(decision, &key, rate, Some(left), cost, before_ms)
                     }
                     Err(err) => self.misconfigured(&err),
                 }
             }
             Backend::Local(strategy) => {
                 match provider::local_inc(&self.limiter, *strategy, &key, &rate, cost) {
-                    Ok(decision) => self.verdict(decision, &key, rate, None),
+                    Ok(decision) => self.verdict(decision, &key, rate, None, cost, before_ms),
                     Err(err) => self.misconfigured(&err),
                 }
             }
@@ -168,13 +186,26 @@ impl DecisionEngine {
                     &key,
                     &rate,
                     cost,
-                    self.headers_on_allowed,
+                    self.headers_on_allowed || self.ops.wants_usage,
                 );
-                self.finish(result, &AwaitedRequest { key, rate })
+                self.finish(
+                    result,
+                    &AwaitedRequest {
+                        key,
+                        rate,
+                        cost,
+                        before_ms,
+                    },
+                )
             }
             Backend::Async(p) => {
-                let mut decision = p.inc(&key, rate, cost);
-                let awaited = AwaitedRequest { key, rate };
+                let mut decision = self.ops.timed(p.inc(&key, rate, cost));
+                let awaited = AwaitedRequest {
+                    key,
+                    rate,
+                    cost,
+                    before_ms,
+                };
                 // Poll once in place: only a decision that is really on its way (not one
                 // refused before any I/O) takes the boxed-state path.
                 let mut cx = Context::from_waker(Waker::noop());
@@ -211,7 +242,7 @@ impl DecisionEngine {
         Some(
             match provider::local_inc_str(&self.limiter, *strategy, key, rate, cost) {
                 Ok(RateLimitDecision::Allowed) => Verdict::Pass(AdmittedHeaders::none()),
-                Ok(decision) => self.verdict(decision, &Key::new(key), *rate, None),
+                Ok(decision) => self.verdict(decision, &Key::new(key), *rate, None, cost, 0),
                 Err(err) => self.misconfigured(&err),
             },
         )
@@ -237,6 +268,7 @@ impl DecisionEngine {
 
     #[cold]
     pub(super) fn key_too_long(&self, key: &Key) -> Verdict {
+        self.ops.count(Outcome::KeyError);
         let err = KeyError::TooLong {
             len: key.as_str().len(),
             max: self.max_key_len,
@@ -255,7 +287,14 @@ impl DecisionEngine {
         awaited: &AwaitedRequest,
     ) -> Verdict {
         match result {
-            Ok((decision, left)) => self.verdict(decision, &awaited.key, awaited.rate, left),
+            Ok((decision, left)) => self.verdict(
+                decision,
+                &awaited.key,
+                awaited.rate,
+                left,
+                awaited.cost,
+                awaited.before_ms,
+            ),
             Err(err) => self.failed(err),
         }
     }
@@ -273,7 +312,8 @@ impl DecisionEngine {
             )),
             err => {
                 self.provider_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %err, policy = ?self.on_provider_error, "sluicegate: rate-limit provider failed");
+                self.ops
+                    .provider_failed(&self.limiter, &err, &self.on_provider_error);
                 match self.on_provider_error {
                     ProviderErrorPolicy::FailOpen => Verdict::Pass(AdmittedHeaders::none()),
                     ProviderErrorPolicy::FailClosed => Verdict::Reject(Box::new(
@@ -285,7 +325,8 @@ impl DecisionEngine {
         }
     }
 
-    /// `left`: what the decision says is left of the key's quota, where it says.
+    /// `left`: what the decision says is left of the key's quota, where it says;
+    /// `cost` and `before_ms` for counting by outcome.
     #[inline]
     fn verdict(
         &self,
@@ -293,25 +334,61 @@ impl DecisionEngine {
         key: &Key,
         rate: RateLimit,
         left: Option<Left>,
+        cost: u64,
+        before_ms: u64,
     ) -> Verdict {
+        let quota = || super::headers::quota(rate.get(), self.prebuilt.window_s);
         match decision {
             RateLimitDecision::Allowed => {
-                if !self.headers_on_allowed {
-                    return Verdict::Pass(AdmittedHeaders::none());
-                }
-                Verdict::Pass(self.admitted(rate, left, None))
+                let fields = if self.headers_on_allowed {
+                    self.admitted(rate, left, None)
+                } else {
+                    AdmittedHeaders::none()
+                };
+                self.admitted_outcome(
+                    fields,
+                    key,
+                    Standing {
+                        left: left.map(|l| l.remaining),
+                        quota: Some(quota()),
+                        factor: 0.0,
+                    },
+                    cost,
+                    before_ms,
+                )
             }
             RateLimitDecision::Suppressed {
                 is_allowed: true,
                 suppression_factor,
-            } => Verdict::Pass(self.admitted(rate, left, Some(suppression_factor))),
-            RateLimitDecision::Rejected { retry_after_ms, .. } => {
-                Verdict::Reject(Box::new(self.limited(key, rate, retry_after_ms)))
+            } => {
+                let fields = self.admitted(rate, left, Some(suppression_factor));
+                self.admitted_outcome(
+                    fields,
+                    key,
+                    Standing {
+                        left: left.map(|l| l.remaining),
+                        quota: Some(quota()),
+                        factor: suppression_factor,
+                    },
+                    cost,
+                    before_ms,
+                )
             }
+            RateLimitDecision::Rejected { retry_after_ms, .. } => self.refused_outcome(
+                Outcome::Rejected,
+                &self.prebuilt.name,
+                key,
+                Box::new(self.limited(key, rate, retry_after_ms)),
+            ),
             RateLimitDecision::Suppressed {
                 is_allowed: false,
                 suppression_factor,
-            } => Verdict::Reject(Box::new(self.shed(key, rate, suppression_factor))),
+            } => self.refused_outcome(
+                Outcome::Shed,
+                &self.prebuilt.name,
+                key,
+                Box::new(self.shed(key, rate, suppression_factor)),
+            ),
         }
     }
 
@@ -322,6 +399,7 @@ impl DecisionEngine {
 
     #[cold]
     pub(super) fn key_failure(&self, err: &KeyError) -> Verdict {
+        self.ops.count(Outcome::KeyError);
         let status = match self.on_key_error {
             KeyErrorPolicy::Allow => {
                 tracing::debug!(error = %err, "sluicegate: no rate-limit key; request let through");

@@ -25,6 +25,10 @@ struct AdmittedValues {
     policy: Option<HeaderValue>,
     ratelimit: Option<HeaderValue>,
     factor: Option<HeaderValue>,
+    /// The decision for the handler (`ops.rs`).
+    info: Option<super::decision_ext::RateLimitInfo>,
+    /// Units held until the response says whether they count (`outcome.rs`).
+    pending: Option<super::outcome::Pending>,
 }
 
 impl AdmittedHeaders {
@@ -43,7 +47,36 @@ impl AdmittedHeaders {
             policy,
             ratelimit,
             factor,
+            ..Default::default()
         })))
+    }
+
+    fn values(&mut self) -> &mut AdmittedValues {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    /// Hands `info` to the handler as a request extension.
+    pub(crate) fn set_info(&mut self, info: super::decision_ext::RateLimitInfo) {
+        self.values().info = Some(info);
+    }
+
+    /// Holds the request's units until its response.
+    pub(crate) fn set_pending(&mut self, pending: super::outcome::Pending) {
+        self.values().pending = Some(pending);
+    }
+
+    /// The decision for the handler, if the layer hands it one.
+    #[inline]
+    pub(crate) fn take_info(&mut self) -> Option<super::decision_ext::RateLimitInfo> {
+        self.0.as_mut()?.info.take()
+    }
+
+    /// The response is in: settles units held for counting by outcome.
+    #[inline]
+    pub(crate) fn settle(&mut self, status: http::StatusCode, headers: &HeaderMap) {
+        if let Some(pending) = self.0.as_mut().and_then(|v| v.pending.take()) {
+            super::outcome::CountOutcomes::settle(pending, status, headers);
+        }
     }
 
     /// Adds the fields to the inner service's response headers.
@@ -92,6 +125,7 @@ impl DecisionEngine {
             values.factor = Some(self.prebuilt.factor(factor));
         }
         if values.policy.is_none() && values.factor.is_none() {
+            // (`info` and `pending` are set later, by `ops.rs`.)
             return AdmittedHeaders::none();
         }
         AdmittedHeaders(Some(Box::new(values)))

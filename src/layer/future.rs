@@ -110,6 +110,7 @@ where
             match state.as_mut().project() {
                 StateProj::Inner { future, fields } => {
                     let mut response = ready!(future.poll(cx))?;
+                    fields.settle(response.status(), response.headers());
                     std::mem::take(fields).apply(response.headers_mut());
                     return Poll::Ready(Ok(response.map(M::inner)));
                 }
@@ -127,20 +128,23 @@ where
                         engine,
                     } = &mut **deciding;
                     let next = match ready!(pending.poll(cx, engine)) {
-                        Verdict::Pass(fields) => {
+                        Verdict::Pass(mut fields) => {
                             let mut service = service
                                 .take()
                                 .expect("ResponseFuture polled after completion");
-                            let request = request
+                            let mut request = request
                                 .take()
                                 .expect("ResponseFuture polled after completion");
+                            if let Some(info) = fields.take_info() {
+                                request.extensions_mut().insert(info);
+                            }
                             State::Inner {
                                 future: service.call(request),
                                 fields,
                             }
                         }
                         Verdict::Reject(response) => State::Reply {
-                            response: Some(response),
+                            response: Some(engine.ops.answer(response)),
                         },
                         Verdict::Awaiting(..) => unreachable!("a finished decision is final"),
                     };

@@ -72,12 +72,17 @@
 mod body;
 mod builder;
 mod decide;
+mod decision_ext;
+mod exempt;
 mod extract;
 mod fields;
 mod future;
+mod grpc;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
+mod ops;
+mod outcome;
 mod provider;
 mod response;
 mod service;
@@ -92,6 +97,8 @@ pub use body::{BodyMode, ResponseBody, Wrapped};
 pub use builder::{
     CostFn, DEFAULT_MAX_KEY_LEN, KeyErrorPolicy, ProviderErrorPolicy, RateFn, RateLimitLayerBuilder,
 };
+pub use decision_ext::RateLimitInfo;
+pub use exempt::{ExemptFn, ExemptKeyFn, Exemptions};
 #[cfg(feature = "axum")]
 pub use extract::MatchedRoute;
 pub use extract::{
@@ -99,8 +106,10 @@ pub use extract::{
     KeyExtractor, KeyFn, PeerIp, ProxyHeader, RequestHead, key_fn, peer_addr,
 };
 pub use future::ResponseFuture;
+pub use grpc::{GRPC_RETRY_PUSHBACK_MS, Protocol};
 pub use headers::SUPPRESSION_FACTOR;
 pub use layer::RateLimitLayer;
+pub use outcome::CountIfFn;
 pub use provider::Provider;
 pub use response::{Rejection, RejectionBody, RejectionFn, ViolatedPolicies};
 pub use service::RateLimitService;

@@ -71,8 +71,14 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.engine.check(&RequestHead::from(&req)) {
             // Decided synchronously: `self.inner` is the service that was polled ready.
-            Verdict::Pass(fields) => ResponseFuture::inner(self.inner.call(req), fields),
-            Verdict::Reject(response) => ResponseFuture::reply(response),
+            Verdict::Pass(mut fields) => {
+                let mut req = req;
+                if let Some(info) = fields.take_info() {
+                    req.extensions_mut().insert(info);
+                }
+                ResponseFuture::inner(self.inner.call(req), fields)
+            }
+            Verdict::Reject(response) => ResponseFuture::reply(self.engine.ops.answer(response)),
             Verdict::Awaiting(pending) => {
                 // The decision takes a round trip: move the ready service into the future
                 // and leave a fresh clone, which must be polled ready before its own call.

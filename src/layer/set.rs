@@ -281,6 +281,11 @@ impl SetEngine {
         Some(counts)
     }
 
+    /// Limit `i`'s whole units of quota for this request (the near-limit count).
+    fn quota_of(&self, i: usize, counts: Option<&[f64; MAX_LIMITS]>) -> u64 {
+        headers::quota_of_count(counts.unwrap_or(&self.counts)[i])
+    }
+
     /// `RateLimit-Policy`: the pre-built one, or this request's counts.
     fn policy(&self, counts: Option<&[f64; MAX_LIMITS]>) -> HeaderValue {
         match counts {
@@ -353,6 +358,9 @@ impl DecisionEngine {
             Ok(keys) => keys,
             Err(verdict) => return verdict,
         };
+        if keys.iter().flatten().any(|k| self.ops.exempts_key(k)) {
+            return self.ops.exempt();
+        }
         let cost = self.resolve_cost(head);
         let counts = set.resolve_counts(&keys, head);
         match &set.backend {
@@ -388,7 +396,7 @@ impl DecisionEngine {
                     .iter()
                     .map(|k| k.clone().expect("every extractor ran"))
                     .collect();
-                let mut decision = redis_set_inc(set, policy, &owned, counts, cost);
+                let mut decision = self.ops.timed(redis_set_inc(set, policy, &owned, counts, cost));
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 match decision.as_mut().poll(&mut cx) {
                     std::task::Poll::Ready(result) => self.finish_set(result, &owned, counts),
@@ -441,15 +449,47 @@ impl DecisionEngine {
                     .fold(0.0, f64::max);
                 let factor =
                     (self.factor_on_allowed && factor > 0.0).then(|| self.prebuilt_factor(factor));
-                if !self.headers_on_allowed && factor.is_none() {
-                    return Verdict::Pass(AdmittedHeaders::none());
-                }
-                let (policy, ratelimit) = if self.headers_on_allowed {
-                    (Some(set.policy(counts)), Some(set.ratelimit(d)))
+                let raw_factor = d
+                    .limits()
+                    .iter()
+                    .map(|s| s.suppression_factor)
+                    .fold(0.0, f64::max);
+                let fields = if !self.headers_on_allowed && factor.is_none() {
+                    AdmittedHeaders::none()
                 } else {
-                    (None, None)
+                    let (policy, ratelimit) = if self.headers_on_allowed {
+                        (Some(set.policy(counts)), Some(set.ratelimit(d)))
+                    } else {
+                        (None, None)
+                    };
+                    AdmittedHeaders::with(policy, ratelimit, factor)
                 };
-                Verdict::Pass(AdmittedHeaders::with(policy, ratelimit, factor))
+                // The tightest limit (the largest share of its quota used) for the near-limit
+                // count and the handler's decision.
+                let (left, quota) = d
+                    .limits()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.remaining, set.quota_of(i, counts)))
+                    .max_by(|a, b| {
+                        let used = |(left, q): (u64, u64)| {
+                            q.saturating_sub(left) as f64 / (q.max(1) as f64)
+                        };
+                        used(*a).total_cmp(&used(*b))
+                    })
+                    .unwrap_or((0, 0));
+                let key = set.key(keys, 0);
+                self.admitted_outcome(
+                    fields,
+                    key,
+                    super::ops::Standing {
+                        left: Some(left),
+                        quota: Some(quota),
+                        factor: raw_factor,
+                    },
+                    1,
+                    0,
+                )
             }
             outcome => {
                 let seconds = set.retry_after_seconds(d);
@@ -491,7 +531,12 @@ impl DecisionEngine {
                 if outcome == Outcome::Shed && !h.contains_key(SUPPRESSION_FACTOR) {
                     h.insert(SUPPRESSION_FACTOR, self.prebuilt_factor(factor));
                 }
-                Verdict::Reject(Box::new(response))
+                let outcome = if outcome == Outcome::Shed {
+                    crate::observe::Outcome::Shed
+                } else {
+                    crate::observe::Outcome::Rejected
+                };
+                self.refused_outcome(outcome, &set.names[first], key, Box::new(response))
             }
         }
     }

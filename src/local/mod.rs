@@ -35,9 +35,11 @@
 //! key of its own; keys of up to 24 bytes cost no allocation.
 
 mod policy;
+pub(crate) mod refund;
 pub(crate) mod store;
 
 pub use policy::LocalPolicy;
+pub use refund::Reservation;
 
 use std::sync::Arc;
 

@@ -334,6 +334,11 @@ impl Connection {
         }
     }
 
+    /// The deadline of every call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn link(&self) -> Link {
         Link::new(self.shared.conn().current())
     }

@@ -131,6 +131,7 @@ mod check;
 mod connection;
 mod key;
 mod policy;
+mod refund;
 mod scripts;
 mod suppressed;
 mod usage;

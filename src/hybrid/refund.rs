@@ -1,0 +1,129 @@
+//! Reservations and refunds on the hybrid provider: units an admitted call recorded, given
+//! back, for counting by outcome. Units still unsent leave this instance's state (its lease
+//! spends them no more); units already sent go back in Redis with the Redis provider's
+//! refund script, on the same keys.
+
+use super::key::KeyState;
+use super::{AbsoluteHybridRateLimiter, SuppressedHybridRateLimiter, core_of};
+use crate::local::Reservation;
+use crate::local::refund::{Refundable, refund_state};
+use crate::local::store::KeyStore;
+use crate::redis::{RedisKey, StrategyTag};
+use crate::window::{Refund, WindowGrid};
+use crate::{Error, RateLimit, RateLimitDecision};
+
+impl<S: Refundable<Counts = C>, C: Refund> KeyState<S, C> {
+    /// Takes `count` units reserved at `span` (bucket ids on the server's grid) out of the
+    /// unsent increments and this instance's own usage; returns how many were not unsent
+    /// (already on their way to Redis, or flushed).
+    fn refund_unsent(
+        &mut self,
+        grid: &WindowGrid,
+        server_now: u64,
+        span: (u64, u64),
+        count: u64,
+    ) -> u64 {
+        let left = self.unsent.take_back(span.0, span.1, S::units(count));
+        let taken = count - left.accepted();
+        // The next cycle refreshes the key: its lease grows by what went back in Redis.
+        self.touched = true;
+        self.spent = self.spent.saturating_sub(taken);
+        self.observed_since = self.observed_since.saturating_sub(taken);
+        // This instance's own usage (its outage decisions) counted them all.
+        let _ = refund_state(&mut self.own, grid, server_now, span, count);
+        left.accepted()
+    }
+}
+
+/// A refund on `keys`: the unsent part in memory, the rest in Redis.
+async fn refund_on<S: Refundable<Counts = C>, C: Refund>(
+    limiter: &Option<std::sync::Arc<super::HybridCore>>,
+    keys: impl Fn(&super::HybridCore) -> &KeyStore<KeyState<S, C>>,
+    tag: StrategyTag,
+    key: &RedisKey,
+    count: u64,
+    at: Reservation,
+) -> Result<u64, Error> {
+    let core = core_of(limiter)?;
+    let grid = core.settings.grid;
+    let now = core.now();
+    let span = at.buckets(&grid, 0);
+    let sent = keys(core)
+        .peek(key.as_str(), |state| {
+            state.refund_unsent(&grid, now.server, span, count)
+        })
+        .unwrap_or(count);
+    if sent == 0 {
+        return Ok(0);
+    }
+    // Already sent: the Redis keys hold them, under the bucket ids this instance gave them.
+    let left = core.core.refund_buckets(key, tag, sent, span).await?;
+    // A cycle may have refreshed the key while the refund was on its way: the next one
+    // refreshes it again, after it.
+    keys(core).peek(key.as_str(), |state| state.touched = true);
+    Ok(left)
+}
+
+/// `reserve_sync` and `refund`, the same for both strategies.
+macro_rules! refund_methods {
+    ($keys:ident, $tag:expr) => {
+        /// [`inc_sync`](Self::inc_sync), with the [`Reservation`] a later
+        /// [`refund`](Self::refund) of its units needs (counting by outcome).
+        ///
+        /// # Errors
+        /// As [`inc_sync`](Self::inc_sync).
+        pub fn reserve_sync(
+            &self,
+            key: &RedisKey,
+            rate: &RateLimit,
+            count: u64,
+        ) -> Result<(RateLimitDecision, Reservation), Error> {
+            let core = core_of(&self.shared)?;
+            let before_ms = core.now().server;
+            let decision = self.inc_sync(key, rate, count)?;
+            let after_ms = core.now().server;
+            Ok((
+                decision,
+                Reservation {
+                    before_ms,
+                    after_ms,
+                },
+            ))
+        }
+
+        /// Gives back `count` units that an admitted [`reserve_sync`](Self::reserve_sync)
+        /// for `key` recorded; returns how many were not found. Units not yet sent leave
+        /// this instance's state with no I/O; units already flushed are given back in Redis
+        /// in one script round trip. Units of a batch still in flight may be missed there
+        /// (not yet landed): they stay counted, which only makes the limit stricter.
+        ///
+        /// # Errors
+        /// [`Error::Redis`] or [`Error::RedisTimeout`] when units had to be given back in
+        /// Redis and it failed; [`Error::RedisNotConfigured`] without Redis.
+        pub async fn refund(
+            &self,
+            key: &RedisKey,
+            count: u64,
+            reservation: Reservation,
+        ) -> Result<u64, Error> {
+            refund_on(&self.shared, |c| &c.$keys, $tag, key, count, reservation).await
+        }
+    };
+}
+
+impl AbsoluteHybridRateLimiter {
+    refund_methods!(absolute, StrategyTag::Absolute);
+}
+
+/// A refund gives the units back as accepted and observed.
+impl SuppressedHybridRateLimiter {
+    refund_methods!(suppressed, StrategyTag::Suppressed);
+}
+
+impl super::HybridRateLimiter {
+    /// The clock hybrid reservations are read on: the server grid's (0 without Redis).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn reservation_ms(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |c| c.now().server)
+    }
+}
