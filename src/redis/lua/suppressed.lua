@@ -23,7 +23,10 @@ if mode == 'i' then
   if rate_changed then redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0) end
   -- config::capacity::fits_observed: past MAX_OBSERVED nothing is recorded (the local
   -- core's rule), so no total loses exactness or overflows.
-  if count > MAX_OBSERVED - totals['o'] then return {1, 0, '1'} end
+  -- (A key gets here only with usage: count <= 2^52 < MAX_OBSERVED.)
+  if count > MAX_OBSERVED - totals['o'] then
+    return {1, 0, '1', totals['o'] - totals['d'], expires_at(tonumber(oldest or newest)) - now}
+  end
   -- Below capacity (and under the hard limit): admitted.
   if not reaches(totals['o'], cap * hard_factor)
     and fits(totals['o'] - totals['d'] + count, cap) then
