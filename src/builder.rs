@@ -6,15 +6,18 @@ use std::sync::Arc;
 #[cfg(feature = "redis-tokio")]
 use std::time::Duration;
 
+use crate::local::store::KeyCount;
 use crate::local::{LocalRateLimiter, LocalRateLimiterOptions};
 use crate::{
-    Clock, Error, MonotonicClock, RandomSource, RateLimiter, ThreadRandom, clock, settings,
+    Clock, Error, KeyBudget, MonotonicClock, RandomSource, RateLimiter, ThreadRandom, clock,
+    settings,
 };
 
 /// Builds a [`RateLimiter`]: from local options alone, with an injected [`Clock`] or
 /// [`RandomSource`].
 pub struct RateLimiterBuilder {
     local: LocalRateLimiterOptions,
+    key_budget: Option<KeyBudget>,
     clock: clock::Time,
     random: Arc<dyn RandomSource>,
     #[cfg(feature = "redis-tokio")]
@@ -45,6 +48,7 @@ impl RateLimiterBuilder {
     pub fn new(local: LocalRateLimiterOptions) -> Self {
         RateLimiterBuilder {
             local,
+            key_budget: None,
             clock: clock::Time::Monotonic(MonotonicClock::new()),
             random: Arc::new(ThreadRandom),
             #[cfg(feature = "redis-tokio")]
@@ -61,6 +65,40 @@ impl RateLimiterBuilder {
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = clock::Time::Injected(Arc::new(clock));
         self
+    }
+
+    /// A cap on the keys held in memory by the local provider and the hybrid provider's
+    /// state together, and what a new key gets once it is full (see [`KeyBudget`] and
+    /// [`WhenFull`](crate::WhenFull), with what a key costs). Default: no cap.
+    ///
+    /// ```
+    /// use sluicegate::{KeyBudget, RateLimit, RateLimiterBuilder, WhenFull};
+    /// # fn main() -> Result<(), sluicegate::Error> {
+    /// # let options = sluicegate::local::LocalRateLimiterOptions {
+    /// #     window_size_seconds: 10.try_into()?, rate_group_size_ms: 100.try_into()?,
+    /// #     hard_limit_factor: Default::default(), suppression_factor_cache_ms: Default::default(),
+    /// # };
+    /// let rl = RateLimiterBuilder::new(options)
+    ///     .key_budget(KeyBudget::new(2).when_full(WhenFull::Refuse))
+    ///     .build()?;
+    /// let rate = RateLimit::try_from(1.0)?;
+    /// rl.local().absolute().try_inc("a", &rate, 1)?;
+    /// rl.local().absolute().try_inc("b", &rate, 1)?;
+    /// let refused = rl.local().absolute().try_inc("c", &rate, 1).unwrap_err();
+    /// assert!(matches!(refused, sluicegate::Error::KeyBudgetFull { max_keys: 2 }));
+    /// assert!(rl.local().absolute().try_inc("a", &rate, 1)?.is_allowed()); // held keys go on
+    /// assert_eq!(rl.key_count(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn key_budget(mut self, budget: KeyBudget) -> Self {
+        self.key_budget = Some(budget);
+        self
+    }
+
+    /// [`key_budget`](Self::key_budget) of `max_keys` keys, refusing new keys once full
+    /// ([`WhenFull::Refuse`](crate::WhenFull::Refuse)).
+    pub fn max_keys(self, max_keys: usize) -> Self {
+        self.key_budget(KeyBudget::new(max_keys))
     }
 
     /// The suppressed strategy's draws (default: [`ThreadRandom`]).
@@ -153,6 +191,8 @@ impl RateLimiterBuilder {
     pub fn build(self) -> Result<RateLimiter, Error> {
         let local_options = settings::WindowOptions::from(&self.local);
         let settings = settings::Settings::new(&local_options)?;
+        let key_budget = self.key_budget.map(KeyBudget::checked).transpose()?;
+        let keys = Arc::new(KeyCount::new(key_budget));
         #[cfg(feature = "redis-tokio")]
         let (redis, hybrid) = {
             let parts = self.redis;
@@ -194,12 +234,14 @@ impl RateLimiterBuilder {
                 redis.core(),
                 self.clock.clone(),
                 parts.hybrid_max_pending_buckets,
+                &keys,
             );
             (redis, hybrid)
         };
-        let local = LocalRateLimiter::new(settings, self.clock, self.random);
+        let local = LocalRateLimiter::new(settings, self.clock, self.random, &keys);
         Ok(RateLimiter {
             local,
+            keys,
             #[cfg(feature = "redis-tokio")]
             redis,
             #[cfg(feature = "redis-tokio")]

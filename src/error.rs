@@ -64,6 +64,18 @@ pub enum Error {
         capacity: f64,
     },
 
+    /// The limiter holds as many keys as its [`KeyBudget`](crate::KeyBudget) allows and a
+    /// call named a new one: nothing was recorded and no key was created.
+    #[error(
+        "key budget full: the limiter holds its maximum of {max_keys} keys and refuses new \
+         ones (existing keys are decided as usual); raise RateLimiterBuilder::key_budget or \
+         choose another WhenFull policy"
+    )]
+    KeyBudgetFull {
+        /// The budget's cap.
+        max_keys: usize,
+    },
+
     /// A Redis key is empty, too long, or contains the separator.
     #[error("invalid Redis key {key:?}: {reason}")]
     InvalidKey {

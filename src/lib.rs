@@ -158,6 +158,7 @@ pub use config::{
 };
 pub use decision::RateLimitDecision;
 pub use error::Error;
+pub use settings::{KeyBudget, WhenFull};
 
 /// The seeds' name for [`Error`], so code written against them compiles with only the crate
 /// name changed (`fn main() -> Result<(), sluicegate::TrypemaError>`). Kept out of the docs:
@@ -189,6 +190,8 @@ pub struct RateLimiter {
     hybrid: crate::hybrid::HybridRateLimiter,
     /// The one window (and strategy settings) every provider decides with.
     settings: settings::Settings,
+    /// The keys held in memory by every store, and their budget.
+    keys: Arc<local::store::KeyCount>,
     cleanup: cleanup::CleanupHandle,
 }
 
@@ -221,6 +224,20 @@ impl RateLimiter {
     /// The window every provider counts usage over, in seconds.
     pub fn window_size_seconds(&self) -> u64 {
         self.settings.grid.window_seconds()
+    }
+
+    /// How many keys the limiter holds in memory now: the local provider's and the hybrid
+    /// provider's, both strategies (a key used with both counts twice), not counting the
+    /// overflow keys of [`WhenFull::Overflow`] or limit sets' keys. One atomic load: cheap
+    /// enough for a metrics endpoint on every scrape. At most the
+    /// [`KeyBudget`]'s cap when there is one.
+    pub fn key_count(&self) -> usize {
+        self.keys.held()
+    }
+
+    /// The cap of the limiter's [`KeyBudget`], if it has one.
+    pub fn max_keys(&self) -> Option<usize> {
+        self.keys.max_keys()
     }
 
     /// The in-process provider.

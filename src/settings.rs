@@ -64,6 +64,110 @@ impl std::fmt::Display for SyncIntervalMs {
     }
 }
 
+/// A cap on the keys a limiter holds in memory, and what a new key gets once it is reached.
+///
+/// Set with [`RateLimiterBuilder::key_budget`](crate::RateLimiterBuilder::key_budget) (or
+/// [`max_keys`](crate::RateLimiterBuilder::max_keys) for the default policy,
+/// [`WhenFull::Refuse`]). The cap counts the keys of the local provider and of the hybrid
+/// provider's in-memory state together; each strategy keeps its own keys, so a key used
+/// with both strategies counts twice. [`RateLimiter::key_count`](crate::RateLimiter::key_count)
+/// reads the count. Limit sets (`rl.local().policy(..)`) keep their own keys outside the
+/// budget.
+///
+/// Whatever the policy, **spraying new keys never resets a limited key**: a full budget
+/// refuses or redirects new keys, or evicts only keys that are idle or use at most half of
+/// their capacity, never one that refuses calls or is near its limit.
+///
+/// # Memory
+/// What a budget of `N` keys costs, to size it (64-bit targets):
+///
+/// | per key | absolute | suppressed |
+/// |---|---:|---:|
+/// | table slot (entry and control byte) | 57 B | 81 B |
+/// | at the tables' fullest (7/8) and emptiest (7/16) load | 65–130 B | 93–185 B |
+/// | a window of 2 to 7 buckets: one box of older buckets | + 112 B | + 168 B |
+/// | more buckets: a deque instead, per bucket | + 16 B | + 24 B |
+/// | a key longer than 24 bytes | + its length | + its length |
+///
+/// So `N` keys with one bucket each (a spray: one call per key) take at most about
+/// `N × 130 B` (absolute) or `N × 185 B` (suppressed); 100k absolute keys measured 9.0–9.2 MB
+/// resident (90–92 B a key), before and after a spray of 5M new keys under every policy
+/// (`cargo bench -p sluicegate-benches --bench spray`). A key that is called in every
+/// bucket of its window holds up to `window / group + 1` buckets: budget its deque too. The
+/// hybrid provider's keys cost more (a lease, the unsent and in-flight buckets). The
+/// allocator's own overhead on the boxes comes on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyBudget {
+    max_keys: usize,
+    when_full: WhenFull,
+}
+
+/// What a new key gets while the [`KeyBudget`] is full (existing keys are decided as ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// The new key's call is refused: `try_inc` returns [`Error::KeyBudgetFull`] (and the
+    /// layer answers it by its `ProviderErrorPolicy`); the infallible local `inc` answers
+    /// absolute `Rejected` with a retry after one window (by then cleanup may have freed
+    /// keys) or suppressed `Suppressed { suppression_factor: 1.0, is_allowed: false }`.
+    /// Nothing is recorded and no key is created.
+    #[default]
+    Refuse,
+    /// Every new key shares one overflow key per strategy, decided with the call's own
+    /// rate: a spray of new keys is limited as one client, and keys already held are
+    /// untouched. The overflow key is one key beyond the budget. The hybrid provider
+    /// refuses instead (as [`Refuse`](Self::Refuse)): its keys are Redis keys, and an
+    /// overflow key would mix clients across instances.
+    Overflow,
+    /// A held key goes to make room: one whose window is empty if one is among the first
+    /// 4 keys looked at, else the first whose usage is at most half of its capacity (its
+    /// usage is forgotten: it starts again at zero) among the first 512, looked for from the
+    /// new key's part of the table on (parts locked by other calls are passed over). A key
+    /// that refuses calls or holds more than half of its capacity is never evicted; when no
+    /// key may go, the new key is refused as with [`Refuse`](Self::Refuse). The hybrid
+    /// provider evicts only keys cleanup would drop (nothing unsent, no live lease).
+    Evict,
+}
+
+impl KeyBudget {
+    /// At most `max_keys` keys (at least 1, checked by
+    /// [`build`](crate::RateLimiterBuilder::build)); new keys past it are refused.
+    pub const fn new(max_keys: usize) -> Self {
+        KeyBudget {
+            max_keys,
+            when_full: WhenFull::Refuse,
+        }
+    }
+
+    /// The policy for new keys once the budget is full.
+    #[must_use]
+    pub const fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// The most keys held.
+    pub const fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// The policy once full.
+    pub const fn policy(&self) -> WhenFull {
+        self.when_full
+    }
+
+    /// Checks the cap.
+    pub(crate) fn checked(self) -> Result<Self, Error> {
+        if self.max_keys == 0 {
+            return Err(Error::invalid(
+                "KeyBudget::max_keys",
+                0,
+                "must be at least 1 key",
+            ));
+        }
+        Ok(self)
+    }
+}
+
 /// The four window settings as the options spell them (local and Redis options alike).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct WindowOptions {

@@ -164,6 +164,11 @@ pub(crate) struct SuppressedState {
 }
 
 impl SuppressedState {
+    /// The rate of the latest call (the key budget's eviction test reads it).
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate
+    }
+
     pub(crate) fn new(rate: f64) -> Self {
         SuppressedState {
             rate,

@@ -349,6 +349,13 @@ impl<C: Counts> Window<C> {
         self.newest.counts.is_zero()
     }
 
+    /// The oldest live bucket's id (what [`buckets`](Self::buckets) yields first), without
+    /// walking; `None` when the window is empty. Limit sets read it for their `reset_ms`.
+    #[inline]
+    pub(crate) fn oldest(&self) -> Option<u64> {
+        (!self.is_empty()).then(|| self.oldest_id())
+    }
+
     /// Drops the buckets that no longer count at `now_ms`.
     #[inline]
     pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
@@ -532,6 +539,14 @@ mod tests {
 
     fn geo(window_s: u64, group_ms: u64) -> WindowGrid {
         WindowGrid::for_tests(window_s, group_ms)
+    }
+
+    #[test]
+    fn the_older_buckets_box_is_the_size_the_key_budget_docs_give() {
+        assert_eq!(size_of::<Older<u64>>(), 112);
+        assert_eq!(size_of::<Older<Usage>>(), 168);
+        assert_eq!(size_of::<Bucket<u64>>(), 16);
+        assert_eq!(size_of::<Bucket<Usage>>(), 24);
     }
 
     #[test]

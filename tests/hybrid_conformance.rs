@@ -142,23 +142,14 @@ async fn admitted_hybrid_decisions_carry_the_usage_of_their_view() {
     let redis = TestRedis::get();
     let clock = ManualClock::new(T0);
     let draw = ScriptedDraw::default();
-    let options = sluicegate::local::LocalRateLimiterOptions {
-        window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 1000.try_into().unwrap(),
-        hard_limit_factor: 1.5.try_into().unwrap(),
-        suppression_factor_cache_ms: 0.try_into().unwrap(),
-    };
-    let prefix = support::unique_prefix("husage");
-    let rl = RateLimiterBuilder::new(options)
-        .clock(clock.clone())
-        .random(draw.clone())
-        .redis_connection(
-            redis.manager().await,
-            support::redis_settings(&options, &prefix, 3_600_000.try_into().unwrap()),
-        )
-        .redis_time_from_clock_for_tests_only(clock.clone())
-        .build()
-        .unwrap();
+    let conn = Some(redis.manager().await.into());
+    let rl = support::conformance::clocked_limiter(
+        support::conformance::options_10s(1000),
+        conn,
+        &clock,
+        &draw,
+        "husage",
+    );
     let hybrid = rl.hybrid();
     let rate = RateLimit::try_from(1.0).unwrap(); // capacity 10
     for strategy in ["absolute", "suppressed"] {

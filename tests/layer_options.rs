@@ -163,7 +163,10 @@ async fn rejection_body_chooses_the_wording_and_the_last_choice_wins() {
         body.starts_with(r#"{"type":"about:blank","title":"Too Many Requests","status":429"#),
         "{body}"
     );
-    assert!(body.ends_with(r#","retry_after":10}"#), "{body}");
+    assert!(
+        body.ends_with(r#","retry_after":10,"violated-policies":["default"]}"#),
+        "{body}"
+    );
 
     // `rejection_body(Custom(..))` is `rejection_fn(..)`: the hook's body, the layer's fields.
     let hook: Arc<sluicegate::layer::RejectionFn> = Arc::new(|rejection: &Rejection<'_>| {

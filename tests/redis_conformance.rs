@@ -23,30 +23,15 @@ async fn redis_provider_passes_the_table() {
 #[tokio::test]
 async fn admitted_redis_decisions_carry_the_usage_from_the_same_script() {
     use sluicegate::redis::{KeyUsage, RedisKey};
-    use sluicegate::{ManualClock, RateLimit, RateLimitDecision, RateLimiterBuilder};
-    use support::conformance::ScriptedDraw;
+    use sluicegate::{ManualClock, RateLimit, RateLimitDecision};
+    use support::conformance::{ScriptedDraw, options_10s};
 
     const T0: u64 = 1_000_000_000_000;
     let redis = support::TestRedis::get();
     let clock = ManualClock::new(T0);
     let draw = ScriptedDraw::default();
-    let options = sluicegate::local::LocalRateLimiterOptions {
-        window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 1000.try_into().unwrap(),
-        hard_limit_factor: 1.5.try_into().unwrap(),
-        suppression_factor_cache_ms: 0.try_into().unwrap(),
-    };
-    let prefix = support::unique_prefix("usage");
-    let rl = RateLimiterBuilder::new(options)
-        .clock(clock.clone())
-        .random(draw.clone())
-        .redis_connection(
-            redis.manager().await,
-            support::redis_settings(&options, &prefix, Default::default()),
-        )
-        .redis_time_from_clock_for_tests_only(clock.clone())
-        .build()
-        .unwrap();
+    let conn = Some(redis.manager().await.into());
+    let rl = support::conformance::clocked_limiter(options_10s(1000), conn, &clock, &draw, "usage");
     let rate = RateLimit::try_from(1.0).unwrap(); // capacity 10
     let usage = |used, remaining, reset_ms| (used, remaining, reset_ms);
     let of = |u: Option<KeyUsage>| u.map(|u| (u.used, u.remaining, u.reset_ms));

@@ -58,6 +58,9 @@ pub fn search_limits() -> Result<LimitSet, sluicegate::Error> {
 pub struct Limits {
     /// The window every route's budget refills over, in seconds.
     pub window_s: u64,
+    /// The key budget (`--max-keys N`): at most this many keys held; new keys past it are
+    /// refused (the layer answers them by its provider-error policy). `None`: no cap.
+    pub max_keys: Option<usize>,
 }
 
 impl Limits {
@@ -80,7 +83,11 @@ impl Limits {
 
     /// The in-process limiter.
     pub fn local_limiter(self) -> Result<Arc<RateLimiter>, sluicegate::Error> {
-        let limiter = Arc::new(RateLimiterBuilder::new(self.options()?).build()?);
+        let mut builder = RateLimiterBuilder::new(self.options()?);
+        if let Some(max_keys) = self.max_keys {
+            builder = builder.max_keys(max_keys);
+        }
+        let limiter = Arc::new(builder.build()?);
         // Drops idle keys in the background; stops when the limiter is dropped.
         limiter.run_cleanup_loop();
         Ok(limiter)

@@ -93,7 +93,10 @@ impl Scenario {
             secs: secs * time,
         };
         Scenario {
-            limits: Limits { window_s },
+            limits: Limits {
+                window_s,
+                max_keys: None,
+            },
             // `/feed`'s hard limit is 1.5x: the third phase stays under it, the fourth goes
             // over it, and the last shows how long the flood keeps counting after it ends.
             phases: vec![

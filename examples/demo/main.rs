@@ -23,7 +23,8 @@
 //! The load runs in phases: below the limit, at it, 1.3x (under `/feed`'s hard limit), 3x
 //! (over it), and back below the limit. Options: `--out PATH`
 //! (where the SVG goes; default `target/sluicegate-demo.svg`), `--quick`, `--no-progress`,
-//! `--serve [--addr 127.0.0.1:PORT]` (default: the `PORT` variable, or any free port), and with
+//! `--serve [--addr 127.0.0.1:PORT]` (default: the `PORT` variable, or any free port),
+//! `--max-keys N` (the limiter's key budget: at most `N` keys held, new keys past it refused), and with
 //! the `redis-tokio` feature `--redis [URL]` (the Redis provider) and `--hybrid` (the hybrid
 //! provider); both use `URL`, else `SLUICEGATE_REDIS_URL`, else `redis://127.0.0.1:6379/`.
 
@@ -47,9 +48,11 @@ struct Args {
     addr: SocketAddr,
     out: PathBuf,
     provider: Store,
+    /// `--max-keys N`: the server's key budget.
+    max_keys: Option<usize>,
 }
 
-const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis [URL]] [--hybrid]";
+const USAGE: &str = "usage: demo [--quick] [--no-progress] [--out PATH] [--serve [--addr 127.0.0.1:PORT]] [--redis [URL]] [--hybrid] [--max-keys N]";
 
 fn parse_args() -> Result<Args, String> {
     // `--serve` listens on `PORT` if it is set, else on any free port.
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "/target/sluicegate-demo.svg"
         )),
         provider: Store::Local,
+        max_keys: None,
     };
     let (mut redis, mut redis_url, mut hybrid) = (false, None, false);
     let mut it = std::env::args().skip(1).peekable();
@@ -93,12 +97,24 @@ fn parse_args() -> Result<Args, String> {
                 redis_url = it.next_if(|next| !next.starts_with("--"));
             }
             "--hybrid" => hybrid = true,
+            "--max-keys" => args.max_keys = Some(parse_max_keys(&value("--max-keys")?)?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
     args.provider = provider(redis, redis_url, hybrid)?;
     Ok(args)
+}
+
+/// `--max-keys N`: a whole number of keys, at least 1.
+fn parse_max_keys(value: &str) -> Result<usize, String> {
+    match value.replace('_', "").parse::<usize>() {
+        Ok(0) => Err("--max-keys 0: the key budget must be at least 1 key".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!(
+            "--max-keys {value:?}: {e}; give a whole number of keys, e.g. --max-keys 100000"
+        )),
+    }
 }
 
 /// The Redis server `--redis` and `--hybrid` use unless `--redis URL` or
@@ -182,11 +198,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn demo(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let scenario = if args.quick {
+    let mut scenario = if args.quick {
         Scenario::quick()
     } else {
         Scenario::full()
     };
+    scenario.limits.max_keys = args.max_keys;
     if args.serve {
         return serve(args, &scenario).await;
     }
@@ -258,4 +275,24 @@ async fn demo(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\nchart: {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_max_keys;
+
+    #[test]
+    fn max_keys_takes_a_whole_positive_number_and_says_what_is_wrong() {
+        assert_eq!(parse_max_keys("100000"), Ok(100_000));
+        assert_eq!(parse_max_keys("100_000"), Ok(100_000));
+        let zero = parse_max_keys("0").unwrap_err();
+        assert!(zero.contains("at least 1"), "{zero}");
+        for bad in ["ten", "-5", "1.5", ""] {
+            let err = parse_max_keys(bad).unwrap_err();
+            assert!(
+                err.contains("--max-keys") && err.contains("whole number"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

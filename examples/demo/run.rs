@@ -84,7 +84,7 @@ async fn networked_limiter(
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let prefix = format!("sluicegate_demo_{started}_{}_{run}", std::process::id());
-    let limiter = RateLimiter::try_new(RateLimiterOptions {
+    let mut builder = RateLimiter::builder(RateLimiterOptions {
         local,
         redis: RedisRateLimiterOptions {
             connection_manager,
@@ -95,8 +95,11 @@ async fn networked_limiter(
             suppression_factor_cache_ms: local.suppression_factor_cache_ms,
             sync_interval_ms: SyncIntervalMs::default(),
         },
-    })?;
-    let limiter = Arc::new(limiter);
+    });
+    if let Some(max_keys) = limits.max_keys {
+        builder = builder.max_keys(max_keys);
+    }
+    let limiter = Arc::new(builder.build()?);
     limiter.run_cleanup_loop();
     Ok(limiter)
 }

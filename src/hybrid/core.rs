@@ -12,7 +12,7 @@ use super::policy::PolicyEngine;
 use super::stats::Counters;
 use super::suppressed::SuppressedKey;
 use crate::clock::{Clock, Time};
-use crate::local::store::KeyStore;
+use crate::local::store::{KeyCount, KeyStore};
 use crate::redis::{Core, TimeSource};
 use crate::settings::Settings;
 
@@ -45,7 +45,13 @@ pub(crate) struct HybridCore {
 }
 
 impl HybridCore {
-    pub(crate) fn new(core: Arc<Core>, clock: Time, max_pending_buckets: usize) -> Self {
+    /// Both strategies' keys count in `keys` (the limiter's key budget).
+    pub(crate) fn new(
+        core: Arc<Core>,
+        clock: Time,
+        max_pending_buckets: usize,
+        keys: &Arc<KeyCount>,
+    ) -> Self {
         let sync_ms = core.sync_interval_ms.get();
         let offset = match core.time {
             TimeSource::TestClock(_) => 0,
@@ -66,8 +72,8 @@ impl HybridCore {
             offset_ms: AtomicI64::new(offset),
             instance: instance_id(),
             seq: AtomicU64::new(0),
-            absolute: KeyStore::default(),
-            suppressed: KeyStore::default(),
+            absolute: KeyStore::new(keys.clone(), false),
+            suppressed: KeyStore::new(keys.clone(), false),
             stats: Counters::default(),
             healthy: AtomicBool::new(true),
             script_loaded: AtomicBool::new(false),

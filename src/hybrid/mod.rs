@@ -91,6 +91,13 @@
 //! `T`. Measured: 1001–1008 of 1000 on a quiet machine, up to 1018 on a loaded one, where
 //! the runtime delays the first refresh (12 runs on 2 cores shared with other builds).
 //!
+//! # Limit sets
+//! [`HybridRateLimiter::policy`] decides a [`LimitSet`](crate::policy::LimitSet) the same
+//! way: each limit keeps this key state per key, on its own window and grouping, and a
+//! request is decided under every limit's key at once, from memory, counted in all or none
+//! (see [`HybridPolicy`]). Each limit is held to the bound above; a refused request spends
+//! nothing in any limit, on any instance. The counts land in the Redis provider's set keys.
+//!
 //! # Redis outages
 //! When a cycle fails (logged with `tracing`, counted in [`HybridStats::flush_errors`]),
 //! increments stay in memory and the failed batches are sent again, under the same sequence
@@ -177,7 +184,7 @@ macro_rules! inc_methods {
             rate: &RateLimit,
             count: u64,
         ) -> Result<RateLimitDecision, Error> {
-            self.decide(key, rate, count)
+            self.decide(key, rate, count, |_, _, _, decision| decision)
         }
 
         $(#[$inc_doc])*
@@ -197,7 +204,7 @@ macro_rules! inc_methods {
             rate: &RateLimit,
             count: u64,
         ) -> Result<RateLimitDecision, Error> {
-            self.decide(key, rate, count)
+            self.decide(key, rate, count, |_, _, _, decision| decision)
         }
 
         /// [`inc_sync`](Self::inc_sync), with the key's usage after an admitted call
@@ -214,7 +221,10 @@ macro_rules! inc_methods {
             rate: &RateLimit,
             count: u64,
         ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
-            self.decide_with_usage(key, rate, count)
+            self.decide(key, rate, count, |state, conditions, now, decision| {
+                let usage = decision.is_allowed().then(|| state.usage_now(conditions, now));
+                (decision, usage)
+            })
         }
     };
 }
@@ -222,6 +232,7 @@ macro_rules! inc_methods {
 /// One checked call on a key of `keys`, created by `create(rate, cap, now)` if new,
 /// decided by `decide`: both strategies' `inc_sync`.
 #[inline]
+#[allow(clippy::too_many_arguments)] // each strategy's parts, passed once from two call sites
 fn decide_on<K, R>(
     core: &Option<Arc<HybridCore>>,
     key: &RedisKey,
@@ -230,6 +241,7 @@ fn decide_on<K, R>(
     keys: impl FnOnce(&HybridCore) -> &KeyStore<K>,
     create: impl FnOnce(f64, f64, u64) -> K,
     decide: impl FnOnce(&mut K, &HybridCore, &Conditions<'_>, Now, Call) -> R,
+    idle: impl FnMut(&mut K, &crate::window::WindowGrid, Now) -> bool,
 ) -> Result<R, Error> {
     let core = core_of(core)?;
     let rate = rate.get();
@@ -242,11 +254,17 @@ fn decide_on<K, R>(
         cap,
     };
     let conditions = core.conditions();
-    Ok(keys(core).with(
+    let mut idle = idle;
+    // Under a full key budget only keys cleanup would drop may make room.
+    Ok(keys(core).try_with(
         key.as_str(),
         || create(rate, cap, now.local),
         |state| decide(state, core, &conditions, now, call),
-    ))
+        |state| match idle(state, &core.settings.grid, now) {
+            true => crate::local::store::Spare::Idle,
+            false => crate::local::store::Spare::Keep,
+        },
+    )?)
 }
 
 /// `rl.hybrid()`: both strategies, from local state, flushed to Redis in the background.
@@ -261,9 +279,20 @@ pub struct HybridRateLimiter {
 }
 
 impl HybridRateLimiter {
-    pub(crate) fn new(core: Option<&Arc<Core>>, clock: Time, max_pending_buckets: usize) -> Self {
-        let shared =
-            core.map(|core| Arc::new(HybridCore::new(core.clone(), clock, max_pending_buckets)));
+    pub(crate) fn new(
+        core: Option<&Arc<Core>>,
+        clock: Time,
+        max_pending_buckets: usize,
+        keys: &Arc<crate::local::store::KeyCount>,
+    ) -> Self {
+        let shared = core.map(|core| {
+            Arc::new(HybridCore::new(
+                core.clone(),
+                clock,
+                max_pending_buckets,
+                keys,
+            ))
+        });
         if let Some(shared) = &shared {
             // Inside a runtime already: start now, so the first call finds a lease sooner.
             shared.start();
@@ -347,33 +376,15 @@ impl AbsoluteHybridRateLimiter {
         /// docs); never waits on Redis.
     }
 
-    /// The decision of both `inc` methods.
+    /// The decision of every `inc` method; `then` reads the key's state after it.
     #[inline]
-    fn decide(
+    fn decide<R>(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        decide_on(
-            &self.shared,
-            key,
-            rate,
-            count,
-            |core| &core.absolute,
-            AbsoluteKey::new,
-            |state, _, conditions, now, call| state.inc(conditions, now, call),
-        )
-    }
-
-    /// The decision of `inc_sync_with_usage`.
-    #[inline]
-    fn decide_with_usage(
-        &self,
-        key: &RedisKey,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
+        then: impl FnOnce(&mut AbsoluteKey, &Conditions<'_>, Now, RateLimitDecision) -> R,
+    ) -> Result<R, Error> {
         decide_on(
             &self.shared,
             key,
@@ -383,12 +394,9 @@ impl AbsoluteHybridRateLimiter {
             AbsoluteKey::new,
             |state, _, conditions, now, call| {
                 let decision = state.inc(conditions, now, call);
-                let usage = decision.is_allowed().then(|| {
-                    let own = state.own.usage(conditions.grid, now.server);
-                    state.usage_after(conditions, now, own)
-                });
-                (decision, usage)
+                then(state, conditions, now, decision)
             },
+            AbsoluteKey::idle,
         )
     }
 
@@ -421,35 +429,15 @@ impl SuppressedHybridRateLimiter {
         /// beyond it (always check `is_allowed`). Every call counts as observed.
     }
 
-    /// The decision of both `inc` methods.
+    /// The decision of every `inc` method; `then` reads the key's state after it.
     #[inline]
-    fn decide(
+    fn decide<R>(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
-    ) -> Result<RateLimitDecision, Error> {
-        decide_on(
-            &self.shared,
-            key,
-            rate,
-            count,
-            |core| &core.suppressed,
-            SuppressedKey::new,
-            |state, core, conditions, now, call| {
-                state.inc(conditions, now, call, || core.core.random.next_f64())
-            },
-        )
-    }
-
-    /// The decision of `inc_sync_with_usage`.
-    #[inline]
-    fn decide_with_usage(
-        &self,
-        key: &RedisKey,
-        rate: &RateLimit,
-        count: u64,
-    ) -> Result<(RateLimitDecision, Option<KeyUsage>), Error> {
+        then: impl FnOnce(&mut SuppressedKey, &Conditions<'_>, Now, RateLimitDecision) -> R,
+    ) -> Result<R, Error> {
         decide_on(
             &self.shared,
             key,
@@ -459,12 +447,9 @@ impl SuppressedHybridRateLimiter {
             SuppressedKey::new,
             |state, core, conditions, now, call| {
                 let decision = state.inc(conditions, now, call, || core.core.random.next_f64());
-                let usage = decision.is_allowed().then(|| {
-                    let own = state.own.usage(conditions.grid, now.server).accepted;
-                    state.usage_after(conditions, now, own)
-                });
-                (decision, usage)
+                then(state, conditions, now, decision)
             },
+            SuppressedKey::idle,
         )
     }
 

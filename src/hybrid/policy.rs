@@ -17,10 +17,23 @@
 //! are reserved in Redis, so a limit of capacity `C` and rate `r` admits at most
 //! `C + N × max(1, r × (T + sync_interval))` in its window across `N` instances that start
 //! on the key together and get their first refresh `T` later; the limits do not add to
-//! each other's excess, since every instance admits a request only within every limit's
+//! each other's excess, since an instance admits a request only within every limit's
 //! lease. A request refused by one limit spends nothing in the others, on every instance:
-//! the all-or-nothing decision is local and the counts reach Redis only afterwards. What a
-//! refused request may cost is a lease unit held: nothing is reserved for it.
+//! the all-or-nothing decision is local, and the counts reach Redis only afterwards.
+//! `tests/policy_hybrid.rs` runs four instances on a per-IP limit of 1000 and per-API-key
+//! limits of 150: measured 1000–1016 on the IP, at most 152 on a key, and Redis counts
+//! exactly what was admitted.
+//!
+//! # Under-admission: leases split two ways
+//! An instance's lease in one limit is spent only where its lease in every other limit of
+//! the request has room too. A lease it cannot spend that way (its API key's lease is
+//! used up, say) would stay reserved and starve the other instances, whose unspendable
+//! leases may starve it in turn (measured before the fix below: 756 of 1000 admitted, for
+//! good). So as a key's refresh is sent, the instance keeps of its unspent lease only what
+//! it spent since the previous refresh (at least the largest call it could not fit),
+//! spends no more until the reply, and Redis shares the rest. A set under contention
+//! still fills more slowly than one limit would: in the test above the IP limit fills in
+//! 2–4 s with 30 000 requests a second offered.
 //!
 //! Suppressed limits shed as the single-limit hybrid does (the Redis-wide factor past the
 //! lease); a shed counts as observed in the limits that shed it, as on every provider.
@@ -176,7 +189,7 @@ impl HybridPolicy {
     /// As [`inc_each`](Self::inc_each), at this call's quota `counts`, one per limit in the
     /// set's order (a plan per API key): each limit's window, group and strategy stay its
     /// own; its rate is `count / window` (a suppressed limit's hard limit `count × factor`).
-    /// The same signature as [`LocalPolicy::inc_with`](crate::policy::LocalPolicy::inc_with).
+    /// The same signature as the local and Redis sets' `inc_with`.
     ///
     /// # Errors
     /// As [`inc_each`](Self::inc_each); [`Error::InvalidValue`] unless there is one finite
@@ -187,9 +200,7 @@ impl HybridPolicy {
         counts: &[f64],
         cost: u64,
     ) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.set.check_counts(counts)?;
-        self.inner.decide(|i| keys[i], Some(counts), cost, true)
+        self.inner.with(keys, counts, cost, true)
     }
 
     /// What [`inc_with`](Self::inc_with) would answer now, recording nothing.
@@ -202,9 +213,7 @@ impl HybridPolicy {
         counts: &[f64],
         cost: u64,
     ) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
-        self.inner.set.check_counts(counts)?;
-        self.inner.decide(|i| keys[i], Some(counts), cost, false)
+        self.inner.with(keys, counts, cost, false)
     }
 
     /// How many (key, limit) pairs this instance holds in memory.
@@ -214,6 +223,19 @@ impl HybridPolicy {
 }
 
 impl PolicyEngine {
+    /// `inc_with` (`record`) or `check_with`: the keys and counts checked, then decided.
+    fn with(
+        &self,
+        keys: &[&RedisKey],
+        counts: &[f64],
+        cost: u64,
+        record: bool,
+    ) -> Result<SetDecision, Error> {
+        self.check_keys(keys)?;
+        self.set.check_counts(counts)?;
+        self.decide(|i| keys[i], Some(counts), cost, record)
+    }
+
     fn check_keys(&self, keys: &[&RedisKey]) -> Result<(), Error> {
         if keys.len() == self.limits.len() {
             Ok(())
@@ -347,8 +369,9 @@ impl PolicyEngine {
         for (index, limit) in self.limits.iter().enumerate() {
             for_each(&limit.keys, |key, state| {
                 expired += state.drop_expired(&limit.grid, now.server);
-                state.lease_to_demand();
                 if state.is_dirty() {
+                    // Only on a key being refreshed: the reply gives it a new lease.
+                    state.lease_to_demand();
                     let job = state.job(now.local, next_seq);
                     let dest = Dest::Limit(self.clone(), index);
                     jobs.push((key.clone(), dest, job));
@@ -452,14 +475,8 @@ impl LimitKey {
 
     fn usage(&mut self, c: &Conditions<'_>, now: Now) -> KeyUsage {
         match self {
-            LimitKey::Absolute(key) => {
-                let own = key.own.usage(c.grid, now.server);
-                key.usage_after(c, now, own)
-            }
-            LimitKey::Suppressed(key) => {
-                let own = key.own.usage(c.grid, now.server).accepted;
-                key.usage_after(c, now, own)
-            }
+            LimitKey::Absolute(key) => key.usage_now(c, now),
+            LimitKey::Suppressed(key) => key.usage_now(c, now),
         }
     }
 
@@ -510,7 +527,7 @@ impl<S, C: Counts> KeyState<S, C> {
     /// A limit of a set may hold a lease it cannot spend: another limit refuses this
     /// instance's requests (a hot API key behind an IP, say). Reserved in Redis, such a lease
     /// starves the other instances, and theirs may starve this one in turn in another limit.
-    /// So before each refresh an instance keeps of its unspent lease only what it spent
+    /// So as a refresh is sent an instance keeps of its unspent lease only what it spent
     /// since the last refresh (at least the largest call it could not fit): the refresh
     /// reserves that much for it, it spends no more until the reply, and Redis shares the
     /// rest among the holders. Only ever shrinks what this instance may admit.

@@ -1,8 +1,10 @@
 //! What an admitted hybrid decision reports of its key (`inc_sync_with_usage`): read from the
 //! state it was decided on, so it costs no I/O and no second lookup.
 
+use super::absolute::AbsoluteKey;
 use super::key::KeyState;
 use super::mode::{Conditions, Now};
+use super::suppressed::SuppressedKey;
 use crate::redis::KeyUsage;
 use crate::window::Counts;
 
@@ -37,6 +39,22 @@ impl<S, C: Counts> KeyState<S, C> {
             c.grid.expires_at(id).saturating_sub(now.server)
         });
         KeyUsage::new(self.cap, used, reset_ms, c.grid.window_seconds())
+    }
+}
+
+impl AbsoluteKey {
+    /// [`usage_after`](KeyState::usage_after) with this instance's own accepted usage.
+    pub(super) fn usage_now(&mut self, c: &Conditions<'_>, now: Now) -> KeyUsage {
+        let own = self.own.usage(c.grid, now.server);
+        self.usage_after(c, now, own)
+    }
+}
+
+impl SuppressedKey {
+    /// [`usage_after`](KeyState::usage_after) with this instance's own accepted usage.
+    pub(super) fn usage_now(&mut self, c: &Conditions<'_>, now: Now) -> KeyUsage {
+        let own = self.own.usage(c.grid, now.server).accepted;
+        self.usage_after(c, now, own)
     }
 }
 

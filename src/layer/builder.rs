@@ -127,6 +127,8 @@ pub const DEFAULT_MAX_KEY_LEN: usize = 256;
 pub struct RateLimitLayerBuilder {
     limiter: Arc<RateLimiter>,
     extractor: Arc<dyn KeyExtractor>,
+    /// The extractor, when it is [`PeerIp`]: called without the `dyn` on the hot path.
+    peer_ip: Option<PeerIp>,
     limits: Vec<LayerLimit>,
     max_key_len: usize,
     rate: Option<RateSource>,
@@ -157,6 +159,7 @@ impl RateLimitLayerBuilder {
         RateLimitLayerBuilder {
             limiter,
             extractor: Arc::new(PeerIp::new()),
+            peer_ip: Some(PeerIp::new()),
             limits: Vec::new(),
             max_key_len: DEFAULT_MAX_KEY_LEN,
             rate: None,
@@ -176,6 +179,9 @@ impl RateLimitLayerBuilder {
     /// What requests are keyed by (default: [`PeerIp`]); with several limits, the key of
     /// every limit that has none of its own.
     pub fn key(mut self, extractor: impl KeyExtractor) -> Self {
+        self.peer_ip = (&extractor as &dyn std::any::Any)
+            .downcast_ref::<PeerIp>()
+            .copied();
         self.extractor = Arc::new(extractor);
         self
     }
@@ -413,6 +419,7 @@ impl RateLimitLayerBuilder {
         Ok(RateLimitLayer::from_engine(Arc::new(DecisionEngine {
             limiter: self.limiter,
             extractor: self.extractor,
+            peer_ip: self.peer_ip,
             rate,
             cost: self.cost,
             strategy: self.strategy,

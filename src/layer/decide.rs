@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
-use super::extract::{Key, KeyError, KeyExtractor, RequestHead};
+use super::extract::{
+    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, normalize_ip, peer_addr,
+};
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
 use super::headers::Prebuilt;
@@ -22,11 +24,14 @@ use super::response::{Rejection, RejectionBody};
 use super::set::SetEngine;
 use crate::Strategy;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
+use std::net::IpAddr;
 
 /// Everything a service needs to decide, behind the one `Arc` a clone copies.
 pub(crate) struct DecisionEngine {
     pub(super) limiter: Arc<RateLimiter>,
     pub(super) extractor: Arc<dyn KeyExtractor>,
+    /// The extractor when it is [`PeerIp`], the common case: no virtual call.
+    pub(super) peer_ip: Option<PeerIp>,
     pub(super) rate: RateSource,
     pub(super) cost: CostSource,
     pub(super) strategy: Strategy,
@@ -110,7 +115,16 @@ impl DecisionEngine {
         if let Some(set) = &self.set {
             return self.check_set(set, head);
         }
-        let key = match self.extractor.extract(head) {
+        if self.peer_ip.is_some() {
+            if let Some(verdict) = self.check_ipv4(head) {
+                return verdict;
+            }
+        }
+        let key = match &self.peer_ip {
+            Some(peer_ip) => peer_ip.extract(head),
+            None => self.extractor.extract(head),
+        };
+        let key = match key {
             Ok(key) => key,
             Err(err) => return self.key_failure(&err),
         };
@@ -172,6 +186,37 @@ impl DecisionEngine {
         }
     }
 
+    /// The common case, decided without building a [`Key`]: an IPv4 peer keyed by
+    /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses. The
+    /// address is written as text on the stack and the store is keyed with it directly; a
+    /// `Key` is made only for a refusal. `None`: not this case.
+    #[inline]
+    fn check_ipv4(&self, head: &RequestHead<'_>) -> Option<Verdict> {
+        let (RateSource::Fixed(rate), Backend::Local(strategy), false) =
+            (&self.rate, &self.backend, self.headers_on_allowed)
+        else {
+            return None;
+        };
+        let ip = match peer_addr(head.extensions) {
+            Ok(addr) => normalize_ip(addr.ip()),
+            Err(err) => return Some(self.key_failure(&err)),
+        };
+        let IpAddr::V4(v4) = ip else { return None };
+        let mut buf = Ipv4Text::new();
+        let key = ipv4_str(v4, &mut buf);
+        if key.len() > self.max_key_len {
+            return Some(self.key_too_long(&Key::new(key)));
+        }
+        let cost = self.resolve_cost(head);
+        Some(
+            match provider::local_inc_str(&self.limiter, *strategy, key, rate, cost) {
+                Ok(RateLimitDecision::Allowed) => Verdict::Pass(AdmittedHeaders::none()),
+                Ok(decision) => self.verdict(decision, &Key::new(key), *rate, None),
+                Err(err) => self.misconfigured(&err),
+            },
+        )
+    }
+
     /// The request's cost (at least 1).
     #[inline]
     pub(super) fn resolve_cost(&self, head: &RequestHead<'_>) -> u64 {
@@ -191,7 +236,7 @@ impl DecisionEngine {
     }
 
     #[cold]
-    fn key_too_long(&self, key: &Key) -> Verdict {
+    pub(super) fn key_too_long(&self, key: &Key) -> Verdict {
         let err = KeyError::TooLong {
             len: key.as_str().len(),
             max: self.max_key_len,

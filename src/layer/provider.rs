@@ -66,6 +66,7 @@ impl std::fmt::Debug for Backend {
 }
 
 /// One local decision.
+#[inline]
 pub(crate) fn local_inc(
     limiter: &RateLimiter,
     strategy: Strategy,
@@ -73,12 +74,21 @@ pub(crate) fn local_inc(
     rate: &RateLimit,
     cost: u64,
 ) -> Result<RateLimitDecision, Error> {
+    local_inc_str(limiter, strategy, key.as_str(), rate, cost)
+}
+
+/// One local decision on a key's text.
+#[inline]
+pub(crate) fn local_inc_str(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &str,
+    rate: &RateLimit,
+    cost: u64,
+) -> Result<RateLimitDecision, Error> {
     match strategy {
-        Strategy::Absolute => limiter.local().absolute().try_inc(key.as_str(), rate, cost),
-        Strategy::Suppressed => limiter
-            .local()
-            .suppressed()
-            .try_inc(key.as_str(), rate, cost),
+        Strategy::Absolute => limiter.local().absolute().try_inc(key, rate, cost),
+        Strategy::Suppressed => limiter.local().suppressed().try_inc(key, rate, cost),
     }
 }
 

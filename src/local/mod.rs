@@ -51,7 +51,7 @@ use crate::{
     Error, HardLimitFactor, RateGroupSizeMs, RateLimit, RateLimitDecision,
     SuppressionFactorCacheMs, WindowSizeSeconds,
 };
-use store::KeyStore;
+use store::{Full, KeyCount, KeyStore, Spare};
 
 /// The local provider's settings (also the defaults of the other providers' local state).
 #[derive(Debug, Clone, Copy)]
@@ -87,13 +87,19 @@ pub struct LocalRateLimiter {
 }
 
 impl LocalRateLimiter {
-    pub(crate) fn new(settings: Settings, clock: Time, random: Arc<dyn RandomSource>) -> Self {
+    /// Both strategies' keys count in `count` (the limiter's key budget).
+    pub(crate) fn new(
+        settings: Settings,
+        clock: Time,
+        random: Arc<dyn RandomSource>,
+        count: &Arc<KeyCount>,
+    ) -> Self {
         LocalRateLimiter {
             absolute: AbsoluteLocalRateLimiter {
-                keys: LocalKeys::new(settings, clock.clone(), random.clone()),
+                keys: LocalKeys::new(settings, clock.clone(), random.clone(), count),
             },
             suppressed: SuppressedLocalRateLimiter {
-                keys: LocalKeys::new(settings, clock, random),
+                keys: LocalKeys::new(settings, clock, random, count),
             },
             policies: policy::Registry::default(),
         }
@@ -142,8 +148,12 @@ trait LocalState: Sized {
         call: Call,
         random: &dyn RandomSource,
     ) -> RateLimitDecision;
+    /// What the infallible `inc` answers for a new key the full key budget refuses.
+    fn answer_for_full(window_seconds: u64) -> RateLimitDecision;
     /// Whether the key still has usage inside the window at `now_ms`.
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool;
+    /// Whether the key may make room for a new one under a full key budget.
+    fn spare(&mut self, settings: &Settings, now_ms: u64) -> Spare;
     /// Admitted (accepted) usage inside the window at `now_ms`.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64;
@@ -165,8 +175,19 @@ impl LocalState for AbsoluteState {
     ) -> RateLimitDecision {
         self.inc(&settings.grid, call)
     }
+    fn answer_for_full(window_seconds: u64) -> RateLimitDecision {
+        RateLimitDecision::Rejected {
+            window_size_seconds: window_seconds,
+            retry_after_ms: window_seconds * 1000,
+            remaining_after_waiting: 0,
+        }
+    }
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool {
         self.usage(&settings.grid, now_ms) > 0
+    }
+    fn spare(&mut self, settings: &Settings, now_ms: u64) -> Spare {
+        let used = self.usage(&settings.grid, now_ms);
+        spare_of(used, self.rate(), settings)
     }
     fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64 {
         self.usage(&settings.grid, now_ms)
@@ -191,11 +212,34 @@ impl LocalState for SuppressedState {
             random.next_f64()
         })
     }
+    fn answer_for_full(_: u64) -> RateLimitDecision {
+        RateLimitDecision::Suppressed {
+            suppression_factor: 1.0,
+            is_allowed: false,
+        }
+    }
     fn is_live(&mut self, settings: &Settings, now_ms: u64) -> bool {
         self.usage(&settings.grid, now_ms).observed > 0
     }
+    fn spare(&mut self, settings: &Settings, now_ms: u64) -> Spare {
+        // Observed usage: what the hard limit is about, and at least the accepted usage.
+        let used = self.usage(&settings.grid, now_ms).observed;
+        spare_of(used, self.rate(), settings)
+    }
     fn accepted(&mut self, settings: &Settings, now_ms: u64) -> u64 {
         self.usage(&settings.grid, now_ms).accepted
+    }
+}
+
+/// Idle with no usage, light with at most half of the capacity at `rate`, kept otherwise.
+fn spare_of(used: u64, rate: f64, settings: &Settings) -> Spare {
+    if used == 0 {
+        Spare::Idle
+    } else if used as f64 * 2.0 <= crate::config::capacity::of(rate, settings.grid.window_seconds())
+    {
+        Spare::Light
+    } else {
+        Spare::Keep
     }
 }
 
@@ -210,9 +254,14 @@ struct LocalKeys<S> {
 }
 
 impl<S: LocalState> LocalKeys<S> {
-    fn new(settings: Settings, clock: Time, random: Arc<dyn RandomSource>) -> Self {
+    fn new(
+        settings: Settings,
+        clock: Time,
+        random: Arc<dyn RandomSource>,
+        count: &Arc<KeyCount>,
+    ) -> Self {
         LocalKeys {
-            keys: KeyStore::default(),
+            keys: KeyStore::new(count.clone(), true),
             settings,
             clock,
             random,
@@ -229,7 +278,10 @@ impl<S: LocalState> LocalKeys<S> {
         // Not through `try_inc`: moving its `Result` (the error type is large) costs more
         // than the rest of a call.
         match checked_capacity(rate.get(), self.window_seconds(), count) {
-            Ok(cap) => self.decide(key, rate.get(), count, cap),
+            Ok(cap) => match self.decide(key, rate.get(), count, cap) {
+                Ok(decision) => decision,
+                Err(_) => S::answer_for_full(self.window_seconds()),
+            },
             Err(err) => S::answer_for_invalid(&err, self.window_seconds()),
         }
     }
@@ -237,22 +289,30 @@ impl<S: LocalState> LocalKeys<S> {
     #[inline]
     fn try_inc(&self, key: &str, rate: &RateLimit, count: u64) -> Result<RateLimitDecision, Error> {
         let cap = checked_capacity(rate.get(), self.window_seconds(), count)?;
-        Ok(self.decide(key, rate.get(), count, cap))
+        Ok(self.decide(key, rate.get(), count, cap)?)
     }
 
-    /// A well-formed call, decided on the key's state now.
+    /// A well-formed call, decided on the key's state now; `Err` for a new key the full
+    /// budget refuses.
     #[inline]
-    fn decide(&self, key: &str, rate: f64, count: u64, cap: f64) -> RateLimitDecision {
+    fn decide(
+        &self,
+        key: &str,
+        rate: f64,
+        count: u64,
+        cap: f64,
+    ) -> Result<RateLimitDecision, Full> {
         let call = Call {
             now_ms: self.clock.now_ms(),
             rate,
             count,
             cap,
         };
-        self.keys.with(
+        self.keys.try_with(
             key,
             || S::new(rate),
             |s| s.decide(&self.settings, call, &*self.random),
+            |s| s.spare(&self.settings, call.now_ms),
         )
     }
 
@@ -273,14 +333,15 @@ impl<S: LocalState> LocalKeys<S> {
             count,
             cap,
         };
-        Ok(self.keys.with(
+        Ok(self.keys.try_with(
             key,
             || S::new(call.rate),
             |s| {
                 let decision = s.decide(&self.settings, call, &*self.random);
                 (decision, s.accepted(&self.settings, call.now_ms))
             },
-        ))
+            |s| s.spare(&self.settings, call.now_ms),
+        )?)
     }
 
     /// Runs `f` on an existing key's state now; creates nothing.
@@ -396,5 +457,18 @@ impl SuppressedLocalRateLimiter {
                 (u.accepted, u.observed)
             })
             .unwrap_or((0, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compact_str::CompactString;
+
+    #[test]
+    fn entry_sizes_are_the_ones_the_key_budget_docs_give() {
+        // A table slot is an entry and a control byte (see `KeyBudget`'s memory docs).
+        assert_eq!(size_of::<(CompactString, AbsoluteState)>(), 56);
+        assert_eq!(size_of::<(CompactString, SuppressedState)>(), 80);
     }
 }

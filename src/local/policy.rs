@@ -55,13 +55,16 @@ enum Keys<'a> {
 /// A set of `N` limits, with `N` a constant so that each entry holds its windows inline.
 trait Engine: Send + Sync {
     fn set(&self) -> &LimitSet;
+    /// Decides a call into `out` (made for this set's length): written in place, as a
+    /// decision is a few hundred bytes that moving through the calls would copy.
     fn decide(
         &self,
         keys: Keys<'_>,
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-    ) -> Result<SetDecision, Error>;
+        out: &mut SetDecision,
+    ) -> Result<(), Error>;
     fn cleanup(&self) -> usize;
     fn key_count(&self) -> usize;
 }
@@ -69,6 +72,8 @@ trait Engine: Send + Sync {
 struct Set<const N: usize> {
     set: LimitSet,
     limits: [LimitCounts; N],
+    /// Each limit's quota as the set gives it.
+    set_quotas: [CallQuota; N],
     keys: KeyStore<Slots<N>>,
     clock: Time,
     random: Arc<dyn RandomSource>,
@@ -131,9 +136,11 @@ impl LocalPolicy {
             clock: Time,
             random: Arc<dyn RandomSource>,
         ) -> Arc<dyn Engine> {
-            let limits = std::array::from_fn(|i| LimitCounts::of(&set.limits()[i]));
+            let limits: [LimitCounts; N] =
+                std::array::from_fn(|i| LimitCounts::of(&set.limits()[i]));
             Arc::new(Set::<N> {
                 set,
+                set_quotas: std::array::from_fn(|i| limits[i].quota),
                 limits,
                 keys: KeyStore::default(),
                 clock,
@@ -159,15 +166,35 @@ impl LocalPolicy {
         self.inner.set()
     }
 
+    #[inline]
+    fn decide(
+        &self,
+        keys: Keys<'_>,
+        counts: Option<&[f64]>,
+        cost: u64,
+        record: bool,
+    ) -> Result<SetDecision, Error> {
+        // Built where it is returned: a decision is a few hundred bytes, and `Ok(decision)`
+        // would copy it.
+        let mut answer = Ok(SetDecision::empty(self.inner.set().len()));
+        if let Ok(decision) = &mut answer
+            && let Err(err) = self.inner.decide(keys, counts, cost, record, decision)
+        {
+            answer = Err(err);
+        }
+        answer
+    }
+
     /// Counts `cost` units for `key` in every limit of the set, or in none.
+    #[inline]
     pub fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(Keys::One(key), None, cost, true)
+        self.decide(Keys::One(key), None, cost, true)
     }
 
     /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
     /// beside a per-API-key one).
     pub fn inc_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(Keys::Each(keys), None, cost, true)
+        self.decide(Keys::Each(keys), None, cost, true)
     }
 
     /// As [`inc_each`](Self::inc_each), with this call's quota count for each limit, in the
@@ -184,20 +211,19 @@ impl LocalPolicy {
     /// that limit with `retry_after_ms == u64::MAX`.
     pub fn inc_with(&self, keys: &[&str], counts: &[f64], cost: u64) -> Result<SetDecision, Error> {
         self.inner.set().check_counts(counts)?;
-        self.inner
-            .decide(Keys::Each(keys), Some(counts), cost, true)
+        self.decide(Keys::Each(keys), Some(counts), cost, true)
     }
 
     /// What [`inc`](Self::inc) with `cost` would answer now, recording nothing and creating
     /// no key. A suppressed limit between its quota and its hard limit reports `Shed` here
     /// (its admission would be a draw).
     pub fn check(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(Keys::One(key), None, cost, false)
+        self.decide(Keys::One(key), None, cost, false)
     }
 
     /// [`check`](Self::check) with one key per limit.
     pub fn check_each(&self, keys: &[&str], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.decide(Keys::Each(keys), None, cost, false)
+        self.decide(Keys::Each(keys), None, cost, false)
     }
 
     /// What [`inc_with`](Self::inc_with) would answer now, recording nothing and creating no
@@ -209,8 +235,7 @@ impl LocalPolicy {
         cost: u64,
     ) -> Result<SetDecision, Error> {
         self.inner.set().check_counts(counts)?;
-        self.inner
-            .decide(Keys::Each(keys), Some(counts), cost, false)
+        self.decide(Keys::Each(keys), Some(counts), cost, false)
     }
 
     /// Drops the keys with no usage left in any of their windows; returns how many went.
@@ -300,7 +325,8 @@ impl<const N: usize> Engine for Set<N> {
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-    ) -> Result<SetDecision, Error> {
+        out: &mut SetDecision,
+    ) -> Result<(), Error> {
         let key = match keys {
             Keys::One(key) => key,
             Keys::Each(keys) => {
@@ -312,7 +338,7 @@ impl<const N: usize> Engine for Set<N> {
                     ));
                 };
                 if keys.iter().any(|k| *k != keys[0]) {
-                    return self.decide_each(keys, counts, cost, record);
+                    return self.decide_each(keys, counts, cost, record, out);
                 }
                 keys[0]
             }
@@ -320,19 +346,27 @@ impl<const N: usize> Engine for Set<N> {
         if cost == 0 {
             return Err(Error::ZeroCount);
         }
-        let quotas = self.quotas(counts);
+        let call_quotas;
+        let quotas = match counts {
+            None => &self.set_quotas,
+            Some(counts) => {
+                call_quotas = self.quotas(counts);
+                &call_quotas
+            }
+        };
         let now = self.clock.now_ms();
         let mut lock = self.keys.lock(key);
         if let Some(slots) = lock.get(key) {
-            return Ok(self.run(slots, &quotas, now, cost, record));
+            self.run(slots, quotas, now, cost, record, out);
+            return Ok(());
         }
         // A new key: decided on empty windows, and stored only if the call counted.
         let mut fresh = Slots::default();
-        let decision = self.run(&mut fresh, &quotas, now, cost, record);
+        self.run(&mut fresh, quotas, now, cost, record, out);
         if !fresh.is_empty() {
             *lock.get_or_default(key) = fresh;
         }
-        Ok(decision)
+        Ok(())
     }
 
     fn cleanup(&self) -> usize {
@@ -351,12 +385,9 @@ impl<const N: usize> Engine for Set<N> {
 }
 
 impl<const N: usize> Set<N> {
-    #[inline]
-    fn quotas(&self, counts: Option<&[f64]>) -> [CallQuota; N] {
-        match counts {
-            None => std::array::from_fn(|i| self.limits[i].quota),
-            Some(counts) => std::array::from_fn(|i| self.limits[i].quota_of(counts[i])),
-        }
+    /// The call's quotas from its (checked) counts.
+    fn quotas(&self, counts: &[f64]) -> [CallQuota; N] {
+        std::array::from_fn(|i| self.limits[i].quota_of(counts[i]))
     }
 
     /// A call whose limits have different keys.
@@ -367,17 +398,19 @@ impl<const N: usize> Set<N> {
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-    ) -> Result<SetDecision, Error> {
+        out: &mut SetDecision,
+    ) -> Result<(), Error> {
         if cost == 0 {
             return Err(Error::ZeroCount);
         }
-        let quotas = self.quotas(counts);
+        let quotas = counts.map_or(self.set_quotas, |c| self.quotas(c));
         let now = self.clock.now_ms();
         let mut windows = EachKey {
             locked: self.keys.lock_keys(keys),
             keys,
         };
-        Ok(self.run(&mut windows, &quotas, now, cost, record))
+        self.run(&mut windows, &quotas, now, cost, record, out);
+        Ok(())
     }
 
     /// Decides a call on its windows (their keys locked) and counts it in all or none.
@@ -389,7 +422,8 @@ impl<const N: usize> Set<N> {
         now: u64,
         cost: u64,
         record: bool,
-    ) -> SetDecision {
+        decision: &mut SetDecision,
+    ) {
         let mut verdicts = [Verdict::Admit; N];
         let mut totals = [Usage::default(); N];
         let mut oldest = [None; N];
@@ -398,19 +432,13 @@ impl<const N: usize> Set<N> {
             if let Some(window) = windows.window(i) {
                 window.expire(&limit.geo, now);
                 totals[i] = window.total();
-                oldest[i] = window.buckets().next().map(|b| b.id);
+                oldest[i] = window.oldest();
                 verdicts[i] = limit.verdict(&quotas[i], window, totals[i], now, cost);
             } else {
                 verdicts[i] = limit.verdict(&quotas[i], &Window::default(), totals[i], now, cost);
             }
-            all_admit &= verdicts[i] == Verdict::Admit;
+            all_admit &= matches!(verdicts[i], Verdict::Admit);
         }
-        let mut decision = SetDecision {
-            outcome: Outcome::Allowed,
-            retry_after_ms: 0,
-            len: N as u8,
-            limits: [LimitStatus::default(); MAX_LIMITS],
-        };
         if all_admit && record {
             // The common case: counted in every limit.
             let counts = Usage {
@@ -430,20 +458,11 @@ impl<const N: usize> Set<N> {
                     refused: false,
                 };
             }
-            return decision;
+            return;
         }
         self.settle(
-            windows,
-            &mut decision,
-            &verdicts,
-            &totals,
-            &oldest,
-            quotas,
-            now,
-            cost,
-            record,
+            windows, decision, &verdicts, &totals, &oldest, quotas, now, cost, record,
         );
-        decision
     }
 
     /// Every case but "every limit admits and the call counts": draws, refusals, sheds and

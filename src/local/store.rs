@@ -1,9 +1,14 @@
 //! The key map shared by the in-process providers: a hash table per shard, each behind a
-//! spin lock that also guards the keys' state, keys of up to 24 bytes stored inline.
+//! spin lock that also guards the keys' state, keys of up to 24 bytes stored inline, and
+//! the key budget the stores of one limiter share.
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
 use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::settings::{KeyBudget, WhenFull};
 
 use compact_str::CompactString;
 use hashbrown::HashTable;
@@ -18,9 +23,13 @@ type Hasher = foldhash::fast::RandomState;
 /// second compare-and-swap to unlock, which was a fifth of a hot-key call (`benches/ratios`).
 /// A call holds the lock for the few nanoseconds it works on its key (longer when its insert
 /// grows the table); a waiter spins and yields its thread now and then, so a holder that lost
-/// its core gets it back. There are at least sixteen shards per core. The cleanup pass and
-/// the hybrid committer's passes hold one shard's lock while they walk that shard, so calls
-/// to it wait that long; they never remove a key under a running call.
+/// its core gets it back. There are at least [`MIN_SHARDS`] shards (sixteen per core on
+/// larger machines), so a shard holds a thousandth of the keys: the cleanup pass (which
+/// also works on at most [`CLEANUP_CHUNK`] keys per lock hold) and the hybrid committer's
+/// passes hold one shard's lock while they walk that shard, so calls to it wait that long;
+/// they never remove a key under a running call.
+///
+/// New keys count against the limiter's [`KeyCount`], shared by its stores.
 pub(crate) struct KeyStore<S> {
     hasher: Hasher,
     shards: Box<[Shard<S>]>,
@@ -28,6 +37,108 @@ pub(crate) struct KeyStore<S> {
     /// the tables use as tags on 64-bit targets (on 32-bit ones the two do not overlap
     /// either).
     shift: u32,
+    count: Arc<KeyCount>,
+    /// The key every new key shares under [`WhenFull::Overflow`], outside the tables.
+    overflow: SpinMutex<Option<S>, Backoff>,
+    /// Whether this store may use the overflow key (the hybrid's may not).
+    overflow_allowed: bool,
+}
+
+/// The fewest shards a store has: with a million keys, about a thousand a shard, so a pass
+/// over one shard holds its lock for some tens of microseconds.
+pub(crate) const MIN_SHARDS: usize = 1024;
+
+/// The most keys cleanup examines per lock hold.
+pub(crate) const CLEANUP_CHUNK: usize = 2048;
+
+/// A shard's table is shrunk (rehashed into a smaller one, under its lock) only while it holds
+/// at most this many keys, so that no shrink holds the lock long.
+const SHRINK_MAX: usize = 8192;
+
+/// The most keys [`WhenFull::Evict`] examines for one new key (per kind it looks for):
+/// a table full of keys that may not go costs a new key a bounded search, not a walk of
+/// every key.
+const EVICT_EXAMINE: usize = 512;
+
+/// How many of its own shard's keys [`WhenFull::Evict`] examines for an idle key before it
+/// settles for the first idle or light one.
+const EVICT_IDLE_LOOK: usize = 4;
+
+/// The keys a limiter's stores hold together, and their budget.
+#[derive(Debug, Default)]
+pub(crate) struct KeyCount {
+    held: AtomicUsize,
+    budget: Option<KeyBudget>,
+}
+
+impl KeyCount {
+    pub(crate) fn new(budget: Option<KeyBudget>) -> Self {
+        KeyCount {
+            held: AtomicUsize::new(0),
+            budget,
+        }
+    }
+
+    /// The keys held now.
+    #[inline]
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The budget's cap, if there is one.
+    pub(crate) fn max_keys(&self) -> Option<usize> {
+        self.budget.map(|b| b.max_keys())
+    }
+
+    /// Takes a place for a new key; `false` when the budget is full. Never lets the count
+    /// past the cap, whatever the threads.
+    #[inline]
+    fn reserve(&self) -> bool {
+        match self.budget {
+            None => {
+                self.held.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(budget) => self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    (held < budget.max_keys()).then_some(held + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    #[inline]
+    fn release(&self, keys: usize) {
+        if keys > 0 {
+            self.held.fetch_sub(keys, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a held key may make room for a new one ([`WhenFull::Evict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spare {
+    /// Nothing left in its window: evicting it loses nothing.
+    Idle,
+    /// Usage of at most half its capacity: may go when no idle key is found.
+    Light,
+    /// Refusing, or near its limit: never evicted.
+    Keep,
+}
+
+/// A new key the budget had no room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Full {
+    pub(crate) max_keys: usize,
+}
+
+impl From<Full> for crate::Error {
+    fn from(full: Full) -> Self {
+        crate::Error::KeyBudgetFull {
+            max_keys: full.max_keys,
+        }
+    }
 }
 
 /// One shard on cache lines of its own, so shards' locks never share a line.
@@ -64,40 +175,57 @@ impl<S> std::fmt::Debug for KeyStore<S> {
 }
 
 impl<S> Default for KeyStore<S> {
+    /// A store with no budget, counting its keys by itself.
     fn default() -> Self {
-        let count = shard_amount();
-        KeyStore {
-            hasher: Hasher::default(),
-            shards: (0..count)
-                .map(|_| Shard(SpinMutex::new(HashTable::new())))
-                .collect(),
-            shift: 64 - count.trailing_zeros(),
-        }
+        KeyStore::new(Arc::new(KeyCount::default()), true)
     }
 }
 
-/// At least sixteen shards per core, a power of two: two threads on different keys rarely meet on a
-/// shard lock.
+/// At least [`MIN_SHARDS`] and sixteen per core, a power of two: two threads on different
+/// keys rarely meet on a shard lock, and a shard is small enough to walk under its lock.
 fn shard_amount() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores * 16).next_power_of_two()
+    (cores * 16).next_power_of_two().max(MIN_SHARDS)
 }
 
 impl<S> KeyStore<S> {
+    /// A store counting its keys in `count` (shared with the limiter's other stores, under
+    /// its budget); `overflow_allowed` says whether [`WhenFull::Overflow`] may give new keys
+    /// the overflow key (otherwise they are refused).
+    pub(crate) fn new(count: Arc<KeyCount>, overflow_allowed: bool) -> Self {
+        let shards = shard_amount();
+        KeyStore {
+            hasher: Hasher::default(),
+            shards: (0..shards)
+                .map(|_| Shard(SpinMutex::new(HashTable::new())))
+                .collect(),
+            shift: 64 - shards.trailing_zeros(),
+            count,
+            overflow: SpinMutex::new(None),
+            overflow_allowed,
+        }
+    }
+
     #[inline]
     fn hash(&self, key: &str) -> u64 {
         self.hasher.hash_one(key)
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<(CompactString, S)>, Backoff> {
+    fn shard_index(&self, hash: u64) -> usize {
         // A single shard has shift 64, which `checked_shr` turns into index 0.
-        let index = (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize;
-        &self.shards[index].0
+        (hash << 7).checked_shr(self.shift).unwrap_or(0) as usize
     }
 
-    /// Runs `f` on the key's state, creating it with `create` if the key is new.
     #[inline]
+    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<(CompactString, S)>, Backoff> {
+        &self.shards[self.shard_index(hash)].0
+    }
+
+    /// Runs `f` on the key's state, creating it with `create` if the key is new, outside any
+    /// budget (the key is counted). For stores without a budget (limit sets, tests).
+    #[inline]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn with<R>(
         &self,
         key: &str,
@@ -114,7 +242,22 @@ impl<S> KeyStore<S> {
 
     /// The first call for a key: the key is copied only here, under the shard's lock.
     #[cold]
+    #[cfg_attr(not(test), allow(dead_code))]
     fn insert<R>(
+        &self,
+        table: &mut HashTable<(CompactString, S)>,
+        hash: u64,
+        key: &str,
+        create: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> R {
+        self.count.held.fetch_add(1, Ordering::Relaxed);
+        self.insert_counted(table, hash, key, create, f)
+    }
+
+    /// Inserts a key whose place in the count is taken.
+    #[inline]
+    fn insert_counted<R>(
         &self,
         table: &mut HashTable<(CompactString, S)>,
         hash: u64,
@@ -129,6 +272,122 @@ impl<S> KeyStore<S> {
         f(&mut entry.get_mut().1)
     }
 
+    /// Runs `f` on the key's state, creating it with `create` if the key is new and the
+    /// budget has room; when it has none, as the budget's [`WhenFull`] says: `Err(Full)`,
+    /// `f` on the overflow key, or `f` on the new key after a held key that `spare` lets go
+    /// was evicted.
+    #[inline]
+    pub(crate) fn try_with<R>(
+        &self,
+        key: &str,
+        create: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+        spare: impl FnMut(&mut S) -> Spare,
+    ) -> Result<R, Full> {
+        let hash = self.hash(key);
+        let mut table = self.shard(hash).lock();
+        if let Some(entry) = table.find_mut(hash, |e| e.0 == key) {
+            return Ok(f(&mut entry.1));
+        }
+        self.insert_budgeted(table, hash, key, create, f, spare)
+    }
+
+    /// A new key under the budget.
+    #[cold]
+    fn insert_budgeted<R>(
+        &self,
+        mut table: spin::mutex::SpinMutexGuard<'_, HashTable<(CompactString, S)>>,
+        hash: u64,
+        key: &str,
+        create: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+        spare: impl FnMut(&mut S) -> Spare,
+    ) -> Result<R, Full> {
+        if self.count.reserve() {
+            return Ok(self.insert_counted(&mut table, hash, key, create, f));
+        }
+        let budget = self
+            .count
+            .budget
+            .expect("only a budget refuses a place for a key");
+        let full = Full {
+            max_keys: budget.max_keys(),
+        };
+        match budget.policy() {
+            WhenFull::Refuse => Err(full),
+            WhenFull::Overflow if !self.overflow_allowed => Err(full),
+            WhenFull::Overflow => {
+                drop(table);
+                // The one lock taken with no shard's held.
+                let mut overflow = self.overflow.lock();
+                Ok(f(overflow.get_or_insert_with(create)))
+            }
+            WhenFull::Evict => {
+                // The evicted key's place in the count goes to the new key.
+                if !self.evict_for(&mut table, hash, spare) {
+                    return Err(full);
+                }
+                // A removal can leave a tombstone, and a table short of free slots grows on
+                // the next insert even though it holds no more keys than before: give such
+                // growth back at once (a no-op unless the table is oversized), so keys
+                // churning under a full budget do not double the memory the budget costs.
+                let hasher = &self.hasher;
+                table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
+                Ok(self.insert_counted(&mut table, hash, key, create, f))
+            }
+        }
+    }
+
+    /// Evicts one key that `spare` lets go: an idle one among the first [`EVICT_IDLE_LOOK`]
+    /// keys examined, else the first idle or light one among the first [`EVICT_EXAMINE`].
+    /// Keys are examined in `own` (the new key's shard, locked) and then in the shards after
+    /// it whose lock is free (a held lock is skipped, never waited for, so two evictions
+    /// never wait on each other). Whether a key went.
+    fn evict_for(
+        &self,
+        own: &mut HashTable<(CompactString, S)>,
+        hash: u64,
+        mut spare: impl FnMut(&mut S) -> Spare,
+    ) -> bool {
+        let examined = Cell::new(0usize);
+        let mut take = |table: &mut HashTable<(CompactString, S)>, limit: usize, light: bool| {
+            table
+                .extract_if(|e| {
+                    if examined.get() >= limit {
+                        return false;
+                    }
+                    examined.set(examined.get() + 1);
+                    match spare(&mut e.1) {
+                        Spare::Idle => true,
+                        Spare::Light => light,
+                        Spare::Keep => false,
+                    }
+                })
+                .next()
+                .is_some()
+        };
+        let first = self.shard_index(hash);
+        let mut search = |limit: usize, light: bool| {
+            examined.set(0);
+            if take(&mut *own, limit, light) {
+                return true;
+            }
+            for step in 1..self.shards.len() {
+                if examined.get() >= limit {
+                    break;
+                }
+                let index = (first + step) & (self.shards.len() - 1);
+                if let Some(mut table) = self.shards[index].0.try_lock()
+                    && take(&mut table, limit, light)
+                {
+                    return true;
+                }
+            }
+            false
+        };
+        search(EVICT_IDLE_LOOK, false) || search(EVICT_EXAMINE, true)
+    }
+
     /// Locks the key's shard and keeps it locked until the returned guard drops: for a caller
     /// that decides on several keys of different stores at once (a limit set). Such a caller
     /// must lock its stores in one fixed order, so that two callers never wait on each other.
@@ -139,6 +398,7 @@ impl<S> KeyStore<S> {
             table: self.shard(hash).lock(),
             hash,
             hasher: &self.hasher,
+            count: &self.count,
         }
     }
 
@@ -150,29 +410,67 @@ impl<S> KeyStore<S> {
         table.find_mut(hash, |e| e.0 == key).map(|e| f(&mut e.1))
     }
 
-    /// Keeps the keys for which `keep` holds, one shard locked at a time; gives a shard's
-    /// freed table space back once it has shrunk to under a quarter of its capacity.
-    /// Returns how many keys were removed.
-    pub(crate) fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> usize {
+    /// Keeps the keys for which `keep` holds, one shard locked at a time and at most
+    /// [`CLEANUP_CHUNK`] keys examined per lock hold; gives a shard's freed table space back
+    /// once it has shrunk to under a quarter of its capacity (if it then holds at most
+    /// [`SHRINK_MAX`] keys, so the rehash is short). The overflow key goes too once `keep`
+    /// lets it. Returns how many keys were removed.
+    ///
+    /// Between two lock holds calls may add keys to the shard: a key added before the
+    /// pass's position in the table's order is examined at the next pass, and a table that
+    /// grew meanwhile may leave some keys for the next pass too. No key is ever removed
+    /// unless `keep` said so at the time.
+    pub(crate) fn retain(&self, keep: impl FnMut(&mut S) -> bool) -> usize {
+        self.retain_in_chunks(CLEANUP_CHUNK, keep)
+    }
+
+    /// [`retain`](Self::retain), examining at most `chunk` keys per lock hold.
+    fn retain_in_chunks(&self, chunk: usize, mut keep: impl FnMut(&mut S) -> bool) -> usize {
         // Counted as they go: calls may add keys to other shards while the pass runs.
         let mut removed = 0;
-        let hasher = &self.hasher;
-        let _ = self.each_shard(|table| {
-            table.retain(|e| {
-                let kept = keep(&mut e.1);
-                removed += usize::from(!kept);
-                kept
-            });
-            if table.len() * 4 < table.capacity() {
-                table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
+        for shard in self.shards.iter() {
+            // Keys examined and kept in this shard: they come first in its order.
+            let mut kept = 0usize;
+            loop {
+                let mut table = shard.0.lock();
+                let (mut seen, mut examined, mut more) = (0usize, 0usize, false);
+                let gone = table
+                    .extract_if(|e| {
+                        seen += 1;
+                        if seen <= kept {
+                            return false;
+                        }
+                        if examined == chunk {
+                            more = true;
+                            return false;
+                        }
+                        examined += 1;
+                        let stays = keep(&mut e.1);
+                        kept += usize::from(stays);
+                        !stays
+                    })
+                    .count();
+                removed += gone;
+                self.count.release(gone);
+                if !more {
+                    if table.len() * 4 < table.capacity() && table.len() <= SHRINK_MAX {
+                        let hasher = &self.hasher;
+                        table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
+                    }
+                    break;
+                }
             }
-            ControlFlow::Continue(())
-        });
+        }
+        let mut overflow = self.overflow.lock();
+        if overflow.as_mut().is_some_and(|s| !keep(s)) {
+            *overflow = None;
+        }
         removed
     }
 
     /// Runs `f` on each shard's table in turn, its lock held, until `f` breaks: the one
     /// walk over every key (cleanup's, and the hybrid committer's passes).
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
     pub(crate) fn each_shard(
         &self,
         mut f: impl FnMut(&mut HashTable<(CompactString, S)>) -> ControlFlow<()>,
@@ -183,6 +481,7 @@ impl<S> KeyStore<S> {
         ControlFlow::Continue(())
     }
 
+    /// The keys in this store (not counting the overflow key), one shard locked at a time.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
@@ -193,6 +492,7 @@ pub(crate) struct Locked<'a, S> {
     table: spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>,
     hash: u64,
     hasher: &'a Hasher,
+    count: &'a KeyCount,
 }
 
 impl<S> Locked<'_, S> {
@@ -217,6 +517,7 @@ impl<S> Locked<'_, S> {
         {
             hashbrown::hash_table::Entry::Occupied(entry) => &mut entry.into_mut().1,
             hashbrown::hash_table::Entry::Vacant(entry) => {
+                self.count.held.fetch_add(1, Ordering::Relaxed);
                 &mut entry
                     .insert((CompactString::from(key), S::default()))
                     .into_mut()
@@ -240,16 +541,20 @@ impl<S> Locked<'_, S> {
     }
 }
 
+/// A shard's table, locked.
+type ShardGuard<'a, S> = spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>;
+
 /// Several keys' shards of one store, locked together: for a caller that decides on several
 /// keys at once (a limit set whose limits have different keys). Each shard is locked once, in
 /// the order of the shards' addresses, the one order every such caller uses; a one-key
 /// caller holds one lock and waits for no other, so no two callers ever wait on each other.
 pub(crate) struct LockedKeys<'a, S, const N: usize> {
     /// One guard per distinct shard, in locking order.
-    guards: [Option<spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>>; N],
+    guards: [Option<ShardGuard<'a, S>>; N],
     /// Key `i`'s hash and the guard of its shard.
     at: [(u64, usize); N],
     hasher: &'a Hasher,
+    count: &'a KeyCount,
 }
 
 impl<S> KeyStore<S> {
@@ -273,6 +578,7 @@ impl<S> KeyStore<S> {
             guards,
             at,
             hasher: &self.hasher,
+            count: &self.count,
         }
     }
 }
@@ -297,6 +603,7 @@ impl<S, const N: usize> LockedKeys<'_, S, N> {
         match table.entry(hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str())) {
             hashbrown::hash_table::Entry::Occupied(entry) => &mut entry.into_mut().1,
             hashbrown::hash_table::Entry::Vacant(entry) => {
+                self.count.held.fetch_add(1, Ordering::Relaxed);
                 &mut entry
                     .insert((CompactString::from(key), S::default()))
                     .into_mut()
@@ -329,6 +636,100 @@ mod tests {
         assert_eq!(store.len(), 5_000);
         assert_eq!(store.peek("key-17", |s| *s), Some(18));
         assert_eq!(store.peek("key-16", |s| *s), None);
+    }
+
+    #[test]
+    fn cleanup_in_chunks_examines_every_key_once_and_keeps_the_count() {
+        let store = KeyStore::<u64>::default();
+        for i in 0..20_000u64 {
+            store.with(&format!("key-{i}"), || i, |_| ());
+        }
+        assert_eq!(store.count.held(), 20_000);
+        // Chunks of 3: every shard (about 20 keys) takes several lock holds.
+        let mut examined = 0;
+        let removed = store.retain_in_chunks(3, |s| {
+            examined += 1;
+            *s % 3 != 0
+        });
+        assert_eq!(examined, 20_000, "each key examined once");
+        assert_eq!(removed, 6_667);
+        assert_eq!((store.len(), store.count.held()), (13_333, 13_333));
+        assert_eq!(store.peek("key-3", |s| *s), None);
+        assert_eq!(store.peek("key-4", |s| *s), Some(4));
+        // Emptied tables give their space back.
+        assert_eq!(store.retain_in_chunks(1, |_| false), 13_333);
+        assert_eq!(store.count.held(), 0);
+        assert!(store.shards.iter().all(|s| s.0.lock().capacity() == 0));
+    }
+
+    #[test]
+    fn a_full_budget_refuses_overflows_or_evicts_as_told() {
+        let store = |when_full| {
+            let count = Arc::new(KeyCount::new(Some(KeyBudget::new(2).when_full(when_full))));
+            KeyStore::<u64>::new(count, true)
+        };
+        let spare = |s: &mut u64| match *s {
+            0 => Spare::Idle,
+            1 => Spare::Light,
+            _ => Spare::Keep,
+        };
+        let refuse = store(WhenFull::Refuse);
+        assert_eq!(refuse.try_with("a", || 5, |s| *s, spare), Ok(5));
+        assert_eq!(refuse.try_with("b", || 0, |s| *s, spare), Ok(0));
+        assert_eq!(
+            refuse.try_with("c", || 1, |s| *s, spare),
+            Err(Full { max_keys: 2 })
+        );
+        assert_eq!(
+            refuse.try_with("a", || 9, |s| *s, spare),
+            Ok(5),
+            "held keys go on"
+        );
+        assert_eq!(refuse.len(), 2);
+
+        let overflow = store(WhenFull::Overflow);
+        overflow.try_with("a", || 5, |_| (), spare).unwrap();
+        overflow.try_with("b", || 5, |_| (), spare).unwrap();
+        for key in ["c", "d", "e"] {
+            overflow.try_with(key, || 10, |s| *s += 1, spare).unwrap();
+        }
+        assert_eq!(
+            *overflow.overflow.lock(),
+            Some(13),
+            "one state for every new key"
+        );
+        assert_eq!((overflow.len(), overflow.count.held()), (2, 2));
+        assert_eq!(
+            overflow.retain(|s| *s < 13),
+            0,
+            "the overflow key is not a table key"
+        );
+        assert_eq!(*overflow.overflow.lock(), None);
+        let no_overflow = KeyStore::<u64>::new(
+            Arc::new(KeyCount::new(Some(
+                KeyBudget::new(1).when_full(WhenFull::Overflow),
+            ))),
+            false,
+        );
+        no_overflow.try_with("a", || 5, |_| (), spare).unwrap();
+        assert_eq!(
+            no_overflow.try_with("b", || 5, |_| (), spare),
+            Err(Full { max_keys: 1 })
+        );
+
+        let evict = store(WhenFull::Evict);
+        evict.try_with("light", || 1, |_| (), spare).unwrap();
+        evict.try_with("idle", || 0, |_| (), spare).unwrap();
+        evict.try_with("new", || 7, |_| (), spare).unwrap();
+        assert_eq!(evict.peek("idle", |s| *s), None, "idle first");
+        assert_eq!(evict.peek("light", |s| *s), Some(1));
+        evict.try_with("new2", || 7, |_| (), spare).unwrap();
+        assert_eq!(evict.peek("light", |s| *s), None, "then light");
+        assert_eq!(
+            evict.try_with("new3", || 7, |_| (), spare),
+            Err(Full { max_keys: 2 })
+        );
+        assert_eq!((evict.len(), evict.count.held()), (2, 2));
     }
 
     #[test]

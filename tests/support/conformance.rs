@@ -784,27 +784,48 @@ impl SetProvider {
     }
 }
 
-fn set_limiter(provider: &SetProvider, clock: &ManualClock, draw: &ScriptedDraw) -> RateLimiter {
-    let options = LocalRateLimiterOptions {
+/// A 10 s window of `group_ms` groups, hard limit factor 1.5, no factor cache.
+pub fn options_10s(group_ms: u64) -> LocalRateLimiterOptions {
+    LocalRateLimiterOptions {
         window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 100.try_into().unwrap(),
+        rate_group_size_ms: group_ms.try_into().unwrap(),
         hard_limit_factor: 1.5.try_into().unwrap(),
         suppression_factor_cache_ms: 0.try_into().unwrap(),
-    };
+    }
+}
+
+/// A limiter on `clock` and `draw`; with a connection, its scripts read `clock` too, and the
+/// hybrid's committer syncs every hour (out of the way of a test's explicit flushes).
+pub fn clocked_limiter(
+    options: LocalRateLimiterOptions,
+    conn: Option<RedisConnection>,
+    clock: &ManualClock,
+    draw: &ScriptedDraw,
+    tag: &str,
+) -> RateLimiter {
     let builder = RateLimiterBuilder::new(options)
         .clock(clock.clone())
         .random(draw.clone());
-    let prefix = super::unique_prefix("setconf");
-    // Long for the hybrid: the committer stays out of the way of the explicit flushes.
-    let sync = 3_600_000.try_into().unwrap();
-    match provider {
-        SetProvider::Local => builder,
-        SetProvider::Redis(conn) | SetProvider::Hybrid(conn) => builder
-            .redis_connection(conn.clone(), super::redis_settings(&options, &prefix, sync))
+    let prefix = super::unique_prefix(tag);
+    match conn {
+        None => builder,
+        Some(conn) => builder
+            .redis_connection(
+                conn,
+                super::redis_settings(&options, &prefix, 3_600_000.try_into().unwrap()),
+            )
             .redis_time_from_clock_for_tests_only(clock.clone()),
     }
     .build()
     .unwrap()
+}
+
+fn set_limiter(provider: &SetProvider, clock: &ManualClock, draw: &ScriptedDraw) -> RateLimiter {
+    let conn = match provider {
+        SetProvider::Local => None,
+        SetProvider::Redis(conn) | SetProvider::Hybrid(conn) => Some(conn.clone()),
+    };
+    clocked_limiter(options_10s(100), conn, clock, draw, "setconf")
 }
 
 /// The decision's answer in the table's terms.

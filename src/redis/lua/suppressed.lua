@@ -14,6 +14,14 @@ local COUNTERS = {'o', 'd'}
 local hard_factor = tonumber(ARGV[5])
 local exists = load(state, COUNTERS)
 
+-- What an increment's answer carries after the decision: the accepted usage and the ms
+-- until the oldest live bucket expires (0 for a key with no state).
+local function usage()
+  local reset = 0
+  if newest then reset = expires_at(tonumber(oldest or newest)) - now end
+  return totals['o'] - totals['d'], reset
+end
+
 local rate, count, cap, rate_changed
 if mode == 'i' then
   rate = tonumber(ARGV[7])
@@ -23,15 +31,17 @@ if mode == 'i' then
   if rate_changed then redis.call('HSET', hash, 'r', ARGV[7], 'sfu', 0) end
   -- config::capacity::fits_observed: past MAX_OBSERVED nothing is recorded (the local
   -- core's rule), so no total loses exactness or overflows.
-  -- (A key gets here only with usage: count <= 2^52 < MAX_OBSERVED.)
   if count > MAX_OBSERVED - totals['o'] then
-    return {1, 0, '1', totals['o'] - totals['d'], expires_at(tonumber(oldest or newest)) - now}
+    settle()
+    local used, reset = usage()
+    return {1, 0, '1', used, reset}
   end
   -- Below capacity (and under the hard limit): admitted.
   if not reaches(totals['o'], cap * hard_factor)
     and fits(totals['o'] - totals['d'] + count, cap) then
     add(COUNTERS, {count, 0})
-    return {0, totals['o'] - totals['d'], expires_at(tonumber(oldest or newest)) - now}
+    local used, reset = usage()
+    return {0, used, reset}
   end
 end
 
@@ -47,7 +57,8 @@ local function show(sf) return string.format('%.17g', sf) end
 if mode == 'i' then
   if reaches(totals['o'], cap * hard_factor) then
     record(count)
-    return {1, 0, '1', totals['o'] - totals['d'], expires_at(tonumber(oldest or newest)) - now}
+    local used, reset = usage()
+    return {1, 0, '1', used, reset}
   end
   local cache = redis.call('HMGET', hash, 'sfu', 'sf')
   local sf
@@ -59,8 +70,8 @@ if mode == 'i' then
   end
   local allowed = tonumber(ARGV[10]) >= sf
   if allowed then record(0) else record(count) end
-  return {1, allowed and 1 or 0, show(sf), totals['o'] - totals['d'],
-    expires_at(tonumber(oldest or newest)) - now}
+  local used, reset = usage()
+  return {1, allowed and 1 or 0, show(sf), used, reset}
 end
 
 -- mode 'f'
