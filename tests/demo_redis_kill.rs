@@ -68,7 +68,7 @@ async fn round_p99(
         assert!(status == 200 || status == 429, "status {status}");
         took.push(t);
     }
-    assert!(took.len() > 20, "only {} requests in {span:?}", took.len());
+    assert!(took.len() >= 10, "only {} requests in {span:?}", took.len());
     took.sort();
     took[took.len() * 99 / 100]
 }
