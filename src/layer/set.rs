@@ -396,7 +396,9 @@ impl DecisionEngine {
                     .iter()
                     .map(|k| k.clone().expect("every extractor ran"))
                     .collect();
-                let mut decision = self.ops.timed(redis_set_inc(set, policy, &owned, counts, cost));
+                let mut decision = self
+                    .ops
+                    .timed(redis_set_inc(set, policy, &owned, counts, cost));
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 match decision.as_mut().poll(&mut cx) {
                     std::task::Poll::Ready(result) => self.finish_set(result, &owned, counts),
