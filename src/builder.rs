@@ -39,7 +39,8 @@ enum RedisSource {
     /// Built by the caller.
     Connection(crate::redis::RedisConnection),
     /// A client: the builder makes the `ConnectionManager`, configured for the deadline.
-    Client(::redis::Client),
+    /// Boxed: with `redis-tls` a client carries its TLS settings (240+ bytes).
+    Client(Box<::redis::Client>),
 }
 
 impl RateLimiterBuilder {
@@ -140,7 +141,7 @@ impl RateLimiterBuilder {
         client: ::redis::Client,
         settings: crate::redis::RedisSettings,
     ) -> Self {
-        self.redis.connection = Some((RedisSource::Client(client), settings));
+        self.redis.connection = Some((RedisSource::Client(Box::new(client)), settings));
         self
     }
 
@@ -214,7 +215,7 @@ impl RateLimiterBuilder {
                                 ));
                             }
                             let config = crate::redis::connection_manager_config(parts.timeout);
-                            ::redis::aio::ConnectionManager::new_lazy_with_config(client, config)?
+                            ::redis::aio::ConnectionManager::new_lazy_with_config(*client, config)?
                                 .into()
                         }
                     };

@@ -59,6 +59,9 @@ async fn decisions_continue_on_the_replica_the_sentinels_promote() {
     .await
     .unwrap();
 
+    // A `String`, which redis-rs takes with and without its TLS support (`redis-tls`
+    // makes the parameter `impl AsRef<str>`, where clippy calls the copy needless).
+    #[allow(clippy::unnecessary_to_owned)]
     let client = SentinelClient::build(
         sentinels.iter().map(SentinelServer::url).collect(),
         SentinelServer::MASTER_NAME.to_owned(),

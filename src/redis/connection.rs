@@ -111,8 +111,9 @@ impl RedisConnection {
     /// # async fn run() -> Result<(), sluicegate::Error> {
     /// use redis::sentinel::{SentinelClient, SentinelServerType};
     /// let sentinels = vec!["redis://127.0.0.1:26379/", "redis://127.0.0.1:26380/"];
-    /// let client =
-    ///     SentinelClient::build(sentinels, "mymaster".into(), None, SentinelServerType::Master)?;
+    /// // A `String`: with `redis-tls` redis-rs takes `impl AsRef<str>` here, without it `String`.
+    /// let name = String::from("mymaster");
+    /// let client = SentinelClient::build(sentinels, name, None, SentinelServerType::Master)?;
     /// let connection = sluicegate::redis::RedisConnection::sentinel(client).await?;
     /// # let _ = connection; Ok(()) }
     /// ```
