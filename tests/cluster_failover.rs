@@ -366,8 +366,11 @@ async fn failover(extra_keys: usize, healthy_unheld: bool) {
             healthy_samples.iter().all(|s| s.ok),
             "a healthy shard's call failed"
         );
+        // Held up means waiting on the dead master until the deadline; a loaded machine
+        // alone has stretched the slowest call to 160 ms (typically 10-50 ms), so the bound
+        // is half the deadline: far from any held call, clear of scheduling noise.
         assert!(
-            *took.last().unwrap() < Duration::from_millis(100),
+            *took.last().unwrap() < DEADLINE / 2,
             "a healthy shard's call was held up: max {:?}",
             took.last().unwrap()
         );
