@@ -320,7 +320,10 @@ async fn four_instances_stay_within_the_bound_on_every_limit_and_count_no_refusa
         1000 + excess(100.0),
         150 + excess(15.0)
     );
-    assert!(ip_used >= 1000, "the ip limit was filled: {ip_used}");
+    // Filled: instances that starve each other's leases admitted 756 of 1000 here. Leases
+    // shrunk to demand fill it more slowly, and one loaded run stopped at 999 when the 4 s
+    // ended, so the band allows 1% short (a 3% starvation still fails).
+    assert!(ip_used >= 990, "the ip limit was filled: {ip_used}");
     assert!(
         ip_used <= 1000 + excess(100.0),
         "ip admitted {ip_used} of 1000"
