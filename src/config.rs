@@ -153,6 +153,19 @@ pub(crate) mod capacity {
         used as f64 <= capacity * (1.0 + SLACK)
     }
 
+    /// The most units that [`fits`] in `capacity`, when it is below 2^53 (where every
+    /// count converts to f64 exactly, so `fits(used, capacity)` iff `used <= most`);
+    /// `u64::MAX` otherwise (ask `fits`). Lets a hot path that knows its capacity ahead
+    /// compare integers instead of converting each count.
+    pub(crate) fn most_fitting(capacity: f64) -> u64 {
+        let limit = capacity * (1.0 + SLACK);
+        if (0.0..9_007_199_254_740_992.0).contains(&limit) {
+            limit as u64
+        } else {
+            u64::MAX
+        }
+    }
+
     /// Whether `more` units on top of `used` fit in `capacity`; a sum past `u64::MAX` does
     /// not (capacities above it exist: `rate` is any finite f64).
     #[inline]

@@ -163,7 +163,7 @@ impl HybridPolicy {
     /// # Errors
     /// As [`inc`](Self::inc); [`Error::InvalidValue`] unless there is one key per limit.
     pub fn inc_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
+        self.inner.set.check_keys(keys.len())?;
         self.inner.decide(|i| keys[i], None, cost, true)
     }
 
@@ -182,7 +182,7 @@ impl HybridPolicy {
     /// # Errors
     /// As [`inc_each`](Self::inc_each).
     pub fn check_each(&self, keys: &[&RedisKey], cost: u64) -> Result<SetDecision, Error> {
-        self.inner.check_keys(keys)?;
+        self.inner.set.check_keys(keys.len())?;
         self.inner.decide(|i| keys[i], None, cost, false)
     }
 
@@ -231,21 +231,9 @@ impl PolicyEngine {
         cost: u64,
         record: bool,
     ) -> Result<SetDecision, Error> {
-        self.check_keys(keys)?;
+        self.set.check_keys(keys.len())?;
         self.set.check_counts(counts)?;
         self.decide(|i| keys[i], Some(counts), cost, record)
-    }
-
-    fn check_keys(&self, keys: &[&RedisKey]) -> Result<(), Error> {
-        if keys.len() == self.limits.len() {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                "keys",
-                keys.len(),
-                "give one key per limit of the set, in the set's order",
-            ))
-        }
     }
 
     /// One decision: limit `i` on `key(i)`, at this call's quota count `counts[i]` if given

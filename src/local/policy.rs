@@ -53,18 +53,21 @@ enum Keys<'a> {
 }
 
 /// A set of `N` limits, with `N` a constant so that each entry holds its windows inline.
+///
+/// A decision is a few hundred bytes: each method builds it in the place it returns it to
+/// (the caller's), never in a local that would then be copied there.
 trait Engine: Send + Sync {
     fn set(&self) -> &LimitSet;
-    /// Decides a call into `out` (made for this set's length): written in place, as a
-    /// decision is a few hundred bytes that moving through the calls would copy.
+    /// `inc` on one key at the set's quotas: the common call, on a path of its own.
+    fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error>;
+    /// Every other call: checks, a key per limit, quotas per call.
     fn decide(
         &self,
         keys: Keys<'_>,
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-        out: &mut SetDecision,
-    ) -> Result<(), Error>;
+    ) -> Result<SetDecision, Error>;
     fn cleanup(&self) -> usize;
     fn key_count(&self) -> usize;
 }
@@ -106,7 +109,7 @@ struct LimitCounts {
 }
 
 /// The numbers one call decides a limit with: the set's quota, or the call's own count.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct CallQuota {
     /// The quota: the accepted usage a window may hold.
     cap: f64,
@@ -114,6 +117,11 @@ struct CallQuota {
     hard: f64,
     /// The rate, for the suppression factor.
     rate: f64,
+    /// [`capacity::most_fitting`] of `cap`: the integer test of `fits` on the hot path.
+    most_fitting: u64,
+    /// `cap` rounded down when below 2^53 (then `remaining` is an integer difference, the
+    /// same number as [`LimitStatus::remaining_of`]), else `u64::MAX`.
+    whole: u64,
 }
 
 /// What one limit says before the set decides.
@@ -128,6 +136,52 @@ enum Verdict {
     /// Suppressed: over the hard limit (or a cost above the quota); the wait until under it.
     ShedHard(u64),
 }
+
+impl CallQuota {
+    fn new(cap: f64, hard: f64, rate: f64) -> Self {
+        CallQuota {
+            cap,
+            hard,
+            rate,
+            most_fitting: capacity::most_fitting(cap),
+            whole: if (0.0..EXACT).contains(&cap) {
+                cap as u64
+            } else {
+                u64::MAX
+            },
+        }
+    }
+
+    /// `capacity::fits(used, cap)`.
+    #[inline(always)]
+    fn fits(&self, used: u64) -> bool {
+        if self.most_fitting != u64::MAX {
+            used <= self.most_fitting
+        } else {
+            capacity::fits(used, self.cap)
+        }
+    }
+
+    /// `capacity::fits_more(used, more, cap)`.
+    #[inline(always)]
+    fn fits_more(&self, used: u64, more: u64) -> bool {
+        used.checked_add(more).is_some_and(|total| self.fits(total))
+    }
+
+    /// `LimitStatus::remaining_of(cap, accepted)`: below 2^53 both convert exactly, and
+    /// the floor of `cap - accepted` is `floor(cap) - accepted`.
+    #[inline(always)]
+    fn remaining(&self, accepted: u64) -> u64 {
+        if self.whole != u64::MAX {
+            self.whole.saturating_sub(accepted)
+        } else {
+            LimitStatus::remaining_of(self.cap, accepted)
+        }
+    }
+}
+
+/// 2^53: every integer below it is an f64.
+const EXACT: f64 = 9_007_199_254_740_992.0;
 
 impl LocalPolicy {
     pub(crate) fn new(set: LimitSet, clock: Time, random: Arc<dyn RandomSource>) -> Self {
@@ -174,21 +228,13 @@ impl LocalPolicy {
         cost: u64,
         record: bool,
     ) -> Result<SetDecision, Error> {
-        // Built where it is returned: a decision is a few hundred bytes, and `Ok(decision)`
-        // would copy it.
-        let mut answer = Ok(SetDecision::empty(self.inner.set().len()));
-        if let Ok(decision) = &mut answer
-            && let Err(err) = self.inner.decide(keys, counts, cost, record, decision)
-        {
-            answer = Err(err);
-        }
-        answer
+        self.inner.decide(keys, counts, cost, record)
     }
 
     /// Counts `cost` units for `key` in every limit of the set, or in none.
     #[inline]
     pub fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        self.decide(Keys::One(key), None, cost, true)
+        self.inner.inc(key, cost)
     }
 
     /// As [`inc`](Self::inc), with one key per limit, in the set's order (a per-IP limit
@@ -318,55 +364,31 @@ impl<const N: usize> Engine for Set<N> {
         &self.set
     }
 
-    #[inline]
+    fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
+        // The one local returned on every path, so that it is built where it is returned.
+        let mut answer = Ok(SetDecision::empty(N));
+        if let Ok(decision) = &mut answer
+            && let Err(err) = self.one_key(key, &self.set_quotas, cost, true, decision)
+        {
+            answer = Err(err);
+        }
+        answer
+    }
+
     fn decide(
         &self,
         keys: Keys<'_>,
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-        out: &mut SetDecision,
-    ) -> Result<(), Error> {
-        let key = match keys {
-            Keys::One(key) => key,
-            Keys::Each(keys) => {
-                let Ok(keys) = <&[&str; N]>::try_from(keys) else {
-                    return Err(Error::invalid(
-                        "keys",
-                        keys.len(),
-                        "give one key per limit of the set, in the set's order",
-                    ));
-                };
-                if keys.iter().any(|k| *k != keys[0]) {
-                    return self.decide_each(keys, counts, cost, record, out);
-                }
-                keys[0]
-            }
-        };
-        if cost == 0 {
-            return Err(Error::ZeroCount);
+    ) -> Result<SetDecision, Error> {
+        let mut answer = Ok(SetDecision::empty(N));
+        if let Ok(decision) = &mut answer
+            && let Err(err) = self.decide_into(keys, counts, cost, record, decision)
+        {
+            answer = Err(err);
         }
-        let call_quotas;
-        let quotas = match counts {
-            None => &self.set_quotas,
-            Some(counts) => {
-                call_quotas = self.quotas(counts);
-                &call_quotas
-            }
-        };
-        let now = self.clock.now_ms();
-        let mut lock = self.keys.lock(key);
-        if let Some(slots) = lock.get(key) {
-            self.run(slots, quotas, now, cost, record, out);
-            return Ok(());
-        }
-        // A new key: decided on empty windows, and stored only if the call counted.
-        let mut fresh = Slots::default();
-        self.run(&mut fresh, quotas, now, cost, record, out);
-        if !fresh.is_empty() {
-            *lock.get_or_default(key) = fresh;
-        }
-        Ok(())
+        answer
     }
 
     fn cleanup(&self) -> usize {
@@ -388,6 +410,121 @@ impl<const N: usize> Set<N> {
     /// The call's quotas from its (checked) counts.
     fn quotas(&self, counts: &[f64]) -> [CallQuota; N] {
         std::array::from_fn(|i| self.limits[i].quota_of(counts[i]))
+    }
+
+    /// [`Engine::decide`] into `out`, made for this set's length.
+    fn decide_into(
+        &self,
+        keys: Keys<'_>,
+        counts: Option<&[f64]>,
+        cost: u64,
+        record: bool,
+        out: &mut SetDecision,
+    ) -> Result<(), Error> {
+        let key = match keys {
+            Keys::One(key) => key,
+            Keys::Each(keys) => {
+                let Ok(keys) = <&[&str; N]>::try_from(keys) else {
+                    return self.set.check_keys(keys.len());
+                };
+                if keys.iter().any(|k| *k != keys[0]) {
+                    return self.decide_each(keys, counts, cost, record, out);
+                }
+                keys[0]
+            }
+        };
+        match counts {
+            None => self.one_key(key, &self.set_quotas, cost, record, out),
+            Some(counts) => self.one_key(key, &self.quotas(counts), cost, record, out),
+        }
+    }
+
+    /// A call whose limits share `key`: its entry found once, under one lock.
+    #[inline(always)]
+    fn one_key(
+        &self,
+        key: &str,
+        quotas: &[CallQuota; N],
+        cost: u64,
+        record: bool,
+        out: &mut SetDecision,
+    ) -> Result<(), Error> {
+        if cost == 0 {
+            return Err(Error::ZeroCount);
+        }
+        let now = self.clock.now_ms();
+        let mut lock = self.keys.lock(key);
+        match lock.get(key) {
+            Some(slots) => {
+                if !(record && self.count_if_all_admit(slots, quotas, now, cost, out)) {
+                    self.run(slots, quotas, now, cost, record, out);
+                }
+            }
+            None => self.new_key(&mut lock, key, quotas, now, cost, record, out),
+        }
+        Ok(())
+    }
+
+    /// The common call: if every limit admits `cost` on `slots`, counts it in every one,
+    /// writes the answer (an admission) and returns `true`. Otherwise changes nothing but
+    /// the windows' expiry and returns `false`, for [`run`](Self::run) to decide.
+    #[inline(always)]
+    fn count_if_all_admit(
+        &self,
+        slots: &mut Slots<N>,
+        quotas: &[CallQuota; N],
+        now: u64,
+        cost: u64,
+        out: &mut SetDecision,
+    ) -> bool {
+        let mut accepted = [0; N];
+        for i in 0..N {
+            let window = &mut slots.0[i];
+            window.expire(&self.limits[i].geo, now);
+            let total = window.total();
+            if !self.limits[i].admits(&quotas[i], total, cost) {
+                return false;
+            }
+            accepted[i] = total.accepted;
+        }
+        let counts = Usage {
+            accepted: cost,
+            observed: cost,
+        };
+        for i in 0..N {
+            let limit = &self.limits[i];
+            let window = &mut slots.0[i];
+            window.add(&limit.geo, now, counts);
+            // Admitted: `accepted + cost` fits the quota, so it does not overflow.
+            out.limits[i] = LimitStatus {
+                remaining: quotas[i].remaining(accepted[i] + cost),
+                reset_ms: limit.reset_ms(window.oldest(), now),
+                suppression_factor: 0.0,
+                refused: false,
+            };
+        }
+        true
+    }
+
+    /// A key not stored yet: decided on empty windows, and stored only if the call counted.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn new_key(
+        &self,
+        lock: &mut super::store::Locked<'_, Slots<N>>,
+        key: &str,
+        quotas: &[CallQuota; N],
+        now: u64,
+        cost: u64,
+        record: bool,
+        out: &mut SetDecision,
+    ) {
+        let mut fresh = Slots::default();
+        self.run(&mut fresh, quotas, now, cost, record, out);
+        if !fresh.is_empty() {
+            *lock.get_or_default(key) = fresh;
+        }
     }
 
     /// A call whose limits have different keys.
@@ -413,8 +550,8 @@ impl<const N: usize> Set<N> {
         Ok(())
     }
 
-    /// Decides a call on its windows (their keys locked) and counts it in all or none.
-    #[inline]
+    /// Decides any call on its windows (their keys locked) and counts it in all or none.
+    #[inline(never)]
     fn run(
         &self,
         windows: &mut impl Windows,
@@ -427,7 +564,6 @@ impl<const N: usize> Set<N> {
         let mut verdicts = [Verdict::Admit; N];
         let mut totals = [Usage::default(); N];
         let mut oldest = [None; N];
-        let mut all_admit = true;
         for (i, limit) in self.limits.iter().enumerate() {
             if let Some(window) = windows.window(i) {
                 window.expire(&limit.geo, now);
@@ -437,35 +573,13 @@ impl<const N: usize> Set<N> {
             } else {
                 verdicts[i] = limit.verdict(&quotas[i], &Window::default(), totals[i], now, cost);
             }
-            all_admit &= matches!(verdicts[i], Verdict::Admit);
-        }
-        if all_admit && record {
-            // The common case: counted in every limit.
-            let counts = Usage {
-                accepted: cost,
-                observed: cost,
-            };
-            for (i, limit) in self.limits.iter().enumerate() {
-                windows.window_or_new(i).add(&limit.geo, now, counts);
-                let oldest = oldest[i].unwrap_or_else(|| limit.geo.bucket_of(now));
-                decision.limits[i] = LimitStatus {
-                    remaining: LimitStatus::remaining_of(
-                        quotas[i].cap,
-                        totals[i].accepted.saturating_add(cost),
-                    ),
-                    reset_ms: limit.reset_ms(Some(oldest), now),
-                    suppression_factor: 0.0,
-                    refused: false,
-                };
-            }
-            return;
         }
         self.settle(
             windows, decision, &verdicts, &totals, &oldest, quotas, now, cost, record,
         );
     }
 
-    /// Every case but "every limit admits and the call counts": draws, refusals, sheds and
+    /// The decision from every limit's verdict: admissions, draws, refusals, sheds and
     /// checks.
     #[allow(clippy::too_many_arguments)]
     fn settle(
@@ -585,11 +699,11 @@ impl LimitCounts {
         LimitCounts {
             geo,
             window_ms: geo.window_seconds() * 1000,
-            quota: CallQuota {
-                cap: limit.quota().count(),
-                hard: limit.quota().count() * limit.hard_limit_factor().get(),
-                rate: limit.quota().rate().get(),
-            },
+            quota: CallQuota::new(
+                limit.quota().count(),
+                limit.quota().count() * limit.hard_limit_factor().get(),
+                limit.quota().rate().get(),
+            ),
             hard_factor: limit.hard_limit_factor().get(),
             strategy: limit.strategy(),
         }
@@ -598,11 +712,11 @@ impl LimitCounts {
     /// This limit's numbers for a call that gives its own (checked) count per window.
     #[inline]
     fn quota_of(&self, count: f64) -> CallQuota {
-        CallQuota {
-            cap: count,
-            hard: count * self.hard_factor,
-            rate: count / self.geo.window_seconds() as f64,
-        }
+        CallQuota::new(
+            count,
+            count * self.hard_factor,
+            count / self.geo.window_seconds() as f64,
+        )
     }
 
     /// Milliseconds until the oldest bucket leaves the window, at most the window; 0 when
@@ -628,11 +742,26 @@ impl LimitCounts {
         now: u64,
         cost: u64,
     ) -> Verdict {
+        if self.admits(q, total, cost) {
+            Verdict::Admit
+        } else {
+            self.verdict_slow(q, window, total, now, cost)
+        }
+    }
+
+    /// Whether [`verdict`](Self::verdict) is [`Verdict::Admit`], from the window's `total`
+    /// alone.
+    #[inline(always)]
+    fn admits(&self, q: &CallQuota, total: Usage, cost: u64) -> bool {
         match self.strategy {
-            Strategy::Absolute if capacity::fits_more(total.accepted, cost, q.cap) => {
-                Verdict::Admit
+            Strategy::Absolute => q.fits_more(total.accepted, cost),
+            // Under the hard limit, the observed usage not overflowing, and the call fits.
+            Strategy::Suppressed => {
+                q.fits(cost)
+                    && total.observed.checked_add(cost).is_some()
+                    && !capacity::reaches(total.observed, q.hard)
+                    && q.fits_more(total.accepted, cost)
             }
-            _ => self.verdict_slow(q, window, total, now, cost),
         }
     }
 
@@ -683,5 +812,61 @@ impl LimitCounts {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hot path's integer tests give the float ones' answers, at the edges of 2^53 and of
+    /// the slack too.
+    #[test]
+    fn integer_tests_match_the_float_ones() {
+        let caps = [
+            1.0,
+            1.5,
+            3.0000000000000004,
+            10.0,
+            999.999,
+            1e9,
+            1e12,
+            1e15,
+            EXACT - 2.0,
+            EXACT - 1.0,
+            EXACT,
+            EXACT * 2.0,
+            1e300,
+        ];
+        for cap in caps {
+            let q = CallQuota::new(cap, cap, cap);
+            let fit = capacity::most_fitting(cap);
+            let mut used = vec![0, 1, 2, 3, 9, 10, 11, u64::MAX - 1, u64::MAX];
+            for base in [cap as u64, fit] {
+                for d in 0..4 {
+                    used.extend([base.saturating_sub(d), base.saturating_add(d)]);
+                }
+            }
+            for &u in &used {
+                assert_eq!(q.fits(u), capacity::fits(u, cap), "fits({u}, {cap})");
+                assert_eq!(
+                    q.remaining(u),
+                    LimitStatus::remaining_of(cap, u),
+                    "remaining({cap}, {u})"
+                );
+                for more in [0, 1, 2, u64::MAX] {
+                    assert_eq!(
+                        q.fits_more(u, more),
+                        capacity::fits_more(u, more, cap),
+                        "fits_more({u}, {more}, {cap})"
+                    );
+                }
+            }
+        }
+        // Below 2^53 the integer tests answer (no float fallback), above it they cannot.
+        assert_eq!(CallQuota::new(1e12, 1e12, 1.0).whole, 1_000_000_000_000);
+        assert_eq!(capacity::most_fitting(1e12), 1_000_000_001_000);
+        assert_eq!(CallQuota::new(EXACT, EXACT, 1.0).whole, u64::MAX);
+        assert_eq!(capacity::most_fitting(EXACT), u64::MAX);
     }
 }

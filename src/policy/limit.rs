@@ -324,6 +324,20 @@ impl LimitSet {
         self.limits.iter()
     }
 
+    /// Checks that a call gives one key per limit (`keys` of them), as `inc_each` and
+    /// `inc_with` take them on every provider.
+    pub(crate) fn check_keys(&self, keys: usize) -> Result<(), Error> {
+        if keys == self.limits.len() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "keys",
+                keys,
+                "give one key per limit of the set, in the set's order",
+            ))
+        }
+    }
+
     /// Checks one call's quota counts (see [`LocalPolicy::inc_with`](crate::policy::LocalPolicy::inc_with)):
     /// one per limit, each finite and at least 1, as [`Quota::new`] checks a count. A count
     /// below 1 is [`Error::CapacityBelowOne`], as the seeds' `try_inc` answers a rate whose

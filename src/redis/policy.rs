@@ -137,13 +137,7 @@ impl RedisPolicy {
         cost: u64,
         count: bool,
     ) -> Result<SetDecision, Error> {
-        if keys.len() != self.limits.len() {
-            return Err(Error::invalid(
-                "keys",
-                keys.len(),
-                "give one key per limit of the set, in the set's order",
-            ));
-        }
+        self.set.check_keys(keys.len())?;
         let mode = if count {
             wire::SET_INC
         } else {
