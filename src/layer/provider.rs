@@ -94,6 +94,7 @@ pub(crate) fn local_inc_str(
 
 /// One local decision with the units admitted for `key` in the window right after it
 /// (for `RateLimit: r=`), from the one store lookup.
+#[inline]
 pub(crate) fn local_inc_with_used(
     limiter: &RateLimiter,
     strategy: Strategy,
@@ -101,19 +102,27 @@ pub(crate) fn local_inc_with_used(
     rate: &RateLimit,
     cost: u64,
 ) -> Result<(RateLimitDecision, u64), Error> {
+    local_inc_str_with_used(limiter, strategy, key.as_str(), rate, cost)
+}
+
+/// [`local_inc_with_used`] on a key's text.
+#[inline]
+pub(crate) fn local_inc_str_with_used(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &str,
+    rate: &RateLimit,
+    cost: u64,
+) -> Result<(RateLimitDecision, u64), Error> {
     match strategy {
-        Strategy::Absolute => {
-            limiter
-                .local()
-                .absolute()
-                .try_inc_with_accepted(key.as_str(), rate, cost)
-        }
-        Strategy::Suppressed => {
-            limiter
-                .local()
-                .suppressed()
-                .try_inc_with_accepted(key.as_str(), rate, cost)
-        }
+        Strategy::Absolute => limiter
+            .local()
+            .absolute()
+            .try_inc_with_accepted(key, rate, cost),
+        Strategy::Suppressed => limiter
+            .local()
+            .suppressed()
+            .try_inc_with_accepted(key, rate, cost),
     }
 }
 
