@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
 use super::extract::{
-    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, normalize_ip, peer_addr,
+    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, peer_addr,
 };
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
@@ -26,7 +26,7 @@ use super::set::SetEngine;
 use crate::Strategy;
 use crate::observe::Outcome;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 /// Everything a service needs to decide, behind the one `Arc` a clone copies.
 pub(crate) struct DecisionEngine {
@@ -56,6 +56,9 @@ pub(crate) struct DecisionEngine {
     /// near the limit (`sluicegate_near_limit_total`): at least
     /// [`NEAR_LIMIT_SHARE`](crate::observe::NEAR_LIMIT_SHARE) of the quota.
     pub(super) near_limit_at: u64,
+    /// The capacity of the fixed rate at the fixed cost, checked at build time (`None`
+    /// with a rate or cost resolver).
+    pub(super) fixed_cap: Option<f64>,
     pub(crate) provider_errors: AtomicU64,
     /// Metrics, logs, shadow mode, exemptions, counting by outcome (`ops.rs`).
     pub(super) ops: super::ops::Ops,
@@ -232,36 +235,60 @@ impl DecisionEngine {
         else {
             return None;
         };
-        let ip = match peer_addr(head.extensions) {
-            Ok(addr) => normalize_ip(addr.ip()),
+        // An IPv4-mapped IPv6 peer is the IPv4 address it carries (as `normalize_ip`).
+        let v4 = match peer_addr(head.extensions) {
+            Ok(SocketAddr::V4(addr)) => *addr.ip(),
+            Ok(SocketAddr::V6(addr)) => addr.ip().to_ipv4_mapped()?,
             Err(err) => return Some(self.key_failure(&err)),
         };
-        let IpAddr::V4(v4) = ip else { return None };
         let mut buf = Ipv4Text::new();
         let key = ipv4_str(v4, &mut buf);
         if key.len() > self.max_key_len {
             return Some(self.key_too_long(&Key::new(key)));
         }
-        let cost = self.resolve_cost(head);
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.ops.metrics {
-            return Some(
-                match provider::local_inc_str_with_used(&self.limiter, *strategy, key, rate, cost) {
-                    Ok((RateLimitDecision::Allowed, used)) => {
-                        metrics.outcome(Outcome::Allowed);
-                        if used >= self.near_limit_at {
-                            metrics.near_limit();
-                        }
-                        Verdict::Pass(AdmittedHeaders::none())
+            // A fixed cost: its capacity was checked at build time.
+            let (result, cost) = match (self.fixed_cap, &self.cost) {
+                (Some(cap), CostSource::Fixed(cost)) => (
+                    provider::local_inc_checked_with_used(
+                        &self.limiter,
+                        *strategy,
+                        key,
+                        rate.get(),
+                        *cost,
+                        cap,
+                    ),
+                    *cost,
+                ),
+                _ => {
+                    let cost = self.resolve_cost(head);
+                    let result = provider::local_inc_str_with_used(
+                        &self.limiter,
+                        *strategy,
+                        key,
+                        rate,
+                        cost,
+                    );
+                    (result, cost)
+                }
+            };
+            return Some(match result {
+                Ok((RateLimitDecision::Allowed, used)) => {
+                    metrics.outcome(Outcome::Allowed);
+                    if used >= self.near_limit_at {
+                        metrics.near_limit();
                     }
-                    Ok((decision, used)) => {
-                        let left = self.left_after(*rate, used);
-                        self.verdict(decision, &Key::new(key), *rate, Some(left), cost, 0)
-                    }
-                    Err(err) => self.misconfigured(&err),
-                },
-            );
+                    Verdict::Pass(AdmittedHeaders::none())
+                }
+                Ok((decision, used)) => {
+                    let left = self.left_after(*rate, used);
+                    self.verdict(decision, &Key::new(key), *rate, Some(left), cost, 0)
+                }
+                Err(err) => self.misconfigured(&err),
+            });
         }
+        let cost = self.resolve_cost(head);
         Some(
             match provider::local_inc_str(&self.limiter, *strategy, key, rate, cost) {
                 Ok(RateLimitDecision::Allowed) => Verdict::Pass(AdmittedHeaders::none()),

@@ -80,6 +80,7 @@ impl AdmittedHeaders {
     }
 
     /// Adds the fields to the inner service's response headers.
+    #[inline]
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         let Some(values) = self.0 else { return };
         if let Some(v) = values.policy {

@@ -126,6 +126,29 @@ pub(crate) fn local_inc_str_with_used(
     }
 }
 
+/// [`local_inc_str_with_used`] for a fixed rate and cost whose capacity `cap` the layer
+/// checked when it was built: no per-call check.
+#[inline]
+pub(crate) fn local_inc_checked_with_used(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &str,
+    rate: f64,
+    cost: u64,
+    cap: f64,
+) -> Result<(RateLimitDecision, u64), Error> {
+    let local = limiter.local();
+    let result = match strategy {
+        Strategy::Absolute => local
+            .absolute()
+            .inc_checked_with_accepted(key, rate, cost, cap),
+        Strategy::Suppressed => local
+            .suppressed()
+            .inc_checked_with_accepted(key, rate, cost, cap),
+    };
+    result.map_err(Error::from)
+}
+
 /// What a Redis or hybrid decision's usage leaves for `RateLimit`.
 #[cfg(feature = "redis-tokio")]
 fn left_of(usage: Option<crate::redis::KeyUsage>) -> Option<Left> {
