@@ -300,3 +300,59 @@ async fn ipv6_prefix_groups_peers_and_clients_by_their_network() {
     .await;
     assert_eq!(usages(&rl, &["2001:db8:abcd:1::/64"]), [1]);
 }
+
+/// The default layer (metrics on) decides an IPv4 peer on its fast path and an IPv6 one
+/// on the general path: both count `allowed`, `rejected` and near-limit requests alike,
+/// and an IPv4-mapped IPv6 peer is the IPv4 address it carries.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn the_default_layer_counts_near_limit_requests_on_every_path() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    // The only recorder of this test binary, installed before the layer is built.
+    let handle = PrometheusBuilder::new().install_recorder().unwrap();
+    let metric = |series: &str| -> f64 {
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let clock = ManualClock::new(0);
+    let draw = FixedDraw::default();
+    let rl = limiter(&clock, 1.0, &draw);
+    // 5 a window: the 4th and 5th leave at least 80 % used.
+    let layer = build(
+        RateLimitLayer::builder(rl.clone())
+            .rate(rate(0.5))
+            .policy_name("near_paths"),
+    );
+    for peer in ["127.0.0.1:4000", "[2001:db8::1]:4000"] {
+        for n in 1..=6 {
+            let status = call(&layer, peer, &[]).await.status;
+            let expected = if n <= 5 {
+                StatusCode::OK
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            };
+            assert_eq!(status, expected, "{peer} request {n}");
+        }
+    }
+    // The mapped form of 127.0.0.1 is the same key: already at its limit.
+    assert_eq!(
+        call(&layer, "[::ffff:127.0.0.1]:4000", &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(rl.local().absolute().usage("127.0.0.1"), 5);
+    assert_eq!(rl.local().absolute().usage("2001:db8::/64"), 5);
+    let requests = |outcome: &str| {
+        metric(&format!(
+            "sluicegate_requests_total{{policy=\"near_paths\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(requests("allowed"), 10.0);
+    assert_eq!(requests("rejected"), 3.0);
+    assert_eq!(
+        metric("sluicegate_near_limit_total{policy=\"near_paths\"}"),
+        4.0
+    );
+}

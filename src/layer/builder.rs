@@ -445,6 +445,22 @@ impl RateLimitLayerBuilder {
         let ops = self
             .ops
             .build(&self.limiter, &self.policy_name, provider_label, refunder)?;
+        let fast_ipv4 = self.peer_ip.is_some()
+            && set.is_none()
+            && fixed_rate.is_some()
+            && matches!(backend, Backend::Local(_))
+            && !self.headers_on_allowed
+            && ops.verdict_only();
+        // An admitted request is near the limit when `min(used, quota) as f64 >= share *
+        // quota as f64`: for whole `used`, from the share's ceiling on (at most the quota).
+        let fixed_cap = match (fixed_rate, &self.cost) {
+            (Some(r), CostSource::Fixed(c)) => crate::call::checked_capacity(r, window_s, *c).ok(),
+            _ => None,
+        };
+        let near_limit_at = fixed_rate.map_or(u64::MAX, |r| {
+            let quota = headers::quota(r, window_s);
+            (crate::observe::NEAR_LIMIT_SHARE * quota as f64).ceil() as u64
+        });
         Ok(RateLimitLayer::from_engine(Arc::new(DecisionEngine {
             limiter: self.limiter,
             extractor: self.extractor,
@@ -461,6 +477,9 @@ impl RateLimitLayerBuilder {
             prebuilt,
             set,
             max_key_len: self.max_key_len,
+            fast_ipv4,
+            near_limit_at,
+            fixed_cap,
             provider_errors: AtomicU64::new(0),
             ops,
         })))

@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
 use super::extract::{
-    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, normalize_ip, peer_addr,
+    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, peer_addr,
 };
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
@@ -26,7 +26,7 @@ use super::set::SetEngine;
 use crate::Strategy;
 use crate::observe::Outcome;
 use crate::{Error, RateLimit, RateLimitDecision, RateLimiter};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 /// Everything a service needs to decide, behind the one `Arc` a clone copies.
 pub(crate) struct DecisionEngine {
@@ -48,6 +48,17 @@ pub(crate) struct DecisionEngine {
     pub(super) set: Option<Box<SetEngine>>,
     /// The longest key taken, in bytes.
     pub(super) max_key_len: usize,
+    /// Whether [`check_ipv4`](Self::check_ipv4) may decide: the extractor is [`PeerIp`],
+    /// the rate fixed, the provider local, one rate (no set), no fields on admitted
+    /// responses, and nothing in `ops` needs more than the verdict and the usage.
+    pub(super) fast_ipv4: bool,
+    /// The usage after an admitted request (at the fixed rate) from which it counts as
+    /// near the limit (`sluicegate_near_limit_total`): at least
+    /// [`NEAR_LIMIT_SHARE`](crate::observe::NEAR_LIMIT_SHARE) of the quota.
+    pub(super) near_limit_at: u64,
+    /// The capacity of the fixed rate at the fixed cost, checked at build time (`None`
+    /// with a rate or cost resolver).
+    pub(super) fixed_cap: Option<f64>,
     pub(crate) provider_errors: AtomicU64,
     /// Metrics, logs, shadow mode, exemptions, counting by outcome (`ops.rs`).
     pub(super) ops: super::ops::Ops,
@@ -119,16 +130,16 @@ impl DecisionEngine {
     /// Decides one request from its head.
     #[inline]
     pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
+        if self.fast_ipv4 {
+            if let Some(verdict) = self.check_ipv4(head) {
+                return verdict;
+            }
+        }
         if self.ops.exempts_request(head) {
             return self.ops.exempt();
         }
         if let Some(set) = &self.set {
             return self.check_set(set, head);
-        }
-        if self.peer_ip.is_some() && self.ops.verdict_only() {
-            if let Some(verdict) = self.check_ipv4(head) {
-                return verdict;
-            }
         }
         let key = match &self.peer_ip {
             Some(peer_ip) => peer_ip.extract(head),
@@ -160,13 +171,7 @@ impl DecisionEngine {
             Backend::Local(strategy) if self.headers_on_allowed || self.ops.wants_usage => {
                 match provider::local_inc_with_used(&self.limiter, *strategy, &key, &rate, cost) {
                     Ok((decision, used)) => {
-                        // The local store reports the usage after the call; `t` is then the
-                        // window, the longest until all of it has expired.
-                        let window_s = self.prebuilt.window_s;
-                        let left = Left {
-                            remaining: headers::quota(rate.get(), window_s).saturating_sub(used),
-                            reset_s: window_s,
-                        };
+                        let left = self.left_after(rate, used);
                         self.verdict(decision, &key, rate, Some(left), cost, before_ms)
                     }
                     Err(err) => self.misconfigured(&err),
@@ -218,25 +223,70 @@ impl DecisionEngine {
     }
 
     /// The common case, decided without building a [`Key`]: an IPv4 peer keyed by
-    /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses. The
-    /// address is written as text on the stack and the store is keyed with it directly; a
-    /// `Key` is made only for a refusal. `None`: not this case.
+    /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses, no
+    /// exemptions, counting by outcome or decision extension ([`fast_ipv4`](Self::fast_ipv4)
+    /// says so at build time). The address is written as text on the stack and the store is
+    /// keyed with it directly; a `Key` is made only for a refusal. With metrics on, the
+    /// decision's lookup also reads the usage after it, for the near-limit count: the
+    /// default configuration takes this path. `None`: not an IPv4 peer.
     #[inline]
     fn check_ipv4(&self, head: &RequestHead<'_>) -> Option<Verdict> {
-        let (RateSource::Fixed(rate), Backend::Local(strategy), false) =
-            (&self.rate, &self.backend, self.headers_on_allowed)
+        let (RateSource::Fixed(rate), Backend::Local(strategy)) = (&self.rate, &self.backend)
         else {
             return None;
         };
-        let ip = match peer_addr(head.extensions) {
-            Ok(addr) => normalize_ip(addr.ip()),
+        // An IPv4-mapped IPv6 peer is the IPv4 address it carries (as `normalize_ip`).
+        let v4 = match peer_addr(head.extensions) {
+            Ok(SocketAddr::V4(addr)) => *addr.ip(),
+            Ok(SocketAddr::V6(addr)) => addr.ip().to_ipv4_mapped()?,
             Err(err) => return Some(self.key_failure(&err)),
         };
-        let IpAddr::V4(v4) = ip else { return None };
         let mut buf = Ipv4Text::new();
         let key = ipv4_str(v4, &mut buf);
         if key.len() > self.max_key_len {
             return Some(self.key_too_long(&Key::new(key)));
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.ops.metrics {
+            // A fixed cost: its capacity was checked at build time.
+            let (result, cost) = match (self.fixed_cap, &self.cost) {
+                (Some(cap), CostSource::Fixed(cost)) => (
+                    provider::local_inc_checked_with_used(
+                        &self.limiter,
+                        *strategy,
+                        key,
+                        rate.get(),
+                        *cost,
+                        cap,
+                    ),
+                    *cost,
+                ),
+                _ => {
+                    let cost = self.resolve_cost(head);
+                    let result = provider::local_inc_str_with_used(
+                        &self.limiter,
+                        *strategy,
+                        key,
+                        rate,
+                        cost,
+                    );
+                    (result, cost)
+                }
+            };
+            return Some(match result {
+                Ok((RateLimitDecision::Allowed, used)) => {
+                    metrics.outcome(Outcome::Allowed);
+                    if used >= self.near_limit_at {
+                        metrics.near_limit();
+                    }
+                    Verdict::Pass(AdmittedHeaders::none())
+                }
+                Ok((decision, used)) => {
+                    let left = self.left_after(*rate, used);
+                    self.verdict(decision, &Key::new(key), *rate, Some(left), cost, 0)
+                }
+                Err(err) => self.misconfigured(&err),
+            });
         }
         let cost = self.resolve_cost(head);
         Some(
@@ -246,6 +296,18 @@ impl DecisionEngine {
                 Err(err) => self.misconfigured(&err),
             },
         )
+    }
+
+    /// What is left of the key's quota at `rate` once `used` units count: the local
+    /// store reports the usage after the call, so `t` is the window, the longest until
+    /// all of it has expired.
+    #[inline]
+    fn left_after(&self, rate: RateLimit, used: u64) -> Left {
+        let window_s = self.prebuilt.window_s;
+        Left {
+            remaining: headers::quota(rate.get(), window_s).saturating_sub(used),
+            reset_s: window_s,
+        }
     }
 
     /// The request's cost (at least 1).

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Response, header};
 use super::decide::DecisionEngine;
 use super::extract::Key;
 use super::headers::{self, RATELIMIT, RATELIMIT_POLICY, SUPPRESSION_FACTOR};
-use super::response::Rejection;
+use super::response::{Rejection, RejectionBody};
 use crate::RateLimit;
 
 /// Headers to add to the inner service's response: none on the common path, so the
@@ -80,6 +80,7 @@ impl AdmittedHeaders {
     }
 
     /// Adds the fields to the inner service's response headers.
+    #[inline]
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         let Some(values) = self.0 else { return };
         if let Some(v) = values.policy {
@@ -161,17 +162,27 @@ impl DecisionEngine {
         });
         self.add_limit_fields(&mut response, rate, seconds);
         let h = response.headers_mut();
-        if !h.contains_key(SUPPRESSION_FACTOR) {
+        if !matches!(self.body, RejectionBody::Custom(_)) || !h.contains_key(SUPPRESSION_FACTOR) {
             h.insert(SUPPRESSION_FACTOR, self.prebuilt.factor(factor));
         }
         response
     }
 
     /// Adds `Retry-After`, `RateLimit-Policy` and `RateLimit: r=0;t=<seconds>` where the
-    /// body (a hook) did not set them.
+    /// body (a hook) did not set them. The built-in bodies set none: no lookups then (the
+    /// reject path is the one taken under attack).
     fn add_limit_fields(&self, response: &mut Response<Bytes>, rate: RateLimit, seconds: u64) {
         let p = &self.prebuilt;
         let h = response.headers_mut();
+        if !matches!(self.body, RejectionBody::Custom(_)) {
+            h.insert(header::RETRY_AFTER, p.retry_after(seconds));
+            h.insert(
+                RATELIMIT_POLICY,
+                p.policy_for(rate.get(), self.fixed_rate()),
+            );
+            h.insert(RATELIMIT, p.limited(seconds));
+            return;
+        }
         if !h.contains_key(header::RETRY_AFTER) {
             h.insert(header::RETRY_AFTER, p.retry_after(seconds));
         }

@@ -207,12 +207,11 @@ impl Ops {
             .is_some_and(|e| e.exempts_request(head))
     }
 
-    /// Whether nothing here needs more than the verdict: no key exemptions, no counting by
-    /// outcome, no usage wanted (metrics, the handler's decision). The layer's IPv4 fast
-    /// path runs only then.
-    #[inline]
+    /// Whether nothing here needs more than the verdict and the usage after it (for the
+    /// near-limit count): no exemptions, no counting by outcome, no decision for the
+    /// handler. The layer's IPv4 fast path runs only then.
     pub(crate) fn verdict_only(&self) -> bool {
-        self.exemptions.is_none() && self.counting.is_none() && !self.wants_usage
+        self.exemptions.is_none() && self.counting.is_none() && !self.decision_extension
     }
 
     /// Whether the request is exempt by its key.

@@ -94,6 +94,7 @@ pub(crate) fn local_inc_str(
 
 /// One local decision with the units admitted for `key` in the window right after it
 /// (for `RateLimit: r=`), from the one store lookup.
+#[inline]
 pub(crate) fn local_inc_with_used(
     limiter: &RateLimiter,
     strategy: Strategy,
@@ -101,20 +102,51 @@ pub(crate) fn local_inc_with_used(
     rate: &RateLimit,
     cost: u64,
 ) -> Result<(RateLimitDecision, u64), Error> {
+    local_inc_str_with_used(limiter, strategy, key.as_str(), rate, cost)
+}
+
+/// [`local_inc_with_used`] on a key's text.
+#[inline]
+pub(crate) fn local_inc_str_with_used(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &str,
+    rate: &RateLimit,
+    cost: u64,
+) -> Result<(RateLimitDecision, u64), Error> {
     match strategy {
-        Strategy::Absolute => {
-            limiter
-                .local()
-                .absolute()
-                .try_inc_with_accepted(key.as_str(), rate, cost)
-        }
-        Strategy::Suppressed => {
-            limiter
-                .local()
-                .suppressed()
-                .try_inc_with_accepted(key.as_str(), rate, cost)
-        }
+        Strategy::Absolute => limiter
+            .local()
+            .absolute()
+            .try_inc_with_accepted(key, rate, cost),
+        Strategy::Suppressed => limiter
+            .local()
+            .suppressed()
+            .try_inc_with_accepted(key, rate, cost),
     }
+}
+
+/// [`local_inc_str_with_used`] for a fixed rate and cost whose capacity `cap` the layer
+/// checked when it was built: no per-call check.
+#[inline]
+pub(crate) fn local_inc_checked_with_used(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &str,
+    rate: f64,
+    cost: u64,
+    cap: f64,
+) -> Result<(RateLimitDecision, u64), Error> {
+    let local = limiter.local();
+    let result = match strategy {
+        Strategy::Absolute => local
+            .absolute()
+            .inc_checked_with_accepted(key, rate, cost, cap),
+        Strategy::Suppressed => local
+            .suppressed()
+            .inc_checked_with_accepted(key, rate, cost, cap),
+    };
+    result.map_err(Error::from)
 }
 
 /// What a Redis or hybrid decision's usage leaves for `RateLimit`.

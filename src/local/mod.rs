@@ -329,13 +329,28 @@ impl<S: LocalState> LocalKeys<S> {
         count: u64,
     ) -> Result<(RateLimitDecision, u64), Error> {
         let cap = checked_capacity(rate.get(), self.window_seconds(), count)?;
+        Ok(self.inc_checked_with_accepted(key, rate.get(), count, cap)?)
+    }
+
+    /// [`try_inc_with_accepted`](Self::try_inc_with_accepted) for a call checked once
+    /// before (`cap` is `checked_capacity(rate, window, count)`): the layer's fixed rate
+    /// and cost. `Err` for a new key the full budget refuses.
+    #[inline]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    fn inc_checked_with_accepted(
+        &self,
+        key: &str,
+        rate: f64,
+        count: u64,
+        cap: f64,
+    ) -> Result<(RateLimitDecision, u64), Full> {
         let call = Call {
             now_ms: self.clock.now_ms(),
-            rate: rate.get(),
+            rate,
             count,
             cap,
         };
-        Ok(self.keys.try_with(
+        self.keys.try_with(
             key,
             || S::new(call.rate),
             |s| {
@@ -343,7 +358,7 @@ impl<S: LocalState> LocalKeys<S> {
                 (decision, s.accepted(&self.settings, call.now_ms))
             },
             |s| s.spare(&self.settings, call.now_ms),
-        )?)
+        )
     }
 
     /// Runs `f` on an existing key's state now; creates nothing.
@@ -390,6 +405,21 @@ macro_rules! inc_methods {
             count: u64,
         ) -> Result<(RateLimitDecision, u64), Error> {
             self.keys.try_inc_with_accepted(key, rate, count)
+        }
+
+        /// [`try_inc_with_accepted`](Self::try_inc_with_accepted) for a call whose
+        /// capacity `cap` was checked once (`checked_capacity(rate, window, count)`, at the
+        /// layer's build time). Crate-internal: the layer's fixed-rate fast path.
+        #[inline]
+        #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+        pub(crate) fn inc_checked_with_accepted(
+            &self,
+            key: &str,
+            rate: f64,
+            count: u64,
+            cap: f64,
+        ) -> Result<(RateLimitDecision, u64), store::Full> {
+            self.keys.inc_checked_with_accepted(key, rate, count, cap)
         }
 
         /// How many keys are held in memory.
