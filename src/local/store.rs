@@ -147,9 +147,11 @@ impl From<Full> for crate::Error {
 /// A key and its state, as a table holds them.
 type Entry<S> = (CompactString, S);
 
-/// One shard on cache lines of its own, so shards' locks never share a line.
+/// One shard on cache lines of its own, so shards' locks never share a line: its table, and
+/// the clock hand of [`WhenFull::Evict`] (the bucket its next search starts at; read and
+/// moved only under the lock).
 #[repr(align(128))]
-struct Shard<S>(SpinMutex<HashTable<Entry<S>>, Backoff>);
+struct Shard<S>(SpinMutex<HashTable<Entry<S>>, Backoff>, AtomicUsize);
 
 impl<S> Shard<S> {
     #[inline]
@@ -183,6 +185,43 @@ impl Cursor {
     fn done<T>(&self, table: &HashTable<T>) -> bool {
         self.next >= table.num_buckets()
     }
+}
+
+/// Examines the keys of `table` from `hand` on (wrapping around, each key at most once) until
+/// `examined` reaches `limit` or `take` says yes; moves `hand` past the keys examined.
+/// The bucket of the key taken.
+fn scan<S>(
+    table: &mut HashTable<Entry<S>>,
+    hand: &AtomicUsize,
+    limit: usize,
+    examined: &mut usize,
+    mut take: impl FnMut(usize, &mut S) -> bool,
+) -> Option<usize> {
+    // A power of two, at least one.
+    let mask = table.num_buckets() - 1;
+    let mut index = hand.load(Ordering::Relaxed) & mask;
+    let mut taken = None;
+    for _ in 0..=mask {
+        if *examined >= limit {
+            break;
+        }
+        let at = index;
+        index = (index + 1) & mask;
+        if let Some(entry) = table.get_bucket_mut(at) {
+            *examined += 1;
+            if take(at, &mut entry.1) {
+                taken = Some(at);
+                break;
+            }
+        }
+    }
+    hand.store(index, Ordering::Relaxed);
+    taken
+}
+
+/// Removes the key in bucket `index` (one [`scan`] found); whether there was one.
+fn remove_at<S>(table: &mut HashTable<Entry<S>>, index: usize) -> bool {
+    table.get_bucket_entry(index).map(|e| e.remove()).is_ok()
 }
 
 /// How a waiter spins: a pause per try, and a yield of its thread every 64 tries.
@@ -237,7 +276,7 @@ impl<S> KeyStore<S> {
         KeyStore {
             hasher: Hasher::default(),
             shards: (0..shards)
-                .map(|_| Shard(SpinMutex::new(HashTable::new())))
+                .map(|_| Shard(SpinMutex::new(HashTable::new()), AtomicUsize::new(0)))
                 .collect(),
             shift: 64 - shards.trailing_zeros(),
             count,
@@ -381,53 +420,80 @@ impl<S> KeyStore<S> {
     }
 
     /// Evicts one key that `spare` lets go: an idle one among the first [`EVICT_IDLE_LOOK`]
-    /// keys examined, else the first idle or light one among the first [`EVICT_EXAMINE`].
-    /// Keys are examined in `own` (the new key's shard, locked) and then in the shards after
-    /// it whose lock is free (a held lock is skipped, never waited for, so two evictions
-    /// never wait on each other). Whether a key went.
+    /// keys examined, else a light one met among those in `own`, else the first idle or
+    /// light one among the next [`EVICT_EXAMINE`]. Keys are examined in `own` (the new key's
+    /// shard, locked) and then in the shards after it whose lock is free (a held lock is
+    /// skipped, never waited for, so two evictions never wait on each other); each shard is
+    /// examined from its clock hand on, which moves past the keys examined, so that one
+    /// eviction goes on where the last stopped and a key that must stay is not examined again
+    /// for every new key. Whether a key went.
     fn evict_for(
         &self,
-        own: &mut HashTable<(CompactString, S)>,
+        own: &mut HashTable<Entry<S>>,
         hash: u64,
         mut spare: impl FnMut(&mut S) -> Spare,
     ) -> bool {
-        let examined = Cell::new(0usize);
-        let mut take = |table: &mut HashTable<(CompactString, S)>, limit: usize, light: bool| {
-            table
-                .extract_if(|e| {
-                    if examined.get() >= limit {
-                        return false;
-                    }
-                    examined.set(examined.get() + 1);
-                    match spare(&mut e.1) {
-                        Spare::Idle => true,
-                        Spare::Light => light,
-                        Spare::Keep => false,
-                    }
-                })
-                .next()
-                .is_some()
-        };
         let first = self.shard_index(hash);
-        let mut search = |limit: usize, light: bool| {
-            examined.set(0);
-            if take(&mut *own, limit, light) {
-                return true;
-            }
-            for step in 1..self.shards.len() {
-                if examined.get() >= limit {
-                    break;
-                }
-                let index = (first + step) & (self.shards.len() - 1);
-                if let Some(mut table) = self.shards[index].0.try_lock()
-                    && take(&mut table, limit, light)
-                {
-                    return true;
-                }
-            }
-            false
+        let others = || {
+            (1..self.shards.len())
+                .map(move |step| &self.shards[(first + step) & (self.shards.len() - 1)])
         };
-        search(EVICT_IDLE_LOOK, false) || search(EVICT_EXAMINE, true)
+        let own_hand = &self.shards[first].1;
+        let mut examined = 0;
+        let mut light = None;
+        let idle = scan(
+            own,
+            own_hand,
+            EVICT_IDLE_LOOK,
+            &mut examined,
+            |index, s| match spare(s) {
+                Spare::Idle => true,
+                Spare::Light => {
+                    light.get_or_insert(index);
+                    false
+                }
+                Spare::Keep => false,
+            },
+        );
+        if let Some(index) = idle {
+            return remove_at(own, index);
+        }
+        for shard in others() {
+            if examined >= EVICT_IDLE_LOOK {
+                break;
+            }
+            if let Some(mut table) = shard.0.try_lock()
+                && let Some(index) = scan(
+                    &mut table,
+                    &shard.1,
+                    EVICT_IDLE_LOOK,
+                    &mut examined,
+                    |_, s| spare(s) == Spare::Idle,
+                )
+            {
+                return remove_at(&mut table, index);
+            }
+        }
+        if let Some(index) = light {
+            return remove_at(own, index);
+        }
+        let mut examined = 0;
+        let mut go = |_: usize, s: &mut S| spare(s) != Spare::Keep;
+        if let Some(index) = scan(own, own_hand, EVICT_EXAMINE, &mut examined, &mut go) {
+            return remove_at(own, index);
+        }
+        for shard in others() {
+            if examined >= EVICT_EXAMINE {
+                break;
+            }
+            if let Some(mut table) = shard.0.try_lock()
+                && let Some(index) =
+                    scan(&mut table, &shard.1, EVICT_EXAMINE, &mut examined, &mut go)
+            {
+                return remove_at(&mut table, index);
+            }
+        }
+        false
     }
 
     /// Locks the key's shard and keeps it locked until the returned guard drops: for a caller
