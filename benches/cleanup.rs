@@ -1,7 +1,8 @@
 //! How long a call waits behind a cleanup pass: one thread calls on live keys in a loop and
 //! times every call while another runs `cleanup()` over a million stale keys (both
 //! strategies). Prints the calls' latency percentiles during the passes, and without any
-//! pass beside them for reference.
+//! pass beside them for reference, and those of the calls that made the stale keys (each a
+//! new key; some grow their shard's table).
 //!
 //! ```text
 //! cargo bench -p sluicegate-benches --bench cleanup            # 5 passes of 1M stale keys
@@ -60,14 +61,16 @@ fn time_calls(rl: &RateLimiter, live: &[String], stop: &AtomicBool) -> Vec<u64> 
 fn report(label: &str, mut samples: Vec<u64>) {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let over_1ms = samples.len() - samples.partition_point(|&ns| ns <= 1_000_000);
     println!(
-        "| {label} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        "| {label} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
         samples.len(),
         at(0.5) as f64 / 1e3,
         at(0.99) as f64 / 1e3,
         at(0.999) as f64 / 1e3,
         at(0.9999) as f64 / 1e3,
         *samples.last().unwrap() as f64 / 1e3,
+        over_1ms as f64 * 1e6 / samples.len() as f64,
     );
 }
 
@@ -84,11 +87,12 @@ fn main() {
     let one = RateLimit::try_from(1e9).unwrap();
 
     println!("{passes} cleanup passes over {stale} stale keys a strategy; call latency in µs\n");
-    println!("| calls | samples | p50 | p99 | p99.9 | p99.99 | max |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("| calls | samples | p50 | p99 | p99.9 | p99.99 | max | over 1 ms per M |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut during = Vec::new();
     let mut quiet = Vec::new();
     let mut pass_ms = Vec::new();
+    let mut inserts = Vec::new();
     for pass in 0..passes {
         // Stale keys made at this pass's start, live keys touched later, so that at the
         // pass's time every stale key has expired and no live one has.
@@ -99,8 +103,12 @@ fn main() {
             use std::fmt::Write as _;
             key.clear();
             write!(key, "stale_{pass}_{i:08}").unwrap();
+            let start = Instant::now();
             rl.local().absolute().inc(&key, &one, 1);
+            inserts.push(start.elapsed().as_nanos() as u64);
+            let start = Instant::now();
             rl.local().suppressed().inc(&key, &one, 1);
+            inserts.push(start.elapsed().as_nanos() as u64);
         }
         clock.set(t0 + WINDOW_S * 1000 + 500);
 
@@ -128,6 +136,9 @@ fn main() {
     }
     report("during cleanup", during);
     report("no cleanup", quiet);
+    // A new key that fills its shard's table rehashes the table into one twice the size,
+    // under the shard's lock: the slowest of these calls show what that costs.
+    report("new keys (tables growing)", inserts);
     pass_ms.sort_by(f64::total_cmp);
     println!(
         "\ncleanup pass: {:.0}–{:.0} ms for {} keys",

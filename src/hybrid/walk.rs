@@ -1,4 +1,5 @@
-//! The committer's passes over a key store, one shard locked at a time.
+//! The committer's passes over a key store: [`KeyStore::walk`], one shard locked at a time
+//! and a bounded number of keys per lock hold.
 
 use std::ops::ControlFlow;
 
@@ -8,7 +9,7 @@ use crate::local::store::KeyStore;
 
 /// Runs `f` on every key and its state.
 pub(super) fn for_each<S>(store: &KeyStore<S>, mut f: impl FnMut(&CompactString, &mut S)) {
-    let _ = try_for_each(store, |key, state| {
+    let _ = store.walk(|key, state| {
         f(key, state);
         ControlFlow::Continue(())
     });
@@ -17,12 +18,7 @@ pub(super) fn for_each<S>(store: &KeyStore<S>, mut f: impl FnMut(&CompactString,
 /// [`for_each`] until `f` breaks.
 pub(super) fn try_for_each<S>(
     store: &KeyStore<S>,
-    mut f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
+    f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
-    store.each_shard(|table| {
-        for (key, state) in table.iter_mut() {
-            f(key, state)?;
-        }
-        ControlFlow::Continue(())
-    })
+    store.walk(f)
 }

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,12 +23,13 @@ type Hasher = foldhash::fast::RandomState;
 /// second compare-and-swap to unlock, which was a fifth of a hot-key call (`benches/ratios`).
 /// A call holds the lock for the few nanoseconds it works on its key (longer when its insert
 /// grows the table); a waiter spins and yields its thread now and then, so a holder that lost
-/// its core gets it back. There are at least sixteen shards per core. The cleanup pass
-/// works on at most [`CLEANUP_CHUNK`] keys per lock hold; the hybrid committer's passes hold
-/// one shard's lock while they walk that shard, so calls to it wait that long. Neither ever
-/// removes a key under a running call. (A thousand shards, tried to shorten those walks,
-/// made a call on a million keys twice as slow: the shards' lock lines no longer stay in
-/// cache, and freed tables too small for their own mappings stayed resident.)
+/// its core gets it back. There are at least sixteen shards per core. A pass over every key
+/// (cleanup, the hybrid committer's) works on at most [`PASS_CHUNK`] buckets of a table per
+/// lock hold, and allocates and frees tables with no lock held, so a call waits behind at
+/// most one chunk's work. No pass ever removes a key under a running call. (A thousand
+/// shards, tried to shorten those waits, made a call on a million keys twice as slow: the
+/// shards' lock lines no longer stay in cache, and freed tables too small for their own
+/// mappings stayed resident.)
 ///
 /// New keys count against the limiter's [`KeyCount`], shared by its stores.
 pub(crate) struct KeyStore<S> {
@@ -43,10 +44,15 @@ pub(crate) struct KeyStore<S> {
     overflow: SpinMutex<Option<S>, Backoff>,
     /// Whether this store may use the overflow key (the hybrid's may not).
     overflow_allowed: bool,
+    /// Lock holds taken by passes over every key (tests count them).
+    #[cfg(test)]
+    holds: AtomicUsize,
 }
 
-/// The most keys cleanup examines per lock hold.
-pub(crate) const CLEANUP_CHUNK: usize = 2048;
+/// The most buckets of a shard's table a pass over every key (cleanup's, the hybrid
+/// committer's) examines per lock hold: at most that many keys' work before the lock is
+/// released, whatever the shard's size.
+pub(crate) const PASS_CHUNK: usize = 2048;
 
 /// A shard's table is shrunk (rehashed into a smaller one, under its lock) only while it holds
 /// at most this many keys, so that no shrink holds the lock long.
@@ -138,9 +144,85 @@ impl From<Full> for crate::Error {
     }
 }
 
-/// One shard on cache lines of its own, so shards' locks never share a line.
+/// A key and its state, as a table holds them.
+type Entry<S> = (CompactString, S);
+
+/// One shard on cache lines of its own, so shards' locks never share a line: its table, and
+/// the clock hand of [`WhenFull::Evict`] (the bucket its next search starts at; read and
+/// moved only under the lock).
 #[repr(align(128))]
-struct Shard<S>(SpinMutex<HashTable<(CompactString, S)>, Backoff>);
+struct Shard<S>(SpinMutex<HashTable<Entry<S>>, Backoff>, AtomicUsize);
+
+impl<S> Shard<S> {
+    #[inline]
+    fn lock(&self) -> ShardGuard<'_, S> {
+        self.0.lock()
+    }
+}
+
+/// Where a pass is in one shard's table: the next bucket, and the table's bucket count when
+/// the pass began there (a resize moves every key, so the pass's order no longer holds).
+#[derive(Debug, Default)]
+struct Cursor {
+    next: usize,
+    buckets: Option<usize>,
+}
+
+impl Cursor {
+    /// The buckets to examine in this lock hold, at most `chunk` of them; `None` once the
+    /// shard is done or its table was resized since the last hold.
+    fn next<T>(&mut self, table: &HashTable<T>, chunk: usize) -> Option<Range<usize>> {
+        let buckets = table.num_buckets();
+        if *self.buckets.get_or_insert(buckets) != buckets || self.next >= buckets {
+            return None;
+        }
+        let start = self.next;
+        self.next = start.saturating_add(chunk.max(1)).min(buckets);
+        Some(start..self.next)
+    }
+
+    /// Whether every bucket of the table has been examined.
+    fn done<T>(&self, table: &HashTable<T>) -> bool {
+        self.next >= table.num_buckets()
+    }
+}
+
+/// Examines the keys of `table` from `hand` on (wrapping around, each key at most once) until
+/// `examined` reaches `limit` or `take` says yes; moves `hand` past the keys examined.
+/// The bucket of the key taken.
+fn scan<S>(
+    table: &mut HashTable<Entry<S>>,
+    hand: &AtomicUsize,
+    limit: usize,
+    examined: &mut usize,
+    mut take: impl FnMut(usize, &mut S) -> bool,
+) -> Option<usize> {
+    // A power of two, at least one.
+    let mask = table.num_buckets() - 1;
+    let mut index = hand.load(Ordering::Relaxed) & mask;
+    let mut taken = None;
+    for _ in 0..=mask {
+        if *examined >= limit {
+            break;
+        }
+        let at = index;
+        index = (index + 1) & mask;
+        if let Some(entry) = table.get_bucket_mut(at) {
+            *examined += 1;
+            if take(at, &mut entry.1) {
+                taken = Some(at);
+                break;
+            }
+        }
+    }
+    hand.store(index, Ordering::Relaxed);
+    taken
+}
+
+/// Removes the key in bucket `index` (one [`scan`] found); whether there was one.
+fn remove_at<S>(table: &mut HashTable<Entry<S>>, index: usize) -> bool {
+    table.get_bucket_entry(index).map(|e| e.remove()).is_ok()
+}
 
 /// How a waiter spins: a pause per try, and a yield of its thread every 64 tries.
 struct Backoff;
@@ -194,12 +276,14 @@ impl<S> KeyStore<S> {
         KeyStore {
             hasher: Hasher::default(),
             shards: (0..shards)
-                .map(|_| Shard(SpinMutex::new(HashTable::new())))
+                .map(|_| Shard(SpinMutex::new(HashTable::new()), AtomicUsize::new(0)))
                 .collect(),
             shift: 64 - shards.trailing_zeros(),
             count,
             overflow: SpinMutex::new(None),
             overflow_allowed,
+            #[cfg(test)]
+            holds: AtomicUsize::new(0),
         }
     }
 
@@ -336,53 +420,80 @@ impl<S> KeyStore<S> {
     }
 
     /// Evicts one key that `spare` lets go: an idle one among the first [`EVICT_IDLE_LOOK`]
-    /// keys examined, else the first idle or light one among the first [`EVICT_EXAMINE`].
-    /// Keys are examined in `own` (the new key's shard, locked) and then in the shards after
-    /// it whose lock is free (a held lock is skipped, never waited for, so two evictions
-    /// never wait on each other). Whether a key went.
+    /// keys examined, else a light one met among those in `own`, else the first idle or
+    /// light one among the next [`EVICT_EXAMINE`]. Keys are examined in `own` (the new key's
+    /// shard, locked) and then in the shards after it whose lock is free (a held lock is
+    /// skipped, never waited for, so two evictions never wait on each other); each shard is
+    /// examined from its clock hand on, which moves past the keys examined, so that one
+    /// eviction goes on where the last stopped and a key that must stay is not examined again
+    /// for every new key. Whether a key went.
     fn evict_for(
         &self,
-        own: &mut HashTable<(CompactString, S)>,
+        own: &mut HashTable<Entry<S>>,
         hash: u64,
         mut spare: impl FnMut(&mut S) -> Spare,
     ) -> bool {
-        let examined = Cell::new(0usize);
-        let mut take = |table: &mut HashTable<(CompactString, S)>, limit: usize, light: bool| {
-            table
-                .extract_if(|e| {
-                    if examined.get() >= limit {
-                        return false;
-                    }
-                    examined.set(examined.get() + 1);
-                    match spare(&mut e.1) {
-                        Spare::Idle => true,
-                        Spare::Light => light,
-                        Spare::Keep => false,
-                    }
-                })
-                .next()
-                .is_some()
-        };
         let first = self.shard_index(hash);
-        let mut search = |limit: usize, light: bool| {
-            examined.set(0);
-            if take(&mut *own, limit, light) {
-                return true;
-            }
-            for step in 1..self.shards.len() {
-                if examined.get() >= limit {
-                    break;
-                }
-                let index = (first + step) & (self.shards.len() - 1);
-                if let Some(mut table) = self.shards[index].0.try_lock()
-                    && take(&mut table, limit, light)
-                {
-                    return true;
-                }
-            }
-            false
+        let others = || {
+            (1..self.shards.len())
+                .map(move |step| &self.shards[(first + step) & (self.shards.len() - 1)])
         };
-        search(EVICT_IDLE_LOOK, false) || search(EVICT_EXAMINE, true)
+        let own_hand = &self.shards[first].1;
+        let mut examined = 0;
+        let mut light = None;
+        let idle = scan(
+            own,
+            own_hand,
+            EVICT_IDLE_LOOK,
+            &mut examined,
+            |index, s| match spare(s) {
+                Spare::Idle => true,
+                Spare::Light => {
+                    light.get_or_insert(index);
+                    false
+                }
+                Spare::Keep => false,
+            },
+        );
+        if let Some(index) = idle {
+            return remove_at(own, index);
+        }
+        for shard in others() {
+            if examined >= EVICT_IDLE_LOOK {
+                break;
+            }
+            if let Some(mut table) = shard.0.try_lock()
+                && let Some(index) = scan(
+                    &mut table,
+                    &shard.1,
+                    EVICT_IDLE_LOOK,
+                    &mut examined,
+                    |_, s| spare(s) == Spare::Idle,
+                )
+            {
+                return remove_at(&mut table, index);
+            }
+        }
+        if let Some(index) = light {
+            return remove_at(own, index);
+        }
+        let mut examined = 0;
+        let mut go = |_: usize, s: &mut S| spare(s) != Spare::Keep;
+        if let Some(index) = scan(own, own_hand, EVICT_EXAMINE, &mut examined, &mut go) {
+            return remove_at(own, index);
+        }
+        for shard in others() {
+            if examined >= EVICT_EXAMINE {
+                break;
+            }
+            if let Some(mut table) = shard.0.try_lock()
+                && let Some(index) =
+                    scan(&mut table, &shard.1, EVICT_EXAMINE, &mut examined, &mut go)
+            {
+                return remove_at(&mut table, index);
+            }
+        }
+        false
     }
 
     /// Locks the key's shard and keeps it locked until the returned guard drops: for a caller
@@ -408,51 +519,49 @@ impl<S> KeyStore<S> {
     }
 
     /// Keeps the keys for which `keep` holds, one shard locked at a time and at most
-    /// [`CLEANUP_CHUNK`] keys examined per lock hold; gives a shard's freed table space back
-    /// once it has shrunk to under a quarter of its capacity (if it then holds at most
-    /// [`SHRINK_MAX`] keys, so the rehash is short). The overflow key goes too once `keep`
-    /// lets it. Returns how many keys were removed.
+    /// [`PASS_CHUNK`] of its buckets examined per lock hold; removed keys are dropped after
+    /// the hold. A shard's freed table space is given back once it has shrunk to under a
+    /// quarter of its capacity (if it then holds at most [`SHRINK_MAX`] keys): the smaller
+    /// table is allocated before the lock is taken and the big one freed after it is
+    /// released, so the lock is held only to move the keys left. The overflow key goes too
+    /// once `keep` lets it. Returns how many keys were removed.
     ///
-    /// Between two lock holds calls may add keys to the shard: a key added before the
-    /// pass's position in the table's order is examined at the next pass, and a table that
-    /// grew meanwhile may leave some keys for the next pass too. No key is ever removed
-    /// unless `keep` said so at the time.
+    /// Between two lock holds calls may add keys to the shard: a key added behind the pass's
+    /// position is examined at the next pass, and so are the rest of a shard whose table was
+    /// resized meanwhile. No key is ever removed unless `keep` said so at the time.
     pub(crate) fn retain(&self, keep: impl FnMut(&mut S) -> bool) -> usize {
-        self.retain_in_chunks(CLEANUP_CHUNK, keep)
+        self.retain_in_chunks(PASS_CHUNK, keep)
     }
 
-    /// [`retain`](Self::retain), examining at most `chunk` keys per lock hold.
+    /// [`retain`](Self::retain), examining at most `chunk` buckets per lock hold.
     fn retain_in_chunks(&self, chunk: usize, mut keep: impl FnMut(&mut S) -> bool) -> usize {
         // Counted as they go: calls may add keys to other shards while the pass runs.
         let mut removed = 0;
+        let mut gone: Vec<Entry<S>> = Vec::new();
         for shard in self.shards.iter() {
-            // Keys examined and kept in this shard: they come first in its order.
-            let mut kept = 0usize;
+            let mut cursor = Cursor::default();
             loop {
-                let mut table = shard.0.lock();
-                let (mut seen, mut examined, mut more) = (0usize, 0usize, false);
-                let gone = table
-                    .extract_if(|e| {
-                        seen += 1;
-                        if seen <= kept {
-                            return false;
-                        }
-                        if examined == chunk {
-                            more = true;
-                            return false;
-                        }
-                        examined += 1;
-                        let stays = keep(&mut e.1);
-                        kept += usize::from(stays);
-                        !stays
-                    })
-                    .count();
-                removed += gone;
-                self.count.release(gone);
-                if !more {
-                    if table.len() * 4 < table.capacity() && table.len() <= SHRINK_MAX {
-                        let hasher = &self.hasher;
-                        table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
+                let mut table = shard.lock();
+                self.note_hold();
+                let Some(range) = cursor.next(&table, chunk) else {
+                    break;
+                };
+                for index in range {
+                    if let Ok(mut entry) = table.get_bucket_entry(index)
+                        && !keep(&mut entry.get_mut().1)
+                    {
+                        gone.push(entry.remove().0);
+                    }
+                }
+                let (len, capacity, done) = (table.len(), table.capacity(), cursor.done(&table));
+                drop(table);
+                removed += gone.len();
+                self.count.release(gone.len());
+                // The removed keys' memory is freed with no lock held.
+                gone.clear();
+                if done {
+                    if len * 4 < capacity && len <= SHRINK_MAX {
+                        self.shrink(shard, len);
                     }
                     break;
                 }
@@ -465,17 +574,79 @@ impl<S> KeyStore<S> {
         removed
     }
 
-    /// Runs `f` on each shard's table in turn, its lock held, until `f` breaks: the one
-    /// walk over every key (cleanup's, and the hybrid committer's passes).
+    /// Moves a shard's `len` or so keys into a table sized for them, allocated before the
+    /// lock is taken; the old table is freed after it is released. Skipped if keys came
+    /// meanwhile (the next pass shrinks it).
+    fn shrink(&self, shard: &Shard<S>, len: usize) {
+        let fresh = if len == 0 {
+            HashTable::new()
+        } else {
+            HashTable::with_capacity(len + len / 4)
+        };
+        let mut table = shard.lock();
+        self.note_hold();
+        if table.len() > fresh.capacity() || table.len() * 4 >= table.capacity() {
+            drop(table);
+            return;
+        }
+        let mut old = std::mem::replace(&mut *table, fresh);
+        let hasher = &self.hasher;
+        for entry in old.drain() {
+            let hash = hasher.hash_one(entry.0.as_str());
+            table.insert_unique(hash, entry, |e| hasher.hash_one(e.0.as_str()));
+        }
+        drop(table);
+        drop(old);
+    }
+
+    /// Runs `f` on every key and its state, one shard locked at a time and at most
+    /// [`PASS_CHUNK`] of its buckets examined per lock hold, until `f` breaks: the hybrid
+    /// committer's passes. A call waits behind at most one chunk's work.
+    ///
+    /// A key added while the walk is between two holds of its shard may be missed, and so
+    /// may the rest of a shard whose table was resized meanwhile: the next walk meets them.
+    /// A table rehashed in place meanwhile (after many removals) may show a key twice.
     #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
-    pub(crate) fn each_shard(
+    pub(crate) fn walk(
         &self,
-        mut f: impl FnMut(&mut HashTable<(CompactString, S)>) -> ControlFlow<()>,
+        f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        self.walk_in_chunks(PASS_CHUNK, f)
+    }
+
+    /// [`walk`](Self::walk), examining at most `chunk` buckets per lock hold.
+    #[cfg_attr(not(any(test, feature = "redis-tokio")), allow(dead_code))]
+    fn walk_in_chunks(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
         for shard in self.shards.iter() {
-            f(&mut shard.0.lock())?;
+            let mut cursor = Cursor::default();
+            loop {
+                let mut table = shard.lock();
+                self.note_hold();
+                let Some(range) = cursor.next(&table, chunk) else {
+                    break;
+                };
+                for index in range {
+                    if let Some(entry) = table.get_bucket_mut(index) {
+                        f(&entry.0, &mut entry.1)?;
+                    }
+                }
+                if cursor.done(&table) {
+                    break;
+                }
+            }
         }
         ControlFlow::Continue(())
+    }
+
+    /// Counts a pass's lock hold (tests check the work done per hold).
+    #[inline]
+    fn note_hold(&self) {
+        #[cfg(test)]
+        self.holds.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The keys in this store (not counting the overflow key), one shard locked at a time.
@@ -657,6 +828,102 @@ mod tests {
         assert_eq!(store.retain_in_chunks(1, |_| false), 13_333);
         assert_eq!(store.count.held(), 0);
         assert!(store.shards.iter().all(|s| s.0.lock().capacity() == 0));
+    }
+
+    #[test]
+    fn passes_do_a_bounded_count_of_work_per_lock_hold() {
+        let store = KeyStore::<u64>::default();
+        for i in 0..20_000u64 {
+            store.with(&format!("key-{i}"), || i, |_| ());
+        }
+        let buckets: usize = store.shards.iter().map(|s| s.lock().num_buckets()).sum();
+        let chunk = 64;
+        // Keys met per lock hold: a hold is a new value of the store's hold count.
+        let per_hold = |store: &KeyStore<u64>, runs: &mut Vec<usize>, last: &mut usize| {
+            let hold = store.holds.load(Ordering::Relaxed);
+            if hold != *last || runs.is_empty() {
+                *last = hold;
+                runs.push(0);
+            }
+            *runs.last_mut().unwrap() += 1;
+        };
+        let (mut runs, mut last, mut seen) = (Vec::new(), 0, vec![false; 20_000]);
+        let before = store.holds.load(Ordering::Relaxed);
+        let walked = store.walk_in_chunks(chunk, |_, s| {
+            per_hold(&store, &mut runs, &mut last);
+            assert!(
+                !std::mem::replace(&mut seen[*s as usize], true),
+                "{s} met twice"
+            );
+            ControlFlow::Continue(())
+        });
+        assert!(walked.is_continue());
+        assert!(seen.iter().all(|&s| s), "every key met");
+        assert!(
+            runs.iter().all(|&n| n <= chunk),
+            "at most {chunk} keys a hold"
+        );
+        let holds = store.holds.load(Ordering::Relaxed) - before;
+        assert!(
+            holds >= buckets / chunk,
+            "{holds} holds for {buckets} buckets"
+        );
+        assert!(holds <= buckets / chunk + 2 * store.shards.len());
+
+        // Cleanup's holds likewise.
+        let (mut runs, mut last) = (Vec::new(), 0);
+        let removed = store.retain_in_chunks(chunk, |s| {
+            per_hold(&store, &mut runs, &mut last);
+            *s % 2 == 0
+        });
+        assert_eq!(removed, 10_000);
+        assert_eq!(runs.iter().sum::<usize>(), 20_000);
+        assert!(
+            runs.iter().all(|&n| n <= chunk),
+            "at most {chunk} keys a hold"
+        );
+
+        // A walk that breaks stops at once.
+        let mut met = 0;
+        let walked = store.walk_in_chunks(chunk, |_, _| {
+            met += 1;
+            if met == 100 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(walked.is_break());
+        assert_eq!(met, 100);
+    }
+
+    #[test]
+    fn a_pass_leaves_a_table_resized_between_its_holds_for_the_next_pass() {
+        let mut table = HashTable::new();
+        let hasher = Hasher::default();
+        for i in 0..100u64 {
+            table.insert_unique(hasher.hash_one(i), i, |v| hasher.hash_one(*v));
+        }
+        let buckets = table.num_buckets();
+        let mut cursor = Cursor::default();
+        assert_eq!(cursor.next(&table, 10), Some(0..10));
+        assert!(!cursor.done(&table));
+        assert_eq!(cursor.next(&table, 10), Some(10..20));
+        // Chunks of no buckets still move on.
+        assert_eq!(cursor.next(&table, 0), Some(20..21));
+        for i in 100..1_000u64 {
+            table.insert_unique(hasher.hash_one(i), i, |v| hasher.hash_one(*v));
+        }
+        assert!(table.num_buckets() > buckets);
+        assert_eq!(cursor.next(&table, 10), None, "resized: the order is gone");
+        let mut cursor = Cursor::default();
+        let mut covered = 0;
+        while let Some(range) = cursor.next(&table, 300) {
+            assert_eq!(range.start, covered);
+            covered = range.end;
+        }
+        assert_eq!(covered, table.num_buckets());
+        assert!(cursor.done(&table));
     }
 
     #[test]
