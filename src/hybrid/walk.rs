@@ -20,7 +20,7 @@ pub(super) fn try_for_each<S>(
     mut f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     store.each_shard(|table| {
-        for (key, state) in table.iter_mut() {
+        for (key, state, _) in table.iter_mut() {
             f(key, state)?;
         }
         ControlFlow::Continue(())
