@@ -14,6 +14,22 @@
 //! covering one window (11 s), so that every key's window is full and steady (see `main`).
 //! Limiters are configured as in `benches/local.rs`; for two threads the figure is the wall
 //! time for each thread to make one call.
+//!
+//! Cache misses of a steady call on many keys (no timing; callgrind's cache simulation with
+//! a 4 MB last-level cache, counting only the calls inside `steady_calls`; divide the `DLmr`
+//! and `DLmw` totals by the calls). Subjects: `sluicegate`, `sluicegate_suppressed`,
+//! `governor`, `trypema`, `trypema_suppressed`:
+//!
+//! ```text
+//! cargo bench -p sluicegate-benches --bench ratios --no-run   # prints the binary's path
+//! RATIOS_CACHEGRIND=sluicegate:100000:100000 valgrind --tool=callgrind --cache-sim=yes \
+//!     --LL=4194304,16,64 --toggle-collect='*steady_calls*' --callgrind-out-file=cg.out \
+//!     target/release/deps/ratios-<hash>
+//! callgrind_annotate cg.out | grep 'PROGRAM TOTALS'   # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+//! ```
+//!
+//! About 0.9 of each subject's misses a call are the bench's own: reading the key's `String`
+//! from the key list and hashing its bytes.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
