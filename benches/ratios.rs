@@ -14,6 +14,22 @@
 //! covering one window (11 s), so that every key's window is full and steady (see `main`).
 //! Limiters are configured as in `benches/local.rs`; for two threads the figure is the wall
 //! time for each thread to make one call.
+//!
+//! Cache misses of a steady call on many keys (no timing; callgrind's cache simulation with
+//! a 4 MB last-level cache, counting only the calls inside `steady_calls`; divide the `DLmr`
+//! and `DLmw` totals by the calls). Subjects: `sluicegate`, `sluicegate_suppressed`,
+//! `governor`, `trypema`, `trypema_suppressed`:
+//!
+//! ```text
+//! cargo bench -p sluicegate-benches --bench ratios --no-run   # prints the binary's path
+//! RATIOS_CACHEGRIND=sluicegate:100000:100000 valgrind --tool=callgrind --cache-sim=yes \
+//!     --LL=4194304,16,64 --toggle-collect='*steady_calls*' --callgrind-out-file=cg.out \
+//!     target/release/deps/ratios-<hash>
+//! callgrind_annotate cg.out | grep 'PROGRAM TOTALS'   # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+//! ```
+//!
+//! About 0.9 of each subject's misses a call are the bench's own: reading the key's `String`
+//! from the key list and hashing its bytes.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -160,7 +176,93 @@ fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("user_{i:08}")).collect()
 }
 
+/// `RATIOS_CACHEGRIND=subject:keys:calls`: no timing; `keys` keys brought to the steady
+/// state of the 1M-key rounds, then `calls` more calls round robin inside [`steady_calls`],
+/// for callgrind's cache simulation to count alone (see the header). sluicegate runs on a
+/// manual clock that moves [`CACHEGRIND_PERIOD_MS`] per pass over the keys, as the timed
+/// rounds' real clock does at 1M keys; the peers run on their real clocks for 11 s.
+fn cachegrind(spec: &str) {
+    let mut parts = spec.split(':');
+    let subject = parts.next().expect("RATIOS_CACHEGRIND=subject:keys:calls");
+    let n: usize = parts.next().map_or(100_000, |s| s.parse().unwrap());
+    let calls: usize = parts.next().map_or(200_000, |s| s.parse().unwrap());
+    let keys = keys(n);
+    let hot = RateLimit::try_from(HOT_RATE).unwrap();
+    let t_hot = trypema::RateLimit::per_second_or_panic(HOT_RATE);
+    let clock = sluicegate::ManualClock::new(1_000_000);
+    let rl = RateLimiterBuilder::new(LocalRateLimiterOptions {
+        window_size_seconds: WindowSizeSeconds::try_from(WINDOW_S).unwrap(),
+        rate_group_size_ms: RateGroupSizeMs::try_from(GROUP_MS).unwrap(),
+        hard_limit_factor: HardLimitFactor::try_from(1.5).unwrap(),
+        suppression_factor_cache_ms: SuppressionFactorCacheMs::try_from(100).unwrap(),
+    })
+    .clock(clock.clone())
+    .build()
+    .unwrap();
+    let (tr, gv) = (trypema_local(), governor_keyed(HOT_RATE));
+    let call: Box<dyn Fn(&String)> = match subject {
+        "sluicegate" => Box::new(|k| {
+            black_box(rl.local().absolute().inc(k, &hot, 1));
+        }),
+        "sluicegate_suppressed" => Box::new(|k| {
+            black_box(rl.local().suppressed().inc(k, &hot, 1));
+        }),
+        "trypema" => Box::new(|k| {
+            black_box(tr.absolute().inc(k, &t_hot, 1));
+        }),
+        "trypema_suppressed" => Box::new(|k| {
+            black_box(tr.suppressed().inc(k, &t_hot, 1));
+        }),
+        "governor" => Box::new(|k| {
+            let _ = black_box(gv.check_key(k));
+        }),
+        other => panic!("unknown subject {other}"),
+    };
+    let ours = subject.starts_with("sluicegate");
+    // The manual clock at call `i` of the run: `CACHEGRIND_PERIOD_MS` per pass.
+    let tick = |i: usize| {
+        if ours {
+            clock.set(1_000_000 + (i as u64 * CACHEGRIND_PERIOD_MS) / n as u64);
+        }
+    };
+    let mut i = 0;
+    let started = Instant::now();
+    let passes = (WINDOW_S * 1000 + 1000).div_ceil(CACHEGRIND_PERIOD_MS) as usize + 1;
+    while if ours {
+        i < passes * n
+    } else {
+        i < n || started.elapsed() < Duration::from_secs(WINDOW_S + 1)
+    } {
+        tick(i);
+        call(&keys[i % n]);
+        i += 1;
+    }
+    steady_calls(&keys, i, calls, &tick, &*call);
+}
+
+/// The simulated time a pass over every key takes in [`cachegrind`]: about what the 1M-key
+/// rounds take with three subjects interleaved, so that a key holds as many buckets.
+const CACHEGRIND_PERIOD_MS: u64 = 1500;
+
+/// The calls callgrind counts (`--toggle-collect=*steady_calls*`).
+#[inline(never)]
+fn steady_calls(
+    keys: &[String],
+    from: usize,
+    calls: usize,
+    tick: &dyn Fn(usize),
+    call: &dyn Fn(&String),
+) {
+    for i in from..from + calls {
+        tick(i);
+        call(&keys[i % keys.len()]);
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("RATIOS_CACHEGRIND") {
+        return cachegrind(&spec);
+    }
     let rounds: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

@@ -83,17 +83,18 @@ impl std::fmt::Display for SyncIntervalMs {
 ///
 /// | per key | absolute | suppressed |
 /// |---|---:|---:|
-/// | table slot (entry and control byte) | 57 B | 81 B |
-/// | at the tables' fullest (7/8) and emptiest (7/16) load | 65–130 B | 93–185 B |
-/// | a window of 2 to 7 buckets: one box of older buckets | + 112 B | + 168 B |
-/// | more buckets: a deque instead, per bucket | + 16 B | + 24 B |
+/// | table slot (entry, aligned to a 64-byte line for absolute, and control byte) | 65 B | 89 B |
+/// | at the tables' fullest (7/8) and emptiest (7/16) load | 74–149 B | 102–203 B |
+/// | a window of `n` ≥ 2 buckets: a ring of at least `n` slots (at most 8, or fewer than `4n`), per slot | + 16 B | + 24 B |
 /// | a key longer than 24 bytes | + its length | + its length |
 ///
 /// So `N` keys with one bucket each (a spray: one call per key) take at most about
-/// `N × 130 B` (absolute) or `N × 185 B` (suppressed); 100k absolute keys measured 9.0–9.2 MB
-/// resident (90–92 B a key), before and after a spray of 5M new keys under every policy
-/// (`cargo bench -p sluicegate-benches --bench spray`). A key that is called in every
-/// bucket of its window holds up to `window / group + 1` buckets: budget its deque too. The
+/// `N × 149 B` (absolute) or `N × 203 B` (suppressed); 100k absolute keys measured 9.0–9.2 MB
+/// resident (90–92 B a key) with the 56-byte entries of an earlier layout, before and after a
+/// spray of 5M new keys under every policy (`cargo bench -p sluicegate-benches --bench
+/// spray`). A key that is called in every bucket of its window holds up to
+/// `window / group + 1` buckets: budget its ring too (a ring that its buckets fill at most a
+/// quarter of shrinks as its buckets expire). The
 /// hybrid provider's keys cost more (a lease, the unsent and in-flight buckets). The
 /// allocator's own overhead on the boxes comes on top.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,11 +8,12 @@
 //! than what the window admitted.
 //!
 //! Work per call is bounded by the number of live buckets, at most `W/g + 1`, and amortised
-//! O(1): each bucket is pushed once and popped once.
+//! O(1): each bucket is pushed once and popped once, and a key's ring grows one slot at a
+//! time only up to 16 slots, by a quarter past that.
 
 mod refund;
 
-use std::collections::VecDeque;
+use std::borrow::Borrow;
 
 pub(crate) use refund::Refund;
 
@@ -160,179 +161,155 @@ pub(crate) struct Bucket<C> {
 
 /// One key's live buckets and their running total.
 ///
-/// The newest bucket lives inline and older ones, with their sum, in a box that exists only
-/// while there are any, so an idle key costs no allocation beyond its map entry, and its
-/// entry holds one bucket and one pointer (the sum of a lone bucket is the bucket).
+/// Laid out for a call on one of a million keys, which finds the key cold: the total, which
+/// every decision reads, sits in the key's table entry beside the key, and a lone bucket
+/// (an idle key's, a sprayed key's) is its id there too, so such a key costs no allocation.
+/// Two buckets or more live in a ring of their own whose capacity follows the key's bucket
+/// count: a key that keeps `n` buckets holds a ring of `n` slots, and a steady call, which
+/// expires the oldest bucket and opens a new one, writes the new one into the slot the old
+/// one left (or the one before it). The ring's head, length and capacity are in the entry,
+/// so such a call touches the entry's line and about one line of the ring.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Window<C> {
-    /// Zero counts means the window is empty (an increment is never zero).
-    newest: Bucket<C>,
-    /// `None` when there is no bucket but the newest. Boxed on purpose: 8 bytes in every
-    /// idle key's entry instead of the older buckets and their sum.
-    older: Option<Box<Older<C>>>,
+    /// The sum of every live bucket. Zero iff the window is empty: an increment is never
+    /// zero, and the newest bucket is never left at zero (a refund that empties it drops it).
+    total: C,
+    shape: Shape<C>,
 }
 
-/// How many older buckets the box holds in itself before it moves them to a deque.
-///
-/// A key called every second or so over a 10 s window keeps about six: with them in the
-/// box, beside their sum, a call that opens a bucket (and expires one) works on one
-/// allocation of 128 bytes (absolute) instead of the box and both ends of a deque's buffer.
-const RING: usize = 6;
-
-/// The buckets before the newest, oldest first: never empty while it exists.
-///
-/// Not aligned to a cache line: `repr(align(64))` made a call touch more lines, not fewer
-/// (cachegrind, 200k keys in steady state), as the allocator pads each such box.
 #[derive(Debug, Clone)]
-enum Older<C> {
-    /// Up to [`RING`] buckets in a ring in the box itself.
-    Ring {
-        total: C,
-        /// The oldest bucket's slot.
-        head: u8,
-        /// Buckets held, 1 to [`RING`].
-        len: u8,
-        slots: [Bucket<C>; RING],
-    },
-    /// More than [`RING`] buckets (a key called often): a deque. Stays one until the window
-    /// holds no older bucket, so a key at the boundary does not move back and forth.
-    Deque {
-        buckets: VecDeque<Bucket<C>>,
-        total: C,
-        /// The front bucket's id, beside the sum: the expiry test on every call then reads
-        /// this box's line and not also the deque's buffer.
-        oldest: u64,
-    },
+enum Shape<C> {
+    /// No bucket (the total is zero) or one: its id, its counts being the total.
+    One { id: u64 },
+    /// Two buckets or more.
+    Ring(Ring<C>),
 }
 
-impl<C: Counts> Older<C> {
-    fn with(first: Bucket<C>) -> Self {
-        let mut slots = [Bucket::default(); RING];
-        slots[0] = first;
-        Older::Ring {
-            total: first.counts,
+impl<C> Default for Shape<C> {
+    fn default() -> Self {
+        Shape::One { id: 0 }
+    }
+}
+
+/// Up to 16 buckets the ring grows one slot at a time (a steady key then keeps exactly as
+/// many slots as buckets); past that by a quarter, so a key called in every group of a long
+/// window grows in a few steps.
+const GROW_BY_ONE: usize = 16;
+
+/// Buckets oldest first from `head`, `len` of them (at least two), in exactly `slots.len()`
+/// slots. The capacity is the ring's own bound on its memory: it grows only when a bucket
+/// would not fit, and shrinks once the buckets fill at most a quarter of it.
+#[derive(Debug, Clone)]
+struct Ring<C> {
+    slots: Box<[Bucket<C>]>,
+    head: u32,
+    len: u32,
+}
+
+impl<C: Counts> Ring<C> {
+    /// A ring of `older` and `newer`, with room for no more.
+    fn two(older: Bucket<C>, newer: Bucket<C>) -> Self {
+        Ring {
+            slots: Box::new([older, newer]),
             head: 0,
-            len: 1,
-            slots,
+            len: 2,
         }
     }
 
     #[inline]
-    fn total(&self) -> C {
-        match self {
-            Older::Ring { total, .. } | Older::Deque { total, .. } => *total,
-        }
-    }
-
-    #[inline]
-    fn oldest(&self) -> u64 {
-        match self {
-            Older::Ring { head, slots, .. } => slots[usize::from(*head)].id,
-            Older::Deque { oldest, .. } => *oldest,
-        }
-    }
-
     fn len(&self) -> usize {
-        match self {
-            Older::Ring { len, .. } => usize::from(*len),
-            Older::Deque { buckets, .. } => buckets.len(),
+        self.len as usize
+    }
+
+    /// The slot of the `i`-th bucket, oldest first (`i <= len`, and `i < capacity`).
+    #[inline]
+    fn slot(&self, i: usize) -> usize {
+        let at = self.head as usize + i;
+        if at >= self.slots.len() {
+            at - self.slots.len()
+        } else {
+            at
         }
     }
 
-    /// The buckets, oldest first, as two runs.
-    fn as_slices(&self) -> (&[Bucket<C>], &[Bucket<C>]) {
-        match self {
-            Older::Ring {
-                head, len, slots, ..
-            } => {
-                let (head, len) = (usize::from(*head), usize::from(*len));
-                if head + len <= RING {
-                    (&slots[head..head + len], &[])
-                } else {
-                    (&slots[head..], &slots[..head + len - RING])
-                }
-            }
-            Older::Deque { buckets, .. } => buckets.as_slices(),
-        }
+    #[inline]
+    fn front(&self) -> &Bucket<C> {
+        &self.slots[self.head as usize]
+    }
+
+    #[inline]
+    fn back(&self) -> &Bucket<C> {
+        &self.slots[self.slot(self.len() - 1)]
+    }
+
+    #[inline]
+    fn back_mut(&mut self) -> &mut Bucket<C> {
+        let at = self.slot(self.len() - 1);
+        &mut self.slots[at]
     }
 
     #[inline]
     fn push_back(&mut self, bucket: Bucket<C>) {
-        match self {
-            Older::Ring {
-                total,
-                head,
-                len,
-                slots,
-            } if usize::from(*len) < RING => {
-                let mut at = usize::from(*head) + usize::from(*len);
-                if at >= RING {
-                    at -= RING;
-                }
-                slots[at] = bucket;
-                *len += 1;
-                total.add(bucket.counts);
-            }
-            Older::Ring { .. } => self.spill(bucket),
-            Older::Deque { buckets, total, .. } => {
-                buckets.push_back(bucket);
-                total.add(bucket.counts);
-            }
+        if self.len() == self.slots.len() {
+            self.grow();
+        }
+        let at = self.slot(self.len());
+        self.slots[at] = bucket;
+        self.len += 1;
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let cap = self.slots.len();
+        self.rebuild(if cap < GROW_BY_ONE {
+            cap + 1
+        } else {
+            cap + cap / 4
+        });
+    }
+
+    /// The same buckets in `capacity` slots (at least `len`), from slot 0.
+    fn rebuild(&mut self, capacity: usize) {
+        let mut slots = Vec::with_capacity(capacity);
+        let (a, b) = self.as_slices();
+        slots.extend_from_slice(a);
+        slots.extend_from_slice(b);
+        slots.resize(capacity, Bucket::default());
+        self.slots = slots.into_boxed_slice();
+        self.head = 0;
+    }
+
+    /// Gives back most of a ring that its buckets fill at most a quarter of.
+    #[inline]
+    fn shrink_if_sparse(&mut self) {
+        if self.slots.len() > 8 && self.len() * 4 <= self.slots.len() {
+            self.rebuild(self.len() + 1);
         }
     }
 
-    /// A full ring and one more bucket: into a deque.
-    #[cold]
-    fn spill(&mut self, bucket: Bucket<C>) {
-        let (a, b) = self.as_slices();
-        let mut buckets = VecDeque::with_capacity(2 * RING + 2);
-        buckets.extend(a.iter().chain(b).copied());
-        buckets.push_back(bucket);
-        let mut total = self.total();
-        total.add(bucket.counts);
-        let oldest = buckets[0].id;
-        *self = Older::Deque {
-            buckets,
-            total,
-            oldest,
-        };
+    /// Takes the oldest bucket out (at least one stays: the caller turns a lone one into
+    /// [`Shape::One`]).
+    #[inline]
+    fn pop_front(&mut self) -> Bucket<C> {
+        let front = *self.front();
+        self.head = self.slot(1) as u32;
+        self.len -= 1;
+        front
     }
 
-    /// Takes the oldest bucket out; `None` if it was the last (the box is then to be dropped).
-    #[inline]
-    fn pop_front(&mut self) -> (Bucket<C>, bool) {
-        match self {
-            Older::Ring {
-                total,
-                head,
-                len,
-                slots,
-            } => {
-                let front = slots[usize::from(*head)];
-                total.sub(front.counts);
-                *head = if usize::from(*head) + 1 == RING {
-                    0
-                } else {
-                    *head + 1
-                };
-                *len -= 1;
-                (front, *len > 0)
-            }
-            Older::Deque {
-                buckets,
-                total,
-                oldest,
-            } => {
-                let front = buckets.pop_front().expect("an older deque is never empty");
-                total.sub(front.counts);
-                match buckets.front() {
-                    Some(next) => {
-                        *oldest = next.id;
-                        (front, true)
-                    }
-                    None => (front, false),
-                }
-            }
+    fn pop_back(&mut self) -> Bucket<C> {
+        let back = *self.back();
+        self.len -= 1;
+        back
+    }
+
+    /// The buckets, oldest first, as two runs.
+    fn as_slices(&self) -> (&[Bucket<C>], &[Bucket<C>]) {
+        let (head, len, cap) = (self.head as usize, self.len(), self.slots.len());
+        if head + len <= cap {
+            (&self.slots[head..head + len], &[])
+        } else {
+            (&self.slots[head..], &self.slots[..head + len - cap])
         }
     }
 }
@@ -341,16 +318,12 @@ impl<C: Counts> Window<C> {
     /// The sum of every live bucket.
     #[inline]
     pub(crate) fn total(&self) -> C {
-        let mut total = self.newest.counts;
-        if let Some(older) = &self.older {
-            total.add(older.total());
-        }
-        total
+        self.total
     }
 
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.newest.counts.is_zero()
+        self.total.is_zero()
     }
 
     /// The oldest live bucket's id (what [`buckets`](Self::buckets) yields first), without
@@ -372,28 +345,52 @@ impl<C: Counts> Window<C> {
 
     #[inline]
     fn oldest_id(&self) -> u64 {
-        match self.older.as_deref() {
-            Some(o) => o.oldest(),
-            None => self.newest.id,
+        match &self.shape {
+            Shape::One { id } => *id,
+            Shape::Ring(ring) => ring.front().id,
+        }
+    }
+
+    #[inline]
+    fn newest_id(&self) -> u64 {
+        match &self.shape {
+            Shape::One { id } => *id,
+            Shape::Ring(ring) => ring.back().id,
         }
     }
 
     #[inline]
     fn expire_slow(&mut self, oldest_live: u64) {
-        if let Some(older) = self.older.as_deref_mut() {
-            loop {
-                if older.oldest() >= oldest_live {
-                    return;
+        let ring = match &mut self.shape {
+            Shape::One { id } => {
+                if *id < oldest_live {
+                    self.total = C::default();
                 }
-                if !older.pop_front().1 {
-                    break;
-                }
+                return;
             }
-            self.older = None;
+            Shape::Ring(ring) => ring,
+        };
+        // `expire` found the oldest bucket expired.
+        debug_assert!(ring.front().id < oldest_live);
+        loop {
+            let gone = ring.pop_front();
+            self.total.sub(gone.counts);
+            if ring.len() == 1 {
+                let last = *ring.front();
+                self.shape = Shape::One { id: last.id };
+                if last.id < oldest_live {
+                    self.total = C::default();
+                }
+                return;
+            }
+            // Ids rise along the ring: past the last expired id, the rest is live, and the
+            // next bucket (maybe on another line) is not read. The common case at many keys:
+            // one bucket expires, and the new one goes into its slot.
+            if gone.id + 1 >= oldest_live || ring.front().id >= oldest_live {
+                break;
+            }
         }
-        if self.newest.id < oldest_live {
-            self.newest = Bucket::default();
-        }
+        ring.shrink_if_sparse();
     }
 
     /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
@@ -402,31 +399,54 @@ impl<C: Counts> Window<C> {
     pub(crate) fn add(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero());
         if self.is_empty() {
-            self.newest = Bucket {
+            self.total = counts;
+            self.shape = Shape::One {
                 id: geo.bucket_of(now_ms),
-                counts,
             };
-        } else if now_ms < geo.end_of(self.newest.id) {
-            // `bucket_of(now_ms) <= newest.id` without the divide: the common case.
-            self.newest.counts.add(counts);
-        } else {
-            let id = geo.bucket_of(now_ms);
-            let previous = std::mem::replace(&mut self.newest, Bucket { id, counts });
-            match self.older.as_deref_mut() {
-                Some(older) => older.push_back(previous),
-                None => self.older = Some(Box::new(Older::with(previous))),
+            return;
+        }
+        let before = self.total;
+        self.total.add(counts);
+        if now_ms < geo.end_of(self.newest_id()) {
+            // `bucket_of(now_ms) <= newest id` without the divide: the common case.
+            if let Shape::Ring(ring) = &mut self.shape {
+                ring.back_mut().counts.add(counts);
             }
+            return;
+        }
+        let newer = Bucket {
+            id: geo.bucket_of(now_ms),
+            counts,
+        };
+        match &mut self.shape {
+            Shape::One { id } => {
+                let older = Bucket {
+                    id: *id,
+                    counts: before,
+                };
+                self.shape = Shape::Ring(Ring::two(older, newer));
+            }
+            Shape::Ring(ring) => ring.push_back(newer),
         }
     }
 
     /// Live buckets, oldest first.
-    pub(crate) fn buckets(&self) -> impl DoubleEndedIterator<Item = &Bucket<C>> {
-        let newest = (!self.is_empty()).then_some(&self.newest);
-        let (a, b) = self
-            .older
-            .as_deref()
-            .map_or((&[][..], &[][..]), Older::as_slices);
-        a.iter().chain(b).chain(newest)
+    pub(crate) fn buckets(&self) -> impl DoubleEndedIterator<Item = Bucket<C>> + '_ {
+        let (a, b, one): (&[Bucket<C>], &[Bucket<C>], _) = match &self.shape {
+            Shape::One { id } => (
+                &[],
+                &[],
+                (!self.is_empty()).then_some(Bucket {
+                    id: *id,
+                    counts: self.total,
+                }),
+            ),
+            Shape::Ring(ring) => {
+                let (a, b) = ring.as_slices();
+                (a, b, None)
+            }
+        };
+        a.iter().chain(b).copied().chain(one)
     }
 
     /// [`release_until`] on this window's buckets and total.
@@ -452,22 +472,37 @@ impl<C: Counts> Window<C> {
     /// How many buckets the window holds.
     #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
     pub(crate) fn len(&self) -> usize {
-        if self.is_empty() {
-            0
-        } else {
-            1 + self.older.as_ref().map_or(0, |o| o.len())
+        match &self.shape {
+            _ if self.is_empty() => 0,
+            Shape::One { .. } => 1,
+            Shape::Ring(ring) => ring.len(),
         }
     }
 
     /// Takes the oldest bucket out.
     #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))] // the hybrid's unsent queue
     pub(crate) fn pop_oldest(&mut self) -> Option<Bucket<C>> {
-        let Some(older) = self.older.as_deref_mut() else {
-            return (!self.is_empty()).then(|| std::mem::take(&mut self.newest));
+        if self.is_empty() {
+            return None;
+        }
+        let ring = match &mut self.shape {
+            Shape::One { id } => {
+                let id = *id;
+                return Some(Bucket {
+                    id,
+                    counts: std::mem::take(&mut self.total),
+                });
+            }
+            Shape::Ring(ring) => ring,
         };
-        let (front, more) = older.pop_front();
-        if !more {
-            self.older = None;
+        let front = ring.pop_front();
+        self.total.sub(front.counts);
+        if ring.len() == 1 {
+            self.shape = Shape::One {
+                id: ring.front().id,
+            };
+        } else {
+            ring.shrink_if_sparse();
         }
         Some(front)
     }
@@ -503,15 +538,16 @@ impl<C: Counts> Window<C> {
 /// `done(what is left)` holds. Returns how long until that bucket expires and what is left
 /// then; `None` if even an empty window does not satisfy `done`. Also walks the oldest
 /// buckets Redis sent the hybrid provider, with the key's total as it knows it.
-pub(crate) fn release_until<'a, C: Counts + 'a>(
+pub(crate) fn release_until<C: Counts>(
     geo: &WindowGrid,
     now_ms: u64,
     total: C,
-    buckets: impl IntoIterator<Item = &'a Bucket<C>>,
+    buckets: impl IntoIterator<Item = impl Borrow<Bucket<C>>>,
     mut done: impl FnMut(C) -> bool,
 ) -> Option<(u64, C)> {
     let mut left = total;
     for bucket in buckets {
+        let bucket = bucket.borrow();
         left.sub(bucket.counts);
         if done(left) {
             return Some((geo.expires_at(bucket.id).saturating_sub(now_ms), left));
@@ -522,13 +558,14 @@ pub(crate) fn release_until<'a, C: Counts + 'a>(
 
 #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
 /// The counts of the leading `buckets` (oldest first) that no longer count at `now_ms`.
-pub(crate) fn expired_total<'a, C: Counts + 'a>(
+pub(crate) fn expired_total<C: Counts>(
     geo: &WindowGrid,
     now_ms: u64,
-    buckets: impl IntoIterator<Item = &'a Bucket<C>>,
+    buckets: impl IntoIterator<Item = impl Borrow<Bucket<C>>>,
 ) -> C {
     let mut sum = C::default();
     for bucket in buckets {
+        let bucket = bucket.borrow();
         if geo.expires_at(bucket.id) > now_ms {
             break;
         }
@@ -546,9 +583,9 @@ mod tests {
     }
 
     #[test]
-    fn the_older_buckets_box_is_the_size_the_key_budget_docs_give() {
-        assert_eq!(size_of::<Older<u64>>(), 112);
-        assert_eq!(size_of::<Older<Usage>>(), 168);
+    fn the_window_and_its_ring_slots_are_the_sizes_the_key_budget_docs_give() {
+        assert_eq!(size_of::<Window<u64>>(), 32);
+        assert_eq!(size_of::<Window<Usage>>(), 40);
         assert_eq!(size_of::<Bucket<u64>>(), 16);
         assert_eq!(size_of::<Bucket<Usage>>(), 24);
     }
@@ -587,20 +624,24 @@ mod tests {
         assert_eq!(w.total(), 6);
         w.expire(&g, 1200);
         assert_eq!(w.total(), 4);
-        assert!(w.older.is_none(), "an emptied deque is given back");
+        assert!(
+            matches!(w.shape, Shape::One { id: 4 }),
+            "a ring down to one bucket is given back"
+        );
         w.expire(&g, 1500);
         assert!(w.is_empty());
     }
 
     #[test]
-    fn the_ring_wraps_spills_to_a_deque_and_keeps_order_and_total() {
+    fn the_ring_wraps_grows_shrinks_and_keeps_order_and_total() {
         let g = geo(1, 100);
         let mut w = Window::<u64>::default();
         let mut model: Vec<Bucket<u64>> = Vec::new();
         let mut t = 0;
-        let mut spilled = false;
+        let (mut grown, mut shrunk) = (false, false);
         // A call every 300 ms keeps about four buckets and wraps the ring; every 50 calls a
-        // burst of one-bucket calls overflows it; 25 calls later a pause empties the window.
+        // burst of one-bucket calls grows it past 16 slots; 25 calls later a pause empties
+        // the window.
         for step in 0..400u64 {
             t += match step % 50 {
                 25 => 2000,
@@ -615,7 +656,7 @@ mod tests {
                 counts: n,
             });
             if step % 50 == 49 {
-                for _ in 0..2 * RING {
+                for _ in 0..24 {
                     t += 100;
                     w.add(&g, t, 1);
                     model.push(Bucket {
@@ -623,28 +664,25 @@ mod tests {
                         counts: 1,
                     });
                 }
-                spilled |= matches!(w.older.as_deref(), Some(Older::Deque { .. }));
+                grown |= matches!(&w.shape, Shape::Ring(r) if r.slots.len() > GROW_BY_ONE);
             }
-            assert_eq!(
-                w.buckets().copied().collect::<Vec<_>>(),
-                model,
-                "step {step}"
-            );
+            assert_eq!(w.buckets().collect::<Vec<_>>(), model, "step {step}");
             assert_eq!(w.total(), model.iter().map(|b| b.counts).sum::<u64>());
             assert_eq!(w.len(), model.len());
-            if step % 50 == 30 {
-                assert!(
-                    matches!(w.older.as_deref(), Some(Older::Ring { .. })),
-                    "step {step}"
-                );
+            if let Shape::Ring(r) = &w.shape {
+                // The ring's memory stays bounded by its buckets.
+                assert!(r.slots.len() <= 4 * r.len().max(2) + 8, "step {step}");
+                assert!(r.len() >= 2 && r.len() <= r.slots.len(), "step {step}");
+                shrunk |= step % 50 == 20 && r.slots.len() < GROW_BY_ONE;
             }
         }
-        assert!(spilled, "the bursts moved the buckets to a deque");
+        assert!(grown, "the bursts grew the ring");
+        assert!(shrunk, "the ring shrank back after the bursts expired");
         while let Some(b) = w.pop_oldest() {
             assert_eq!(b, model.remove(0));
             assert_eq!(w.total(), model.iter().map(|b| b.counts).sum::<u64>());
         }
-        assert!(model.is_empty() && w.older.is_none());
+        assert!(model.is_empty() && w.is_empty());
     }
 
     #[test]
@@ -692,7 +730,7 @@ mod tests {
         w.add(&g, 2000, 3);
         assert_eq!(
             w.buckets().collect::<Vec<_>>(),
-            [&Bucket { id: 20, counts: 3 }]
+            [Bucket { id: 20, counts: 3 }]
         );
     }
 

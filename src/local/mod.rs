@@ -140,6 +140,8 @@ impl LocalRateLimiter {
 
 /// A strategy's per-key state, as the local provider drives it.
 trait LocalState: Sized {
+    /// The alignment of the key's table entry ([`store::Entry`]).
+    type Align: Copy + std::fmt::Debug;
     fn new(rate: f64) -> Self;
     /// What the infallible `inc` answers for a malformed call.
     fn answer_for_invalid(err: &Error, window_seconds: u64) -> RateLimitDecision;
@@ -162,6 +164,8 @@ trait LocalState: Sized {
 }
 
 impl LocalState for AbsoluteState {
+    /// The key and its state fill 64 bytes: one line, when aligned to one.
+    type Align = store::CacheLine;
     fn new(rate: f64) -> Self {
         AbsoluteState::new(rate)
     }
@@ -197,6 +201,8 @@ impl LocalState for AbsoluteState {
 }
 
 impl LocalState for SuppressedState {
+    /// 88 bytes: two lines at best, so packed (aligned, they would take 128).
+    type Align = ();
     fn new(rate: f64) -> Self {
         SuppressedState::new(rate)
     }
@@ -248,8 +254,8 @@ fn spare_of(used: u64, rate: f64, settings: &Settings) -> Spare {
 /// One strategy's keys with what deciding on them needs: `inc`, `try_inc` and cleanup,
 /// written once for both strategies.
 #[derive(Debug)]
-struct LocalKeys<S> {
-    keys: KeyStore<S>,
+struct LocalKeys<S: LocalState> {
+    keys: KeyStore<S, S::Align>,
     settings: Settings,
     clock: Time,
     random: Arc<dyn RandomSource>,
@@ -495,12 +501,13 @@ impl SuppressedLocalRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use compact_str::CompactString;
 
     #[test]
     fn entry_sizes_are_the_ones_the_key_budget_docs_give() {
         // A table slot is an entry and a control byte (see `KeyBudget`'s memory docs).
-        assert_eq!(size_of::<(CompactString, AbsoluteState)>(), 56);
-        assert_eq!(size_of::<(CompactString, SuppressedState)>(), 80);
+        type Absolute = store::Entry<AbsoluteState, <AbsoluteState as LocalState>::Align>;
+        type Suppressed = store::Entry<SuppressedState, <SuppressedState as LocalState>::Align>;
+        assert_eq!((size_of::<Absolute>(), align_of::<Absolute>()), (64, 64));
+        assert_eq!(size_of::<Suppressed>(), 88);
     }
 }

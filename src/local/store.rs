@@ -32,9 +32,9 @@ type Hasher = foldhash::fast::RandomState;
 /// mappings stayed resident.)
 ///
 /// New keys count against the limiter's [`KeyCount`], shared by its stores.
-pub(crate) struct KeyStore<S> {
+pub(crate) struct KeyStore<S, A = ()> {
     hasher: Hasher,
-    shards: Box<[Shard<S>]>,
+    shards: Box<[Shard<S, A>]>,
     /// `64 - log2(shards)`: a hash's shard is taken from its bits below the top seven, which
     /// the tables use as tags on 64-bit targets (on 32-bit ones the two do not overlap
     /// either).
@@ -145,17 +145,26 @@ impl From<Full> for crate::Error {
 }
 
 /// A key and its state, as a table holds them.
-type Entry<S> = (CompactString, S);
+/// The third field holds no bytes of `A`, which sets the entry's alignment: `()` packs
+/// entries, [`CacheLine`] puts each at the start of a cache line.
+pub(crate) type Entry<S, A = ()> = (CompactString, S, [A; 0]);
+
+/// Aligns a store's entries to 64-byte lines ([`Entry`]): a state that makes its entry 64
+/// bytes (the absolute strategy's) then has the whole entry on one line, which is one cache
+/// miss on a cold key instead of two for most entries of an unaligned table.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+pub(crate) struct CacheLine;
 
 /// One shard on cache lines of its own, so shards' locks never share a line: its table, and
 /// the clock hand of [`WhenFull::Evict`] (the bucket its next search starts at; read and
 /// moved only under the lock).
 #[repr(align(128))]
-struct Shard<S>(SpinMutex<HashTable<Entry<S>>, Backoff>, AtomicUsize);
+struct Shard<S, A>(SpinMutex<HashTable<Entry<S, A>>, Backoff>, AtomicUsize);
 
-impl<S> Shard<S> {
+impl<S, A> Shard<S, A> {
     #[inline]
-    fn lock(&self) -> ShardGuard<'_, S> {
+    fn lock(&self) -> ShardGuard<'_, S, A> {
         self.0.lock()
     }
 }
@@ -190,8 +199,8 @@ impl Cursor {
 /// Examines the keys of `table` from `hand` on (wrapping around, each key at most once) until
 /// `examined` reaches `limit` or `take` says yes; moves `hand` past the keys examined.
 /// The bucket of the key taken.
-fn scan<S>(
-    table: &mut HashTable<Entry<S>>,
+fn scan<S, A>(
+    table: &mut HashTable<Entry<S, A>>,
     hand: &AtomicUsize,
     limit: usize,
     examined: &mut usize,
@@ -220,7 +229,7 @@ fn scan<S>(
 }
 
 /// Removes the key in bucket `index` (one [`scan`] found); whether there was one.
-fn remove_at<S>(table: &mut HashTable<Entry<S>>, index: usize) -> bool {
+fn remove_at<S, A>(table: &mut HashTable<Entry<S, A>>, index: usize) -> bool {
     table.get_bucket_entry(index).map(|e| e.remove()).is_ok()
 }
 
@@ -244,7 +253,7 @@ impl spin::RelaxStrategy for Backoff {
     }
 }
 
-impl<S> std::fmt::Debug for KeyStore<S> {
+impl<S, A> std::fmt::Debug for KeyStore<S, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyStore")
             .field("shards", &self.shards.len())
@@ -253,7 +262,7 @@ impl<S> std::fmt::Debug for KeyStore<S> {
     }
 }
 
-impl<S> Default for KeyStore<S> {
+impl<S, A> Default for KeyStore<S, A> {
     /// A store with no budget, counting its keys by itself.
     fn default() -> Self {
         KeyStore::new(Arc::new(KeyCount::default()), true)
@@ -267,7 +276,7 @@ fn shard_amount() -> usize {
     (cores * 16).next_power_of_two()
 }
 
-impl<S> KeyStore<S> {
+impl<S, A> KeyStore<S, A> {
     /// A store counting its keys in `count` (shared with the limiter's other stores, under
     /// its budget); `overflow_allowed` says whether [`WhenFull::Overflow`] may give new keys
     /// the overflow key (otherwise they are refused).
@@ -299,7 +308,7 @@ impl<S> KeyStore<S> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<(CompactString, S)>, Backoff> {
+    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<Entry<S, A>>, Backoff> {
         &self.shards[self.shard_index(hash)].0
     }
 
@@ -326,7 +335,7 @@ impl<S> KeyStore<S> {
     #[cfg_attr(not(test), allow(dead_code))]
     fn insert<R>(
         &self,
-        table: &mut HashTable<(CompactString, S)>,
+        table: &mut HashTable<Entry<S, A>>,
         hash: u64,
         key: &str,
         create: impl FnOnce() -> S,
@@ -340,14 +349,14 @@ impl<S> KeyStore<S> {
     #[inline]
     fn insert_counted<R>(
         &self,
-        table: &mut HashTable<(CompactString, S)>,
+        table: &mut HashTable<Entry<S, A>>,
         hash: u64,
         key: &str,
         create: impl FnOnce() -> S,
         f: impl FnOnce(&mut S) -> R,
     ) -> R {
         let hasher = &self.hasher;
-        let mut entry = table.insert_unique(hash, (CompactString::from(key), create()), |e| {
+        let mut entry = table.insert_unique(hash, (CompactString::from(key), create(), []), |e| {
             hasher.hash_one(e.0.as_str())
         });
         f(&mut entry.get_mut().1)
@@ -377,7 +386,7 @@ impl<S> KeyStore<S> {
     #[cold]
     fn insert_budgeted<R>(
         &self,
-        mut table: spin::mutex::SpinMutexGuard<'_, HashTable<(CompactString, S)>>,
+        mut table: spin::mutex::SpinMutexGuard<'_, HashTable<Entry<S, A>>>,
         hash: u64,
         key: &str,
         create: impl FnOnce() -> S,
@@ -429,7 +438,7 @@ impl<S> KeyStore<S> {
     /// for every new key. Whether a key went.
     fn evict_for(
         &self,
-        own: &mut HashTable<Entry<S>>,
+        own: &mut HashTable<Entry<S, A>>,
         hash: u64,
         mut spare: impl FnMut(&mut S) -> Spare,
     ) -> bool {
@@ -500,7 +509,7 @@ impl<S> KeyStore<S> {
     /// that decides on several keys of different stores at once (a limit set). Such a caller
     /// must lock its stores in one fixed order, so that two callers never wait on each other.
     #[inline]
-    pub(crate) fn lock(&self, key: &str) -> Locked<'_, S> {
+    pub(crate) fn lock(&self, key: &str) -> Locked<'_, S, A> {
         let hash = self.hash(key);
         Locked {
             table: self.shard(hash).lock(),
@@ -537,7 +546,7 @@ impl<S> KeyStore<S> {
     fn retain_in_chunks(&self, chunk: usize, mut keep: impl FnMut(&mut S) -> bool) -> usize {
         // Counted as they go: calls may add keys to other shards while the pass runs.
         let mut removed = 0;
-        let mut gone: Vec<Entry<S>> = Vec::new();
+        let mut gone: Vec<Entry<S, A>> = Vec::new();
         for shard in self.shards.iter() {
             let mut cursor = Cursor::default();
             loop {
@@ -577,7 +586,7 @@ impl<S> KeyStore<S> {
     /// Moves a shard's `len` or so keys into a table sized for them, allocated before the
     /// lock is taken; the old table is freed after it is released. Skipped if keys came
     /// meanwhile (the next pass shrinks it).
-    fn shrink(&self, shard: &Shard<S>, len: usize) {
+    fn shrink(&self, shard: &Shard<S, A>, len: usize) {
         let fresh = if len == 0 {
             HashTable::new()
         } else {
@@ -656,14 +665,14 @@ impl<S> KeyStore<S> {
 }
 
 /// A key's shard, locked: find, insert or remove that one key.
-pub(crate) struct Locked<'a, S> {
-    table: spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>,
+pub(crate) struct Locked<'a, S, A = ()> {
+    table: spin::mutex::SpinMutexGuard<'a, HashTable<Entry<S, A>>>,
     hash: u64,
     hasher: &'a Hasher,
     count: &'a KeyCount,
 }
 
-impl<S> Locked<'_, S> {
+impl<S, A> Locked<'_, S, A> {
     /// The key's state, if it exists.
     #[inline]
     pub(crate) fn get(&mut self, key: &str) -> Option<&mut S> {
@@ -687,7 +696,7 @@ impl<S> Locked<'_, S> {
             hashbrown::hash_table::Entry::Vacant(entry) => {
                 self.count.held.fetch_add(1, Ordering::Relaxed);
                 &mut entry
-                    .insert((CompactString::from(key), S::default()))
+                    .insert((CompactString::from(key), S::default(), []))
                     .into_mut()
                     .1
             }
@@ -703,14 +712,14 @@ impl<S> Locked<'_, S> {
         &mut self
             .table
             .entry(self.hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str()))
-            .or_insert_with(|| (CompactString::from(key), create()))
+            .or_insert_with(|| (CompactString::from(key), create(), []))
             .into_mut()
             .1
     }
 }
 
 /// A shard's table, locked.
-type ShardGuard<'a, S> = spin::mutex::SpinMutexGuard<'a, HashTable<(CompactString, S)>>;
+type ShardGuard<'a, S, A = ()> = spin::mutex::SpinMutexGuard<'a, HashTable<Entry<S, A>>>;
 
 /// Several keys' shards of one store, locked together: for a caller that decides on several
 /// keys at once (a limit set whose limits have different keys). Each shard is locked once, in
@@ -773,7 +782,7 @@ impl<S, const N: usize> LockedKeys<'_, S, N> {
             hashbrown::hash_table::Entry::Vacant(entry) => {
                 self.count.held.fetch_add(1, Ordering::Relaxed);
                 &mut entry
-                    .insert((CompactString::from(key), S::default()))
+                    .insert((CompactString::from(key), S::default(), []))
                     .into_mut()
                     .1
             }

@@ -9,7 +9,7 @@
 //! expires no earlier. A bucket that has already left the window gives nothing back (its
 //! units no longer count anyway).
 
-use super::{Bucket, Counts, Older, Usage, Window};
+use super::{Counts, Shape, Usage, Window};
 
 /// Counts a refund can take units out of.
 pub(crate) trait Refund: Counts {
@@ -53,93 +53,41 @@ impl<C: Refund> Window<C> {
         if self.is_empty() || want.is_zero() {
             return want;
         }
-        if let Some(older) = self.older.as_deref_mut() {
-            older.take_back(from, to, &mut want);
-        }
-        let newest = self.newest.id;
-        if !want.is_zero() && (from..=to).contains(&newest) {
-            self.newest.counts.take_from(&mut want);
-            // Zero counts in the newest bucket mean an empty window: the next older bucket
-            // that holds anything becomes the newest.
-            while self.newest.counts.is_zero() {
-                match self.pop_newest_older() {
-                    Some(bucket) => self.newest = bucket,
-                    None => {
-                        self.newest = Bucket::default();
-                        break;
-                    }
+        let ring = match &mut self.shape {
+            Shape::One { id } => {
+                // A lone bucket's counts are the total; taking all of them empties the window.
+                if (from..=to).contains(id) {
+                    self.total.take_from(&mut want);
                 }
+                return want;
+            }
+            Shape::Ring(ring) => ring,
+        };
+        let mut taken = C::default();
+        for i in 0..ring.len() {
+            let at = ring.slot(i);
+            let slot = &mut ring.slots[at];
+            if want.is_zero() || slot.id > to {
+                break;
+            }
+            if slot.id >= from {
+                taken.add(slot.counts.take_from(&mut want));
+            }
+        }
+        self.total.sub(taken);
+        // Zero counts in the newest bucket would read as an empty window: the next older
+        // bucket that holds anything becomes the newest.
+        while ring.back().counts.is_zero() {
+            ring.pop_back();
+            if ring.len() == 1 {
+                // What is left is in the one bucket: the total (zero if it is empty too).
+                self.shape = Shape::One {
+                    id: ring.front().id,
+                };
+                break;
             }
         }
         want
-    }
-
-    /// Takes the newest of the older buckets out.
-    fn pop_newest_older(&mut self) -> Option<Bucket<C>> {
-        let older = self.older.as_deref_mut()?;
-        let (bucket, more) = older.pop_back();
-        if !more {
-            self.older = None;
-        }
-        Some(bucket)
-    }
-}
-
-impl<C: Refund> Older<C> {
-    /// [`Window::take_back`] on the older buckets; the total follows.
-    fn take_back(&mut self, from: u64, to: u64, want: &mut C) {
-        let mut taken = C::default();
-        match self {
-            Older::Ring {
-                head, len, slots, ..
-            } => {
-                for i in 0..usize::from(*len) {
-                    let slot = &mut slots[(usize::from(*head) + i) % super::RING];
-                    if want.is_zero() || slot.id > to {
-                        break;
-                    }
-                    if slot.id >= from {
-                        taken.add(slot.counts.take_from(want));
-                    }
-                }
-            }
-            Older::Deque { buckets, .. } => {
-                for bucket in buckets.iter_mut() {
-                    if want.is_zero() || bucket.id > to {
-                        break;
-                    }
-                    if bucket.id >= from {
-                        taken.add(bucket.counts.take_from(want));
-                    }
-                }
-            }
-        }
-        match self {
-            Older::Ring { total, .. } | Older::Deque { total, .. } => total.sub(taken),
-        }
-    }
-
-    /// Takes the newest bucket out; `false` with it if it was the last.
-    fn pop_back(&mut self) -> (Bucket<C>, bool) {
-        match self {
-            Older::Ring {
-                total,
-                head,
-                len,
-                slots,
-            } => {
-                let at = (usize::from(*head) + usize::from(*len) - 1) % super::RING;
-                let back = slots[at];
-                total.sub(back.counts);
-                *len -= 1;
-                (back, *len > 0)
-            }
-            Older::Deque { buckets, total, .. } => {
-                let back = buckets.pop_back().expect("an older deque is never empty");
-                total.sub(back.counts);
-                (back, !buckets.is_empty())
-            }
-        }
     }
 }
 
@@ -174,7 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn emptying_the_only_bucket_empties_the_window_and_a_deque_gives_back_too() {
+    fn emptying_the_only_bucket_empties_the_window_and_a_grown_ring_gives_back_too() {
         let g = WindowGrid::for_tests(10, 100);
         let mut w = Window::<u64>::default();
         w.add(&g, 50, 1);
@@ -182,16 +130,16 @@ mod tests {
         assert!(w.is_empty());
         w.add(&g, 60, 2);
         assert_eq!(buckets(&w), [(0, 2)], "a fresh bucket after the refund");
-        // Past the ring: a deque.
+        // A ring that grew past its first slots.
         for t in 1..20 {
             w.add(&g, t * 100, 1);
         }
-        assert!(matches!(w.older.as_deref(), Some(Older::Deque { .. })));
+        assert!(matches!(&w.shape, Shape::Ring(r) if r.slots.len() >= 20));
         assert_eq!(w.take_back(3, 5, 2), 0);
         assert_eq!(w.total(), 2 + 19 - 2);
         let ids: Vec<_> = buckets(&w).into_iter().filter(|b| b.1 == 0).collect();
         assert_eq!(ids, [(3, 0), (4, 0)]);
-        // Empty the newest bucket of a deque-backed window: the next one moves up.
+        // Empty the newest bucket of a ring: the next one moves up.
         assert_eq!(w.take_back(19, 19, 1), 0);
         assert_eq!(buckets(&w).last(), Some(&(18, 1)));
         assert_eq!(w.total(), 18);
