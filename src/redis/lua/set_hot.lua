@@ -136,16 +136,13 @@ if mode == 'i' then
         local xn, xd = string.match(s[#s] or '', '^(%d+):(%d+)$')
         if kind == 'b' and xn == s[1] and tonumber(xd) >= needed then deadline = xd end
         local record = deadline
+        local ttl = false
         if not deadline then
           local slack = SLACK_GROUPS * g
           if slack > w / 4 then slack = math.floor(w / 4) end
           record = string.format('%d', needed + slack)
-          local ttl = needed + slack - now
+          ttl = needed + slack - now
           if ttl < 1 then ttl = 1 end
-          redis.call('PEXPIRE', hash, ttl)
-          if kind == 'b' then redis.call('PEXPIRE', ids, ttl) end
-        elseif created then
-          redis.call('PEXPIRE', ids, tonumber(deadline) - now)
         end
         record = id .. ':' .. record
         if absolute then
@@ -155,6 +152,14 @@ if mode == 'i' then
           redis.call('HSET', hash, 'l', string.format('%d', oldest), 'n', id, 'co', counted,
             'to', string.format('%d', t1), 'cd', '0', 'td', string.format('%d', t2),
             'x', record)
+        end
+        -- After the HSET: a key's first HSET creates the hash, which a PEXPIRE before it
+        -- would have missed.
+        if ttl then
+          redis.call('PEXPIRE', hash, ttl)
+          if kind == 'b' then redis.call('PEXPIRE', ids, ttl) end
+        elseif created then
+          redis.call('PEXPIRE', ids, tonumber(deadline) - now)
         end
       end
       local reset = (oldest + 1) * g + w - now
