@@ -452,5 +452,8 @@ async fn a_sets_keys_always_outlive_their_open_bucket() {
             }
         }
     }
-    assert!(admitted > 100 && refused > 50, "{admitted} admitted, {refused} refused");
+    assert!(
+        admitted > 100 && refused > 50,
+        "{admitted} admitted, {refused} refused"
+    );
 }

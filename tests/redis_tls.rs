@@ -430,7 +430,10 @@ async fn mutual_tls_a_client_certificate_decides_and_none_fails_clearly() {
         }
         rl.hybrid().flush().await.unwrap();
     }
-    assert_eq!(admitted, 5, "the hybrid over mutual TLS admits exactly the capacity");
+    assert_eq!(
+        admitted, 5,
+        "the hybrid over mutual TLS admits exactly the capacity"
+    );
     assert_eq!(rl.hybrid().stats().flush_errors, 0);
 
     // Without one (the right CA and password otherwise): the server ends the handshake, the
