@@ -171,6 +171,7 @@ async fn redis(keys: &[String]) {
     let server = Server::get();
     let client = redis::Client::open(server.1.as_str()).unwrap();
     let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let mut stats = manager.clone();
     let prefix = format!("bench_policy_{}", std::process::id());
     let rl = RateLimiter::new(sluicegate::RateLimiterOptions {
         local: options(),
@@ -194,9 +195,15 @@ async fn redis(keys: &[String]) {
         .map(|s| rl.redis().policy(s).unwrap())
         .collect();
     let mut medians = vec![Vec::new(); 4];
+    let mut server = vec![Vec::new(); 4];
     for round in 0..REDIS_ROUNDS {
         for i in 0..4 {
             let s = (round + i) % 4;
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut stats)
+                .await
+                .unwrap();
             let mut lat = Vec::with_capacity(REDIS_CALLS);
             for c in 0..REDIS_CALLS {
                 let key = &keys[c % keys.len()];
@@ -209,9 +216,16 @@ async fn redis(keys: &[String]) {
                 lat.push(start.elapsed().as_nanos() as f64 / 1000.0);
             }
             medians[s].push(median(lat));
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut stats)
+                .await
+                .unwrap();
+            server[s].push(script_usec_per_call(&info));
         }
     }
     let p50: Vec<f64> = medians.into_iter().map(median).collect();
+    let server: Vec<f64> = server.into_iter().map(median).collect();
     println!(
         "Redis provider, {} keys, p50 us of sequential calls (median of {REDIS_ROUNDS} rounds):",
         keys.len()
@@ -232,6 +246,42 @@ async fn redis(keys: &[String]) {
         p50[3],
         p50[3] / p50[0]
     );
+    println!(
+        "Redis server time, us per script call (INFO commandstats, median of {REDIS_ROUNDS} rounds):"
+    );
+    println!("  one limit (seeds' inc)  {:7.2}", server[0]);
+    for (i, name) in ["one-limit set", "two limits", "three limits"]
+        .iter()
+        .enumerate()
+    {
+        println!(
+            "  {name:<22}  {:7.2}   {:.2}x one limit",
+            server[i + 1],
+            server[i + 1] / server[0]
+        );
+    }
+}
+
+/// The server's microseconds per script call (`EVALSHA`, and `EVAL` after a `NOSCRIPT`)
+/// since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+fn script_usec_per_call(info: &str) -> f64 {
+    let (mut calls, mut usec) = (0.0, 0.0);
+    for line in info.lines() {
+        let Some(rest) = line
+            .strip_prefix("cmdstat_evalsha:")
+            .or_else(|| line.strip_prefix("cmdstat_eval:"))
+        else {
+            continue;
+        };
+        for field in rest.split(',') {
+            match field.split_once('=') {
+                Some(("calls", v)) => calls += v.parse::<f64>().unwrap(),
+                Some(("usec", v)) => usec += v.parse::<f64>().unwrap(),
+                _ => {}
+            }
+        }
+    }
+    usec / calls
 }
 
 /// `POLICY_CALLGRIND=subject:calls`: only that local subject, for that many calls (for

@@ -10,7 +10,9 @@ use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::policy::{Limit, LimitSet, Outcome};
 use sluicegate::redis::RedisKey;
-use sluicegate::{HardLimitFactor, ManualClock, RandomSource, RateLimiter, RateLimiterBuilder};
+use sluicegate::{
+    Clock, HardLimitFactor, ManualClock, RandomSource, RateLimiter, RateLimiterBuilder,
+};
 
 fn local() -> LocalRateLimiterOptions {
     LocalRateLimiterOptions {
@@ -382,5 +384,76 @@ async fn per_call_quotas_decide_as_the_local_provider() {
             .check_with(&[&k, &k, &k], &[f64::NAN, 5.0, 5.0], 1)
             .await
             .is_err()
+    );
+}
+
+/// The set script's fast path renews a key's TTLs only when the deadline it recorded no
+/// longer covers the new bucket: after every call, fast or slow (a limit at its quota sends
+/// calls down set.lua, which opens buckets with exact TTLs of its own), both keys of every
+/// limit live at least until their open bucket stops counting, and never longer than a
+/// window, a group and a quarter window.
+#[tokio::test]
+async fn a_sets_keys_always_outlive_their_open_bucket() {
+    let redis = support::TestRedis::get();
+    let clock = ManualClock::new(5_000_000);
+    let rl = on_clock(&redis, &clock).await;
+    let prefix = rl.redis().prefix().unwrap().to_owned();
+    // 10 ms groups over 1 s: the steady calls below open a bucket nearly every time; the
+    // tight limit fills, so some calls need the exact totals (set.lua).
+    let p = rl
+        .redis()
+        .policy("wide = 1000/s; tight = 60/s".parse().unwrap())
+        .unwrap();
+    let key = RedisKey::try_from("ttl").unwrap();
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut rng = 7u64;
+    let (mut admitted, mut refused) = (0, 0);
+    for call in 0..400 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        clock.advance(if call % 100 == 99 { 700 } else { 3 + rng % 20 });
+        if p.inc(&key, 1).await.unwrap().is_allowed() {
+            admitted += 1;
+        } else {
+            refused += 1;
+        }
+        let now = clock.now_ms();
+        for limit in ["wide", "tight"] {
+            let stem = format!("{prefix}:{{ttl}}:p:{limit}:");
+            let newest: u64 = redis::cmd("HGET")
+                .arg(format!("{stem}h"))
+                .arg("n")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let needed = ((newest + 1) * 10 + 1000).saturating_sub(now) as i64;
+            for k in [format!("{stem}h"), format!("{stem}b")] {
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(&k)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if ttl == -2 {
+                    // No closed bucket yet: no list.
+                    assert!(k.ends_with('b'), "call {call}: {k} is gone");
+                    continue;
+                }
+                // Real time passes between the call and PTTL: a little slop. (The test
+                // clock runs ahead of real time, so the longest TTL is bounded absolutely.)
+                assert!(
+                    ttl + 200 >= needed && ttl <= 1000 + 10 + 250,
+                    "call {call}: {k} ttl {ttl}, its open bucket counts {needed} ms more"
+                );
+            }
+        }
+    }
+    assert!(
+        admitted > 100 && refused > 50,
+        "{admitted} admitted, {refused} refused"
     );
 }

@@ -69,12 +69,34 @@ fn make_ca(dir: &Path, name: &str) -> PathBuf {
 
 /// A server certificate for 127.0.0.1 (and `localhost`) signed by the CA `ca` in `dir`.
 fn make_server_cert(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
-    std::fs::write(
-        dir.join("server.ext"),
+    make_leaf(
+        dir,
+        ca,
+        "server",
+        "/CN=127.0.0.1",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
          keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
-    .unwrap();
+}
+
+/// A client certificate (`clientAuth`) for the limiter, signed by the CA `ca` in `dir`.
+fn make_client_cert(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
+    make_leaf(
+        dir,
+        ca,
+        "client",
+        "/CN=sluicegate limiter",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=clientAuth\n",
+    )
+}
+
+/// A P-256 key and a certificate `<name>.pem` / `<name>.key` with subject `subject` and the
+/// extensions `ext`, signed by the CA `ca` in `dir`.
+fn make_leaf(dir: &Path, ca: &str, name: &str, subject: &str, ext: &str) -> (PathBuf, PathBuf) {
+    let (ext_file, csr) = (format!("{name}.ext"), format!("{name}.csr"));
+    let (cert, key) = (format!("{name}.pem"), format!("{name}.key"));
+    std::fs::write(dir.join(&ext_file), ext).unwrap();
     openssl(
         dir,
         &[
@@ -85,11 +107,11 @@ fn make_server_cert(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-subj",
-            "/CN=127.0.0.1",
+            subject,
             "-keyout",
-            "server.key",
+            &key,
             "-out",
-            "server.csr",
+            &csr,
         ],
     );
     openssl(
@@ -98,7 +120,7 @@ fn make_server_cert(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             &format!("{ca}.pem"),
             "-CAkey",
@@ -107,12 +129,12 @@ fn make_server_cert(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
             "-days",
             "2",
             "-extfile",
-            "server.ext",
+            &ext_file,
             "-out",
-            "server.pem",
+            &cert,
         ],
     );
-    (dir.join("server.pem"), dir.join("server.key"))
+    (dir.join(cert), dir.join(key))
 }
 
 fn free_port() -> u16 {
@@ -128,25 +150,43 @@ struct TlsRedis {
     port: u16,
     ca: Vec<u8>,
     other_ca: Vec<u8>,
+    /// With `--tls-auth-clients yes`: the client certificate and key (PEM) the test made,
+    /// which [`client`](Self::client) presents.
+    client_cert: Option<redis::ClientTlsConfig>,
     child: Child,
 }
 
 impl TlsRedis {
+    /// Server authentication only: clients prove who they are with the ACL user.
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// `mutual`: the server also asks every client for a certificate from its CA
+    /// (`--tls-auth-clients yes`), and the test makes one for the limiter.
+    fn start_with(mutual: bool) -> Self {
         let dir = std::env::temp_dir().join(support::unique("sluicegate_tls"));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = std::fs::read(make_ca(&dir, "ca")).unwrap();
         // A second CA that signed nothing this server has: trusting it must fail.
         let other_ca = std::fs::read(make_ca(&dir, "other-ca")).unwrap();
         let (cert, key) = make_server_cert(&dir, "ca");
+        let client_cert = mutual.then(|| {
+            let (cert, key) = make_client_cert(&dir, "ca");
+            redis::ClientTlsConfig {
+                client_cert: std::fs::read(cert).unwrap(),
+                client_key: std::fs::read(key).unwrap(),
+            }
+        });
         for attempt in 1..=5 {
             let port = free_port();
             let mut server = TlsRedis {
-                child: Self::spawn(&dir, port, &cert, &key),
+                child: Self::spawn(&dir, port, &cert, &key, mutual),
                 dir: dir.clone(),
                 port,
                 ca: ca.clone(),
                 other_ca: other_ca.clone(),
+                client_cert: client_cert.clone(),
             };
             match server.wait_until_up() {
                 Ok(()) => return server,
@@ -160,7 +200,7 @@ impl TlsRedis {
         unreachable!()
     }
 
-    fn spawn(dir: &Path, port: u16, cert: &Path, key: &Path) -> Child {
+    fn spawn(dir: &Path, port: u16, cert: &Path, key: &Path, mutual: bool) -> Child {
         let path = |p: &Path| p.to_str().unwrap().to_owned();
         Command::new("redis-server")
             .args(["--port", "0"])
@@ -169,8 +209,7 @@ impl TlsRedis {
             .args(["--tls-cert-file", &path(cert)])
             .args(["--tls-key-file", &path(key)])
             .args(["--tls-ca-cert-file", &path(&dir.join("ca.pem"))])
-            // Server authentication only: clients prove who they are with the ACL user.
-            .args(["--tls-auth-clients", "no"])
+            .args(["--tls-auth-clients", if mutual { "yes" } else { "no" }])
             .args(["--user", USER, "on", &format!(">{PASSWORD}"), "~*", "+@all"])
             .args(["--user", "default", "off"])
             .args(["--save", ""])
@@ -208,12 +247,22 @@ impl TlsRedis {
         format!("rediss://{USER}:{password}@127.0.0.1:{}/", self.port)
     }
 
-    /// A client for this server trusting only the CA `root` (PEM), as the ACL user.
+    /// A client for this server trusting only the CA `root` (PEM), as the ACL user, with
+    /// the client certificate when the server asks for one.
     fn client(&self, root: &[u8], password: &str) -> redis::Client {
+        self.client_presenting(root, password, self.client_cert.clone())
+    }
+
+    fn client_presenting(
+        &self,
+        root: &[u8],
+        password: &str,
+        client_tls: Option<redis::ClientTlsConfig>,
+    ) -> redis::Client {
         redis::Client::build_with_tls(
             self.url(password),
             redis::TlsCertificates {
-                client_tls: None,
+                client_tls,
                 root_cert: Some(root.to_vec()),
             },
         )
@@ -353,4 +402,53 @@ async fn a_certificate_from_another_ca_fails_the_check_and_every_call() {
     let rl = limiter(server.client(&server.ca, "wrong"), &prefix);
     let err = rl.check_redis().await.unwrap_err();
     assert!(matches!(err, Error::RedisAuthentication { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_a_client_certificate_decides_and_none_fails_clearly() {
+    let server = TlsRedis::start_with(true);
+    let prefix = support::unique_prefix("mtls");
+
+    // With the certificate the test made (signed by the server's CA): decisions as usual.
+    let rl = limiter(server.client(&server.ca, PASSWORD), &prefix);
+    let check = rl.check_redis().await.unwrap();
+    assert!(check.warnings.is_empty(), "{:?}", check.warnings);
+    let key = RedisKey::try_from("mtls-redis").unwrap();
+    let rate = RateLimit::try_from(0.5).unwrap();
+    let mut admitted = 0;
+    for _ in 0..8 {
+        if support::admitted(rl.redis().absolute().inc(&key, &rate, 1)).await {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5, "the Redis provider over mutual TLS");
+    let hybrid_key = RedisKey::try_from("mtls-hybrid").unwrap();
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if support::admitted(rl.hybrid().absolute().inc(&hybrid_key, &rate, 1)).await {
+            admitted += 1;
+        }
+        rl.hybrid().flush().await.unwrap();
+    }
+    assert_eq!(
+        admitted, 5,
+        "the hybrid over mutual TLS admits exactly the capacity"
+    );
+    assert_eq!(rl.hybrid().stats().flush_errors, 0);
+
+    // Without one (the right CA and password otherwise): the server ends the handshake, the
+    // check fails naming the TLS failure, and a call is an error, never a fail-open.
+    let rl = limiter(
+        server.client_presenting(&server.ca, PASSWORD, None),
+        &prefix,
+    );
+    let err = rl.check_redis().await.unwrap_err();
+    let text = err.to_string();
+    eprintln!("no client certificate: {text} / {err:?}");
+    assert!(
+        text.to_lowercase().contains("certificate"),
+        "the check should say a client certificate is missing: {text} / {err:?}"
+    );
+    let call = rl.redis().absolute().inc(&key, &rate, 1).await;
+    assert!(call.is_err(), "a call decided without Redis: {call:?}");
 }

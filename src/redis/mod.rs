@@ -133,6 +133,7 @@ mod key;
 mod policy;
 mod refund;
 mod scripts;
+mod shard;
 mod suppressed;
 mod usage;
 pub(crate) mod wire;

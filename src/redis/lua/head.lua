@@ -3,7 +3,8 @@
 -- closure: the helpers of window.lua come after it, for the calls that need them.
 --
 -- KEYS[1]: list of the key's closed buckets, oldest first, each "id:count" (one count per
--- counter, ':'-separated).  KEYS[2]: a small hash: the open (newest) bucket's id 'n' and
+-- counter, ':'-separated; set_hot.lua adds the id of the bucket after it, which the
+-- readers here ignore).  KEYS[2]: a small hash: the open (newest) bucket's id 'n' and
 -- its counts 'c' .. counter, the running totals 't' .. counter over every live bucket, the
 -- oldest live bucket's id 'l' (the list's head, or 'n' when the list is empty) and the key's
 -- latest rate 'r' (and the strategies' own fields).
