@@ -79,10 +79,19 @@ impl AdmittedHeaders {
         }
     }
 
-    /// Adds the fields to the inner service's response headers.
+    /// Adds the fields to the inner service's response headers (none on the common path:
+    /// one check, inlined).
     #[inline]
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        let Some(values) = self.0 else { return };
+        if let Some(values) = self.0 {
+            values.apply(headers);
+        }
+    }
+}
+
+impl AdmittedValues {
+    fn apply(self: Box<Self>, headers: &mut HeaderMap) {
+        let values = *self;
         if let Some(v) = values.policy {
             headers.insert(RATELIMIT_POLICY, v);
         }

@@ -68,11 +68,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match self.engine.check(&RequestHead::from(&req)) {
             // Decided synchronously: `self.inner` is the service that was polled ready.
             Verdict::Pass(mut fields) => {
-                let mut req = req;
                 if let Some(info) = fields.take_info() {
                     req.extensions_mut().insert(info);
                 }
