@@ -271,8 +271,7 @@ impl Ops {
         decision: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> {
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            let histogram = m.latency_handle();
+        if let Some(histogram) = self.metrics.as_ref().and_then(|m| m.latency_handle()) {
             let start = std::time::Instant::now();
             return Box::pin(async move {
                 let out = decision.await;

@@ -15,18 +15,23 @@ use crate::RateLimiter;
 pub(crate) struct LayerMetrics {
     outcomes: [Counter; 7],
     near_limit: Counter,
-    latency: Histogram,
+    /// Registered only for the Redis provider, the one that decides over the network: a
+    /// local or hybrid layer (decided in memory) never records a latency, and a registered
+    /// histogram with no samples is noise in every scrape.
+    latency: Option<Histogram>,
 }
 
 impl LayerMetrics {
     /// Registers the policy's counters with the recorder installed now. `provider` labels
-    /// the latency histogram.
+    /// the latency histogram, which only a Redis layer registers.
     pub(crate) fn new(policy: &str, provider: &'static str) -> Self {
         let outcome = |o: Outcome| counter!(REQUESTS_TOTAL, "policy" => policy.to_owned(), "outcome" => o.as_str());
         LayerMetrics {
             outcomes: Outcome::ALL.map(outcome),
             near_limit: counter!(NEAR_LIMIT_TOTAL, "policy" => policy.to_owned()),
-            latency: histogram!(DECISION_SECONDS, "policy" => policy.to_owned(), "provider" => provider),
+            latency: (provider == "redis").then(
+                || histogram!(DECISION_SECONDS, "policy" => policy.to_owned(), "provider" => provider),
+            ),
         }
     }
 
@@ -40,8 +45,9 @@ impl LayerMetrics {
         self.near_limit.increment(1);
     }
 
-    /// The latency histogram, for a decision future to record into.
-    pub(crate) fn latency_handle(&self) -> Histogram {
+    /// The latency histogram, for a decision future to record into (`None` for a local
+    /// layer).
+    pub(crate) fn latency_handle(&self) -> Option<Histogram> {
         self.latency.clone()
     }
 }
