@@ -19,8 +19,6 @@ use std::sync::{Arc, Mutex, Weak};
 // Refunds (counting by outcome on limit sets): helper `ops`'s file.
 #[path = "policy_refund.rs"]
 mod refund;
-#[cfg_attr(not(feature = "tower"), allow(unused_imports))]
-pub(crate) use refund::ALL_LIMITS;
 
 use super::store::KeyStore;
 use crate::Error;

@@ -14,7 +14,7 @@ use crate::policy::{MAX_LIMITS, SetDecision};
 use crate::window::Usage;
 
 /// Every limit of a set.
-pub(crate) const ALL_LIMITS: u16 = (1 << MAX_LIMITS) - 1;
+const ALL_LIMITS: u16 = (1 << MAX_LIMITS) - 1;
 
 impl<const N: usize> Set<N> {
     /// Gives back `cost` units counted at `at` by the limits in `mask` (bit `i`: limit `i`);

@@ -45,10 +45,39 @@ impl LayerMetrics {
         self.near_limit.increment(1);
     }
 
-    /// The latency histogram, for a decision future to record into (`None` for a local
+    /// The latency histogram, for a decision future to record into (`None` but on a Redis
     /// layer).
     pub(crate) fn latency_handle(&self) -> Option<Histogram> {
         self.latency.clone()
+    }
+}
+
+/// The counts one limit of a set keeps of its own (its policy label is the limit's name):
+/// the limits shadowed or exempted on their own. Only these two outcomes are registered
+/// for it, so a scrape shows no idle series for the other ones.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitCounters {
+    shadow_rejected: Counter,
+    exempt: Counter,
+}
+
+impl LimitCounters {
+    /// Registers limit `name`'s `shadow_rejected` and `exempt` counters.
+    pub(crate) fn new(name: &str) -> Self {
+        let outcome = |o: Outcome| counter!(REQUESTS_TOTAL, "policy" => name.to_owned(), "outcome" => o.as_str());
+        LimitCounters {
+            shadow_rejected: outcome(Outcome::ShadowRejected),
+            exempt: outcome(Outcome::Exempt),
+        }
+    }
+
+    /// Counts `outcome` (`ShadowRejected` or `Exempt`; any other is not kept per limit).
+    pub(crate) fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::ShadowRejected => self.shadow_rejected.increment(1),
+            Outcome::Exempt => self.exempt.increment(1),
+            _ => {}
+        }
     }
 }
 

@@ -30,9 +30,9 @@ mod metrics;
 mod throttle;
 
 #[cfg(feature = "metrics")]
-pub(crate) use self::metrics::LayerMetrics;
-#[cfg(feature = "metrics")]
 pub use self::metrics::publish;
+#[cfg(feature = "metrics")]
+pub(crate) use self::metrics::{LayerMetrics, LimitCounters};
 pub(crate) use throttle::WarnThrottle;
 
 use std::fmt;

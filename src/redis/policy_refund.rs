@@ -24,6 +24,12 @@ pub(crate) enum Span {
 }
 
 impl RedisPolicy {
+    /// The clock this policy's reservations are read on.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn reservation_ms(&self) -> u64 {
+        self.core.reservation_ms()
+    }
+
     /// [`inc_each`](Self::inc_each), with the [`Reservation`] a later
     /// [`refund_each`](Self::refund_each) of its units needs (counting by outcome).
     ///
