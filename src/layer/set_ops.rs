@@ -283,6 +283,19 @@ where
                 continue;
             }
             give_back(groups, admitted, keys, cost, &before);
+            if !shadow {
+                // The limits that gave their units back show them as left.
+                for (_, group) in groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(g, _)| admitted & (1 << g) != 0)
+                {
+                    for p in group.members.iter() {
+                        let status = &mut done.decision.limits[*p];
+                        status.remaining = status.remaining.saturating_add(cost);
+                    }
+                }
+            }
             admitted = 0;
             if !shadow {
                 done.decision.outcome = d.outcome();
