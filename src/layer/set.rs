@@ -13,6 +13,15 @@
 //!   that did not refuse carries only `r`, since the client waits for the refusing ones.
 //! - `Retry-After` is the longest `t` of the refusing policies: the wait until the whole
 //!   set admits (given the usage counted now), never earlier than any `t` in `RateLimit`.
+//!
+//! A limit may be shadowed ([`LayerLimit::shadow`]) or have exemptions of its own
+//! ([`LayerLimit::exempt`]): the set is then decided in groups, enforcing limits first
+//! (`set_ops.rs`). The fields then list only the enforcing limits that decided the request
+//! (not the shadow ones, not one the request is exempt from); `RateLimit-Policy` too.
+//!
+//! Counting by outcome ([`count_if`](super::RateLimitLayerBuilder::count_if)) works on a set:
+//! an admitted request holds its units in every limit that counted it, and a response not
+//! selected gives them back in all of them (each provider's `refund_each`).
 
 use std::sync::Arc;
 
