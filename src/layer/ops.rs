@@ -332,11 +332,12 @@ impl DecisionEngine {
         cost: u64,
         before_ms: u64,
     ) -> Verdict {
-        self.admitted_with(fields, key, standing, cost, before_ms, None)
+        self.admitted_with(fields, key, standing, cost, before_ms, || None)
     }
 
     /// [`admitted_outcome`](Self::admitted_outcome), with a set layer's units (the groups
-    /// that counted the request) for counting by outcome.
+    /// that counted the request) for counting by outcome. `set` is called only when the
+    /// layer counts by outcome: the one-rate path builds, moves and drops nothing more.
     #[inline]
     pub(super) fn admitted_with(
         &self,
@@ -345,7 +346,7 @@ impl DecisionEngine {
         standing: Standing,
         cost: u64,
         before_ms: u64,
-        set: Option<super::set_ops::SetUnits>,
+        set: impl FnOnce() -> Option<super::set_ops::SetUnits>,
     ) -> Verdict {
         let ops = &self.ops;
         let Standing {
@@ -377,7 +378,7 @@ impl DecisionEngine {
                 key: key.clone(),
                 cost,
                 before_ms,
-                set,
+                set: set(),
             });
         }
         Verdict::Pass(fields)

@@ -705,11 +705,13 @@ impl DecisionEngine {
                         used(*a).total_cmp(&used(*b))
                     });
                 let key = set.key(keys, 0);
-                let units = self.ops.counting.as_ref().map(|_| SetUnits {
-                    groups: set.groups.clone(),
-                    keys: set.owned_keys(keys),
-                    counted: done.counted,
-                });
+                let units = || {
+                    Some(SetUnits {
+                        groups: set.groups.clone(),
+                        keys: set.owned_keys(keys),
+                        counted: done.counted,
+                    })
+                };
                 self.admitted_with(
                     fields,
                     key,
