@@ -271,6 +271,13 @@ async fn only_failed_logins_count_even_concurrently_local() {
         3
     );
     assert_eq!(rl.local().absolute().usage("127.0.0.1"), 0);
+    // A local layer decides in memory: no latency summary of its own in a scrape.
+    assert!(
+        !prometheus()
+            .render()
+            .contains("sluicegate_decision_duration_seconds{policy=\"login_local\""),
+        "a local layer registers no latency histogram"
+    );
 }
 
 #[cfg(feature = "redis-tokio")]
@@ -361,6 +368,13 @@ mod networked {
         rl.hybrid().flush().await.unwrap();
         let good = attempts(&base, 2, "open-sesame").await;
         assert_eq!(count(&good, StatusCode::TOO_MANY_REQUESTS), 2, "{good:?}");
+        // Hybrid decisions are taken in memory: no latency summary.
+        assert!(
+            !prometheus()
+                .render()
+                .contains("sluicegate_decision_duration_seconds{policy=\"login_hybrid\""),
+            "a hybrid layer registers no latency histogram"
+        );
     }
 }
 

@@ -199,3 +199,138 @@ async fn concurrent_reservations_never_keep_more_than_the_capacity() {
     assert!(kept <= 20, "kept {kept}");
     assert_eq!(total as u64, kept, "Redis counts exactly the kept units");
 }
+
+/// A set of two limits (3 and 5 a window, both absolute) on two keys.
+fn two_limits() -> sluicegate::policy::LimitSet {
+    "few = 3 per 10s; more = 5 per 10s".parse().unwrap()
+}
+
+#[test]
+fn local_set_refunds_give_back_in_every_limit() {
+    let clock = ManualClock::new(1_000_000);
+    let rl = RateLimiterBuilder::new(local(10, 100))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let policy = rl.local().policy(two_limits());
+    let keys = ["ip1", "user1"];
+    let (d, first) = policy.reserve_each(&keys, 1).unwrap();
+    assert!(d.is_allowed());
+    clock.advance(3_000);
+    for _ in 0..2 {
+        assert!(policy.reserve_each(&keys, 1).unwrap().0.is_allowed());
+    }
+    assert!(!policy.reserve_each(&keys, 1).unwrap().0.is_allowed());
+    // The first call's unit goes back in both limits.
+    assert_eq!(policy.refund_each(&keys, 1, first).unwrap(), 0);
+    let (d, fourth) = policy.reserve_each(&keys, 1).unwrap();
+    assert!(d.is_allowed());
+    // Limit "more" counted 3 on user1: 2 left, where "few" has none.
+    assert_eq!(d.limits()[0].remaining, 0);
+    assert_eq!(d.limits()[1].remaining, 2);
+    // Units given back from the limits' own buckets: "few" frees one, "more" too.
+    assert_eq!(policy.refund_each(&keys, 1, fourth).unwrap(), 0);
+    let (d, _) = policy.reserve_each(&keys, 1).unwrap();
+    assert_eq!((d.limits()[0].remaining, d.limits()[1].remaining), (0, 2));
+    // More than a bucket holds (3 in each limit): the rest is reported, summed.
+    assert_eq!(
+        policy.refund_each(&keys, 5, fourth).unwrap(),
+        4,
+        "3 of 5 found in each limit"
+    );
+    assert!(policy.reserve_each(&keys, 1).unwrap().0.is_allowed());
+    // One key for every limit: the same windows.
+    let one = rl.local().policy(two_limits());
+    let (d, at) = one.reserve("k", 2).unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(one.refund("k", 2, at), 0);
+    assert_eq!(one.check("k", 3).unwrap().limits()[0].remaining, 3);
+    // A key never seen, and units whose buckets left the window: nothing found.
+    assert_eq!(one.refund("nobody", 1, at), 2);
+    clock.advance(20_000);
+    assert_eq!(policy.refund_each(&keys, 1, first).unwrap(), 2);
+    // One key per limit, or an error.
+    assert!(policy.refund_each(&["ip1"], 1, first).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_set_refunds_give_back_in_every_limit() {
+    let redis = TestRedis::get();
+    let prefix = support::unique_prefix("refund_set");
+    let clock = ManualClock::new(1_000_000);
+    let rl = limiter(&redis, &prefix, Some(&clock)).await;
+    let policy = rl.redis().policy(two_limits()).unwrap();
+    let (ip, user) = (key("ip1"), key("user1"));
+    let keys = [&ip, &user];
+    let (d, first) = policy.reserve_each(&keys, 1).await.unwrap();
+    assert!(d.is_allowed());
+    clock.advance(3_000);
+    for _ in 0..2 {
+        assert!(policy.reserve_each(&keys, 1).await.unwrap().0.is_allowed());
+    }
+    assert!(!policy.reserve_each(&keys, 1).await.unwrap().0.is_allowed());
+    assert_eq!(policy.refund_each(&keys, 1, first).await.unwrap(), 0);
+    let mut conn = redis.manager().await;
+    let few: i64 = conn
+        .hget(format!("{}:{{ip1}}:p:few:h", prefix.as_str()), "t")
+        .await
+        .unwrap();
+    let more: i64 = conn
+        .hget(format!("{}:{{user1}}:p:more:h", prefix.as_str()), "t")
+        .await
+        .unwrap();
+    assert_eq!((few, more), (2, 2));
+    let (d, _) = policy.reserve_each(&keys, 1).await.unwrap();
+    assert!(d.is_allowed());
+    assert_eq!((d.limits()[0].remaining, d.limits()[1].remaining), (0, 2));
+    // Units whose buckets left the window: nothing found, in either limit.
+    clock.advance(20_000);
+    assert_eq!(policy.refund_each(&keys, 1, first).await.unwrap(), 2);
+    assert!(policy.refund_each(&[&ip], 1, first).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_set_refunds_give_back_unsent_and_flushed_units() {
+    let redis = TestRedis::get();
+    let prefix = support::unique_prefix("refund_hset");
+    let rl = limiter(&redis, &prefix, None).await;
+    let policy = rl.hybrid().policy(two_limits()).unwrap();
+    let (ip, user) = (key("ip1"), key("user1"));
+    let keys = [&ip, &user];
+    rl.hybrid().flush().await.unwrap();
+    // Refunded before any flush: never reaches Redis.
+    for _ in 0..10 {
+        let (d, at) = policy.reserve_each(&keys, 1).unwrap();
+        assert!(d.is_allowed());
+        assert_eq!(policy.refund_each(&keys, 1, at).await.unwrap(), 0);
+        rl.hybrid().flush().await.unwrap();
+    }
+    let mut conn = redis.manager().await;
+    let few_hash = format!("{}:{{ip1}}:p:few:h", prefix.as_str());
+    let more_hash = format!("{}:{{user1}}:p:more:h", prefix.as_str());
+    let total: Option<i64> = conn.hget(&few_hash, "t").await.unwrap();
+    assert_eq!(total.unwrap_or(0), 0, "refunded units were never sent");
+    // Flushed, then refunded: given back in Redis, in both limits.
+    let (d, at) = policy.reserve_each(&keys, 1).unwrap();
+    assert!(d.is_allowed());
+    rl.hybrid().flush().await.unwrap();
+    let sent: (i64, i64) = (
+        conn.hget(&few_hash, "t").await.unwrap(),
+        conn.hget(&more_hash, "t").await.unwrap(),
+    );
+    assert_eq!(sent, (1, 1));
+    assert_eq!(policy.refund_each(&keys, 1, at).await.unwrap(), 0);
+    let back: (i64, i64) = (
+        conn.hget(&few_hash, "t").await.unwrap(),
+        conn.hget(&more_hash, "t").await.unwrap(),
+    );
+    assert_eq!(back, (0, 0));
+    // The capacity is whole again: one at a time, each after a flush, 3 fit.
+    let mut admitted = 0;
+    for _ in 0..6 {
+        rl.hybrid().flush().await.unwrap();
+        admitted += usize::from(policy.reserve_each(&keys, 1).unwrap().0.is_allowed());
+    }
+    assert_eq!(admitted, 3);
+    assert!(policy.refund_each(&[&ip], 1, at).await.is_err());
+}

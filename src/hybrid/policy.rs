@@ -42,6 +42,10 @@
 
 use std::sync::{Arc, Weak};
 
+// Refunds (counting by outcome on limit sets): helper `ops`'s file.
+#[path = "policy_refund.rs"]
+mod refund;
+
 use compact_str::CompactString;
 
 use super::absolute::AbsoluteKey;

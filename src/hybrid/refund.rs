@@ -16,7 +16,7 @@ impl<S: Refundable<Counts = C>, C: Refund> KeyState<S, C> {
     /// Takes `count` units reserved at `span` (bucket ids on the server's grid) out of the
     /// unsent increments and this instance's own usage; returns how many were not unsent
     /// (already on their way to Redis, or flushed).
-    fn refund_unsent(
+    pub(super) fn refund_unsent(
         &mut self,
         grid: &WindowGrid,
         server_now: u64,

@@ -364,6 +364,7 @@ impl RateLimitLayerBuilder {
                 self.extractor.clone(),
                 self.limits,
                 &self.cost,
+                self.ops.metrics_on(),
             )?))
         };
         // The one-rate parts are unused with a set; a placeholder rate keeps them simple.
@@ -425,7 +426,7 @@ impl RateLimitLayerBuilder {
                 || set.as_ref().is_some_and(|s| s.any_suppressed()),
         );
         let refunder = match (&backend, &set) {
-            (_, Some(_)) => None,
+            (_, Some(_)) => Some(super::outcome::Refunder::Set),
             (Backend::Local(s), None) => Some(super::outcome::Refunder::Local(*s)),
             #[cfg(feature = "redis-tokio")]
             (Backend::Hybrid(s), None) => Some(super::outcome::Refunder::Hybrid(*s)),

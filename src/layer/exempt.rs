@@ -135,6 +135,14 @@ mod tests {
         assert!(!ex.exempts_key(&Key::new("user_internal_")));
         assert!(!ex.is_empty());
         assert!(Exemptions::new().is_empty());
+        // Any one kind of exemption alone makes it non-empty.
+        assert!(!Exemptions::new().request(|_| false).is_empty());
+        assert!(!Exemptions::new().key(|_| false).is_empty());
+        assert!(
+            !Exemptions::new()
+                .cidrs(["10.0.0.0/8".parse().unwrap()])
+                .is_empty()
+        );
         // Without a peer address only the predicates can exempt.
         let bare = Request::builder().uri("/api").body(()).unwrap();
         assert!(!ex.exempts_request(&RequestHead::from(&bare)));

@@ -87,6 +87,7 @@ mod provider;
 mod response;
 mod service;
 mod set;
+mod set_ops;
 
 #[doc(hidden)]
 pub mod fuzzing;

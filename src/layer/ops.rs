@@ -78,7 +78,7 @@ const WARN_INTERVAL_MS: u64 = 1_000;
 
 impl OpsBuilder {
     /// The settings, checked: `refunder` is `None` for a layer that cannot count by
-    /// outcome (a set of limits).
+    /// outcome (a custom networked provider).
     pub(crate) fn build(
         self,
         limiter: &Arc<RateLimiter>,
@@ -96,9 +96,9 @@ impl OpsBuilder {
             (Some(_), None) => {
                 return Err(Error::invalid(
                     "RateLimitLayer count_if",
-                    "a layer of several limits",
-                    "counting by outcome works on a one-rate layer (`.rate`/`.rate_fn`); put \
-                     the counted limit on a layer of its own",
+                    "a custom provider",
+                    "counting by outcome needs a provider that gives units back: the local, \
+                     Redis or hybrid one",
                 ));
             }
         };
@@ -126,6 +126,13 @@ impl OpsBuilder {
     }
 }
 
+impl OpsBuilder {
+    /// Whether metrics are on (a set's per-limit counters register only then).
+    pub(crate) fn metrics_on(&self) -> bool {
+        self.metrics
+    }
+}
+
 impl RateLimitLayerBuilder {
     /// Whether this layer reports to the `metrics` facade (feature `metrics`; default
     /// true). Off, it neither counts outcomes nor reads the usage the near-limit count
@@ -138,8 +145,8 @@ impl RateLimitLayerBuilder {
     /// Shadow mode (dark launch): decide and count as usual, but never refuse. Would-be
     /// refusals are counted as `shadow_rejected` in the metrics, logged at `debug` (with
     /// `shadow = true`), and the response carries the would-be `RateLimit-Policy` and
-    /// `RateLimit` fields. For one limit of several in shadow, give it a layer of its own
-    /// in shadow mode beside the enforcing one: the two decide independently.
+    /// `RateLimit` fields. For one limit of several in shadow, mark it
+    /// [`LayerLimit::shadow`](super::LayerLimit::shadow).
     pub fn shadow(mut self, on: bool) -> Self {
         self.ops_mut().shadow = on;
         self
@@ -167,8 +174,10 @@ impl RateLimitLayerBuilder {
     /// are reserved before the handler runs and given back when the response is not
     /// selected, so the limit holds under any concurrency: no more selected responses in a
     /// window than its capacity. An inner service's error, or a request dropped before its
-    /// response, keeps its units. One-rate layers only, on every provider (local in place;
-    /// Redis and hybrid refunds run on a spawned task).
+    /// response, keeps its units. On every provider (local in place; Redis and hybrid
+    /// refunds run on a spawned task), for a one-rate layer and for a set of limits: a
+    /// set's request gives its units back in every limit that counted it, so no limit of
+    /// the set admits more selected responses in a window than its own capacity.
     pub fn count_if(
         mut self,
         counts: impl Fn(StatusCode, &HeaderMap) -> bool + Send + Sync + 'static,
@@ -270,8 +279,7 @@ impl Ops {
         decision: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> {
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            let histogram = m.latency_handle();
+        if let Some(histogram) = self.metrics.as_ref().and_then(|m| m.latency_handle()) {
             let start = std::time::Instant::now();
             return Box::pin(async move {
                 let out = decision.await;
@@ -317,11 +325,27 @@ impl DecisionEngine {
     #[inline]
     pub(super) fn admitted_outcome(
         &self,
+        fields: AdmittedHeaders,
+        key: &Key,
+        standing: Standing,
+        cost: u64,
+        before_ms: u64,
+    ) -> Verdict {
+        self.admitted_with(fields, key, standing, cost, before_ms, || None)
+    }
+
+    /// [`admitted_outcome`](Self::admitted_outcome), with a set layer's units (the groups
+    /// that counted the request) for counting by outcome. `set` is called only when the
+    /// layer counts by outcome: the one-rate path builds, moves and drops nothing more.
+    #[inline]
+    pub(super) fn admitted_with(
+        &self,
         mut fields: AdmittedHeaders,
         key: &Key,
         standing: Standing,
         cost: u64,
         before_ms: u64,
+        set: impl FnOnce() -> Option<super::set_ops::SetUnits>,
     ) -> Verdict {
         let ops = &self.ops;
         let Standing {
@@ -353,6 +377,7 @@ impl DecisionEngine {
                 key: key.clone(),
                 cost,
                 before_ms,
+                set: set(),
             });
         }
         Verdict::Pass(fields)

@@ -3,6 +3,10 @@
 //! and gives them back ([`Reservation`] and each provider's refund) when the response is not
 //! selected. The limit still holds under any concurrency: every request in flight holds
 //! its units, so no more selected responses are admitted in a window than its capacity.
+//! A set of limits works the same way, limit by limit: a request holds its units in every
+//! limit that counted it and gives them back in all of them (`set_ops.rs`, and each
+//! provider's set refund: `local/policy_refund.rs`, `redis/policy_refund.rs`,
+//! `hybrid/policy_refund.rs`).
 //! An inner service's error, or a request abandoned before its response, keeps its units.
 
 use std::sync::Arc;
@@ -24,6 +28,8 @@ pub(crate) enum Refunder {
     Hybrid(Strategy),
     #[cfg(feature = "redis-tokio")]
     Redis(Strategy),
+    /// A set of limits: each group of the set reads its own provider's clock.
+    Set,
 }
 
 /// A layer's counting by outcome.
@@ -49,6 +55,8 @@ pub(crate) struct Pending {
     pub(crate) cost: u64,
     /// The reservation clock just before the decision.
     pub(crate) before_ms: u64,
+    /// A set layer's groups that counted the request (`None` on a one-rate layer).
+    pub(crate) set: Option<super::set_ops::SetUnits>,
 }
 
 impl Refunder {
@@ -61,6 +69,7 @@ impl Refunder {
             Refunder::Hybrid(_) => rl.hybrid().reservation_ms(),
             #[cfg(feature = "redis-tokio")]
             Refunder::Redis(_) => rl.redis().reservation_ms(),
+            Refunder::Set => 0,
         }
     }
 }
@@ -74,12 +83,17 @@ impl CountOutcomes {
         if (this.counts)(status, headers) {
             return;
         }
+        if let Some(set) = &pending.set {
+            set.refund(pending.cost, pending.before_ms);
+            return;
+        }
         let at = Reservation {
             before_ms: pending.before_ms,
             after_ms: this.refunder.now_ms(rl),
         };
         let Pending { key, cost, .. } = pending;
         match this.refunder {
+            Refunder::Set => {}
             Refunder::Local(Strategy::Absolute) => {
                 rl.local().absolute().refund(key.as_str(), cost, at);
             }

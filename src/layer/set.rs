@@ -13,6 +13,15 @@
 //!   that did not refuse carries only `r`, since the client waits for the refusing ones.
 //! - `Retry-After` is the longest `t` of the refusing policies: the wait until the whole
 //!   set admits (given the usage counted now), never earlier than any `t` in `RateLimit`.
+//!
+//! A limit may be shadowed ([`LayerLimit::shadow`]) or have exemptions of its own
+//! ([`LayerLimit::exempt`]): the set is then decided in groups, enforcing limits first
+//! (`set_ops.rs`). The fields then list only the enforcing limits that decided the request
+//! (not the shadow ones, not one the request is exempt from); `RateLimit-Policy` too.
+//!
+//! Counting by outcome ([`count_if`](super::RateLimitLayerBuilder::count_if)) works on a set:
+//! an admitted request holds its units in every limit that counted it, and a response not
+//! selected gives them back in all of them (each provider's `refund_each`).
 
 use std::sync::Arc;
 
@@ -20,11 +29,13 @@ use http::{HeaderValue, Response, header};
 
 use super::builder::CostSource;
 use super::decide::{DecisionEngine, Verdict};
+use super::exempt::Exemptions;
 use super::extract::{Key, KeyExtractor, RequestHead};
 use super::fields::AdmittedHeaders;
 use super::headers::{self, RATELIMIT, RATELIMIT_POLICY, SUPPRESSION_FACTOR};
 use super::provider::Provider;
 use super::response::{Rejection, ViolatedPolicies};
+use super::set_ops::{ALL, Group, SetDone, SetUnits, run_groups};
 use crate::config::capacity;
 use crate::policy::{Limit, LimitSet, LocalPolicy, MAX_LIMITS, Outcome, SetDecision};
 use crate::{Error, RateLimiter};
@@ -38,6 +49,8 @@ pub struct LayerLimit {
     pub(super) limit: Limit,
     pub(super) key: Option<Arc<dyn KeyExtractor>>,
     pub(super) count: Option<Arc<CountFn>>,
+    pub(super) shadow: bool,
+    pub(super) exempt: Option<Exemptions>,
 }
 
 /// A resolver of one limit's quota for a request: the count per the limit's own window
@@ -50,6 +63,8 @@ impl std::fmt::Debug for LayerLimit {
             .field("limit", &self.limit.to_string())
             .field("own_key", &self.key.is_some())
             .field("resolved", &self.count.is_some())
+            .field("shadow", &self.shadow)
+            .field("exempt", &self.exempt)
             .finish()
     }
 }
@@ -61,6 +76,8 @@ impl LayerLimit {
             limit,
             key: None,
             count: None,
+            shadow: false,
+            exempt: None,
         }
     }
 
@@ -93,6 +110,51 @@ impl LayerLimit {
         self
     }
 
+    /// Shadow mode for this limit alone (dark-launching one limit beside enforcing ones):
+    /// it decides and counts, but never refuses. The request is decided by the enforcing
+    /// limits of the set first; a request they refuse counts in no limit, this one
+    /// included. A request they admit is then decided by the shadow limits, as a set of
+    /// their own: if one would refuse it, it counts in none of them, the refusing limits
+    /// count `shadow_rejected` for their own policy (`sluicegate_requests_total{policy =
+    /// <limit name>}`) and each logs a `debug` event with the key's fingerprint and
+    /// `shadow = true`; the request goes on. Else it counts in every shadow limit.
+    ///
+    /// The response's `RateLimit` and `RateLimit-Policy` fields list the enforcing limits
+    /// only: they tell a client what it is held to, and a shadow limit holds it to nothing.
+    /// A handler sees a would-be refusal in the metrics and logs, not in the fields.
+    ///
+    /// ```
+    /// # use sluicegate::layer::{LayerLimit, PeerIp};
+    /// # use sluicegate::policy::{Limit, LimitName, Quota};
+    /// # fn main() -> Result<(), sluicegate::Error> {
+    /// // Try a per-IP limit out beside the enforced per-key one.
+    /// let ip = LayerLimit::new(Limit::new(LimitName::new("ip")?, Quota::per_minute(100.0)?))
+    ///     .key(PeerIp::new())
+    ///     .shadow(true);
+    /// # let _ = ip; Ok(()) }
+    /// ```
+    pub fn shadow(mut self, on: bool) -> Self {
+        self.shadow = on;
+        self
+    }
+
+    /// Requests this limit leaves out (internal callers on a per-key limit, say): an exempt
+    /// request spends nothing in it and is counted `exempt` for its policy, while the other
+    /// limits decide as usual. Key predicates see this limit's own key. A request every
+    /// limit of the set exempts is exempt from the layer (counted `exempt` for the layer's
+    /// policy too). Exemptions for the whole layer are
+    /// [`RateLimitLayerBuilder::exempt`](super::RateLimitLayerBuilder::exempt).
+    ///
+    /// A limit with exemptions is decided apart from the others of the set: see
+    /// [`shadow`](Self::shadow) for the order (enforcing limits first). When another
+    /// enforcing limit refuses a request this one admitted, this one gives its units back at
+    /// once; until then they are held, which may refuse a concurrent request a moment
+    /// early, never admit one too many.
+    pub fn exempt(mut self, exemptions: Exemptions) -> Self {
+        self.exempt = (!exemptions.is_empty()).then_some(exemptions);
+        self
+    }
+
     /// The limit.
     pub fn limit(&self) -> &Limit {
         &self.limit
@@ -105,7 +167,8 @@ impl From<Limit> for LayerLimit {
     }
 }
 
-/// Who decides the set.
+/// Who decides the set (or one group of it).
+#[derive(Clone)]
 pub(crate) enum SetBackend {
     Local(LocalPolicy),
     #[cfg(feature = "redis-tokio")]
@@ -117,9 +180,8 @@ pub(crate) enum SetBackend {
 
 /// A boxed set decision from Redis.
 #[cfg(feature = "redis-tokio")]
-pub(crate) type SetFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<SetDecision, Error>> + Send + 'static>,
->;
+pub(crate) type SetFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<SetDone, Error>> + Send + 'static>>;
 
 /// A layer's limit set: the keys, the decider, and the fields' fixed parts.
 pub(crate) struct SetEngine {
@@ -133,7 +195,11 @@ pub(crate) struct SetEngine {
     counts: [f64; MAX_LIMITS],
     /// Whether any limit resolves its count per request.
     resolved: bool,
-    pub(super) backend: SetBackend,
+    /// The groups decided apart (one, the whole set, unless a limit is shadowed or has
+    /// exemptions: `set_ops.rs`).
+    groups: Arc<[Group]>,
+    /// Whether the set is split into groups.
+    split: bool,
     /// Policy names, in the set's order.
     pub(super) names: Box<[Box<str>]>,
     /// Each policy's window, seconds.
@@ -158,6 +224,7 @@ impl SetEngine {
         default_key: Arc<dyn KeyExtractor>,
         limits: Vec<LayerLimit>,
         cost: &CostSource,
+        metrics: bool,
     ) -> Result<Self, Error> {
         let set = LimitSet::new(limits.iter().map(|l| l.limit.clone()))?;
         if let CostSource::Fixed(c) = cost {
@@ -201,7 +268,7 @@ impl SetEngine {
             counts[i] = l.quota().count();
         }
         let names: Box<[Box<str>]> = set.iter().map(|l| Box::from(l.name())).collect();
-        let policy = policy_list(&names, &windows, &counts[..set.len()]);
+        let policy = policy_list(&names, &windows, &counts[..set.len()], ALL);
         let resolvers: Box<[Option<Arc<CountFn>>]> =
             limits.iter().map(|l| l.count.clone()).collect();
         let resolved = resolvers.iter().any(Option::is_some);
@@ -209,13 +276,62 @@ impl SetEngine {
         let suppressed = set
             .iter()
             .any(|l| l.strategy() == crate::Strategy::Suppressed);
-        let backend = match provider {
-            Provider::Local => SetBackend::Local(limiter.local().policy(set)),
-            #[cfg(feature = "redis-tokio")]
-            Provider::Redis => SetBackend::Redis(limiter.redis().policy(set)?),
-            #[cfg(feature = "redis-tokio")]
-            Provider::Hybrid => SetBackend::Hybrid(limiter.hybrid().policy(set)?),
+        let backend_of = |set: LimitSet| -> Result<SetBackend, Error> {
+            Ok(match provider {
+                Provider::Local => SetBackend::Local(limiter.local().policy(set)),
+                #[cfg(feature = "redis-tokio")]
+                Provider::Redis => SetBackend::Redis(limiter.redis().policy(set)?),
+                #[cfg(feature = "redis-tokio")]
+                Provider::Hybrid => SetBackend::Hybrid(limiter.hybrid().policy(set)?),
+            })
         };
+        // The groups (set_ops.rs): the enforcing limits without exemptions, each enforcing
+        // one with exemptions, the shadow ones without, each shadow one with.
+        let split = limits.iter().any(|l| l.shadow || l.exempt.is_some());
+        let mut parts: Vec<Vec<usize>> = Vec::new();
+        for shadow in [false, true] {
+            let plain: Vec<usize> = (0..len)
+                .filter(|i| limits[*i].shadow == shadow && limits[*i].exempt.is_none())
+                .collect();
+            if !plain.is_empty() {
+                parts.push(plain);
+            }
+            parts.extend(
+                (0..len)
+                    .filter(|i| limits[*i].shadow == shadow && limits[*i].exempt.is_some())
+                    .map(|i| vec![i]),
+            );
+        }
+        let mut groups = Vec::with_capacity(parts.len());
+        for members in parts {
+            let sub = if split {
+                LimitSet::new(members.iter().map(|i| set.limits()[*i].clone()))?
+            } else {
+                set.clone()
+            };
+            let first = &limits[members[0]];
+            #[cfg(feature = "metrics")]
+            let counters = members
+                .iter()
+                .map(|i| {
+                    let l = &limits[*i];
+                    (metrics && (l.shadow || l.exempt.is_some()))
+                        .then(|| crate::observe::LimitCounters::new(&names[*i]))
+                })
+                .collect();
+            groups.push(Group {
+                backend: backend_of(sub)?,
+                key_idx: members.iter().map(|i| usize::from(key_of[*i])).collect(),
+                names: members.iter().map(|i| Arc::from(&*names[*i])).collect(),
+                shadow: first.shadow,
+                exempt: first.exempt.clone(),
+                #[cfg(feature = "metrics")]
+                counters,
+                members: members.into(),
+            });
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = metrics;
         Ok(SetEngine {
             extractors: extractors.into(),
             key_of,
@@ -223,12 +339,18 @@ impl SetEngine {
             resolvers,
             counts,
             resolved,
-            backend,
+            groups: groups.into(),
+            split,
             names,
             windows,
             policy,
             suppressed,
         })
+    }
+
+    /// The backend of a set decided whole.
+    fn backend(&self) -> &SetBackend {
+        &self.groups[0].backend
     }
 
     /// Whether a limit of the set is suppressed (its factor header is pre-built).
@@ -286,29 +408,48 @@ impl SetEngine {
         headers::quota_of_count(counts.unwrap_or(&self.counts)[i])
     }
 
-    /// `RateLimit-Policy`: the pre-built one, or this request's counts.
-    fn policy(&self, counts: Option<&[f64; MAX_LIMITS]>) -> HeaderValue {
+    /// `RateLimit-Policy`: the pre-built one, or this request's counts, of the policies
+    /// in `visible`.
+    fn policy(&self, counts: Option<&[f64; MAX_LIMITS]>, visible: u16) -> HeaderValue {
+        let all = visible & self.all() == self.all();
         match counts {
-            None => self.policy.clone(),
-            Some(c) => policy_list(&self.names, &self.windows, &c[..self.len]),
+            None if all => self.policy.clone(),
+            c => policy_list(
+                &self.names,
+                &self.windows,
+                &c.unwrap_or(&self.counts)[..self.len],
+                visible,
+            ),
         }
     }
 
-    /// `RateLimit`: every policy's remaining quota, and `t` where it is meaningful.
-    fn ratelimit(&self, d: &SetDecision) -> HeaderValue {
+    /// The mask of every position of the set.
+    fn all(&self) -> u16 {
+        (1u16 << self.len) - 1
+    }
+
+    /// `RateLimit`: the remaining quota of every policy in `visible`, and `t` where it is
+    /// meaningful.
+    fn ratelimit(&self, d: &SetDecision, visible: u16) -> HeaderValue {
         let refused = d.outcome() != Outcome::Allowed;
-        list_value(d.limits().iter().enumerate().map(|(i, s)| {
-            let name = &self.names[i];
-            if !refused {
-                let t = s.reset_ms.div_ceil(1000).min(self.windows[i]);
-                format!("\"{name}\";r={};t={t}", s.remaining)
-            } else if s.refused {
-                let t = headers::retry_after_seconds(s.reset_ms, self.windows[i]);
-                format!("\"{name}\";r={};t={t}", s.remaining)
-            } else {
-                format!("\"{name}\";r={}", s.remaining)
-            }
-        }))
+        list_value(
+            d.limits()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| visible & (1 << i) != 0)
+                .map(|(i, s)| {
+                    let name = &self.names[i];
+                    if !refused {
+                        let t = s.reset_ms.div_ceil(1000).min(self.windows[i]);
+                        format!("\"{name}\";r={};t={t}", s.remaining)
+                    } else if s.refused {
+                        let t = headers::retry_after_seconds(s.reset_ms, self.windows[i]);
+                        format!("\"{name}\";r={};t={t}", s.remaining)
+                    } else {
+                        format!("\"{name}\";r={}", s.remaining)
+                    }
+                }),
+        )
     }
 
     /// `Retry-After` of a refusal: the longest wait of the refusing policies, each capped
@@ -328,14 +469,16 @@ impl SetEngine {
     }
 }
 
-/// `"name";q=<count>;w=<window>, ...`.
-fn policy_list(names: &[Box<str>], windows: &[u64], counts: &[f64]) -> HeaderValue {
+/// `"name";q=<count>;w=<window>, ...`, of the policies in `visible`.
+fn policy_list(names: &[Box<str>], windows: &[u64], counts: &[f64], visible: u16) -> HeaderValue {
     list_value(
         names
             .iter()
             .zip(windows)
             .zip(counts)
-            .map(|((n, w), c)| format!("\"{n}\";q={};w={w}", headers::quota_of_count(*c))),
+            .enumerate()
+            .filter(|(i, _)| visible & (1 << i) != 0)
+            .map(|(_, ((n, w), c))| format!("\"{n}\";q={};w={w}", headers::quota_of_count(*c))),
     )
 }
 
@@ -363,7 +506,22 @@ impl DecisionEngine {
         }
         let cost = self.resolve_cost(head);
         let counts = set.resolve_counts(&keys, head);
-        match &set.backend {
+        if set.split {
+            return self.check_split(set, head, &keys, counts, cost);
+        }
+        let before_ms = if self.ops.counting.is_some() {
+            set.groups[0].now_ms()
+        } else {
+            0
+        };
+        let whole = move |d: SetDecision| SetDone {
+            decision: d,
+            visible: ALL,
+            counted: 1,
+            before_ms,
+            cost,
+        };
+        match set.backend() {
             SetBackend::Local(policy) => {
                 let result = if set.one_key() && counts.is_none() {
                     policy.inc(set.key(&keys, 0).as_str(), cost)
@@ -378,7 +536,7 @@ impl DecisionEngine {
                     }
                 };
                 match result {
-                    Ok(d) => self.set_verdict(set, &d, &keys, counts.as_ref()),
+                    Ok(d) => self.set_verdict(set, &whole(d), &keys, counts.as_ref()),
                     Err(err) => self.misconfigured(&err),
                 }
             }
@@ -386,27 +544,93 @@ impl DecisionEngine {
             SetBackend::Hybrid(policy) => {
                 let result = hybrid_set_inc(set, policy, &keys, counts.as_ref(), cost);
                 match result {
-                    Ok(d) => self.set_verdict(set, &d, &keys, counts.as_ref()),
+                    Ok(d) => self.set_verdict(set, &whole(d), &keys, counts.as_ref()),
                     Err(err) => self.failed(err),
                 }
             }
             #[cfg(feature = "redis-tokio")]
             SetBackend::Redis(policy) => {
-                let owned: Box<[Key]> = keys[..set.extractors.len()]
-                    .iter()
-                    .map(|k| k.clone().expect("every extractor ran"))
-                    .collect();
-                let mut decision = self
-                    .ops
-                    .timed(redis_set_inc(set, policy, &owned, counts, cost));
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                match decision.as_mut().poll(&mut cx) {
-                    std::task::Poll::Ready(result) => self.finish_set(result, &owned, counts),
-                    std::task::Poll::Pending => {
-                        Verdict::Awaiting(super::decide::Pending::Set(decision, owned, counts))
-                    }
+                let owned = set.owned_keys(&keys);
+                let decision = redis_set_inc(set, policy, &owned, counts, cost, whole);
+                self.await_set(decision, owned, counts)
+            }
+        }
+    }
+
+    /// A Redis set decision: ready at once (an error), or awaited.
+    #[cfg(feature = "redis-tokio")]
+    fn await_set(
+        &self,
+        decision: SetFuture,
+        owned: Box<[Key]>,
+        counts: Option<[f64; MAX_LIMITS]>,
+    ) -> Verdict {
+        let mut decision = self.ops.timed(decision);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match decision.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => self.finish_set(result, &owned, counts),
+            std::task::Poll::Pending => {
+                Verdict::Awaiting(super::decide::Pending::Set(decision, owned, counts))
+            }
+        }
+    }
+
+    /// A set split into groups by shadowed or exempted limits (`set_ops.rs`).
+    #[cold]
+    fn check_split(
+        &self,
+        set: &SetEngine,
+        head: &RequestHead<'_>,
+        keys: &[Option<Key>],
+        counts: Option<[f64; MAX_LIMITS]>,
+        cost: u64,
+    ) -> Verdict {
+        let owned = set.owned_keys(keys);
+        let mut exempt = 0u16;
+        for (g, group) in set.groups.iter().enumerate() {
+            if group.exempts(head, &owned) {
+                exempt |= 1 << g;
+            }
+        }
+        if exempt != 0 {
+            if exempt.count_ones() as usize == set.groups.len() {
+                for group in set.groups.iter() {
+                    group.count(0, crate::observe::Outcome::Exempt);
+                }
+                return self.ops.exempt();
+            }
+            for (g, group) in set.groups.iter().enumerate() {
+                if exempt & (1 << g) != 0 {
+                    group.count(0, crate::observe::Outcome::Exempt);
                 }
             }
+        }
+        #[cfg(feature = "redis-tokio")]
+        if let SetBackend::Redis(_) = set.backend() {
+            let groups = set.groups.clone();
+            let keys = owned.clone();
+            let len = set.len;
+            let decision: SetFuture = Box::pin(async move {
+                run_groups(&groups, len, &keys, exempt, cost, |g| {
+                    g.decide_async(&keys, counts.as_ref(), cost)
+                })
+                .await
+            });
+            return self.await_set(decision, owned, counts);
+        }
+        let decision = run_groups(&set.groups, set.len, &owned, exempt, cost, |g| {
+            std::future::ready(g.decide_sync(&owned, counts.as_ref(), cost))
+        });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready(result) = std::pin::pin!(decision).poll(&mut cx) else {
+            unreachable!("the local and hybrid groups decide at once");
+        };
+        match result {
+            Ok(done) => self.set_verdict(set, &done, keys, counts.as_ref()),
+            Err(err @ (Error::CapacityBelowOne { .. } | Error::InvalidValue { .. })) => {
+                self.misconfigured(&err)
+            }
+            Err(err) => self.failed(err),
         }
     }
 
@@ -414,7 +638,7 @@ impl DecisionEngine {
     #[cfg(feature = "redis-tokio")]
     pub(super) fn finish_set(
         &self,
-        result: Result<SetDecision, Error>,
+        result: Result<SetDone, Error>,
         keys: &[Key],
         counts: Option<[f64; MAX_LIMITS]>,
     ) -> Verdict {
@@ -423,12 +647,12 @@ impl DecisionEngine {
             .as_deref()
             .expect("a set decision comes from a set layer");
         match result {
-            Ok(d) => {
+            Ok(done) => {
                 let mut slots: [Option<Key>; MAX_LIMITS] = Default::default();
                 for (slot, k) in slots.iter_mut().zip(keys) {
                     *slot = Some(k.clone());
                 }
-                self.set_verdict(set, &d, &slots, counts.as_ref())
+                self.set_verdict(set, &done, &slots, counts.as_ref())
             }
             Err(err) => self.failed(err),
         }
@@ -438,29 +662,33 @@ impl DecisionEngine {
     fn set_verdict(
         &self,
         set: &SetEngine,
-        d: &SetDecision,
+        done: &SetDone,
         keys: &[Option<Key>],
         counts: Option<&[f64; MAX_LIMITS]>,
     ) -> Verdict {
+        let d = &done.decision;
+        let visible = done.visible & set.all();
         match d.outcome() {
             Outcome::Allowed => {
-                let factor = d
-                    .limits()
-                    .iter()
-                    .map(|s| s.suppression_factor)
+                let shown = || {
+                    d.limits()
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| visible & (1 << i) != 0)
+                };
+                let raw_factor = shown()
+                    .map(|(_, s)| s.suppression_factor)
                     .fold(0.0, f64::max);
-                let factor =
-                    (self.factor_on_allowed && factor > 0.0).then(|| self.prebuilt_factor(factor));
-                let raw_factor = d
-                    .limits()
-                    .iter()
-                    .map(|s| s.suppression_factor)
-                    .fold(0.0, f64::max);
-                let fields = if !self.headers_on_allowed && factor.is_none() {
+                let factor = (self.factor_on_allowed && raw_factor > 0.0)
+                    .then(|| self.prebuilt_factor(raw_factor));
+                let fields = if (!self.headers_on_allowed || visible == 0) && factor.is_none() {
                     AdmittedHeaders::none()
                 } else {
-                    let (policy, ratelimit) = if self.headers_on_allowed {
-                        (Some(set.policy(counts)), Some(set.ratelimit(d)))
+                    let (policy, ratelimit) = if self.headers_on_allowed && visible != 0 {
+                        (
+                            Some(set.policy(counts, visible)),
+                            Some(set.ratelimit(d, visible)),
+                        )
                     } else {
                         (None, None)
                     };
@@ -468,29 +696,33 @@ impl DecisionEngine {
                 };
                 // The tightest limit (the largest share of its quota used) for the near-limit
                 // count and the handler's decision.
-                let (left, quota) = d
-                    .limits()
-                    .iter()
-                    .enumerate()
+                let tightest = shown()
                     .map(|(i, s)| (s.remaining, set.quota_of(i, counts)))
                     .max_by(|a, b| {
                         let used = |(left, q): (u64, u64)| {
                             q.saturating_sub(left) as f64 / (q.max(1) as f64)
                         };
                         used(*a).total_cmp(&used(*b))
-                    })
-                    .unwrap_or((0, 0));
+                    });
                 let key = set.key(keys, 0);
-                self.admitted_outcome(
+                let units = || {
+                    Some(SetUnits {
+                        groups: set.groups.clone(),
+                        keys: set.owned_keys(keys),
+                        counted: done.counted,
+                    })
+                };
+                self.admitted_with(
                     fields,
                     key,
                     super::ops::Standing {
-                        left: Some(left),
-                        quota: Some(quota),
+                        left: tightest.map(|t| t.0),
+                        quota: tightest.map(|t| t.1),
                         factor: raw_factor,
                     },
-                    1,
-                    0,
+                    done.cost,
+                    done.before_ms,
+                    units,
                 )
             }
             outcome => {
@@ -525,10 +757,10 @@ impl DecisionEngine {
                     h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
                 }
                 if !h.contains_key(RATELIMIT_POLICY) {
-                    h.insert(RATELIMIT_POLICY, set.policy(counts));
+                    h.insert(RATELIMIT_POLICY, set.policy(counts, visible));
                 }
                 if !h.contains_key(RATELIMIT) {
-                    h.insert(RATELIMIT, set.ratelimit(d));
+                    h.insert(RATELIMIT, set.ratelimit(d, visible));
                 }
                 if outcome == Outcome::Shed && !h.contains_key(SUPPRESSION_FACTOR) {
                     h.insert(SUPPRESSION_FACTOR, self.prebuilt_factor(factor));
@@ -541,6 +773,16 @@ impl DecisionEngine {
                 self.refused_outcome(outcome, &set.names[first], key, Box::new(response))
             }
         }
+    }
+}
+
+impl SetEngine {
+    /// The extractors' keys, owned.
+    fn owned_keys(&self, keys: &[Option<Key>]) -> Box<[Key]> {
+        keys[..self.extractors.len()]
+            .iter()
+            .map(|k| k.clone().expect("every extractor ran"))
+            .collect()
     }
 }
 
@@ -576,6 +818,7 @@ fn redis_set_inc(
     keys: &[Key],
     counts: Option<[f64; MAX_LIMITS]>,
     cost: u64,
+    done: impl FnOnce(SetDecision) -> SetDone + Send + 'static,
 ) -> SetFuture {
     let redis_keys: Result<Vec<_>, Error> = keys.iter().map(super::provider::redis_key).collect();
     let redis_keys = match redis_keys {
@@ -589,10 +832,11 @@ fn redis_set_inc(
         .collect();
     Box::pin(async move {
         let refs: Vec<_> = key_of.iter().map(|k| &redis_keys[*k]).collect();
-        match counts {
+        let d = match counts {
             Some(c) => policy.inc_with(&refs, &c[..refs.len()], cost).await,
             None if redis_keys.len() == 1 => policy.inc(&redis_keys[0], cost).await,
             None => policy.inc_each(&refs, cost).await,
-        }
+        };
+        d.map(done)
     })
 }

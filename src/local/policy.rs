@@ -16,6 +16,10 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
+// Refunds (counting by outcome on limit sets): helper `ops`'s file.
+#[path = "policy_refund.rs"]
+mod refund;
+
 use super::store::KeyStore;
 use crate::Error;
 use crate::Strategy;
@@ -70,6 +74,10 @@ trait Engine: Send + Sync {
     ) -> Result<SetDecision, Error>;
     fn cleanup(&self) -> usize;
     fn key_count(&self) -> usize;
+    /// Gives back units an admitted call counted, in the limits of `mask` (`policy_refund.rs`).
+    fn refund(&self, keys: Keys<'_>, cost: u64, at: super::Reservation, mask: u16) -> u64;
+    /// The clock reservations are read on.
+    fn now_ms(&self) -> u64;
 }
 
 struct Set<const N: usize> {
@@ -403,6 +411,14 @@ impl<const N: usize> Engine for Set<N> {
 
     fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    fn refund(&self, keys: Keys<'_>, cost: u64, at: super::Reservation, mask: u16) -> u64 {
+        refund::refund_engine(self, keys, cost, at, mask)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 }
 

@@ -15,18 +15,23 @@ use crate::RateLimiter;
 pub(crate) struct LayerMetrics {
     outcomes: [Counter; 7],
     near_limit: Counter,
-    latency: Histogram,
+    /// Registered only for the Redis provider, the one that decides over the network: a
+    /// local or hybrid layer (decided in memory) never records a latency, and a registered
+    /// histogram with no samples is noise in every scrape.
+    latency: Option<Histogram>,
 }
 
 impl LayerMetrics {
     /// Registers the policy's counters with the recorder installed now. `provider` labels
-    /// the latency histogram.
+    /// the latency histogram, which only a Redis layer registers.
     pub(crate) fn new(policy: &str, provider: &'static str) -> Self {
         let outcome = |o: Outcome| counter!(REQUESTS_TOTAL, "policy" => policy.to_owned(), "outcome" => o.as_str());
         LayerMetrics {
             outcomes: Outcome::ALL.map(outcome),
             near_limit: counter!(NEAR_LIMIT_TOTAL, "policy" => policy.to_owned()),
-            latency: histogram!(DECISION_SECONDS, "policy" => policy.to_owned(), "provider" => provider),
+            latency: (provider == "redis").then(
+                || histogram!(DECISION_SECONDS, "policy" => policy.to_owned(), "provider" => provider),
+            ),
         }
     }
 
@@ -40,9 +45,39 @@ impl LayerMetrics {
         self.near_limit.increment(1);
     }
 
-    /// The latency histogram, for a decision future to record into.
-    pub(crate) fn latency_handle(&self) -> Histogram {
+    /// The latency histogram, for a decision future to record into (`None` but on a Redis
+    /// layer).
+    pub(crate) fn latency_handle(&self) -> Option<Histogram> {
         self.latency.clone()
+    }
+}
+
+/// The counts one limit of a set keeps of its own (its policy label is the limit's name):
+/// the limits shadowed or exempted on their own. Only these two outcomes are registered
+/// for it, so a scrape shows no idle series for the other ones.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitCounters {
+    shadow_rejected: Counter,
+    exempt: Counter,
+}
+
+impl LimitCounters {
+    /// Registers limit `name`'s `shadow_rejected` and `exempt` counters.
+    pub(crate) fn new(name: &str) -> Self {
+        let outcome = |o: Outcome| counter!(REQUESTS_TOTAL, "policy" => name.to_owned(), "outcome" => o.as_str());
+        LimitCounters {
+            shadow_rejected: outcome(Outcome::ShadowRejected),
+            exempt: outcome(Outcome::Exempt),
+        }
+    }
+
+    /// Counts `outcome` (`ShadowRejected` or `Exempt`; any other is not kept per limit).
+    pub(crate) fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::ShadowRejected => self.shadow_rejected.increment(1),
+            Outcome::Exempt => self.exempt.increment(1),
+            _ => {}
+        }
     }
 }
 

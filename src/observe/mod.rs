@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | [`REQUESTS_TOTAL`] | counter | `policy`, `outcome` | every request the layer saw, by [`Outcome`] |
 //! | [`NEAR_LIMIT_TOTAL`] | counter | `policy` | admitted with at least 80 % of the quota used (Envoy's `near_limit`) |
-//! | [`DECISION_SECONDS`] | histogram | `policy`, `provider` | how long a networked provider (Redis) took to decide |
+//! | [`DECISION_SECONDS`] | histogram | `policy`, `provider` | how long a networked provider (Redis) took to decide; registered only by Redis layers (local and hybrid ones decide in memory) |
 //! | [`HYBRID_FLUSHES_TOTAL`], [`HYBRID_FLUSH_ERRORS_TOTAL`], [`HYBRID_REFRESHES_TOTAL`], [`HYBRID_UNITS_DROPPED_TOTAL`] | counter | | the hybrid committer's work ([`HybridStats`](crate::hybrid::HybridStats)) |
 //! | [`KEYS_HELD`] | gauge | `provider` (`local`, `hybrid`) | keys held in memory |
 //!
@@ -30,9 +30,9 @@ mod metrics;
 mod throttle;
 
 #[cfg(feature = "metrics")]
-pub(crate) use self::metrics::LayerMetrics;
-#[cfg(feature = "metrics")]
 pub use self::metrics::publish;
+#[cfg(feature = "metrics")]
+pub(crate) use self::metrics::{LayerMetrics, LimitCounters};
 pub(crate) use throttle::WarnThrottle;
 
 use std::fmt;

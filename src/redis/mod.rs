@@ -162,6 +162,7 @@ use crate::{Error, HardLimitFactor, RateGroupSizeMs, SuppressionFactorCacheMs, W
 pub(crate) use connection::Connection;
 pub(crate) use key::{KeyNames, KeySpace, StrategyTag};
 pub use policy::RedisPolicy;
+pub(crate) use policy::{Span as SetRefundSpan, refund_limit};
 
 /// The Redis (and hybrid) providers' settings on a single-server connection, as in
 /// `RateLimiterOptions { redis: RedisRateLimiterOptions { .. }, .. }`.

@@ -8,6 +8,11 @@
 
 use std::sync::Arc;
 
+// Refunds (counting by outcome on limit sets): helper `ops`'s file.
+#[path = "policy_refund.rs"]
+mod refund;
+pub(crate) use refund::{Span, refund_limit};
+
 use ::redis::Value;
 
 use super::key::RedisKey;

@@ -5,14 +5,16 @@ use std::sync::LazyLock;
 
 use ::redis::Script;
 
-use super::key::{RedisKey, StrategyTag};
+use super::key::{KeyNames, RedisKey, StrategyTag};
+use super::wire;
 use super::{AbsoluteRedisRateLimiter, Core, SuppressedRedisRateLimiter, TimeSource, core_of};
 use crate::clock::{Clock, MonotonicClock};
 use crate::local::Reservation;
+use crate::window::WindowGrid;
 use crate::{Error, RateLimit, RateLimitDecision};
 
 /// `head.lua`, `window.lua`, then `refund.lua`: the units not found, as an integer.
-static REFUND: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static REFUND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/head.lua"),
         include_str!("lua/window.lua"),
@@ -49,12 +51,7 @@ impl Core {
         count: u64,
         at: Reservation,
     ) -> Result<u64, Error> {
-        let now_ms = self.reservation_ms();
-        let slack = u64::try_from(self.conn.timeout().as_millis()).unwrap_or(u64::MAX);
-        let ago = (
-            now_ms.saturating_sub(at.before_ms).saturating_add(slack),
-            now_ms.saturating_sub(at.after_ms.max(at.before_ms)),
-        );
+        let ago = self.ago(at);
         self.refund_span(key, strategy, count, ago, "t").await
     }
 
@@ -79,14 +76,48 @@ impl Core {
         kind: &str,
     ) -> Result<u64, Error> {
         let names = self.keys.names(key, strategy);
+        let grid = self.settings.grid;
+        self.refund_names(&names, &grid, strategy, count, span, kind)
+            .await
+    }
+
+    /// `refund.lua` on the keys `names` (a single-limit key, or one limit of a set) with
+    /// its window and group `grid`: `span` is how long ago (`kind` `"t"`) or which bucket
+    /// ids (`"b"`). Returns the units not found.
+    pub(crate) async fn refund_names(
+        &self,
+        names: &KeyNames,
+        grid: &WindowGrid,
+        strategy: StrategyTag,
+        count: u64,
+        span: (u64, u64),
+        kind: &str,
+    ) -> Result<u64, Error> {
         let mut invocation = REFUND.prepare_invoke();
-        self.head(&mut invocation, &names, "r");
+        wire::head(
+            &mut invocation,
+            &[&names.buckets, &names.hash],
+            self.script_now(),
+            grid,
+            "r",
+        );
         invocation.arg(strategy.tag());
         invocation.arg(count);
         invocation.arg(span.0);
         invocation.arg(span.1);
         invocation.arg(kind);
         self.conn.invoke::<u64>(&invocation).await
+    }
+
+    /// How long before now (on the scripts' clock) a reservation's two ends were, the
+    /// earliest moved back by the deadline: see [`refund`](Self::refund).
+    pub(crate) fn ago(&self, at: Reservation) -> (u64, u64) {
+        let now_ms = self.reservation_ms();
+        let slack = u64::try_from(self.conn.timeout().as_millis()).unwrap_or(u64::MAX);
+        (
+            now_ms.saturating_sub(at.before_ms).saturating_add(slack),
+            now_ms.saturating_sub(at.after_ms.max(at.before_ms)),
+        )
     }
 }
 
