@@ -373,14 +373,7 @@ impl<const N: usize> Engine for Set<N> {
     }
 
     fn inc(&self, key: &str, cost: u64) -> Result<SetDecision, Error> {
-        // The one local returned on every path, so that it is built where it is returned.
-        let mut answer = Ok(SetDecision::empty(N));
-        if let Ok(decision) = &mut answer
-            && let Err(err) = self.one_key(key, &self.set_quotas, cost, true, decision)
-        {
-            answer = Err(err);
-        }
-        answer
+        self.one_key(key, &self.set_quotas, cost, true)
     }
 
     fn decide(
@@ -390,13 +383,25 @@ impl<const N: usize> Engine for Set<N> {
         cost: u64,
         record: bool,
     ) -> Result<SetDecision, Error> {
-        let mut answer = Ok(SetDecision::empty(N));
-        if let Ok(decision) = &mut answer
-            && let Err(err) = self.decide_into(keys, counts, cost, record, decision)
-        {
-            answer = Err(err);
+        let key = match keys {
+            Keys::One(key) => key,
+            Keys::Each(keys) => {
+                let Ok(keys) = <&[&str; N]>::try_from(keys) else {
+                    return Err(self
+                        .set
+                        .check_keys(keys.len())
+                        .expect_err("not one key per limit"));
+                };
+                if keys.iter().any(|k| *k != keys[0]) {
+                    return self.decide_each(keys, counts, cost, record);
+                }
+                keys[0]
+            }
+        };
+        match counts {
+            None => self.one_key(key, &self.set_quotas, cost, record),
+            Some(counts) => self.one_key(key, &self.quotas(counts), cost, record),
         }
-        answer
     }
 
     fn cleanup(&self) -> usize {
@@ -425,34 +430,11 @@ impl<const N: usize> Engine for Set<N> {
 impl<const N: usize> Set<N> {
     /// The call's quotas from its (checked) counts.
     fn quotas(&self, counts: &[f64]) -> [CallQuota; N] {
-        std::array::from_fn(|i| self.limits[i].quota_of(counts[i]))
-    }
-
-    /// [`Engine::decide`] into `out`, made for this set's length.
-    fn decide_into(
-        &self,
-        keys: Keys<'_>,
-        counts: Option<&[f64]>,
-        cost: u64,
-        record: bool,
-        out: &mut SetDecision,
-    ) -> Result<(), Error> {
-        let key = match keys {
-            Keys::One(key) => key,
-            Keys::Each(keys) => {
-                let Ok(keys) = <&[&str; N]>::try_from(keys) else {
-                    return self.set.check_keys(keys.len());
-                };
-                if keys.iter().any(|k| *k != keys[0]) {
-                    return self.decide_each(keys, counts, cost, record, out);
-                }
-                keys[0]
-            }
-        };
-        match counts {
-            None => self.one_key(key, &self.set_quotas, cost, record, out),
-            Some(counts) => self.one_key(key, &self.quotas(counts), cost, record, out),
+        let mut quotas = self.set_quotas;
+        for (i, quota) in quotas.iter_mut().enumerate() {
+            *quota = self.limits[i].quota_of(counts[i]);
         }
+        quotas
     }
 
     /// A call whose limits share `key`: its entry found once, under one lock.
@@ -463,27 +445,47 @@ impl<const N: usize> Set<N> {
         quotas: &[CallQuota; N],
         cost: u64,
         record: bool,
-        out: &mut SetDecision,
-    ) -> Result<(), Error> {
+    ) -> Result<SetDecision, Error> {
         if cost == 0 {
             return Err(Error::ZeroCount);
         }
         let now = self.clock.now_ms();
         let mut lock = self.keys.lock(key);
-        match lock.get(key) {
-            Some(slots) => {
-                if !(record && self.count_if_all_admit(slots, quotas, now, cost, out)) {
-                    self.run(slots, quotas, now, cost, record, out);
-                }
-            }
-            None => self.new_key(&mut lock, key, quotas, now, cost, record, out),
+        if record
+            && let Some(slots) = lock.get(key)
+            && let Some(limits) = self.count_if_all_admit(slots, quotas, now, cost)
+        {
+            // Built from the statuses in the return place: no decision-sized local (that
+            // the slow path's pointer would keep in memory) to copy there.
+            return Ok(SetDecision::admitted(limits));
         }
-        Ok(())
+        self.one_key_slow(lock, key, quotas, now, cost, record)
     }
 
-    /// The common call: if every limit admits `cost` on `slots`, counts it in every one,
-    /// writes the answer (an admission) and returns `true`. Otherwise changes nothing but
-    /// the windows' expiry and returns `false`, for [`run`](Self::run) to decide.
+    /// [`one_key`](Self::one_key) past the common call: a new key, a limit that does not
+    /// admit, or a check. The key stays locked from the common path's attempt, which
+    /// changed nothing but its windows' expiry.
+    #[inline(never)]
+    fn one_key_slow(
+        &self,
+        mut lock: super::store::Locked<'_, Slots<N>>,
+        key: &str,
+        quotas: &[CallQuota; N],
+        now: u64,
+        cost: u64,
+        record: bool,
+    ) -> Result<SetDecision, Error> {
+        let mut decision = SetDecision::empty(N);
+        match lock.get(key) {
+            Some(slots) => self.run(slots, quotas, now, cost, record, &mut decision),
+            None => self.new_key(&mut lock, key, quotas, now, cost, record, &mut decision),
+        }
+        Ok(decision)
+    }
+
+    /// The common call: if every limit admits `cost` on `slots`, counts it in every one and
+    /// returns their statuses. Otherwise changes nothing but the windows' expiry and returns
+    /// `None`, for [`run`](Self::run) to decide.
     #[inline(always)]
     fn count_if_all_admit(
         &self,
@@ -491,15 +493,14 @@ impl<const N: usize> Set<N> {
         quotas: &[CallQuota; N],
         now: u64,
         cost: u64,
-        out: &mut SetDecision,
-    ) -> bool {
+    ) -> Option<[LimitStatus; N]> {
         let mut accepted = [0; N];
         for i in 0..N {
             let window = &mut slots.0[i];
             window.expire(&self.limits[i].geo, now);
             let total = window.total();
             if !self.limits[i].admits(&quotas[i], total, cost) {
-                return false;
+                return None;
             }
             accepted[i] = total.accepted;
         }
@@ -507,19 +508,21 @@ impl<const N: usize> Set<N> {
             accepted: cost,
             observed: cost,
         };
+        // A plain loop: `array::from_fn` left its closure out of line.
+        let mut statuses = [LimitStatus::default(); N];
         for i in 0..N {
             let limit = &self.limits[i];
             let window = &mut slots.0[i];
             window.add(&limit.geo, now, counts);
             // Admitted: `accepted + cost` fits the quota, so it does not overflow.
-            out.limits[i] = LimitStatus {
+            statuses[i] = LimitStatus {
                 remaining: quotas[i].remaining(accepted[i] + cost),
                 reset_ms: limit.reset_ms(window.oldest(), now),
                 suppression_factor: 0.0,
                 refused: false,
             };
         }
-        true
+        Some(statuses)
     }
 
     /// A key not stored yet: decided on empty windows, and stored only if the call counted.
@@ -551,8 +554,7 @@ impl<const N: usize> Set<N> {
         counts: Option<&[f64]>,
         cost: u64,
         record: bool,
-        out: &mut SetDecision,
-    ) -> Result<(), Error> {
+    ) -> Result<SetDecision, Error> {
         if cost == 0 {
             return Err(Error::ZeroCount);
         }
@@ -562,8 +564,9 @@ impl<const N: usize> Set<N> {
             locked: self.keys.lock_keys(keys),
             keys,
         };
-        self.run(&mut windows, &quotas, now, cost, record, out);
-        Ok(())
+        let mut decision = SetDecision::empty(N);
+        self.run(&mut windows, &quotas, now, cost, record, &mut decision);
+        Ok(decision)
     }
 
     /// Decides any call on its windows (their keys locked) and counts it in all or none.

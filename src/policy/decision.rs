@@ -63,6 +63,20 @@ impl SetDecision {
         }
     }
 
+    /// An admission with these statuses, one per limit of the set: what the common call
+    /// answers, built where it is returned.
+    #[inline(always)]
+    pub(crate) fn admitted<const N: usize>(statuses: [LimitStatus; N]) -> Self {
+        let mut limits = [LimitStatus::default(); MAX_LIMITS];
+        limits[..N].copy_from_slice(&statuses);
+        SetDecision {
+            outcome: Outcome::Allowed,
+            retry_after_ms: 0,
+            len: N as u8,
+            limits,
+        }
+    }
+
     /// The outcome.
     pub fn outcome(&self) -> Outcome {
         self.outcome
