@@ -68,7 +68,7 @@ impl HybridPolicy {
         mask: u16,
     ) -> Result<u64, Error> {
         let engine = &self.inner;
-        engine.check_keys(keys)?;
+        engine.set.check_keys(keys.len())?;
         let now = engine.core.now();
         // First every limit's unsent units, in memory; then what was sent, in Redis.
         let mut sent = [0u64; crate::policy::MAX_LIMITS];
