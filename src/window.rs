@@ -740,22 +740,22 @@ mod tests {
         let oldest = [Bucket { id: 0, counts: 3 }, Bucket { id: 2, counts: 5 }];
         // A total of 10 known elsewhere: 10 - 3 = 7 after 1100, 2 after 1300.
         assert_eq!(
-            release_until(&g, 300, 10, &oldest, |left| left <= 7),
+            release_until(&g, 300, 10, oldest, |left| left <= 7),
             Some((800, 7))
         );
         assert_eq!(
-            release_until(&g, 300, 10, &oldest, |left| left <= 2),
+            release_until(&g, 300, 10, oldest, |left| left <= 2),
             Some((1000, 2))
         );
-        assert_eq!(release_until(&g, 300, 10, &oldest, |left| left == 0), None);
+        assert_eq!(release_until(&g, 300, 10, oldest, |left| left == 0), None);
         // More released than the total: what is left stops at zero.
         assert_eq!(
-            release_until(&g, 0, 4, &oldest, |left| left == 0),
+            release_until(&g, 0, 4, oldest, |left| left == 0),
             Some((1300, 0))
         );
-        assert_eq!(expired_total(&g, 1099, &oldest), 0);
-        assert_eq!(expired_total(&g, 1100, &oldest), 3);
-        assert_eq!(expired_total(&g, 5000, &oldest), 8);
+        assert_eq!(expired_total(&g, 1099, oldest), 0);
+        assert_eq!(expired_total(&g, 1100, oldest), 3);
+        assert_eq!(expired_total(&g, 5000, oldest), 8);
     }
 
     #[test]

@@ -16,12 +16,14 @@
 -- the bucket opened after it, which window.lua's readers ignore: so a pop tells whether
 -- the next bucket also expired without reading it; an entry without it costs an LINDEX).
 --
--- TTLs: a new bucket must extend both keys' TTL to when it stops counting.  This script
--- sets them a little further (SLACK_GROUPS groups, at most a quarter window) and records
--- that deadline in the hash, 'x' = "<open bucket id>:<deadline ms>", so the next few new
--- buckets need no PEXPIRE.  The record holds only while the open bucket is the one it
--- names: every other writer that moves a TTL (window.lua's `add`, the hybrid's flush) opens
--- a bucket, which makes it stale, and then this script sets both TTLs again.
+-- TTLs: a new bucket must extend both keys' TTL to when it stops counting, and no further
+-- (the spec: nothing outlives its window, even if every process dies).  The deadline is
+-- recorded in the hash, 'x' = "<open bucket id>:<deadline ms>", so a call that finds the
+-- recorded deadline still covering its bucket (SLACK_GROUPS > 0 would set TTLs that many
+-- groups further, saving PEXPIREs at the cost of keys outliving their window; it is 0)
+-- needs no PEXPIRE.  The record holds only while the open bucket is the one it names: every
+-- other writer that moves a TTL (window.lua's `add`, the hybrid's flush) opens a bucket,
+-- which makes it stale, and then this script sets both TTLs again.
 --
 -- ARGV as set.lua reads them: ARGV[5] cost, ARGV[7] n, then six values per limit.
 -- Returns {0, then per limit: accepted, reset_ms} (allowed, no limit shedding).
@@ -30,7 +32,7 @@ local cost = tonumber(ARGV[5])
 local n = tonumber(ARGV[7])
 local states = {}
 if mode == 'i' then
-  local SLACK_GROUPS = 8
+  local SLACK_GROUPS = 0
   -- Per limit: {kind, totals[1], totals[2], oldest id, window ms, group ms, bucket of now};
   -- kind 'h' (count in the open bucket), 'b' (open a bucket), 'f' (the key's first bucket).
   local plan = {}
