@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::ConnectionLike;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{RedisError, RedisFuture, RedisResult, Value};
+use ::redis::{ErrorKind, RedisError, RedisFuture, RedisResult, Value};
 use parking_lot::Mutex;
 
 use super::breaker::is_connection_error;
@@ -32,6 +32,11 @@ pub(crate) const SHARD_PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// The least time between two `CLUSTER SLOTS` queries.
 const MAP_REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+/// The most calls one shard has on their way through redis-rs at once; more wait their
+/// turn (within their deadline). A dead master's calls are retried inside redis-rs, each
+/// retry a slot refresh that holds every shard's calls: this bounds how many do that.
+const IN_FLIGHT_PER_SHARD: usize = 8;
 
 /// Redis Cluster's slot count.
 const SLOTS: u16 = 16384;
@@ -87,22 +92,13 @@ enum Shard {
 
 #[derive(Debug)]
 struct ShardState {
+    /// Calls on their way to redis-rs, at most [`IN_FLIGHT_PER_SHARD`].
+    permits: Arc<tokio::sync::Semaphore>,
     outstanding: u32,
     /// The latest answer, or when calls began to be outstanding after none were.
     quiet_since: Instant,
     down: bool,
     next_probe: Instant,
-}
-
-impl ShardState {
-    fn new(now: Instant) -> Self {
-        ShardState {
-            outstanding: 0,
-            quiet_since: now,
-            down: false,
-            next_probe: now,
-        }
-    }
 }
 
 impl std::fmt::Debug for Shards {
@@ -137,7 +133,7 @@ impl Shards {
             self.state.lock().map_asked = Some(now);
             self.refresh_map(conn);
         }
-        let Some(shard) = self.admit(slot, now) else {
+        let Some((shard, permits)) = self.admit(slot, now) else {
             return Box::pin(async { Err(shard_down()) });
         };
         let ticket = Ticket {
@@ -148,20 +144,28 @@ impl Shards {
         };
         Box::pin(async move {
             let mut ticket = ticket;
+            let _permit = permits.acquire_owned().await;
             let reply = send().await;
             ticket.settle(&reply);
             reply
         })
     }
 
-    /// The shard a call for `slot` goes to, or `None` when it must fail at once.
-    fn admit(&self, slot: u16, now: Instant) -> Option<Shard> {
+    /// The shard a call for `slot` goes to (and its permits), or `None` when it must fail
+    /// at once.
+    fn admit(&self, slot: u16, now: Instant) -> Option<(Shard, Arc<tokio::sync::Semaphore>)> {
         let mut state = self.state.lock();
         let shard = state.shard_of(slot);
         let entry = state
             .shards
             .entry(shard.clone())
-            .or_insert_with(|| ShardState::new(now));
+            .or_insert_with(|| ShardState {
+                permits: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_PER_SHARD)),
+                outstanding: 0,
+                quiet_since: now,
+                down: false,
+                next_probe: now,
+            });
         if !entry.down
             && entry.outstanding > 0
             && now.saturating_duration_since(entry.quiet_since) > self.stall
@@ -178,7 +182,7 @@ impl Shards {
             entry.quiet_since = now;
         }
         entry.outstanding += 1;
-        Some(shard)
+        Some((shard, entry.permits.clone()))
     }
 
     /// A call for `shard` ended: answered or not. Returns whether the slot map should be
@@ -232,33 +236,13 @@ impl Shards {
                 let mut state = this.state.lock();
                 if state.owners != owners {
                     state.owners = owners;
-                    // Calls now name shards by master: a slot known down makes its master
-                    // down; masters that left the map are forgotten.
+                    // Calls now name shards by master: forget the per-slot guesses, and
+                    // masters that left the map.
                     let masters: Vec<Arc<str>> = state.owners.iter().map(|o| o.2.clone()).collect();
-                    let down: Vec<(Shard, Instant)> = state
-                        .shards
-                        .iter()
-                        .filter_map(|(shard, s)| match shard {
-                            Shard::Slot(slot) if s.down => {
-                                Some((state.shard_of(*slot), s.next_probe))
-                            }
-                            _ => None,
-                        })
-                        .collect();
                     state.shards.retain(|shard, _| match shard {
                         Shard::Master(addr) => masters.contains(addr),
                         Shard::Slot(_) => false,
                     });
-                    for (shard, next_probe) in down {
-                        if matches!(shard, Shard::Master(_)) {
-                            let entry = state
-                                .shards
-                                .entry(shard)
-                                .or_insert_with(|| ShardState::new(next_probe));
-                            entry.down = true;
-                            entry.next_probe = entry.next_probe.max(next_probe);
-                        }
-                    }
                 }
             }
         });
@@ -322,7 +306,7 @@ impl Ticket {
     fn settle<T>(&mut self, reply: &RedisResult<T>) {
         let answered = match reply {
             Ok(_) => true,
-            Err(err) => is_an_answer(err),
+            Err(err) => !gives_no_answer(err),
         };
         self.finish(answered);
     }
@@ -344,20 +328,18 @@ impl Drop for Ticket {
     }
 }
 
-/// Whether an error is the shard's answer (a script error, `NOSCRIPT`): a server error
-/// other than the ones that say the slot is elsewhere or unserved. Timeouts, connection
-/// and client errors are not.
-fn is_an_answer(err: &RedisError) -> bool {
-    if err.is_timeout() || is_connection_error(err) {
-        return false;
-    }
-    match err.code() {
-        Some(code) => !matches!(
-            code,
-            "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "LOADING"
-        ),
-        None => false,
-    }
+/// Errors that say the shard did not answer (rather than an answer that was an error).
+fn gives_no_answer(err: &RedisError) -> bool {
+    err.is_timeout()
+        || is_connection_error(err)
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(
+                ::redis::ServerErrorKind::ClusterDown
+                    | ::redis::ServerErrorKind::TryAgain
+                    | ::redis::ServerErrorKind::MasterDown
+            )
+        )
 }
 
 /// The error of a call failed at once: a connection error, so the limiter's fail-open or
@@ -393,12 +375,12 @@ mod tests {
     fn a_shard_that_fails_refuses_at_once_and_one_probe_closes_it() {
         let shards = Shards::new(Duration::from_millis(1000));
         let t0 = Instant::now();
-        let a = shards.admit(1, t0).unwrap();
+        let a = shards.admit(1, t0).unwrap().0;
         assert!(shards.settle(&a, false, t0), "a failure asks for the map");
         // Down: refused until the probe time, other shards untouched.
         assert!(shards.admit(1, t0 + Duration::from_millis(10)).is_none());
         assert!(shards.admit(2, t0 + Duration::from_millis(10)).is_some());
-        let probe = shards.admit(1, t0 + SHARD_PROBE_EVERY).unwrap();
+        let probe = shards.admit(1, t0 + SHARD_PROBE_EVERY).unwrap().0;
         assert!(
             shards.admit(1, t0 + SHARD_PROBE_EVERY).is_none(),
             "one probe"
@@ -440,7 +422,7 @@ mod tests {
         let shards = Shards::new(Duration::from_millis(1000));
         shards.state.lock().owners = owners;
         let t0 = Instant::now();
-        let a = shards.admit(5, t0).unwrap();
+        let a = shards.admit(5, t0).unwrap().0;
         shards.settle(&a, false, t0);
         assert!(shards.admit(8000, t0).is_none(), "same master");
         assert!(shards.admit(9000, t0).is_some(), "the other master");
