@@ -13,7 +13,6 @@ use ::redis::{
 };
 
 use super::breaker::{Breaker, is_authentication_error, is_connection_error};
-use super::shard::{Shards, slot_of};
 use crate::Error;
 
 /// The deadline around each Redis call unless [`RateLimiterBuilder::redis_timeout`] says
@@ -317,9 +316,6 @@ pub(crate) struct Connection {
     guarded: bool,
     /// A cluster connection made again when it stops answering.
     reconnecting: Option<Arc<Reconnecting>>,
-    /// On a cluster, a breaker per shard (see `shard.rs`): a dead master's calls fail at
-    /// once instead of holding up every shard's.
-    shards: Option<Arc<Shards>>,
 }
 
 impl Connection {
@@ -331,17 +327,11 @@ impl Connection {
             }
             _ => None,
         };
-        let shards = matches!(
-            conn,
-            RedisConnection::Cluster(_) | RedisConnection::ClusterClient(_)
-        )
-        .then(|| Shards::new(timeout));
         Connection {
             shared: Breaker::new(conn, timeout),
             timeout,
             guarded,
             reconnecting,
-            shards,
         }
     }
 
@@ -351,9 +341,7 @@ impl Connection {
     }
 
     fn link(&self) -> Link {
-        let mut link = Link::new(self.shared.conn().current());
-        link.shards = self.shards.clone();
-        link
+        Link::new(self.shared.conn().current())
     }
 
     /// Runs a script invocation (EVALSHA, with SCRIPT LOAD and one retry on NOSCRIPT).
@@ -526,9 +514,6 @@ pub(crate) struct Link {
     conn: RedisConnection,
     /// The node of the latest `EVALSHA` sent through this link (cluster only).
     script_route: Option<Route>,
-    /// The cluster connection's shard breakers: an `EVALSHA` (or a pipeline that starts
-    /// with one) for a key whose shard gives no answer fails at once.
-    shards: Option<Arc<Shards>>,
 }
 
 impl Link {
@@ -537,25 +522,8 @@ impl Link {
         Link {
             conn: conn.current(),
             script_route: None,
-            shards: None,
         }
     }
-}
-
-/// The first key of an `EVALSHA` with keys.
-fn evalsha_key(cmd: &::redis::Cmd) -> Option<&[u8]> {
-    let mut args = cmd.args_iter().map(|arg| match arg {
-        ::redis::Arg::Simple(bytes) => bytes,
-        _ => &b""[..],
-    });
-    if !args.next()?.eq_ignore_ascii_case(b"EVALSHA") {
-        return None;
-    }
-    let numkeys = args.nth(1)?;
-    if numkeys == b"0" {
-        return None;
-    }
-    args.next()
 }
 
 /// A link never holds a [`RedisConnection::ClusterClient`] (`Link::new` resolves it): an
@@ -613,16 +581,7 @@ impl ConnectionLike for Link {
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                         Box::pin(cluster.route_command(cmd.clone(), routing))
                     }
-                    _ => match (&self.shards, evalsha_key(cmd)) {
-                        (Some(shards), Some(key)) => {
-                            let sender = cluster.clone();
-                            shards.call(slot_of(key), cluster, move || {
-                                let mut sender = sender;
-                                Box::pin(async move { sender.req_packed_command(cmd).await })
-                            })
-                        }
-                        _ => cluster.req_packed_command(cmd),
-                    },
+                    _ => cluster.req_packed_command(cmd),
                 }
             }
         }
@@ -639,21 +598,7 @@ impl ConnectionLike for Link {
                 manager.req_packed_commands(pipeline, offset, count)
             }
             RedisConnection::Cluster(cluster) => {
-                match (
-                    &self.shards,
-                    pipeline.cmd_iter().next().and_then(evalsha_key),
-                ) {
-                    (Some(shards), Some(key)) => {
-                        let sender = cluster.clone();
-                        shards.call(slot_of(key), cluster, move || {
-                            let mut sender = sender;
-                            Box::pin(async move {
-                                sender.req_packed_commands(pipeline, offset, count).await
-                            })
-                        })
-                    }
-                    _ => cluster.req_packed_commands(pipeline, offset, count),
-                }
+                cluster.req_packed_commands(pipeline, offset, count)
             }
             RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => unreachable_link(),
         }

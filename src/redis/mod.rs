@@ -133,7 +133,6 @@ mod key;
 mod policy;
 mod refund;
 mod scripts;
-mod shard;
 mod suppressed;
 mod usage;
 pub(crate) mod wire;
