@@ -147,4 +147,17 @@ mod tests {
         let bare = Request::builder().uri("/api").body(()).unwrap();
         assert!(!ex.exempts_request(&RequestHead::from(&bare)));
     }
+
+    #[test]
+    fn debug_shows_how_many_predicates_and_the_cidrs() {
+        let ex = Exemptions::new()
+            .request(|_| false)
+            .request(|_| false)
+            .key(|_| false)
+            .cidrs(["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            format!("{ex:?}"),
+            "Exemptions { request_predicates: 2, key_predicates: 1, cidrs: [10.0.0.0/8] }"
+        );
+    }
 }

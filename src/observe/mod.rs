@@ -155,6 +155,8 @@ mod tests {
         assert_eq!(text.len(), 8);
         assert!(text.chars().all(|c| c.is_ascii_hexdigit()), "{text}");
         assert!(!text.contains("203"));
+        // Debug (what `?fingerprint` in a tracing event prints) is the same 8 digits.
+        assert_eq!(format!("{a:?}"), text);
     }
 
     #[test]
@@ -174,6 +176,7 @@ mod tests {
         );
         for (i, o) in Outcome::ALL.iter().enumerate() {
             assert_eq!(o.index(), i);
+            assert_eq!(o.to_string(), labels[i], "Display is the label");
         }
     }
 }
