@@ -2,7 +2,10 @@
 //! client, a `ManualClock` wherever timing matters (nothing sleeps).
 #![cfg(feature = "axum")]
 
-use std::net::SocketAddr;
+#[path = "support/http.rs"]
+mod http_support;
+
+use http_support::{serve, serve_on, serve_without_connect_info};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,27 +60,6 @@ fn limiter(clock: &ManualClock) -> Arc<RateLimiter> {
 
 fn rate(per_second: f64) -> RateLimit {
     RateLimit::try_from(per_second).unwrap()
-}
-
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
-}
-
-async fn serve_without_connect_info(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
 }
 
 fn hello() -> Router {
@@ -608,18 +590,7 @@ async fn ipv6_peers_are_keyed_by_their_prefix() {
         .rate(rate(0.2))
         .build()
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = hello().layer(layer);
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    let url = format!("http://{addr}/");
+    let url = format!("{}/", serve_on("[::1]:0", hello().layer(layer)).await);
     assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);
     assert_eq!(rl.local().absolute().usage("::/64"), 1);
     assert_eq!(get_with(&url, &[]).await.status(), StatusCode::OK);

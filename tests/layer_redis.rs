@@ -4,9 +4,11 @@
 //! fail closed, with the server really killed.
 #![cfg(all(feature = "axum", feature = "redis-tokio"))]
 
+#[path = "support/http.rs"]
+mod http_support;
 mod support;
 
-use std::net::SocketAddr;
+use http_support::serve;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,20 +50,6 @@ async fn limiter(url: &str, prefix: &RedisKey) -> Arc<RateLimiter> {
             .build()
             .unwrap(),
     )
-}
-
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
 }
 
 fn hello() -> Router {

@@ -5,16 +5,18 @@
 //! earlier than any `t`, no `t` is longer than its policy's `w`.
 #![cfg(feature = "axum")]
 
-use std::net::SocketAddr;
+#[path = "support/http.rs"]
+mod http_support;
+
+use http_support::serve;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
 use http::StatusCode;
 use sluicegate::layer::{HeaderKey, KeyErrorPolicy, LayerLimit, PeerIp, RateLimitLayer};
-use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::policy::{Limit, LimitName, LimitSet, Quota};
-use sluicegate::{ManualClock, RateGroupSizeMs, RateLimit, RateLimiter, RateLimiterBuilder};
+use sluicegate::{ManualClock, RateGroupSizeMs, RateLimit, RateLimiter};
 
 // ---- RFC 9651 lists: just what the rate-limit fields use (strings, tokens, integers,
 // booleans; parameters), strict about everything else.
@@ -205,31 +207,7 @@ fn the_parser_is_strict() {
 // ---- The servers.
 
 fn limiter(clock: &ManualClock) -> Arc<RateLimiter> {
-    Arc::new(
-        RateLimiterBuilder::new(LocalRateLimiterOptions {
-            window_size_seconds: 60.try_into().unwrap(),
-            rate_group_size_ms: 100.try_into().unwrap(),
-            hard_limit_factor: Default::default(),
-            suppression_factor_cache_ms: Default::default(),
-        })
-        .clock(clock.clone())
-        .build()
-        .unwrap(),
-    )
-}
-
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
+    http_support::limiter(clock, 60)
 }
 
 fn limit(name: &str, count: f64, window_s: u64) -> Limit {

@@ -6,9 +6,11 @@
 //! (read by the Redis scripts too); nothing sleeps to move it.
 #![cfg(all(feature = "axum", feature = "metrics"))]
 
+#[path = "support/http.rs"]
+mod http_support;
 mod support;
 
-use std::net::SocketAddr;
+use http_support::serve;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -16,7 +18,6 @@ use axum::routing::{get, post};
 use http::{HeaderName, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sluicegate::layer::{Exemptions, HeaderKey, LayerLimit, PeerIp, RateLimitLayerBuilder};
-use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::policy::{Limit, LimitName, Quota};
 use sluicegate::{ManualClock, RateLimiter, RateLimiterBuilder};
 
@@ -35,22 +36,8 @@ fn requests(policy: &str, outcome: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn local_options() -> LocalRateLimiterOptions {
-    LocalRateLimiterOptions {
-        window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 100.try_into().unwrap(),
-        hard_limit_factor: Default::default(),
-        suppression_factor_cache_ms: Default::default(),
-    }
-}
-
 fn local_limiter(clock: &ManualClock) -> Arc<RateLimiter> {
-    Arc::new(
-        RateLimiterBuilder::new(local_options())
-            .clock(clock.clone())
-            .build()
-            .unwrap(),
-    )
+    http_support::limiter(clock, 10)
 }
 
 /// `count` per 10 s, named `name`.
@@ -63,20 +50,6 @@ fn limit(name: &str, count: f64) -> Limit {
 
 fn header(name: &'static str) -> HeaderKey {
     HeaderKey::new(HeaderName::from_static(name))
-}
-
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
 }
 
 /// What a scenario needs of its provider: how to move time, and how to wait for the
@@ -456,7 +429,7 @@ mod networked {
 
     async fn redis_env(redis: &support::TestRedis, tag: &str) -> (Arc<RateLimiter>, Env) {
         let clock = ManualClock::new(1_000_000);
-        let local = local_options();
+        let local = http_support::options(10);
         let rl = RateLimiterBuilder::new(local)
             .redis_connection(
                 redis.manager().await,
