@@ -100,6 +100,13 @@ pub trait BodyMode<B>: sealed::Sealed {
     type Body;
     /// The inner service's body, as the layer's.
     fn inner(body: B) -> Self::Body;
+    /// The inner service's response, as the layer's: its body through [`inner`](Self::inner)
+    /// (a mode whose body is the inner one hands the response on as it is, without taking
+    /// it apart and putting it back together).
+    #[inline]
+    fn response(response: http::Response<B>) -> http::Response<Self::Body> {
+        response.map(Self::inner)
+    }
     /// The layer's own answer (a 429, a 503, a key error).
     fn full(data: Bytes) -> Self::Body;
 }
@@ -141,6 +148,10 @@ impl BodyMode<axum::body::Body> for AxumBody {
     #[inline]
     fn inner(body: axum::body::Body) -> axum::body::Body {
         body
+    }
+    #[inline]
+    fn response(response: http::Response<axum::body::Body>) -> http::Response<axum::body::Body> {
+        response
     }
     fn full(data: Bytes) -> axum::body::Body {
         axum::body::Body::from(data)

@@ -83,8 +83,10 @@ pub(crate) enum Verdict {
     /// Answer with this response (boxed: it is large, and the allowed path's future
     /// should not be).
     Reject(Box<Response<Bytes>>),
-    /// Wait for a networked provider, then [`Pending::poll`].
-    Awaiting(Pending),
+    /// Wait for a networked provider, then [`Pending::poll`] (boxed: the local path returns
+    /// a verdict on every request, and it should be two words, not the pending state's
+    /// hundred bytes).
+    Awaiting(Box<Pending>),
 }
 
 /// A networked decision on its way, and what finishing it needs.
@@ -216,7 +218,7 @@ impl DecisionEngine {
                 let mut cx = Context::from_waker(Waker::noop());
                 match decision.as_mut().poll(&mut cx) {
                     Poll::Ready(result) => self.finish(result, &awaited),
-                    Poll::Pending => Verdict::Awaiting(Pending::One(decision, awaited)),
+                    Poll::Pending => Verdict::Awaiting(Box::new(Pending::One(decision, awaited))),
                 }
             }
         }

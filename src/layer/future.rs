@@ -51,7 +51,7 @@ pin_project! {
 }
 
 struct Deciding<S, ReqBody> {
-    pending: Pending,
+    pending: Box<Pending>,
     service: Option<S>,
     request: Option<Request<ReqBody>>,
     engine: Arc<DecisionEngine>,
@@ -78,7 +78,7 @@ where
     }
 
     pub(crate) fn awaiting(
-        pending: Pending,
+        pending: Box<Pending>,
         service: S,
         request: Request<ReqBody>,
         engine: Arc<DecisionEngine>,
@@ -109,10 +109,14 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Inner { future, fields } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    fields.settle(response.status(), response.headers());
-                    std::mem::take(fields).apply(response.headers_mut());
-                    return Poll::Ready(Ok(response.map(M::inner)));
+                    // The inner poll's result is handed on in place (the response is a
+                    // hundred bytes: taken out and put back it would be copied twice).
+                    let mut polled = future.poll(cx);
+                    if let Poll::Ready(Ok(response)) = &mut polled {
+                        fields.settle(response.status(), response.headers());
+                        std::mem::take(fields).apply(response.headers_mut());
+                    }
+                    return polled.map_ok(M::response);
                 }
                 StateProj::Reply { response } => {
                     let response = response

@@ -569,9 +569,9 @@ impl DecisionEngine {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match decision.as_mut().poll(&mut cx) {
             std::task::Poll::Ready(result) => self.finish_set(result, &owned, counts),
-            std::task::Poll::Pending => {
-                Verdict::Awaiting(super::decide::Pending::Set(decision, owned, counts))
-            }
+            std::task::Poll::Pending => Verdict::Awaiting(Box::new(super::decide::Pending::Set(
+                decision, owned, counts,
+            ))),
         }
     }
 

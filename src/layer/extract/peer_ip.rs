@@ -8,6 +8,7 @@ use super::{Key, KeyError, KeyExtractor, RequestHead};
 
 /// The peer address of the connection, from axum's `ConnectInfo<SocketAddr>` (feature
 /// `axum`) or a plain `SocketAddr` request extension.
+#[inline]
 pub fn peer_addr(ext: &Extensions) -> Result<SocketAddr, KeyError> {
     #[cfg(feature = "axum")]
     if let Some(axum::extract::ConnectInfo(addr)) =
