@@ -7,11 +7,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use super::core::HybridCore;
 use super::flush::{KeyJob, MAX_KEYS_PER_PIPELINE};
 use super::policy::Dest;
 use super::walk::for_each;
 use crate::redis::StrategyTag;
+
+/// How many of a cycle's pipelines are on their way to Redis at once: two keep the server
+/// busy while a reply travels back, and a pipeline waits behind at most one other, so its
+/// deadline measures its own work (a cluster's pipelines are split per key anyway).
+const PIPELINES_IN_FLIGHT: usize = 2;
 
 impl HybridCore {
     /// Starts the committer on the current tokio runtime unless it runs already.
@@ -63,14 +70,22 @@ impl HybridCore {
         if jobs.is_empty() {
             return;
         }
-        let chunks = jobs.chunks(MAX_KEYS_PER_PIPELINE);
-        let replies = futures_util::future::join_all(
-            chunks.clone().map(|chunk| self.send(chunk, now.server)),
-        )
-        .await;
-        let received = self.clock.now_ms();
+        // A few pipelines in flight at once, each applied as its reply comes in: all of a
+        // large cycle's pipelines sent together would queue in Redis behind each other and
+        // those at the back would pass the deadline before Redis reached them (a million
+        // dirty keys failed every cycle that way, and their units were dropped).
+        // (By index: a stream over `chunks()` borrows in a way a spawned task cannot name.)
+        let jobs = &jobs;
+        let mut replies = futures_util::stream::iter(0..jobs.len().div_ceil(MAX_KEYS_PER_PIPELINE))
+            .map(|i| {
+                let chunk = &jobs
+                    [i * MAX_KEYS_PER_PIPELINE..jobs.len().min((i + 1) * MAX_KEYS_PER_PIPELINE)];
+                async move { (chunk, self.send(chunk, now.server).await) }
+            })
+            .buffered(PIPELINES_IN_FLIGHT);
         let mut ok = true;
-        for (chunk, reply) in chunks.zip(replies) {
+        while let Some((chunk, reply)) = replies.next().await {
+            let received = self.clock.now_ms();
             match reply {
                 Ok(values) => ok &= self.apply(chunk, &values, now.local, received),
                 Err(err) => {
