@@ -556,25 +556,41 @@ impl<S, A> KeyStore<S, A> {
         f: impl FnOnce(&mut S) -> R,
         admit: impl FnOnce() -> bool,
     ) -> Option<R> {
-        let mut freed = tables.step(&self.hasher, MIGRATE_STEP);
+        let freed = tables.step(&self.hasher, MIGRATE_STEP);
         let r = if let Some(entry) = tables.find_mut(hash, key) {
             Some(f(&mut entry.1))
         } else if admit() {
-            let mut more = None;
-            let entry = tables.insert_new(
-                &self.hasher,
-                hash,
-                (CompactString::from(key), create(), []),
-                &mut more,
-            );
-            let r = f(&mut entry.1);
-            freed = freed.or(more);
-            Some(r)
+            return Some(self.insert_absent(tables, freed, hash, key, create, f));
         } else {
             None
         };
         drop(tables);
         drop(freed);
+        r
+    }
+
+    /// Inserts a key in neither table (this call's step of a running move done) and runs `f`
+    /// on it; frees `freed`, and a table the insert frees, after the lock is released.
+    fn insert_absent<R>(
+        &self,
+        mut tables: ShardGuard<'_, S, A>,
+        freed: Option<HashTable<Entry<S, A>>>,
+        hash: u64,
+        key: &str,
+        create: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> R {
+        let mut more = None;
+        let entry = tables.insert_new(
+            &self.hasher,
+            hash,
+            (CompactString::from(key), create(), []),
+            &mut more,
+        );
+        let r = f(&mut entry.1);
+        drop(tables);
+        drop(freed);
+        drop(more);
         r
     }
 
@@ -609,11 +625,18 @@ impl<S, A> KeyStore<S, A> {
         f: impl FnOnce(&mut S) -> R,
         spare: impl FnMut(&mut S) -> Spare,
     ) -> Result<R, Full> {
-        if tables.moving() && tables.old.find_mut(hash, |e| e.0 == key).is_some()
-            || self.count.reserve()
-        {
-            let r = self.missed(tables, hash, key, create, f, || true);
-            return Ok(r.expect("admitted"));
+        let in_old = tables.moving() && tables.old.find_mut(hash, |e| e.0 == key).is_some();
+        if in_old || self.count.reserve() {
+            // A held key not yet moved, or a new key with its place in the count.
+            let freed = tables.step(&self.hasher, MIGRATE_STEP);
+            if in_old {
+                let entry = tables.find_mut(hash, key).expect("held");
+                let r = f(&mut entry.1);
+                drop(tables);
+                drop(freed);
+                return Ok(r);
+            }
+            return Ok(self.insert_absent(tables, freed, hash, key, create, f));
         }
         let budget = self
             .count
@@ -640,8 +663,8 @@ impl<S, A> KeyStore<S, A> {
                 // took is rebuilt (moved into a table of the same size, rid of them) rather
                 // than grown, unless it is near full of keys (`Tables::sized_for`): keys
                 // churning under a full budget do not double the memory the budget costs.
-                let r = self.missed(tables, hash, key, create, f, || true);
-                Ok(r.expect("admitted"))
+                let freed = tables.step(&self.hasher, MIGRATE_STEP);
+                Ok(self.insert_absent(tables, freed, hash, key, create, f))
             }
         }
     }
