@@ -1385,7 +1385,7 @@ mod tests {
             (store.len(), store.count.held()),
             (keys as usize, keys as usize)
         );
-        let bumped: u64 = (0..keys).filter(|i| i % 997 == 0).map(|i| i / 2).count() as u64;
+        let bumped: u64 = (0..keys).filter(|i| i % 997 == 0).count() as u64;
         let sum: u64 = (0..keys)
             .map(|i| store.peek(&format!("key-{i}"), |s| *s).expect("held") - i)
             .sum();
@@ -1535,7 +1535,7 @@ mod tests {
             (100, 128),
             (50_000, 65_536),
         ] {
-            let need = len + (len / 8).max(buckets.div_ceil(MIGRATE_STEP) + 1);
+            let need = len + (len / 8).max(usize::div_ceil(buckets, MIGRATE_STEP) + 1);
             let table = Tables::<u64>::sized_for(len, buckets);
             assert!(table.capacity() >= need, "{len} keys, {buckets} buckets");
             let half = table.num_buckets() / 2;
