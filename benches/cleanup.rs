@@ -1,8 +1,9 @@
 //! How long a call waits behind a cleanup pass: one thread calls on live keys in a loop and
 //! times every call while another runs `cleanup()` over a million stale keys (both
 //! strategies). Prints the calls' latency percentiles during the passes, and without any
-//! pass beside them for reference, and those of the calls that made the stale keys (each a
-//! new key; some grow their shard's table).
+//! pass beside them for reference; those of the same calls while another thread makes the
+//! stale keys (new keys that grow the shards' tables); and those of the calls that made the
+//! stale keys.
 //!
 //! ```text
 //! cargo bench -p sluicegate-benches --bench cleanup            # 5 passes of 1M stale keys
@@ -93,23 +94,32 @@ fn main() {
     let mut quiet = Vec::new();
     let mut pass_ms = Vec::new();
     let mut inserts = Vec::new();
+    let mut growing = Vec::new();
     for pass in 0..passes {
         // Stale keys made at this pass's start, live keys touched later, so that at the
         // pass's time every stale key has expired and no live one has.
         let t0 = pass as u64 * 100_000;
         clock.set(t0);
-        let mut key = String::new();
-        for i in 0..stale {
-            use std::fmt::Write as _;
-            key.clear();
-            write!(key, "stale_{pass}_{i:08}").unwrap();
-            let start = Instant::now();
-            rl.local().absolute().inc(&key, &one, 1);
-            inserts.push(start.elapsed().as_nanos() as u64);
-            let start = Instant::now();
-            rl.local().suppressed().inc(&key, &one, 1);
-            inserts.push(start.elapsed().as_nanos() as u64);
-        }
+        // The stale keys are new keys: their inserts grow the shards' tables, with a thread
+        // calling on the live keys beside them (the waits growth causes).
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let caller = s.spawn(|| time_calls(&rl, &live, &stop));
+            let mut key = String::new();
+            for i in 0..stale {
+                use std::fmt::Write as _;
+                key.clear();
+                write!(key, "stale_{pass}_{i:08}").unwrap();
+                let start = Instant::now();
+                rl.local().absolute().inc(&key, &one, 1);
+                inserts.push(start.elapsed().as_nanos() as u64);
+                let start = Instant::now();
+                rl.local().suppressed().inc(&key, &one, 1);
+                inserts.push(start.elapsed().as_nanos() as u64);
+            }
+            stop.store(true, Ordering::Relaxed);
+            growing.extend(caller.join().unwrap());
+        });
         clock.set(t0 + WINDOW_S * 1000 + 500);
 
         // Reference: the same calls for a moment, no cleanup beside them.
@@ -136,8 +146,10 @@ fn main() {
     }
     report("during cleanup", during);
     report("no cleanup", quiet);
-    // A new key that fills its shard's table rehashes the table into one twice the size,
-    // under the shard's lock: the slowest of these calls show what that costs.
+    // Calls on live keys while another thread adds the stale keys (the tables grow: a
+    // shard's keys move into a table twice the size, a step of buckets per new key).
+    report("during growth", growing);
+    // The new keys themselves: each may do one step of its shard's move.
     report("new keys (tables growing)", inserts);
     pass_ms.sort_by(f64::total_cmp);
     println!(

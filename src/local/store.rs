@@ -21,9 +21,11 @@ type Hasher = foldhash::fast::RandomState;
 /// A call hashes the key once, locks its shard, finds the entry and runs on its state: one
 /// compare-and-swap to lock and a plain store to unlock. A sharded `RwLock` map takes a
 /// second compare-and-swap to unlock, which was a fifth of a hot-key call (`benches/ratios`).
-/// A call holds the lock for the few nanoseconds it works on its key (longer when its insert
-/// grows the table); a waiter spins and yields its thread now and then, so a holder that lost
-/// its core gets it back. There are at least sixteen shards per core. A pass over every key
+/// A call holds the lock for the few nanoseconds it works on its key; a waiter spins and
+/// yields its thread now and then, so a holder that lost its core gets it back. There are at
+/// least sixteen shards per core. No lock hold does work that grows with the shard's keys:
+/// a table grows by moving its keys into a bigger one [`MIGRATE_STEP`] buckets per call that
+/// misses it ([`Tables`]), never by a rehash of the whole table; a pass over every key
 /// (cleanup, the hybrid committer's) works on at most [`PASS_CHUNK`] buckets of a table per
 /// lock hold, and allocates and frees tables with no lock held, so a call waits behind at
 /// most one chunk's work. No pass ever removes a key under a running call. (A thousand
@@ -53,10 +55,6 @@ pub(crate) struct KeyStore<S, A = ()> {
 /// committer's) examines per lock hold: at most that many keys' work before the lock is
 /// released, whatever the shard's size.
 pub(crate) const PASS_CHUNK: usize = 2048;
-
-/// A shard's table is shrunk (rehashed into a smaller one, under its lock) only while it holds
-/// at most this many keys, so that no shrink holds the lock long.
-const SHRINK_MAX: usize = 8192;
 
 /// The most keys [`WhenFull::Evict`] examines for one new key (per kind it looks for):
 /// a table full of keys that may not go costs a new key a bounded search, not a walk of
@@ -156,16 +154,230 @@ pub(crate) type Entry<S, A = ()> = (CompactString, S, [A; 0]);
 #[repr(align(64))]
 pub(crate) struct CacheLine;
 
-/// One shard on cache lines of its own, so shards' locks never share a line: its table, and
-/// the clock hand of [`WhenFull::Evict`] (the bucket its next search starts at; read and
-/// moved only under the lock).
+/// One shard on cache lines of its own, so shards' locks never share a line: its tables, and
+/// the clock hand of [`WhenFull::Evict`] (the bucket of the main table its next search starts
+/// at; read and moved only under the lock).
 #[repr(align(128))]
-struct Shard<S, A>(SpinMutex<HashTable<Entry<S, A>>, Backoff>, AtomicUsize);
+struct Shard<S, A>(SpinMutex<Tables<S, A>, Backoff>, AtomicUsize);
 
 impl<S, A> Shard<S, A> {
     #[inline]
     fn lock(&self) -> ShardGuard<'_, S, A> {
         self.0.lock()
+    }
+}
+
+/// A shard's keys: its main table and, while the shard grows (or is rebuilt smaller, or
+/// rid of the tombstones that removals leave), the table it is moving out of.
+///
+/// Growth never rehashes a whole table under the lock: when a new key finds the main table
+/// with no free slot, the main table becomes the old one and an empty table sized for the
+/// keys (see [`Tables::sized_for`]) becomes the main one; from then on each call that misses
+/// the main table (a new key, or a key not yet moved) first moves the keys of the next
+/// [`MIGRATE_STEP`] buckets of the old table into the main one, and a pass over every key
+/// moves [`PASS_CHUNK`] buckets per lock hold. The main table is sized so that it never
+/// fills before the old one is empty, so a call does at most one step's work on top of its
+/// own. Every key is in exactly one of the two tables; a lookup tries the main table first.
+/// Memory: both tables while a move runs (the old one is freed once empty), as a rehash
+/// holds both for the time it runs; moves last longer, so more shards hold two tables at a
+/// time. Under a full budget with [`WhenFull::Evict`] a churning shard is rebuilt at its size
+/// every few hundred new keys (removals leave tombstones), and is moving a quarter or so of
+/// the time: 100k keys after a 5M-key spray took 97–100 % of the budget's documented size
+/// (`benches/spray.rs`), 84–85 % with whole-table rehashes.
+pub(crate) struct Tables<S, A = ()> {
+    main: HashTable<Entry<S, A>>,
+    /// The next bucket of `old` to move.
+    moved: usize,
+    /// Empty and unallocated unless a move runs.
+    old: HashTable<Entry<S, A>>,
+}
+
+/// The buckets of a shard's old table that a call missing the main table moves into it.
+pub(crate) const MIGRATE_STEP: usize = 32;
+
+/// The hash of an entry for a table that rehashes itself (hashbrown's growth, which
+/// [`Tables::make_room`] keeps from ever running; tests count the calls).
+#[inline]
+fn rehash<S, A>(hasher: &Hasher) -> impl Fn(&Entry<S, A>) -> u64 + '_ {
+    move |e| {
+        note_moved();
+        hasher.hash_one(e.0.as_str())
+    }
+}
+
+#[cfg(test)]
+thread_local!(static MOVED: Cell<usize> = const { Cell::new(0) });
+
+/// Counts a key moved from one table into another (tests bound the moves per call).
+#[inline]
+fn note_moved() {
+    #[cfg(test)]
+    MOVED.with(|m| m.set(m.get() + 1));
+}
+
+/// Where a key is: a bucket of the main table, or of the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Main(usize),
+    Old(usize),
+}
+
+impl<S, A> Default for Tables<S, A> {
+    fn default() -> Self {
+        Tables {
+            main: HashTable::new(),
+            moved: 0,
+            old: HashTable::new(),
+        }
+    }
+}
+
+impl<S, A> Tables<S, A> {
+    /// Whether a move from an old table runs.
+    #[inline]
+    fn moving(&self) -> bool {
+        !self.old.is_empty()
+    }
+
+    /// The keys in both tables.
+    fn len(&self) -> usize {
+        self.main.len() + self.old.len()
+    }
+
+    /// The key's entry, in either table. Does no move.
+    #[inline]
+    fn find_mut(&mut self, hash: u64, key: &str) -> Option<&mut Entry<S, A>> {
+        if let Some(entry) = self.main.find_mut(hash, |e| e.0 == key) {
+            return Some(entry);
+        }
+        self.old.find_mut(hash, |e| e.0 == key)
+    }
+
+    /// An empty table for `len` keys and the keys the calls may add while the `len` keys of
+    /// a table of `buckets` buckets move into it: a move takes at most `buckets /
+    /// MIGRATE_STEP` misses, each adding at most one key. At least an eighth more than `len`,
+    /// so that rebuilding a table only rid of tombstones (same size, a churn of keys under a
+    /// full budget) is not needed again before an eighth of its keys have been replaced: at
+    /// most eight keys moved per new key. The smallest table with room for that: a full
+    /// table (7/8 of its buckets) gets one of twice the buckets, as a rehash would.
+    fn sized_for(len: usize, buckets: usize) -> HashTable<Entry<S, A>> {
+        let headroom = (len / 8).max(buckets.div_ceil(MIGRATE_STEP) + 1);
+        HashTable::with_capacity(len + headroom)
+    }
+
+    /// Starts moving the main table's keys into `fresh`, which becomes the main table.
+    /// Returns what is to be freed after the lock is released: the old main table if it was
+    /// empty (nothing to move).
+    fn start_move(&mut self, fresh: HashTable<Entry<S, A>>) -> Option<HashTable<Entry<S, A>>> {
+        debug_assert!(!self.moving() && fresh.is_empty());
+        let old = std::mem::replace(&mut self.main, fresh);
+        if old.is_empty() {
+            return Some(old);
+        }
+        self.old = old;
+        self.moved = 0;
+        None
+    }
+
+    /// Moves the keys of up to `buckets` buckets of the old table into the main one. Returns
+    /// the old table once it is empty, to be freed after the lock is released.
+    fn step(&mut self, hasher: &Hasher, buckets: usize) -> Option<HashTable<Entry<S, A>>> {
+        if !self.moving() {
+            return None;
+        }
+        let end = self
+            .moved
+            .saturating_add(buckets)
+            .min(self.old.num_buckets());
+        for index in self.moved..end {
+            if let Ok(entry) = self.old.get_bucket_entry(index) {
+                let (entry, _) = entry.remove();
+                let hash = hasher.hash_one(entry.0.as_str());
+                note_moved();
+                // Sized by `sized_for`: no rehash here (and if one came, it would be correct).
+                self.main.insert_unique(hash, entry, rehash(hasher));
+            }
+        }
+        self.moved = end;
+        self.take_drained()
+    }
+
+    /// The old table, if a move emptied it (a step, or a removal).
+    fn take_drained(&mut self) -> Option<HashTable<Entry<S, A>>> {
+        if self.old.is_empty() && self.old.allocation_size() > 0 {
+            self.moved = 0;
+            Some(std::mem::take(&mut self.old))
+        } else {
+            None
+        }
+    }
+
+    /// Makes room in the main table for one more key without a rehash: a new move if the
+    /// main table has no free slot (the caller did this call's step of a running one).
+    /// Returns what is to be freed after the lock is released.
+    fn make_room(&mut self, hasher: &Hasher) -> Option<HashTable<Entry<S, A>>> {
+        if self.main.capacity() > self.main.len() {
+            return None;
+        }
+        // Not met while `sized_for` holds: finish the move at once rather than rehash.
+        let finished = self.step(hasher, usize::MAX);
+        let fresh = Self::sized_for(self.main.len(), self.main.num_buckets());
+        // At most one table is freed after the lock: the old main table if it was empty.
+        drop(finished);
+        self.start_move(fresh)
+    }
+
+    /// Inserts a key known to be in neither table; the new entry. Any table to free after
+    /// the lock is released goes to `freed`.
+    fn insert_new(
+        &mut self,
+        hasher: &Hasher,
+        hash: u64,
+        entry: Entry<S, A>,
+        freed: &mut Option<HashTable<Entry<S, A>>>,
+    ) -> &mut Entry<S, A> {
+        *freed = self.make_room(hasher);
+        self.main
+            .insert_unique(hash, entry, rehash(hasher))
+            .into_mut()
+    }
+
+    /// Examines the keys from `hand` on in the main table, then those of the old table, as
+    /// [`scan`] does; the slot of the key taken.
+    fn scan(
+        &mut self,
+        hand: &AtomicUsize,
+        limit: usize,
+        examined: &mut usize,
+        mut take: impl FnMut(Slot, &mut S) -> bool,
+    ) -> Option<Slot> {
+        if let Some(index) = scan(&mut self.main, hand, limit, examined, |i, s| {
+            take(Slot::Main(i), s)
+        }) {
+            return Some(Slot::Main(index));
+        }
+        if !self.moving() {
+            return None;
+        }
+        // The old table's buckets before `moved` are empty.
+        let from = AtomicUsize::new(self.moved);
+        scan(&mut self.old, &from, limit, examined, |i, s| {
+            take(Slot::Old(i), s)
+        })
+        .map(Slot::Old)
+    }
+
+    /// Removes the key in `slot` (one [`Tables::scan`] found); whether there was one. An old
+    /// table this empties is freed here, under the lock (at most once per move).
+    fn remove_at(&mut self, slot: Slot) -> bool {
+        match slot {
+            Slot::Main(index) => remove_at(&mut self.main, index),
+            Slot::Old(index) => {
+                let removed = remove_at(&mut self.old, index);
+                drop(self.take_drained());
+                removed
+            }
+        }
     }
 }
 
@@ -285,7 +497,7 @@ impl<S, A> KeyStore<S, A> {
         KeyStore {
             hasher: Hasher::default(),
             shards: (0..shards)
-                .map(|_| Shard(SpinMutex::new(HashTable::new()), AtomicUsize::new(0)))
+                .map(|_| Shard(SpinMutex::new(Tables::default()), AtomicUsize::new(0)))
                 .collect(),
             shift: 64 - shards.trailing_zeros(),
             count,
@@ -308,7 +520,7 @@ impl<S, A> KeyStore<S, A> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &SpinMutex<HashTable<Entry<S, A>>, Backoff> {
+    fn shard(&self, hash: u64) -> &SpinMutex<Tables<S, A>, Backoff> {
         &self.shards[self.shard_index(hash)].0
     }
 
@@ -323,43 +535,67 @@ impl<S, A> KeyStore<S, A> {
         f: impl FnOnce(&mut S) -> R,
     ) -> R {
         let hash = self.hash(key);
-        let mut table = self.shard(hash).lock();
-        if let Some(entry) = table.find_mut(hash, |e| e.0 == key) {
+        let mut tables = self.shard(hash).lock();
+        if let Some(entry) = tables.main.find_mut(hash, |e| e.0 == key) {
             return f(&mut entry.1);
         }
-        self.insert(&mut table, hash, key, create, f)
+        let admit = || {
+            self.count.held.fetch_add(1, Ordering::Relaxed);
+            true
+        };
+        self.missed(tables, hash, key, create, f, admit)
+            .expect("a store without a budget takes every key")
     }
 
-    /// The first call for a key: the key is copied only here, under the shard's lock.
+    /// A call that missed the main table: a key not yet moved from the old one, or a new key
+    /// (inserted if `admit` gives it a place in the count). Both do a step of a running move;
+    /// a table the move frees is freed after the lock is released.
     #[cold]
-    #[cfg_attr(not(test), allow(dead_code))]
-    fn insert<R>(
+    fn missed<R>(
         &self,
-        table: &mut HashTable<Entry<S, A>>,
+        mut tables: ShardGuard<'_, S, A>,
         hash: u64,
         key: &str,
         create: impl FnOnce() -> S,
         f: impl FnOnce(&mut S) -> R,
-    ) -> R {
-        self.count.held.fetch_add(1, Ordering::Relaxed);
-        self.insert_counted(table, hash, key, create, f)
+        admit: impl FnOnce() -> bool,
+    ) -> Option<R> {
+        let freed = tables.step(&self.hasher, MIGRATE_STEP);
+        let r = if let Some(entry) = tables.find_mut(hash, key) {
+            Some(f(&mut entry.1))
+        } else if admit() {
+            return Some(self.insert_absent(tables, freed, hash, key, create, f));
+        } else {
+            None
+        };
+        drop(tables);
+        drop(freed);
+        r
     }
 
-    /// Inserts a key whose place in the count is taken.
-    #[inline]
-    fn insert_counted<R>(
+    /// Inserts a key in neither table (this call's step of a running move done) and runs `f`
+    /// on it; frees `freed`, and a table the insert frees, after the lock is released.
+    fn insert_absent<R>(
         &self,
-        table: &mut HashTable<Entry<S, A>>,
+        mut tables: ShardGuard<'_, S, A>,
+        freed: Option<HashTable<Entry<S, A>>>,
         hash: u64,
         key: &str,
         create: impl FnOnce() -> S,
         f: impl FnOnce(&mut S) -> R,
     ) -> R {
-        let hasher = &self.hasher;
-        let mut entry = table.insert_unique(hash, (CompactString::from(key), create(), []), |e| {
-            hasher.hash_one(e.0.as_str())
-        });
-        f(&mut entry.get_mut().1)
+        let mut more = None;
+        let entry = tables.insert_new(
+            &self.hasher,
+            hash,
+            (CompactString::from(key), create(), []),
+            &mut more,
+        );
+        let r = f(&mut entry.1);
+        drop(tables);
+        drop(freed);
+        drop(more);
+        r
     }
 
     /// Runs `f` on the key's state, creating it with `create` if the key is new and the
@@ -375,26 +611,36 @@ impl<S, A> KeyStore<S, A> {
         spare: impl FnMut(&mut S) -> Spare,
     ) -> Result<R, Full> {
         let hash = self.hash(key);
-        let mut table = self.shard(hash).lock();
-        if let Some(entry) = table.find_mut(hash, |e| e.0 == key) {
+        let mut tables = self.shard(hash).lock();
+        if let Some(entry) = tables.main.find_mut(hash, |e| e.0 == key) {
             return Ok(f(&mut entry.1));
         }
-        self.insert_budgeted(table, hash, key, create, f, spare)
+        self.insert_budgeted(tables, hash, key, create, f, spare)
     }
 
-    /// A new key under the budget.
+    /// A key that missed the main table, under the budget.
     #[cold]
     fn insert_budgeted<R>(
         &self,
-        mut table: spin::mutex::SpinMutexGuard<'_, HashTable<Entry<S, A>>>,
+        mut tables: ShardGuard<'_, S, A>,
         hash: u64,
         key: &str,
         create: impl FnOnce() -> S,
         f: impl FnOnce(&mut S) -> R,
         spare: impl FnMut(&mut S) -> Spare,
     ) -> Result<R, Full> {
-        if self.count.reserve() {
-            return Ok(self.insert_counted(&mut table, hash, key, create, f));
+        let in_old = tables.moving() && tables.old.find_mut(hash, |e| e.0 == key).is_some();
+        if in_old || self.count.reserve() {
+            // A held key not yet moved, or a new key with its place in the count.
+            let freed = tables.step(&self.hasher, MIGRATE_STEP);
+            if in_old {
+                let entry = tables.find_mut(hash, key).expect("held");
+                let r = f(&mut entry.1);
+                drop(tables);
+                drop(freed);
+                return Ok(r);
+            }
+            return Ok(self.insert_absent(tables, freed, hash, key, create, f));
         }
         let budget = self
             .count
@@ -407,23 +653,22 @@ impl<S, A> KeyStore<S, A> {
             WhenFull::Refuse => Err(full),
             WhenFull::Overflow if !self.overflow_allowed => Err(full),
             WhenFull::Overflow => {
-                drop(table);
+                drop(tables);
                 // The one lock taken with no shard's held.
                 let mut overflow = self.overflow.lock();
                 Ok(f(overflow.get_or_insert_with(create)))
             }
             WhenFull::Evict => {
                 // The evicted key's place in the count goes to the new key.
-                if !self.evict_for(&mut table, hash, spare) {
+                if !self.evict_for(&mut tables, hash, spare) {
                     return Err(full);
                 }
-                // A removal can leave a tombstone, and a table short of free slots grows on
-                // the next insert even though it holds no more keys than before: give such
-                // growth back at once (a no-op unless the table is oversized), so keys
+                // A removal can leave a tombstone, and a table whose free slots tombstones
+                // took is rebuilt (moved into a table of the same size, rid of them) rather
+                // than grown, unless it is near full of keys (`Tables::sized_for`): keys
                 // churning under a full budget do not double the memory the budget costs.
-                let hasher = &self.hasher;
-                table.shrink_to_fit(|e| hasher.hash_one(e.0.as_str()));
-                Ok(self.insert_counted(&mut table, hash, key, create, f))
+                let freed = tables.step(&self.hasher, MIGRATE_STEP);
+                Ok(self.insert_absent(tables, freed, hash, key, create, f))
             }
         }
     }
@@ -435,10 +680,11 @@ impl<S, A> KeyStore<S, A> {
     /// skipped, never waited for, so two evictions never wait on each other); each shard is
     /// examined from its clock hand on, which moves past the keys examined, so that one
     /// eviction goes on where the last stopped and a key that must stay is not examined again
-    /// for every new key. Whether a key went.
+    /// for every new key (a shard's old table, while it moves, after its main one). Whether
+    /// a key went.
     fn evict_for(
         &self,
-        own: &mut HashTable<Entry<S, A>>,
+        own: &mut Tables<S, A>,
         hash: u64,
         mut spare: impl FnMut(&mut S) -> Spare,
     ) -> bool {
@@ -450,56 +696,50 @@ impl<S, A> KeyStore<S, A> {
         let own_hand = &self.shards[first].1;
         let mut examined = 0;
         let mut light = None;
-        let idle = scan(
-            own,
+        let idle = own.scan(
             own_hand,
             EVICT_IDLE_LOOK,
             &mut examined,
-            |index, s| match spare(s) {
+            |slot, s| match spare(s) {
                 Spare::Idle => true,
                 Spare::Light => {
-                    light.get_or_insert(index);
+                    light.get_or_insert(slot);
                     false
                 }
                 Spare::Keep => false,
             },
         );
-        if let Some(index) = idle {
-            return remove_at(own, index);
+        if let Some(slot) = idle {
+            return own.remove_at(slot);
         }
         for shard in others() {
             if examined >= EVICT_IDLE_LOOK {
                 break;
             }
-            if let Some(mut table) = shard.0.try_lock()
-                && let Some(index) = scan(
-                    &mut table,
-                    &shard.1,
-                    EVICT_IDLE_LOOK,
-                    &mut examined,
-                    |_, s| spare(s) == Spare::Idle,
-                )
+            if let Some(mut tables) = shard.0.try_lock()
+                && let Some(slot) = tables.scan(&shard.1, EVICT_IDLE_LOOK, &mut examined, |_, s| {
+                    spare(s) == Spare::Idle
+                })
             {
-                return remove_at(&mut table, index);
+                return tables.remove_at(slot);
             }
         }
-        if let Some(index) = light {
-            return remove_at(own, index);
+        if let Some(slot) = light {
+            return own.remove_at(slot);
         }
         let mut examined = 0;
-        let mut go = |_: usize, s: &mut S| spare(s) != Spare::Keep;
-        if let Some(index) = scan(own, own_hand, EVICT_EXAMINE, &mut examined, &mut go) {
-            return remove_at(own, index);
+        let mut go = |_: Slot, s: &mut S| spare(s) != Spare::Keep;
+        if let Some(slot) = own.scan(own_hand, EVICT_EXAMINE, &mut examined, &mut go) {
+            return own.remove_at(slot);
         }
         for shard in others() {
             if examined >= EVICT_EXAMINE {
                 break;
             }
-            if let Some(mut table) = shard.0.try_lock()
-                && let Some(index) =
-                    scan(&mut table, &shard.1, EVICT_EXAMINE, &mut examined, &mut go)
+            if let Some(mut tables) = shard.0.try_lock()
+                && let Some(slot) = tables.scan(&shard.1, EVICT_EXAMINE, &mut examined, &mut go)
             {
-                return remove_at(&mut table, index);
+                return tables.remove_at(slot);
             }
         }
         false
@@ -512,32 +752,33 @@ impl<S, A> KeyStore<S, A> {
     pub(crate) fn lock(&self, key: &str) -> Locked<'_, S, A> {
         let hash = self.hash(key);
         Locked {
-            table: self.shard(hash).lock(),
+            tables: self.shard(hash).lock(),
             hash,
             hasher: &self.hasher,
             count: &self.count,
         }
     }
 
-    /// Runs `f` on the key's state if the key exists; creates nothing.
+    /// Runs `f` on the key's state if the key exists; creates nothing (and moves nothing).
     #[inline]
     pub(crate) fn peek<R>(&self, key: &str, f: impl FnOnce(&mut S) -> R) -> Option<R> {
         let hash = self.hash(key);
-        let mut table = self.shard(hash).lock();
-        table.find_mut(hash, |e| e.0 == key).map(|e| f(&mut e.1))
+        let mut tables = self.shard(hash).lock();
+        tables.find_mut(hash, key).map(|e| f(&mut e.1))
     }
 
     /// Keeps the keys for which `keep` holds, one shard locked at a time and at most
-    /// [`PASS_CHUNK`] of its buckets examined per lock hold; removed keys are dropped after
-    /// the hold. A shard's freed table space is given back once it has shrunk to under a
-    /// quarter of its capacity (if it then holds at most [`SHRINK_MAX`] keys): the smaller
-    /// table is allocated before the lock is taken and the big one freed after it is
-    /// released, so the lock is held only to move the keys left. The overflow key goes too
+    /// [`PASS_CHUNK`] of its buckets examined (or moved, while the shard's tables move) per
+    /// lock hold; removed keys are dropped after the hold. A shard first finishes a running
+    /// move, [`PASS_CHUNK`] buckets a hold. A shard's freed table space is given back once
+    /// it has shrunk to under a quarter of its capacity: the smaller table is allocated
+    /// before the lock is taken and its keys are moved into it as growth moves them, a chunk
+    /// per hold, the big table freed after the lock is released. The overflow key goes too
     /// once `keep` lets it. Returns how many keys were removed.
     ///
     /// Between two lock holds calls may add keys to the shard: a key added behind the pass's
-    /// position is examined at the next pass, and so are the rest of a shard whose table was
-    /// resized meanwhile. No key is ever removed unless `keep` said so at the time.
+    /// position is examined at the next pass, and so are the rest of a shard whose tables
+    /// began a move meanwhile. No key is ever removed unless `keep` said so at the time.
     pub(crate) fn retain(&self, keep: impl FnMut(&mut S) -> bool) -> usize {
         self.retain_in_chunks(PASS_CHUNK, keep)
     }
@@ -548,29 +789,35 @@ impl<S, A> KeyStore<S, A> {
         let mut removed = 0;
         let mut gone: Vec<Entry<S, A>> = Vec::new();
         for shard in self.shards.iter() {
+            self.finish_move(shard, chunk);
             let mut cursor = Cursor::default();
             loop {
-                let mut table = shard.lock();
+                let mut tables = shard.lock();
                 self.note_hold();
-                let Some(range) = cursor.next(&table, chunk) else {
+                if tables.moving() {
+                    // A move began between two holds: its keys are for the next pass.
+                    break;
+                }
+                let Some(range) = cursor.next(&tables.main, chunk) else {
                     break;
                 };
                 for index in range {
-                    if let Ok(mut entry) = table.get_bucket_entry(index)
+                    if let Ok(mut entry) = tables.main.get_bucket_entry(index)
                         && !keep(&mut entry.get_mut().1)
                     {
                         gone.push(entry.remove().0);
                     }
                 }
-                let (len, capacity, done) = (table.len(), table.capacity(), cursor.done(&table));
-                drop(table);
+                let main = &tables.main;
+                let (len, capacity, done) = (main.len(), main.capacity(), cursor.done(main));
+                drop(tables);
                 removed += gone.len();
                 self.count.release(gone.len());
                 // The removed keys' memory is freed with no lock held.
                 gone.clear();
                 if done {
-                    if len * 4 < capacity && len <= SHRINK_MAX {
-                        self.shrink(shard, len);
+                    if len * 4 < capacity {
+                        self.shrink(shard, len, chunk);
                     }
                     break;
                 }
@@ -583,38 +830,58 @@ impl<S, A> KeyStore<S, A> {
         removed
     }
 
+    /// Moves what is left of a running move of the shard's tables, `chunk` buckets per lock
+    /// hold, and frees the old table after the lock is released.
+    fn finish_move(&self, shard: &Shard<S, A>, chunk: usize) {
+        loop {
+            let mut tables = shard.lock();
+            self.note_hold();
+            if !tables.moving() {
+                return;
+            }
+            let freed = tables.step(&self.hasher, chunk);
+            drop(tables);
+            drop(freed);
+        }
+    }
+
     /// Moves a shard's `len` or so keys into a table sized for them, allocated before the
-    /// lock is taken; the old table is freed after it is released. Skipped if keys came
-    /// meanwhile (the next pass shrinks it).
-    fn shrink(&self, shard: &Shard<S, A>, len: usize) {
+    /// lock is taken, a chunk of buckets per lock hold ([`Tables`]); the old table is freed
+    /// after the lock is released. Skipped if keys came meanwhile, or a move runs (the next
+    /// pass shrinks it).
+    fn shrink(&self, shard: &Shard<S, A>, len: usize, chunk: usize) {
+        let buckets = shard.lock().main.num_buckets();
         let fresh = if len == 0 {
             HashTable::new()
         } else {
-            HashTable::with_capacity(len + len / 4)
+            Tables::sized_for(len, buckets)
         };
-        let mut table = shard.lock();
+        let mut tables = shard.lock();
         self.note_hold();
-        if table.len() > fresh.capacity() || table.len() * 4 >= table.capacity() {
-            drop(table);
+        let main = &tables.main;
+        if tables.moving()
+            || main.len() > fresh.capacity()
+            || main.len() * 4 >= main.capacity()
+            || main.num_buckets() <= fresh.num_buckets()
+        {
+            drop(tables);
             return;
         }
-        let mut old = std::mem::replace(&mut *table, fresh);
-        let hasher = &self.hasher;
-        for entry in old.drain() {
-            let hash = hasher.hash_one(entry.0.as_str());
-            table.insert_unique(hash, entry, |e| hasher.hash_one(e.0.as_str()));
-        }
-        drop(table);
-        drop(old);
+        let emptied = tables.start_move(fresh);
+        drop(tables);
+        drop(emptied);
+        self.finish_move(shard, chunk);
     }
 
     /// Runs `f` on every key and its state, one shard locked at a time and at most
-    /// [`PASS_CHUNK`] of its buckets examined per lock hold, until `f` breaks: the hybrid
-    /// committer's passes. A call waits behind at most one chunk's work.
+    /// [`PASS_CHUNK`] of its buckets examined (or moved, while the shard's tables move) per
+    /// lock hold, until `f` breaks: the hybrid committer's passes. A call waits behind at
+    /// most one chunk's work.
     ///
     /// A key added while the walk is between two holds of its shard may be missed, and so
-    /// may the rest of a shard whose table was resized meanwhile: the next walk meets them.
-    /// A table rehashed in place meanwhile (after many removals) may show a key twice.
+    /// may the rest of a shard whose tables began a move meanwhile: the next walk meets them.
+    /// A table rehashed in place meanwhile (not done by this store, but allowed for) may
+    /// show a key twice.
     #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
     pub(crate) fn walk(
         &self,
@@ -631,19 +898,23 @@ impl<S, A> KeyStore<S, A> {
         mut f: impl FnMut(&CompactString, &mut S) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
         for shard in self.shards.iter() {
+            self.finish_move(shard, chunk);
             let mut cursor = Cursor::default();
             loop {
-                let mut table = shard.lock();
+                let mut tables = shard.lock();
                 self.note_hold();
-                let Some(range) = cursor.next(&table, chunk) else {
+                if tables.moving() {
+                    break;
+                }
+                let Some(range) = cursor.next(&tables.main, chunk) else {
                     break;
                 };
                 for index in range {
-                    if let Some(entry) = table.get_bucket_mut(index) {
+                    if let Some(entry) = tables.main.get_bucket_mut(index) {
                         f(&entry.0, &mut entry.1)?;
                     }
                 }
-                if cursor.done(&table) {
+                if cursor.done(&tables.main) {
                     break;
                 }
             }
@@ -666,19 +937,66 @@ impl<S, A> KeyStore<S, A> {
 
 /// A key's shard, locked: find, insert or remove that one key.
 pub(crate) struct Locked<'a, S, A = ()> {
-    table: spin::mutex::SpinMutexGuard<'a, HashTable<Entry<S, A>>>,
+    tables: ShardGuard<'a, S, A>,
     hash: u64,
     hasher: &'a Hasher,
     count: &'a KeyCount,
+}
+
+/// Inserts `key` with the state `create` makes into `tables` unless it is there; its state.
+/// A table a move frees is freed here, under the lock (once per move).
+#[inline]
+fn get_or_insert<'t, S, A>(
+    tables: &'t mut Tables<S, A>,
+    hasher: &Hasher,
+    count: &KeyCount,
+    hash: u64,
+    key: &str,
+    create: impl FnOnce() -> S,
+) -> &'t mut S {
+    let slot = match tables.main.find_bucket_index(hash, |e| e.0 == key) {
+        Some(index) => Some(Slot::Main(index)),
+        None => tables
+            .old
+            .find_bucket_index(hash, |e| e.0 == key)
+            .map(Slot::Old),
+    };
+    match slot {
+        Some(Slot::Main(index)) => &mut tables.main.get_bucket_mut(index).expect("found").1,
+        Some(Slot::Old(index)) => &mut tables.old.get_bucket_mut(index).expect("found").1,
+        None => get_or_insert_new(tables, hasher, count, hash, key, create),
+    }
+}
+
+/// [`get_or_insert`] for a key in neither table.
+#[cold]
+fn get_or_insert_new<'t, S, A>(
+    tables: &'t mut Tables<S, A>,
+    hasher: &Hasher,
+    count: &KeyCount,
+    hash: u64,
+    key: &str,
+    create: impl FnOnce() -> S,
+) -> &'t mut S {
+    count.held.fetch_add(1, Ordering::Relaxed);
+    let stepped = tables.step(hasher, MIGRATE_STEP);
+    drop(stepped);
+    let mut freed = None;
+    let entry = tables.insert_new(
+        hasher,
+        hash,
+        (CompactString::from(key), create(), []),
+        &mut freed,
+    );
+    drop(freed);
+    &mut entry.1
 }
 
 impl<S, A> Locked<'_, S, A> {
     /// The key's state, if it exists.
     #[inline]
     pub(crate) fn get(&mut self, key: &str) -> Option<&mut S> {
-        self.table
-            .find_mut(self.hash, |e| e.0 == key)
-            .map(|e| &mut e.1)
+        self.tables.find_mut(self.hash, key).map(|e| &mut e.1)
     }
 
     /// The key's state, created empty if the key is new.
@@ -687,20 +1005,14 @@ impl<S, A> Locked<'_, S, A> {
     where
         S: Default,
     {
-        let hasher = self.hasher;
-        match self
-            .table
-            .entry(self.hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str()))
-        {
-            hashbrown::hash_table::Entry::Occupied(entry) => &mut entry.into_mut().1,
-            hashbrown::hash_table::Entry::Vacant(entry) => {
-                self.count.held.fetch_add(1, Ordering::Relaxed);
-                &mut entry
-                    .insert((CompactString::from(key), S::default(), []))
-                    .into_mut()
-                    .1
-            }
-        }
+        get_or_insert(
+            &mut self.tables,
+            self.hasher,
+            self.count,
+            self.hash,
+            key,
+            S::default,
+        )
     }
 
     /// The key's state, created by `create` if the key is new (the hybrid limit sets, whose
@@ -708,18 +1020,19 @@ impl<S, A> Locked<'_, S, A> {
     #[cfg(feature = "redis-tokio")]
     #[inline]
     pub(crate) fn get_or_insert_with(&mut self, key: &str, create: impl FnOnce() -> S) -> &mut S {
-        let hasher = self.hasher;
-        &mut self
-            .table
-            .entry(self.hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str()))
-            .or_insert_with(|| (CompactString::from(key), create(), []))
-            .into_mut()
-            .1
+        get_or_insert(
+            &mut self.tables,
+            self.hasher,
+            self.count,
+            self.hash,
+            key,
+            create,
+        )
     }
 }
 
-/// A shard's table, locked.
-type ShardGuard<'a, S, A = ()> = spin::mutex::SpinMutexGuard<'a, HashTable<Entry<S, A>>>;
+/// A shard's tables, locked.
+type ShardGuard<'a, S, A = ()> = spin::mutex::SpinMutexGuard<'a, Tables<S, A>>;
 
 /// Several keys' shards of one store, locked together: for a caller that decides on several
 /// keys at once (a limit set whose limits have different keys). Each shard is locked once, in
@@ -765,8 +1078,8 @@ impl<S, const N: usize> LockedKeys<'_, S, N> {
     #[inline]
     pub(crate) fn get(&mut self, i: usize, key: &str) -> Option<&mut S> {
         let (hash, guard) = self.at[i];
-        let table = self.guards[guard].as_mut().expect("locked");
-        table.find_mut(hash, |e| e.0 == key).map(|e| &mut e.1)
+        let tables = self.guards[guard].as_mut().expect("locked");
+        tables.find_mut(hash, key).map(|e| &mut e.1)
     }
 
     /// Key `i`'s state, created empty if the key is new.
@@ -775,18 +1088,8 @@ impl<S, const N: usize> LockedKeys<'_, S, N> {
         S: Default,
     {
         let (hash, guard) = self.at[i];
-        let hasher = self.hasher;
-        let table = self.guards[guard].as_mut().expect("locked");
-        match table.entry(hash, |e| e.0 == key, |e| hasher.hash_one(e.0.as_str())) {
-            hashbrown::hash_table::Entry::Occupied(entry) => &mut entry.into_mut().1,
-            hashbrown::hash_table::Entry::Vacant(entry) => {
-                self.count.held.fetch_add(1, Ordering::Relaxed);
-                &mut entry
-                    .insert((CompactString::from(key), S::default(), []))
-                    .into_mut()
-                    .1
-            }
-        }
+        let tables = self.guards[guard].as_mut().expect("locked");
+        get_or_insert(tables, self.hasher, self.count, hash, key, S::default)
     }
 }
 
@@ -836,7 +1139,10 @@ mod tests {
         // Emptied tables give their space back.
         assert_eq!(store.retain_in_chunks(1, |_| false), 13_333);
         assert_eq!(store.count.held(), 0);
-        assert!(store.shards.iter().all(|s| s.0.lock().capacity() == 0));
+        assert!(store.shards.iter().all(|s| {
+            let tables = s.0.lock();
+            tables.main.allocation_size() + tables.old.allocation_size() == 0
+        }));
     }
 
     #[test]
@@ -845,7 +1151,11 @@ mod tests {
         for i in 0..20_000u64 {
             store.with(&format!("key-{i}"), || i, |_| ());
         }
-        let buckets: usize = store.shards.iter().map(|s| s.lock().num_buckets()).sum();
+        let buckets: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().main.num_buckets())
+            .sum();
         let chunk = 64;
         // Keys met per lock hold: a hold is a new value of the store's hold count.
         let per_hold = |store: &KeyStore<u64>, runs: &mut Vec<usize>, last: &mut usize| {
@@ -1036,6 +1346,204 @@ mod tests {
         let mut locked = store.lock_keys(&["k1", "missing"]);
         assert!(locked.get(0, "k1").is_some());
         assert!(locked.get(1, "missing").is_none(), "get creates nothing");
+    }
+
+    /// Keys moved between tables (or rehashed by a table's own growth) by this thread so far.
+    fn moved() -> usize {
+        MOVED.with(Cell::get)
+    }
+
+    #[test]
+    fn growth_moves_a_bounded_number_of_keys_per_call_and_loses_none() {
+        let store = KeyStore::<u64>::default();
+        let keys = 100_000u64;
+        let (mut most, mut moves_seen, mut total) = (0, 0, 0);
+        for i in 0..keys {
+            let before = moved();
+            store.with(&format!("key-{i}"), || i, |s| *s += 1);
+            let n = moved() - before;
+            most = most.max(n);
+            total += n;
+            if i % 64 == 0 && store.shards.iter().any(|s| s.0.lock().moving()) {
+                moves_seen += 1;
+            }
+            // Keys still in an old table are found, updated and not duplicated.
+            if i % 997 == 0 {
+                let k = format!("key-{}", i / 2);
+                store.with(&k, || unreachable!("{k} is held"), |s| *s += 1);
+            }
+        }
+        assert!(
+            most <= MIGRATE_STEP,
+            "a call moved {most} keys (at most one step of {MIGRATE_STEP} buckets)"
+        );
+        assert!(
+            moves_seen > 0 && total > keys as usize / 2,
+            "tables grew by moves"
+        );
+        assert_eq!(
+            (store.len(), store.count.held()),
+            (keys as usize, keys as usize)
+        );
+        let bumped: u64 = (0..keys).filter(|i| i % 997 == 0).count() as u64;
+        let sum: u64 = (0..keys)
+            .map(|i| store.peek(&format!("key-{i}"), |s| *s).expect("held") - i)
+            .sum();
+        assert_eq!(sum, keys + bumped, "every update landed once");
+    }
+
+    #[test]
+    fn moving_tables_are_passed_over_evicted_from_and_freed() {
+        // One shard, so its growth is easy to catch.
+        let count = Arc::new(KeyCount::new(Some(
+            KeyBudget::new(1 << 20).when_full(WhenFull::Evict),
+        )));
+        let store = KeyStore::<u64>::new(count, true);
+        let spare = |s: &mut u64| if *s == 0 { Spare::Idle } else { Spare::Keep };
+        let mut i = 0u64;
+        // Fill until some shard is moving, then look at that shard.
+        let moving = loop {
+            store
+                .try_with(&format!("k{i}"), || 1, |_| (), spare)
+                .unwrap();
+            i += 1;
+            if let Some(at) = store.shards.iter().position(|s| s.0.lock().moving()) {
+                break at;
+            }
+        };
+        let (main, old) = {
+            let t = store.shards[moving].0.lock();
+            (t.main.len(), t.old.len())
+        };
+        assert!(
+            old > 0,
+            "a move started: {main} in the main table, {old} to go"
+        );
+        // A walk meets every key once, moving what is left first.
+        let mut met = 0;
+        let _ = store.walk(|_, _| {
+            met += 1;
+            ControlFlow::Continue(())
+        });
+        assert_eq!(met, i as usize);
+        assert!(store.shards.iter().all(|s| {
+            let t = s.0.lock();
+            !t.moving() && t.old.allocation_size() == 0
+        }));
+
+        // Make another shard move, mark its old table's keys idle, and evict from it.
+        let before: Vec<usize> = store
+            .shards
+            .iter()
+            .map(|s| s.0.lock().main.num_buckets())
+            .collect();
+        let moving = loop {
+            store
+                .try_with(&format!("k{i}"), || 1, |_| (), spare)
+                .unwrap();
+            i += 1;
+            if let Some(at) = store.shards.iter().position(|s| s.0.lock().moving()) {
+                break at;
+            }
+        };
+        assert!(store.shards[moving].0.lock().main.num_buckets() > before[moving]);
+        let held = i as usize;
+        for t in store.shards.iter() {
+            let mut t = t.0.lock();
+            for e in t.main.iter_mut() {
+                e.1 = 2;
+            }
+            for e in t.old.iter_mut() {
+                e.1 = 0;
+            }
+        }
+        let full = Arc::new(KeyCount::new(Some(
+            KeyBudget::new(held).when_full(WhenFull::Evict),
+        )));
+        let store = KeyStore {
+            count: full,
+            ..store
+        };
+        store.count.held.store(held, Ordering::Relaxed);
+        // A new key in the moving shard's neighbourhood finds an idle key in an old table.
+        store.try_with("newcomer", || 5, |_| (), spare).unwrap();
+        assert_eq!(store.peek("newcomer", |s| *s), Some(5));
+        assert_eq!((store.len(), store.count.held()), (held, held));
+        // Cleanup takes the rest of the old table's keys (all idle) and frees it.
+        let old_keys = store.shards[moving].0.lock().old.len();
+        assert_eq!(store.retain(|s| *s != 0), old_keys);
+        assert!(
+            store
+                .shards
+                .iter()
+                .all(|s| s.0.lock().old.allocation_size() == 0)
+        );
+        assert_eq!(store.len(), held - old_keys);
+    }
+
+    #[test]
+    fn a_table_rid_of_tombstones_keeps_its_size_and_a_full_one_doubles() {
+        // Churn: a key in, a key out, at a steady count: tables are rebuilt at their size.
+        let store = KeyStore::<u64>::default();
+        let held = 30_000u64;
+        for i in 0..held {
+            store.with(&format!("k{i}"), || 1, |_| ());
+        }
+        let _ = store.walk(|_, _| ControlFlow::Continue(()));
+        let buckets = |store: &KeyStore<u64>| -> usize {
+            store
+                .shards
+                .iter()
+                .map(|s| s.0.lock().main.num_buckets())
+                .sum()
+        };
+        let start = buckets(&store);
+        for i in held..held * 20 {
+            store.with(&format!("k{i}"), || 1, |_| ());
+            let gone = format!("k{}", i - held);
+            let hash = store.hash(&gone);
+            let mut t = store.shard(hash).lock();
+            let slot = t
+                .main
+                .find_bucket_index(hash, |e| e.0 == gone)
+                .map(Slot::Main)
+                .or_else(|| {
+                    t.old
+                        .find_bucket_index(hash, |e| e.0 == gone)
+                        .map(Slot::Old)
+                })
+                .expect("held");
+            assert!(t.remove_at(slot));
+        }
+        let _ = store.walk(|_, _| ControlFlow::Continue(()));
+        assert!(
+            buckets(&store) <= start * 5 / 4,
+            "{} buckets after churn, {start} before",
+            buckets(&store)
+        );
+        // A table sized for its keys, full: the next one has twice its buckets.
+        let full = Tables::<u64>::sized_for(3584, 4096);
+        assert_eq!(full.num_buckets(), 8192);
+        let churned = Tables::<u64>::sized_for(3125, 4096);
+        assert_eq!(churned.num_buckets(), 4096);
+        // Room for the keys, an eighth more, and a key per step of the move; and no more
+        // than that needs (half the buckets would not hold it).
+        for (len, buckets) in [
+            (3300, 4096),
+            (0, 3584),
+            (7, 8),
+            (100, 128),
+            (50_000, 65_536),
+        ] {
+            let need = len + (len / 8).max(usize::div_ceil(buckets, MIGRATE_STEP) + 1);
+            let table = Tables::<u64>::sized_for(len, buckets);
+            assert!(table.capacity() >= need, "{len} keys, {buckets} buckets");
+            let half = table.num_buckets() / 2;
+            assert!(
+                half / 8 * 7 < need,
+                "{len} keys, {buckets} buckets: oversized"
+            );
+        }
     }
 
     #[test]
