@@ -495,9 +495,12 @@ impl<const N: usize> Set<N> {
         cost: u64,
     ) -> Option<[LimitStatus; N]> {
         let mut accepted = [0; N];
+        // When each window's oldest bucket expires, from the expiry test: `None` for an
+        // empty window (whose add is the out-of-line kind).
+        let mut expiry = [None; N];
         for i in 0..N {
             let window = &mut slots.0[i];
-            window.expire(&self.limits[i].geo, now);
+            expiry[i] = window.expire_fast(&self.limits[i].geo, now);
             let total = window.total();
             if !self.limits[i].admits(&quotas[i], total, cost) {
                 return None;
@@ -513,11 +516,21 @@ impl<const N: usize> Set<N> {
         for i in 0..N {
             let limit = &self.limits[i];
             let window = &mut slots.0[i];
-            window.add(&limit.geo, now, counts);
+            let reset_ms = match expiry[i] {
+                // The oldest bucket stays the oldest; it expires after `now`.
+                Some(expires) => {
+                    window.add_to_nonempty(&limit.geo, now, counts);
+                    expires.saturating_sub(now).min(limit.window_ms)
+                }
+                None => {
+                    window.add_cold(&limit.geo, now, counts);
+                    limit.reset_ms(window.oldest(), now)
+                }
+            };
             // Admitted: `accepted + cost` fits the quota, so it does not overflow.
             statuses[i] = LimitStatus {
                 remaining: quotas[i].remaining(accepted[i] + cost),
-                reset_ms: limit.reset_ms(window.oldest(), now),
+                reset_ms,
                 suppression_factor: 0.0,
                 refused: false,
             };

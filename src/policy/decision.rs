@@ -43,12 +43,70 @@ impl LimitStatus {
 }
 
 /// The answer for one request under a [`LimitSet`](super::LimitSet).
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// A set of up to [`INLINE_LIMITS`] limits keeps its statuses inline: the decision is 112
+/// bytes and takes no allocation, so returning and moving it costs a few register moves
+/// (with room for all [`MAX_LIMITS`] inline it was 280 bytes, whose copy out of the
+/// `Result` was a `memcpy` call on every request). A bigger set keeps them in one boxed
+/// array, allocated per decision: so the decision is `Clone`, not `Copy`.
+#[derive(Debug, Clone)]
 pub struct SetDecision {
     pub(crate) outcome: Outcome,
-    pub(crate) retry_after_ms: u64,
     pub(crate) len: u8,
-    pub(crate) limits: [LimitStatus; MAX_LIMITS],
+    pub(crate) retry_after_ms: u64,
+    /// `len` statuses in the set's order (past them, defaults).
+    pub(crate) limits: Statuses,
+}
+
+/// How many limits' statuses a [`SetDecision`] holds without an allocation.
+pub(crate) const INLINE_LIMITS: usize = 3;
+
+/// A decision's statuses: indexed as a slice of [`MAX_LIMITS`] or [`INLINE_LIMITS`] of them.
+#[derive(Debug, Clone)]
+pub(crate) enum Statuses {
+    Inline([LimitStatus; INLINE_LIMITS]),
+    Boxed(Box<[LimitStatus; MAX_LIMITS]>),
+}
+
+impl Statuses {
+    /// Room for `len` statuses, all default.
+    #[inline]
+    fn new(len: usize) -> Self {
+        if len <= INLINE_LIMITS {
+            Statuses::Inline([LimitStatus::default(); INLINE_LIMITS])
+        } else {
+            Statuses::Boxed(Box::new([LimitStatus::default(); MAX_LIMITS]))
+        }
+    }
+}
+
+impl std::ops::Deref for Statuses {
+    type Target = [LimitStatus];
+    #[inline]
+    fn deref(&self) -> &[LimitStatus] {
+        match self {
+            Statuses::Inline(a) => a,
+            Statuses::Boxed(b) => &b[..],
+        }
+    }
+}
+
+impl std::ops::DerefMut for Statuses {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [LimitStatus] {
+        match self {
+            Statuses::Inline(a) => a,
+            Statuses::Boxed(b) => &mut b[..],
+        }
+    }
+}
+
+impl PartialEq for SetDecision {
+    fn eq(&self, other: &Self) -> bool {
+        self.outcome == other.outcome
+            && self.retry_after_ms == other.retry_after_ms
+            && self.limits() == other.limits()
+    }
 }
 
 impl SetDecision {
@@ -59,7 +117,7 @@ impl SetDecision {
             outcome: Outcome::Allowed,
             retry_after_ms: 0,
             len: len as u8,
-            limits: [LimitStatus::default(); MAX_LIMITS],
+            limits: Statuses::new(len),
         }
     }
 
@@ -67,8 +125,15 @@ impl SetDecision {
     /// answers, built where it is returned.
     #[inline(always)]
     pub(crate) fn admitted<const N: usize>(statuses: [LimitStatus; N]) -> Self {
-        let mut limits = [LimitStatus::default(); MAX_LIMITS];
-        limits[..N].copy_from_slice(&statuses);
+        let limits = if N <= INLINE_LIMITS {
+            let mut limits = [LimitStatus::default(); INLINE_LIMITS];
+            limits[..N].copy_from_slice(&statuses);
+            Statuses::Inline(limits)
+        } else {
+            let mut limits = Box::new([LimitStatus::default(); MAX_LIMITS]);
+            limits[..N].copy_from_slice(&statuses);
+            Statuses::Boxed(limits)
+        };
         SetDecision {
             outcome: Outcome::Allowed,
             retry_after_ms: 0,
