@@ -175,3 +175,32 @@ impl SetDecision {
             .map(|(i, _)| i)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_is_the_size_its_docs_give_and_its_statuses_index_alike() {
+        assert_eq!(size_of::<SetDecision>(), 112);
+        assert!(size_of::<Result<SetDecision, crate::Error>>() <= 112);
+        for len in 1..=MAX_LIMITS {
+            let mut d = SetDecision::empty(len);
+            for i in 0..len {
+                d.limits[i].remaining = i as u64 + 1;
+            }
+            let remaining: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+            assert_eq!(remaining, (1..=len as u64).collect::<Vec<_>>(), "len {len}");
+            assert_eq!(d, d.clone());
+        }
+        let statuses = [LimitStatus {
+            remaining: 7,
+            ..LimitStatus::default()
+        }; 5];
+        assert_eq!(SetDecision::admitted(statuses).limits(), &statuses);
+        assert_eq!(
+            SetDecision::admitted([statuses[0]]).limits(),
+            &statuses[..1]
+        );
+    }
+}
