@@ -461,11 +461,9 @@ impl<const N: usize> Set<N> {
         let mut lock = self.keys.lock(key);
         if record
             && let Some(slots) = lock.get(key)
-            && let Some(limits) = self.count_if_all_admit(slots, quotas, now, cost)
+            && let Some(decision) = self.count_if_all_admit(slots, quotas, now, cost)
         {
-            // Built from the statuses in the return place: no decision-sized local (that
-            // the slow path's pointer would keep in memory) to copy there.
-            return Ok(SetDecision::admitted(limits));
+            return Ok(decision);
         }
         self.one_key_slow(lock, key, quotas, now, cost, record)
     }
@@ -492,7 +490,7 @@ impl<const N: usize> Set<N> {
     }
 
     /// The common call: if every limit admits `cost` on `slots`, counts it in every one and
-    /// returns their statuses. Otherwise changes nothing but the windows' expiry and returns
+    /// returns the decision. Otherwise changes nothing but the windows' expiry and returns
     /// `None`, for [`run`](Self::run) to decide.
     #[inline(always)]
     fn count_if_all_admit(
@@ -501,7 +499,7 @@ impl<const N: usize> Set<N> {
         quotas: &[CallQuota; N],
         now: u64,
         cost: u64,
-    ) -> Option<[LimitStatus; N]> {
+    ) -> Option<SetDecision> {
         let mut accepted = [0; N];
         // When each window's oldest bucket expires, from the expiry test: `None` for an
         // empty window (whose add is the out-of-line kind).
@@ -519,8 +517,9 @@ impl<const N: usize> Set<N> {
             accepted: cost,
             observed: cost,
         };
-        // A plain loop: `array::from_fn` left its closure out of line.
-        let mut statuses = [LimitStatus::default(); N];
+        // Written in the decision itself (112 bytes), not in an array of statuses copied
+        // there after; a plain loop, as `array::from_fn` left its closure out of line.
+        let mut decision = SetDecision::empty(N);
         for i in 0..N {
             let limit = &self.limits[i];
             let window = &mut slots.0[i];
@@ -528,7 +527,8 @@ impl<const N: usize> Set<N> {
                 // The oldest bucket stays the oldest; it expires after `now`.
                 Some(expires) => {
                     window.add_to_nonempty(&limit.geo, now, counts);
-                    expires.saturating_sub(now).min(limit.window_ms)
+                    // `expire_fast` answers an expiry after `now`.
+                    (expires - now).min(limit.window_ms)
                 }
                 None => {
                     window.add_cold(&limit.geo, now, counts);
@@ -536,14 +536,14 @@ impl<const N: usize> Set<N> {
                 }
             };
             // Admitted: `accepted + cost` fits the quota, so it does not overflow.
-            statuses[i] = LimitStatus {
+            decision.limits[i] = LimitStatus {
                 remaining: quotas[i].remaining(accepted[i] + cost),
                 reset_ms,
                 suppression_factor: 0.0,
                 refused: false,
             };
         }
-        Some(statuses)
+        Some(decision)
     }
 
     /// A key not stored yet: decided on empty windows, and stored only if the call counted.

@@ -121,27 +121,6 @@ impl SetDecision {
         }
     }
 
-    /// An admission with these statuses, one per limit of the set: what the common call
-    /// answers, built where it is returned.
-    #[inline(always)]
-    pub(crate) fn admitted<const N: usize>(statuses: [LimitStatus; N]) -> Self {
-        let limits = if N <= INLINE_LIMITS {
-            let mut limits = [LimitStatus::default(); INLINE_LIMITS];
-            limits[..N].copy_from_slice(&statuses);
-            Statuses::Inline(limits)
-        } else {
-            let mut limits = Box::new([LimitStatus::default(); MAX_LIMITS]);
-            limits[..N].copy_from_slice(&statuses);
-            Statuses::Boxed(limits)
-        };
-        SetDecision {
-            outcome: Outcome::Allowed,
-            retry_after_ms: 0,
-            len: N as u8,
-            limits,
-        }
-    }
-
     /// The outcome.
     pub fn outcome(&self) -> Outcome {
         self.outcome
@@ -193,14 +172,5 @@ mod tests {
             assert_eq!(remaining, (1..=len as u64).collect::<Vec<_>>(), "len {len}");
             assert_eq!(d, d.clone());
         }
-        let statuses = [LimitStatus {
-            remaining: 7,
-            ..LimitStatus::default()
-        }; 5];
-        assert_eq!(SetDecision::admitted(statuses).limits(), &statuses);
-        assert_eq!(
-            SetDecision::admitted([statuses[0]]).limits(),
-            &statuses[..1]
-        );
     }
 }
