@@ -173,4 +173,25 @@ mod tests {
             assert_eq!(d, d.clone());
         }
     }
+
+    /// Decisions are equal iff their outcome, wait and statuses are (the slots past `len`
+    /// and where the statuses live do not count).
+    #[test]
+    fn decisions_differ_in_outcome_wait_status_or_length() {
+        let base = SetDecision::empty(2);
+        let mut other = base.clone();
+        other.outcome = Outcome::Rejected;
+        assert_ne!(base, other);
+        let mut other = base.clone();
+        other.retry_after_ms = 1;
+        assert_ne!(base, other);
+        let mut other = base.clone();
+        other.limits[1].refused = true;
+        assert_ne!(base, other);
+        assert_ne!(base, SetDecision::empty(3));
+        assert_ne!(SetDecision::empty(3), SetDecision::empty(4));
+        let mut past_len = base.clone();
+        past_len.limits[2].remaining = 9;
+        assert_eq!(base, past_len, "a slot past the set's limits is not compared");
+    }
 }
