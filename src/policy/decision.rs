@@ -192,6 +192,9 @@ mod tests {
         assert_ne!(SetDecision::empty(3), SetDecision::empty(4));
         let mut past_len = base.clone();
         past_len.limits[2].remaining = 9;
-        assert_eq!(base, past_len, "a slot past the set's limits is not compared");
+        assert_eq!(
+            base, past_len,
+            "a slot past the set's limits is not compared"
+        );
     }
 }
