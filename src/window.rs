@@ -393,6 +393,62 @@ impl<C: Counts> Window<C> {
         ring.shrink_if_sparse();
     }
 
+    /// [`expire`](Self::expire) with its test always inlined and the dropping out of line,
+    /// for a caller that expires several windows per call (a limit set: an out-of-line
+    /// `expire` per window cost a call and its spills for a test that nearly always finds
+    /// nothing to drop). Returns when the oldest bucket left expires (`None` if the window
+    /// is empty): the number the test computed, which the caller's `reset_ms` needs too.
+    #[inline(always)]
+    pub(crate) fn expire_fast(&mut self, geo: &WindowGrid, now_ms: u64) -> Option<u64> {
+        if self.is_empty() {
+            return None;
+        }
+        let expires = geo.expires_at(self.oldest_id());
+        if now_ms < expires {
+            return Some(expires);
+        }
+        self.expire_cold(geo, now_ms)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn expire_cold(&mut self, geo: &WindowGrid, now_ms: u64) -> Option<u64> {
+        self.expire_slow(geo.oldest_live(now_ms));
+        self.oldest().map(|id| geo.expires_at(id))
+    }
+
+    /// [`add`](Self::add) to a window that is not empty, with the common case (its newest
+    /// bucket still open at `now_ms`) always inlined and the rest out of line: for a caller
+    /// that adds to several windows per call (a limit set).
+    #[inline(always)]
+    pub(crate) fn add_to_nonempty(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
+        debug_assert!(!counts.is_zero() && !self.is_empty());
+        match &mut self.shape {
+            Shape::One { id } => {
+                if now_ms < geo.end_of(*id) {
+                    self.total.add(counts);
+                    return;
+                }
+            }
+            Shape::Ring(ring) => {
+                let at = ring.slot(ring.len() - 1);
+                let newest = &mut ring.slots[at];
+                if now_ms < geo.end_of(newest.id) {
+                    newest.counts.add(counts);
+                    self.total.add(counts);
+                    return;
+                }
+            }
+        }
+        self.add_cold(geo, now_ms, counts);
+    }
+
+    /// [`add`](Self::add) out of line: the uncommon adds of a limit set's common call.
+    #[inline(never)]
+    pub(crate) fn add_cold(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
+        self.add(geo, now_ms, counts);
+    }
+
     /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
     /// back) counts in the newest bucket, which expires later: never earlier than it should.
     #[inline]

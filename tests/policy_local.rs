@@ -524,3 +524,42 @@ fn threads_on_one_key_fill_the_tightest_limit_exactly() {
     );
     assert_eq!(d.refused().collect::<Vec<_>>(), vec![1]);
 }
+
+/// Sets past three limits keep their statuses out of line (Kong's second, minute, hour and
+/// day at once, and the largest set): every status is there, in the set's order, through
+/// the common admission, a refusal and a check.
+#[test]
+fn sets_of_more_than_three_limits_answer_every_limit() {
+    let clock = ManualClock::new(0);
+    let kong = policy(&clock, "s = 4/s; m = 6/m; h = 100/h; d = 1000/d");
+    for i in 0..4u64 {
+        let d = kong.inc("k", 1).unwrap();
+        assert!(d.is_allowed(), "call {i}");
+        let remaining: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+        assert_eq!(remaining, [3 - i, 5 - i, 99 - i, 999 - i], "call {i}");
+    }
+    let d = kong.inc("k", 1).unwrap();
+    assert_eq!(d.outcome(), Outcome::Rejected);
+    assert_eq!(d.refused().collect::<Vec<_>>(), [0]);
+    assert_eq!(d.limits().len(), 4);
+    assert_eq!(
+        d.limits()[3].remaining,
+        996,
+        "the refused call counted nowhere"
+    );
+    clock.advance(1100);
+    // The second limit has room again; the minute limit refuses the third call from here.
+    assert!(kong.inc("k", 2).unwrap().is_allowed());
+    let d = kong.check("k", 1).unwrap();
+    assert_eq!(d.refused().collect::<Vec<_>>(), [1]);
+    assert_eq!(d.limits()[2].remaining, 94);
+
+    let names: Vec<String> = (0..8).map(|i| format!("l{i} = {}/m", 10 + i)).collect();
+    let eight = policy(&clock, &names.join("; "));
+    let d = eight.inc("k", 3).unwrap();
+    let remaining: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+    assert_eq!(remaining, (7..15).collect::<Vec<_>>());
+    let d = eight.inc("k", 8).unwrap();
+    assert_eq!(d.refused().collect::<Vec<_>>(), [0], "11 of l0's 10");
+    assert_eq!(d.limits()[7].remaining, 14);
+}

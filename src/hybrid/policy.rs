@@ -309,8 +309,7 @@ impl PolicyEngine {
         let mut decision = SetDecision {
             outcome,
             retry_after_ms: 0,
-            len: n as u8,
-            limits: [LimitStatus::default(); MAX_LIMITS],
+            ..SetDecision::empty(n)
         };
         for (i, limit) in self.limits.iter().enumerate() {
             let lock = locks[i].as_mut().expect("locked above");

@@ -210,7 +210,7 @@ impl Group {
 }
 
 /// What a set decided for one request, in the layer's positions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SetDone {
     /// The enforcing decision; positions outside `visible` were not decided.
     pub(crate) decision: SetDecision,

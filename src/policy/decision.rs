@@ -43,12 +43,70 @@ impl LimitStatus {
 }
 
 /// The answer for one request under a [`LimitSet`](super::LimitSet).
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// A set of up to [`INLINE_LIMITS`] limits keeps its statuses inline: the decision is 112
+/// bytes and takes no allocation, so returning and moving it costs a few register moves
+/// (with room for all [`MAX_LIMITS`] inline it was 280 bytes, whose copy out of the
+/// `Result` was a `memcpy` call on every request). A bigger set keeps them in one boxed
+/// array, allocated per decision: so the decision is `Clone`, not `Copy`.
+#[derive(Debug, Clone)]
 pub struct SetDecision {
     pub(crate) outcome: Outcome,
-    pub(crate) retry_after_ms: u64,
     pub(crate) len: u8,
-    pub(crate) limits: [LimitStatus; MAX_LIMITS],
+    pub(crate) retry_after_ms: u64,
+    /// `len` statuses in the set's order (past them, defaults).
+    pub(crate) limits: Statuses,
+}
+
+/// How many limits' statuses a [`SetDecision`] holds without an allocation.
+pub(crate) const INLINE_LIMITS: usize = 3;
+
+/// A decision's statuses: indexed as a slice of [`MAX_LIMITS`] or [`INLINE_LIMITS`] of them.
+#[derive(Debug, Clone)]
+pub(crate) enum Statuses {
+    Inline([LimitStatus; INLINE_LIMITS]),
+    Boxed(Box<[LimitStatus; MAX_LIMITS]>),
+}
+
+impl Statuses {
+    /// Room for `len` statuses, all default.
+    #[inline]
+    fn new(len: usize) -> Self {
+        if len <= INLINE_LIMITS {
+            Statuses::Inline([LimitStatus::default(); INLINE_LIMITS])
+        } else {
+            Statuses::Boxed(Box::new([LimitStatus::default(); MAX_LIMITS]))
+        }
+    }
+}
+
+impl std::ops::Deref for Statuses {
+    type Target = [LimitStatus];
+    #[inline]
+    fn deref(&self) -> &[LimitStatus] {
+        match self {
+            Statuses::Inline(a) => a,
+            Statuses::Boxed(b) => &b[..],
+        }
+    }
+}
+
+impl std::ops::DerefMut for Statuses {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [LimitStatus] {
+        match self {
+            Statuses::Inline(a) => a,
+            Statuses::Boxed(b) => &mut b[..],
+        }
+    }
+}
+
+impl PartialEq for SetDecision {
+    fn eq(&self, other: &Self) -> bool {
+        self.outcome == other.outcome
+            && self.retry_after_ms == other.retry_after_ms
+            && self.limits() == other.limits()
+    }
 }
 
 impl SetDecision {
@@ -59,21 +117,7 @@ impl SetDecision {
             outcome: Outcome::Allowed,
             retry_after_ms: 0,
             len: len as u8,
-            limits: [LimitStatus::default(); MAX_LIMITS],
-        }
-    }
-
-    /// An admission with these statuses, one per limit of the set: what the common call
-    /// answers, built where it is returned.
-    #[inline(always)]
-    pub(crate) fn admitted<const N: usize>(statuses: [LimitStatus; N]) -> Self {
-        let mut limits = [LimitStatus::default(); MAX_LIMITS];
-        limits[..N].copy_from_slice(&statuses);
-        SetDecision {
-            outcome: Outcome::Allowed,
-            retry_after_ms: 0,
-            len: N as u8,
-            limits,
+            limits: Statuses::new(len),
         }
     }
 
@@ -108,5 +152,49 @@ impl SetDecision {
             .enumerate()
             .filter(|(_, l)| l.refused)
             .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_is_the_size_its_docs_give_and_its_statuses_index_alike() {
+        assert_eq!(size_of::<SetDecision>(), 112);
+        assert!(size_of::<Result<SetDecision, crate::Error>>() <= 112);
+        for len in 1..=MAX_LIMITS {
+            let mut d = SetDecision::empty(len);
+            for i in 0..len {
+                d.limits[i].remaining = i as u64 + 1;
+            }
+            let remaining: Vec<u64> = d.limits().iter().map(|l| l.remaining).collect();
+            assert_eq!(remaining, (1..=len as u64).collect::<Vec<_>>(), "len {len}");
+            assert_eq!(d, d.clone());
+        }
+    }
+
+    /// Decisions are equal iff their outcome, wait and statuses are (the slots past `len`
+    /// and where the statuses live do not count).
+    #[test]
+    fn decisions_differ_in_outcome_wait_status_or_length() {
+        let base = SetDecision::empty(2);
+        let mut other = base.clone();
+        other.outcome = Outcome::Rejected;
+        assert_ne!(base, other);
+        let mut other = base.clone();
+        other.retry_after_ms = 1;
+        assert_ne!(base, other);
+        let mut other = base.clone();
+        other.limits[1].refused = true;
+        assert_ne!(base, other);
+        assert_ne!(base, SetDecision::empty(3));
+        assert_ne!(SetDecision::empty(3), SetDecision::empty(4));
+        let mut past_len = base.clone();
+        past_len.limits[2].remaining = 9;
+        assert_eq!(
+            base, past_len,
+            "a slot past the set's limits is not compared"
+        );
     }
 }

@@ -21,7 +21,7 @@ use super::{Core, scripts};
 use crate::Error;
 use crate::Strategy;
 use crate::config::RateGroupSizeMs;
-use crate::policy::{LimitSet, LimitStatus, MAX_LIMITS, Outcome, SetDecision};
+use crate::policy::{LimitSet, LimitStatus, Outcome, SetDecision};
 use crate::window::WindowGrid;
 
 /// A limit set bound to the Redis provider: `rl.redis().policy(set)`. Cheap to clone.
@@ -281,8 +281,7 @@ impl RedisPolicy {
                 _ => Outcome::Shed,
             },
             retry_after_ms: retry,
-            len: self.limits.len() as u8,
-            limits: [LimitStatus::default(); MAX_LIMITS],
+            ..SetDecision::empty(self.limits.len())
         };
         for (i, part) in parts.iter().enumerate() {
             decision.limits[i] = LimitStatus {
