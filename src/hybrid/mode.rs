@@ -147,10 +147,11 @@ impl<S, C: Counts> KeyState<S, C> {
                     }
                 }
             }
-            // The lease ran out in Redis too: what is unsent is all that is not counted.
+            // The lease ran out in Redis too: what Redis has not acknowledged (unsent, or in a
+            // batch whose reply is late) is what the provisional allowance counts.
             self.view = None;
             self.unleased_since = now.local;
-            self.respend_unsent();
+            self.respend_unacknowledged();
         }
         if c.healthy {
             Mode::Provisional

@@ -85,6 +85,11 @@ impl HybridPolicy {
                 })
                 .unwrap_or(cost);
         }
+        if sent.iter().all(|&n| n == 0) {
+            return Ok(0);
+        }
+        // Taken for a batch: after its cycle, as the single-limit refund (`refund.rs`).
+        let _after_the_batch = engine.core.cycle_lock.read().await;
         let mut missing = 0;
         for (i, limit) in engine.limits.iter().enumerate() {
             if sent[i] == 0 {

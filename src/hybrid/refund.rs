@@ -1,7 +1,10 @@
 //! Reservations and refunds on the hybrid provider: units an admitted call recorded, given
 //! back, for counting by outcome. Units still unsent leave this instance's state (its lease
 //! spends them no more); units already sent go back in Redis with the Redis provider's
-//! refund script, on the same keys.
+//! refund script, on the same keys, once the cycle that took them for a batch is over (the
+//! cycle lock, read): a refund sent ahead of its batch would find nothing in Redis and leave
+//! the units counted. The wait is at most one cycle's round trip, and only for refunds of
+//! units already taken; the next cycle waits for the refund's round trip in turn.
 
 use super::key::KeyState;
 use super::{AbsoluteHybridRateLimiter, SuppressedHybridRateLimiter, core_of};
@@ -56,6 +59,10 @@ async fn refund_on<S: Refundable<Counts = C>, C: Refund>(
     if sent == 0 {
         return Ok(0);
     }
+    // Taken for a batch: wait for its cycle, so the batch has landed (or failed) before the
+    // refund reaches Redis; sent earlier on the connection, the refund would find nothing
+    // and the units would stay counted. No cycle sends while the refund is out.
+    let _after_the_batch = core.cycle_lock.read().await;
     // Already sent: the Redis keys hold them, under the bucket ids this instance gave them.
     let left = core.core.refund_buckets(key, tag, sent, span).await?;
     // A cycle may have refreshed the key while the refund was on its way: the next one
@@ -93,9 +100,10 @@ macro_rules! refund_methods {
 
         /// Gives back `count` units that an admitted [`reserve_sync`](Self::reserve_sync)
         /// for `key` recorded; returns how many were not found. Units not yet sent leave
-        /// this instance's state with no I/O; units already flushed are given back in Redis
-        /// in one script round trip. Units of a batch still in flight may be missed there
-        /// (not yet landed): they stay counted, which only makes the limit stricter.
+        /// this instance's state with no I/O; units already taken for a batch are given back
+        /// in Redis in one script round trip, after that batch's cycle. Units of a batch whose
+        /// cycle failed may be missed there (it may land later): they stay counted, which only
+        /// makes the limit stricter.
         ///
         /// # Errors
         /// [`Error::Redis`] or [`Error::RedisTimeout`] when units had to be given back in
