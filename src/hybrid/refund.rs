@@ -86,16 +86,7 @@ macro_rules! refund_methods {
             count: u64,
         ) -> Result<(RateLimitDecision, Reservation), Error> {
             let core = core_of(&self.shared)?;
-            let before_ms = core.now().server;
-            let decision = self.inc_sync(key, rate, count)?;
-            let after_ms = core.now().server;
-            Ok((
-                decision,
-                Reservation {
-                    before_ms,
-                    after_ms,
-                },
-            ))
+            Reservation::around(|| core.now().server, || self.inc_sync(key, rate, count))
         }
 
         /// Gives back `count` units that an admitted [`reserve_sync`](Self::reserve_sync)
