@@ -148,3 +148,40 @@ async fn a_lease_that_runs_out_while_its_batch_is_in_flight_admits_nothing_more(
         "still full after the refresh"
     );
 }
+
+/// A refund of units that a held batch carries: the refund waits for that batch's cycle
+/// and then finds them in Redis, so nothing stays counted and the key's whole capacity is
+/// there again. (Sent ahead of the batch, it would find nothing: on one connection that
+/// needs the refund written between the batch being taken and its pipeline, which this
+/// test cannot hold; the wait makes it impossible.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_of_units_in_a_held_batch_gives_them_back_once_it_lands() {
+    let redis = TestRedis::get();
+    let clock = ManualClock::new(T0);
+    let (rl, prefix) = limiter(&redis, &clock).await;
+    let key = RedisKey::try_from("held").unwrap();
+    let rate = three();
+    pause_scripts(&redis, 200).await;
+    let before = rl.hybrid().stats().refreshes;
+    let (decision, reservation) = rl.hybrid().absolute().reserve_sync(&key, &rate, 1).unwrap();
+    assert!(decision.is_allowed());
+    let flushing = flush_in_flight(&rl, before).await;
+    let not_found = rl
+        .hybrid()
+        .absolute()
+        .refund(&key, 1, reservation)
+        .await
+        .unwrap();
+    assert!(
+        flushing.is_finished(),
+        "the refund went after the batch's cycle"
+    );
+    flushing.await.unwrap();
+    assert_eq!(not_found, 0, "found in Redis once the batch landed");
+    assert_eq!(total(&redis, &prefix, "held").await, 0);
+    rl.hybrid().flush().await.unwrap();
+    for i in 0..3 {
+        assert!(admitted(&rl, &key, &rate).await, "unit {i} of 3");
+    }
+    assert!(!admitted(&rl, &key, &rate).await);
+}
