@@ -151,9 +151,10 @@ async fn a_lease_that_runs_out_while_its_batch_is_in_flight_admits_nothing_more(
 
 /// A refund of units that a held batch carries: the refund waits for that batch's cycle
 /// and then finds them in Redis, so nothing stays counted and the key's whole capacity is
-/// there again. (Sent ahead of the batch, it would find nothing: on one connection that
-/// needs the refund written between the batch being taken and its pipeline, which this
-/// test cannot hold; the wait makes it impossible.)
+/// there again. (Sent ahead of the batch, it would find nothing; on one connection that
+/// needs the refund written between the batch being taken and its pipeline going out, a
+/// window this test cannot hold open, so it passes without the wait too: a guard of the
+/// outcome, not a reproduction of the race.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refund_of_units_in_a_held_batch_gives_them_back_once_it_lands() {
     let redis = TestRedis::get();
@@ -172,10 +173,6 @@ async fn a_refund_of_units_in_a_held_batch_gives_them_back_once_it_lands() {
         .refund(&key, 1, reservation)
         .await
         .unwrap();
-    assert!(
-        flushing.is_finished(),
-        "the refund went after the batch's cycle"
-    );
     flushing.await.unwrap();
     assert_eq!(not_found, 0, "found in Redis once the batch landed");
     assert_eq!(total(&redis, &prefix, "held").await, 0);
