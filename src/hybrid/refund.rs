@@ -126,3 +126,53 @@ impl super::HybridRateLimiter {
         self.shared.as_ref().map_or(0, |c| c.now().server)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::AbsoluteKey;
+    use super::super::fixtures::{at, call, ctx, geo, view};
+
+    #[test]
+    fn a_refund_takes_unsent_units_in_memory_and_reports_those_a_batch_took() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
+        key.refreshed(0, view(10.0, 0, 1, at(0)));
+        for i in 0..3 {
+            assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed());
+        }
+        let mut seq = 0;
+        let job = key.job(5, || {
+            seq += 1;
+            seq
+        });
+        assert_eq!(job.buckets[0].counts, 3, "three on their way");
+        for i in 5..7 {
+            assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed());
+        }
+        assert_eq!(key.spent, 5);
+        key.touched = false;
+        let span = (g.bucket_of(at(0).server), g.bucket_of(at(10).server));
+        // Five back: the two unsent leave memory, three are for Redis to find.
+        assert_eq!(key.refund_unsent(&g, at(10).server, span, 5), 3);
+        assert_eq!(
+            key.spent, 3,
+            "only what left memory stops spending the lease"
+        );
+        assert!(key.unsent.is_empty());
+        assert!(key.touched, "the next cycle refreshes the key");
+        assert_eq!(
+            key.own.usage(&g, at(10).server),
+            0,
+            "its own record gave all back"
+        );
+        // A lease of 10 with 3 spent: 7 more.
+        for i in 0..7 {
+            assert!(
+                key.inc(&c, at(20), call(at(20), 1)).is_allowed(),
+                "unit {i}"
+            );
+        }
+        assert!(!key.inc(&c, at(20), call(at(20), 1)).is_allowed());
+    }
+}
