@@ -45,7 +45,7 @@ impl HybridCore {
 
     /// One flush-and-refresh of every dirty key.
     pub(crate) async fn cycle(&self) {
-        let _one_at_a_time = self.cycle_lock.lock().await;
+        let _one_at_a_time = self.cycle_lock.write().await;
         let now = self.now();
         self.bound_held(now.server);
         let mut jobs: Vec<KeyJob> = Vec::new();

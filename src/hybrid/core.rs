@@ -38,8 +38,10 @@ pub(crate) struct HybridCore {
     pub(super) started: AtomicBool,
     pub(crate) max_pending_buckets: usize,
     pub(crate) lease_ttl_ms: u64,
-    /// One cycle at a time, whether from the task or from `flush()`.
-    pub(super) cycle_lock: tokio::sync::Mutex<()>,
+    /// One cycle at a time, whether from the task or from `flush()` (written); a refund of
+    /// units already taken for a batch reads it, so its script reaches Redis after the
+    /// batch's cycle is over and before the next one (`refund.rs`).
+    pub(super) cycle_lock: tokio::sync::RwLock<()>,
     /// The limit sets made on this provider, for the committer (`policy.rs`).
     pub(super) policies: Mutex<Vec<Weak<PolicyEngine>>>,
 }
@@ -80,7 +82,7 @@ impl HybridCore {
             started: AtomicBool::new(false),
             max_pending_buckets,
             lease_ttl_ms: (10 * sync_ms).max(200),
-            cycle_lock: tokio::sync::Mutex::new(()),
+            cycle_lock: tokio::sync::RwLock::new(()),
             policies: Mutex::new(Vec::new()),
             core,
             clock,

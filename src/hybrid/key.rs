@@ -113,11 +113,22 @@ impl<S, C: Counts> KeyState<S, C> {
         self.observed_since += counts.observed();
     }
 
-    /// Counts what is not yet sent as spent since the snapshot (all Redis does not know).
-    pub(super) fn respend_unsent(&mut self) {
-        let unsent = self.unsent.total();
-        self.spent = unsent.accepted();
-        self.observed_since = unsent.observed();
+    /// Counts what Redis has not acknowledged as spent since the snapshot: the unsent
+    /// increments and a batch still in flight (taken after the snapshot the view holds, or
+    /// sent by a cycle that failed: it may land at any time, or have landed). Forgetting the
+    /// batch when a lease runs out before its reply would let the provisional allowance
+    /// admit it again.
+    pub(super) fn respend_unacknowledged(&mut self) {
+        let mut accepted = self.unsent.total().accepted();
+        let mut observed = self.unsent.total().observed();
+        if let Some(batch) = &self.inflight {
+            for bucket in &batch.buckets {
+                accepted += bucket.counts.accepted();
+                observed += bucket.counts.observed();
+            }
+        }
+        self.spent = accepted;
+        self.observed_since = observed;
     }
 
     /// Whether the committer has anything to do for this key.
@@ -191,8 +202,9 @@ impl<S, C: Counts> KeyState<S, C> {
         if self.inflight.as_ref().is_some_and(|b| b.seq == seq) {
             self.inflight = None;
         }
-        // What is still unsent was admitted after the snapshot: it spends the new lease.
-        self.respend_unsent();
+        // What is still unsent was admitted after the snapshot: it spends the new lease (and
+        // so does a batch still out, when the reply is to another job: none is applied twice).
+        self.respend_unacknowledged();
         self.wanted = 1;
         self.holders_last = refresh.view.holders.max(1);
         self.view = Some(refresh.view);

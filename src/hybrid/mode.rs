@@ -6,7 +6,10 @@
 //!   refresh computed) and the suppressed one sheds with the key's global factor.
 //! - **provisional**: no valid view yet (a new or long idle key) while Redis answers: the
 //!   absolute strategy admits at the key's rate (`rate × (time waited + sync interval)`, at
-//!   least one unit) until the first refresh; the suppressed one decides as in an outage.
+//!   least one unit) until the first refresh, counting against it every unit Redis has not
+//!   acknowledged (unsent, or in a batch whose reply is late: a lease that runs out before
+//!   that reply never admits the batch's units again); the suppressed one decides as in an
+//!   outage.
 //! - **outage**: no valid view and the last flush failed: the local core decides on this
 //!   instance's own usage against `1 / N` of the capacity, `N` the lease holders last seen.
 
@@ -147,10 +150,11 @@ impl<S, C: Counts> KeyState<S, C> {
                     }
                 }
             }
-            // The lease ran out in Redis too: what is unsent is all that is not counted.
+            // The lease ran out in Redis too: what Redis has not acknowledged (unsent, or in a
+            // batch whose reply is late) is what the provisional allowance counts.
             self.view = None;
             self.unleased_since = now.local;
-            self.respend_unsent();
+            self.respend_unacknowledged();
         }
         if c.healthy {
             Mode::Provisional

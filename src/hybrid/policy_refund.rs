@@ -10,6 +10,7 @@
 use super::{HybridPolicy, LimitKey};
 use crate::Error;
 use crate::local::Reservation;
+use crate::local::refund::masked;
 use crate::policy::SetDecision;
 use crate::redis::{RedisKey, SetRefundSpan, refund_limit};
 
@@ -24,15 +25,7 @@ impl HybridPolicy {
         keys: &[&RedisKey],
         cost: u64,
     ) -> Result<(SetDecision, Reservation), Error> {
-        let before_ms = self.reservation_ms();
-        let decision = self.inc_each(keys, cost)?;
-        Ok((
-            decision,
-            Reservation {
-                before_ms,
-                after_ms: self.reservation_ms(),
-            },
-        ))
+        Reservation::around(|| self.reservation_ms(), || self.inc_each(keys, cost))
     }
 
     /// The clock this policy's reservations are read on: the server grid's.
@@ -72,10 +65,8 @@ impl HybridPolicy {
         let now = engine.core.now();
         // First every limit's unsent units, in memory; then what was sent, in Redis.
         let mut sent = [0u64; crate::policy::MAX_LIMITS];
-        for (i, limit) in engine.limits.iter().enumerate() {
-            if mask & (1 << i) == 0 {
-                continue;
-            }
+        for i in masked(engine.limits.len(), mask) {
+            let limit = &engine.limits[i];
             let span = at.buckets(&limit.grid, 0);
             sent[i] = limit
                 .keys
@@ -85,6 +76,11 @@ impl HybridPolicy {
                 })
                 .unwrap_or(cost);
         }
+        if sent.iter().all(|&n| n == 0) {
+            return Ok(0);
+        }
+        // Taken for a batch: after its cycle, as the single-limit refund (`refund.rs`).
+        let _after_the_batch = engine.core.cycle_lock.read().await;
         let mut missing = 0;
         for (i, limit) in engine.limits.iter().enumerate() {
             if sent[i] == 0 {

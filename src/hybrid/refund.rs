@@ -1,7 +1,10 @@
 //! Reservations and refunds on the hybrid provider: units an admitted call recorded, given
 //! back, for counting by outcome. Units still unsent leave this instance's state (its lease
 //! spends them no more); units already sent go back in Redis with the Redis provider's
-//! refund script, on the same keys.
+//! refund script, on the same keys, once the cycle that took them for a batch is over (the
+//! cycle lock, read): a refund sent ahead of its batch would find nothing in Redis and leave
+//! the units counted. The wait is at most one cycle's round trip, and only for refunds of
+//! units already taken; the next cycle waits for the refund's round trip in turn.
 
 use super::key::KeyState;
 use super::{AbsoluteHybridRateLimiter, SuppressedHybridRateLimiter, core_of};
@@ -56,6 +59,10 @@ async fn refund_on<S: Refundable<Counts = C>, C: Refund>(
     if sent == 0 {
         return Ok(0);
     }
+    // Taken for a batch: wait for its cycle, so the batch has landed (or failed) before the
+    // refund reaches Redis; sent earlier on the connection, the refund would find nothing
+    // and the units would stay counted. No cycle sends while the refund is out.
+    let _after_the_batch = core.cycle_lock.read().await;
     // Already sent: the Redis keys hold them, under the bucket ids this instance gave them.
     let left = core.core.refund_buckets(key, tag, sent, span).await?;
     // A cycle may have refreshed the key while the refund was on its way: the next one
@@ -79,23 +86,15 @@ macro_rules! refund_methods {
             count: u64,
         ) -> Result<(RateLimitDecision, Reservation), Error> {
             let core = core_of(&self.shared)?;
-            let before_ms = core.now().server;
-            let decision = self.inc_sync(key, rate, count)?;
-            let after_ms = core.now().server;
-            Ok((
-                decision,
-                Reservation {
-                    before_ms,
-                    after_ms,
-                },
-            ))
+            Reservation::around(|| core.now().server, || self.inc_sync(key, rate, count))
         }
 
         /// Gives back `count` units that an admitted [`reserve_sync`](Self::reserve_sync)
         /// for `key` recorded; returns how many were not found. Units not yet sent leave
-        /// this instance's state with no I/O; units already flushed are given back in Redis
-        /// in one script round trip. Units of a batch still in flight may be missed there
-        /// (not yet landed): they stay counted, which only makes the limit stricter.
+        /// this instance's state with no I/O; units already taken for a batch are given back
+        /// in Redis in one script round trip, after that batch's cycle. Units of a batch whose
+        /// cycle failed may be missed there (it may land later): they stay counted, which only
+        /// makes the limit stricter.
         ///
         /// # Errors
         /// [`Error::Redis`] or [`Error::RedisTimeout`] when units had to be given back in
@@ -125,5 +124,55 @@ impl super::HybridRateLimiter {
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn reservation_ms(&self) -> u64 {
         self.shared.as_ref().map_or(0, |c| c.now().server)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::AbsoluteKey;
+    use super::super::fixtures::{at, call, ctx, geo, view};
+
+    #[test]
+    fn a_refund_takes_unsent_units_in_memory_and_reports_those_a_batch_took() {
+        let g = geo();
+        let c = ctx(&g, true);
+        let mut key = AbsoluteKey::new(10.0, 100.0, 0);
+        key.refreshed(0, view(10.0, 0, 1, at(0)));
+        for i in 0..3 {
+            assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed());
+        }
+        let mut seq = 0;
+        let job = key.job(5, || {
+            seq += 1;
+            seq
+        });
+        assert_eq!(job.buckets[0].counts, 3, "three on their way");
+        for i in 5..7 {
+            assert!(key.inc(&c, at(i), call(at(i), 1)).is_allowed());
+        }
+        assert_eq!(key.spent, 5);
+        key.touched = false;
+        let span = (g.bucket_of(at(0).server), g.bucket_of(at(10).server));
+        // Five back: the two unsent leave memory, three are for Redis to find.
+        assert_eq!(key.refund_unsent(&g, at(10).server, span, 5), 3);
+        assert_eq!(
+            key.spent, 3,
+            "only what left memory stops spending the lease"
+        );
+        assert!(key.unsent.is_empty());
+        assert!(key.touched, "the next cycle refreshes the key");
+        assert_eq!(
+            key.own.usage(&g, at(10).server),
+            0,
+            "its own record gave all back"
+        );
+        // A lease of 10 with 3 spent: 7 more.
+        for i in 0..7 {
+            assert!(
+                key.inc(&c, at(20), call(at(20), 1)).is_allowed(),
+                "unit {i}"
+            );
+        }
+        assert!(!key.inc(&c, at(20), call(at(20), 1)).is_allowed());
     }
 }

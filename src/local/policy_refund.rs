@@ -10,6 +10,7 @@
 use super::{Keys, LocalPolicy, Set};
 use crate::Error;
 use crate::local::Reservation;
+use crate::local::refund::masked;
 use crate::policy::{MAX_LIMITS, SetDecision};
 use crate::window::Usage;
 
@@ -33,7 +34,7 @@ impl<const N: usize> Set<N> {
             observed: cost,
         };
         let mut missing = 0;
-        let chosen = (0..N).filter(|i| mask & (1 << i) != 0);
+        let chosen = masked(N, mask);
         match keys {
             Keys::One(key) => {
                 let found = self.keys.peek(key, |slots| {
@@ -76,9 +77,7 @@ impl LocalPolicy {
     /// # Errors
     /// As [`inc`](Self::inc).
     pub fn reserve(&self, key: &str, cost: u64) -> Result<(SetDecision, Reservation), Error> {
-        let before_ms = self.inner.now_ms();
-        let decision = self.inc(key, cost)?;
-        Ok((decision, self.reservation(before_ms)))
+        Reservation::around(|| self.inner.now_ms(), || self.inc(key, cost))
     }
 
     /// [`inc_each`](Self::inc_each), with the [`Reservation`] a later
@@ -91,16 +90,7 @@ impl LocalPolicy {
         keys: &[&str],
         cost: u64,
     ) -> Result<(SetDecision, Reservation), Error> {
-        let before_ms = self.inner.now_ms();
-        let decision = self.inc_each(keys, cost)?;
-        Ok((decision, self.reservation(before_ms)))
-    }
-
-    fn reservation(&self, before_ms: u64) -> Reservation {
-        Reservation {
-            before_ms,
-            after_ms: self.inner.now_ms(),
-        }
+        Reservation::around(|| self.inner.now_ms(), || self.inc_each(keys, cost))
     }
 
     /// Gives back, in every limit, the `cost` units an admitted [`reserve`](Self::reserve)

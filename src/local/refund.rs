@@ -23,6 +23,41 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// `decide`'s answer with the reservation around it: the clock `now_ms` read just
+    /// before and just after the decision (every provider's `reserve`).
+    pub(crate) fn around<D>(
+        now_ms: impl Fn() -> u64,
+        decide: impl FnOnce() -> Result<D, Error>,
+    ) -> Result<(D, Reservation), Error> {
+        let before_ms = now_ms();
+        let decision = decide()?;
+        Ok((
+            decision,
+            Reservation {
+                before_ms,
+                after_ms: now_ms(),
+            },
+        ))
+    }
+
+    /// [`around`](Self::around) for a decision that awaits Redis: `decide` runs (is first
+    /// polled) after the first reading.
+    #[cfg(feature = "redis-tokio")]
+    pub(crate) async fn around_async<D>(
+        now_ms: impl Fn() -> u64,
+        decide: impl Future<Output = Result<D, Error>>,
+    ) -> Result<(D, Reservation), Error> {
+        let before_ms = now_ms();
+        let decision = decide.await?;
+        Ok((
+            decision,
+            Reservation {
+                before_ms,
+                after_ms: now_ms(),
+            },
+        ))
+    }
+
     /// The buckets the units may be in, on `grid`, for times shifted by `offset_ms` (the
     /// hybrid provider's server grid).
     pub(crate) fn buckets(&self, grid: &WindowGrid, offset_ms: i64) -> (u64, u64) {
@@ -32,6 +67,11 @@ impl Reservation {
             grid.bucket_of(shift(self.after_ms.max(self.before_ms))),
         )
     }
+}
+
+/// The limits of a set of `len` that a refund's `mask` names (bit `i`: limit `i`), in order.
+pub(crate) fn masked(len: usize, mask: u16) -> impl Iterator<Item = usize> + Clone {
+    (0..len).filter(move |i| mask & (1 << i) != 0)
 }
 
 /// A strategy's state with a window a refund can take units out of.

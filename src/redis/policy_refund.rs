@@ -10,6 +10,7 @@ use super::RedisPolicy;
 use crate::Error;
 use crate::Strategy;
 use crate::local::Reservation;
+use crate::local::refund::masked;
 use crate::policy::SetDecision;
 use crate::redis::{RedisKey, StrategyTag};
 use crate::window::WindowGrid;
@@ -40,16 +41,7 @@ impl RedisPolicy {
         keys: &[&RedisKey],
         cost: u64,
     ) -> Result<(SetDecision, Reservation), Error> {
-        let before_ms = self.core.reservation_ms();
-        let decision = self.inc_each(keys, cost).await?;
-        let after_ms = self.core.reservation_ms();
-        Ok((
-            decision,
-            Reservation {
-                before_ms,
-                after_ms,
-            },
-        ))
+        Reservation::around_async(|| self.core.reservation_ms(), self.inc_each(keys, cost)).await
     }
 
     /// Gives back, in every limit, the `cost` units an admitted
@@ -87,14 +79,11 @@ impl RedisPolicy {
             ));
         }
         let mut missing = 0;
-        for (i, key) in keys.iter().enumerate() {
-            if mask & (1 << i) == 0 {
-                continue;
-            }
+        for i in masked(keys.len(), mask) {
             let limit = &self.set.limits()[i];
             missing += refund_limit(
                 &self.core,
-                key,
+                keys[i],
                 limit.name(),
                 &self.limits[i].grid,
                 limit.strategy(),

@@ -137,16 +137,7 @@ macro_rules! refund_methods {
             count: u64,
         ) -> Result<(RateLimitDecision, Reservation), Error> {
             let core = core_of(&self.core)?;
-            let before_ms = core.reservation_ms();
-            let decision = self.inc(key, rate, count).await?;
-            let after_ms = core.reservation_ms();
-            Ok((
-                decision,
-                Reservation {
-                    before_ms,
-                    after_ms,
-                },
-            ))
+            Reservation::around_async(|| core.reservation_ms(), self.inc(key, rate, count)).await
         }
 
         /// Gives back `count` units that an admitted [`reserve`](Self::reserve) for `key`
