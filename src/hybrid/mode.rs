@@ -288,10 +288,10 @@ mod tests {
         assert!(key.floor_to_own(&g, &mut lost));
         assert_eq!(lost.observed, 100, "20 calls of 5 observed");
         assert_eq!(lost.used, 100, "all 100 accepted: within capacity");
-        // Redis observed more (other instances): kept.
+        // Redis observed more (other instances): no loss, kept.
         let mut more = view(100.0, 100, 1, at(40)).view;
         more.observed = 500;
-        key.floor_to_own(&g, &mut more);
+        assert!(!key.floor_to_own(&g, &mut more));
         assert_eq!(more.observed, 500);
     }
 }
