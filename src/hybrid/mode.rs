@@ -23,16 +23,19 @@ use crate::window::{self, Bucket, Counts, Usage, WindowGrid};
 /// This instance's own record of what it admitted (and observed) in the window: the local
 /// core's state every hybrid decision also records into.
 pub(crate) trait OwnRecord {
-    /// Accepted and observed units of this instance still inside the window at `now_ms`.
+    /// Units of this instance still inside the window at `now_ms`, as the flush script's
+    /// reply counts them: accepted, and observed where the reply reports observed usage.
     fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage;
 }
 
 impl OwnRecord for AbsoluteState {
+    /// Observed 0: an absolute key's reply reports no observed usage (`hybrid.lua` returns
+    /// 0), so counting the accepted units as observed made every refresh of an absolute
+    /// key with acknowledged units look like lost data.
     fn own_usage(&mut self, grid: &WindowGrid, now_ms: u64) -> Usage {
-        let accepted = self.usage(grid, now_ms);
         Usage {
-            accepted,
-            observed: accepted,
+            accepted: self.usage(grid, now_ms),
+            observed: 0,
         }
     }
 }
@@ -240,22 +243,31 @@ mod tests {
         // Two more admitted while the batch is out: unsent, so not in Redis yet.
         assert!(key.inc(&c, at(41), call(at(41), 1)).is_allowed());
         assert!(key.inc(&c, at(42), call(at(42), 1)).is_allowed());
-        // Redis answers as if it had applied the batch (30) ...
-        let mut honest = view(60.0, 30, 1, at(50)).view;
+        // Redis answers as if it had applied the batch (30), observed 0 as the script
+        // reports for an absolute key ...
+        let absolute = |lease, used, now| {
+            let mut v = view(lease, used, 1, now).view;
+            v.observed = 0;
+            v
+        };
+        let mut honest = absolute(60.0, 30, at(50));
         assert!(!key.floor_to_own(&g, &mut honest));
         assert_eq!((honest.used, honest.lease), (30, 60.0));
         // ... or after a FLUSHALL: 0 used, a fresh lease. The instance counts its 30.
-        let mut lost = view(100.0, 0, 1, at(50)).view;
+        let mut lost = absolute(100.0, 0, at(50));
         assert!(key.floor_to_own(&g, &mut lost));
         assert_eq!(lost.used, 30);
-        assert_eq!(lost.observed, 30);
+        assert_eq!(
+            lost.observed, 0,
+            "nothing observed to floor on an absolute key"
+        );
         assert_eq!(lost.lease, 70.0, "capacity 100 less the 30 Redis lost");
         // A lease already below what is left stays as it was.
-        let mut small = view(10.0, 0, 1, at(50)).view;
+        let mut small = absolute(10.0, 0, at(50));
         assert!(key.floor_to_own(&g, &mut small));
         assert_eq!((small.used, small.lease), (30, 10.0));
         // Once the window has passed, nothing of it counts any more.
-        let mut later = view(100.0, 0, 1, at(10_200)).view;
+        let mut later = absolute(100.0, 0, at(10_200));
         assert!(!key.floor_to_own(&g, &mut later));
         assert_eq!(later.used, 0);
         assert_eq!(job.seq, 1);
@@ -280,10 +292,10 @@ mod tests {
         assert!(key.floor_to_own(&g, &mut lost));
         assert_eq!(lost.observed, 100, "20 calls of 5 observed");
         assert_eq!(lost.used, 100, "all 100 accepted: within capacity");
-        // Redis observed more (other instances): kept.
+        // Redis observed more (other instances): no loss, kept.
         let mut more = view(100.0, 100, 1, at(40)).view;
         more.observed = 500;
-        key.floor_to_own(&g, &mut more);
+        assert!(!key.floor_to_own(&g, &mut more));
         assert_eq!(more.observed, 500);
     }
 }
