@@ -80,14 +80,20 @@ impl HybridCore {
             .map(|i| {
                 let chunk = &jobs
                     [i * MAX_KEYS_PER_PIPELINE..jobs.len().min((i + 1) * MAX_KEYS_PER_PIPELINE)];
-                async move { (chunk, self.send(chunk, now.server).await) }
+                // Its own send time: a late pipeline of a long cycle times its round trip
+                // (the server clock's offset) and its leases from when it left, not from
+                // the cycle's start.
+                async move {
+                    let sent = self.clock.now_ms();
+                    (chunk, sent, self.send(chunk, now.server).await)
+                }
             })
             .buffered(PIPELINES_IN_FLIGHT);
         let mut ok = true;
-        while let Some((chunk, reply)) = replies.next().await {
+        while let Some((chunk, sent, reply)) = replies.next().await {
             let received = self.clock.now_ms();
             match reply {
-                Ok(values) => ok &= self.apply(chunk, &values, now.local, received),
+                Ok(values) => ok &= self.apply(chunk, &values, sent, received),
                 Err(err) => {
                     ok = false;
                     self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
