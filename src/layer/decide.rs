@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 
 use super::builder::{CostSource, KeyErrorPolicy, ProviderErrorPolicy, RateSource};
 use super::extract::{
-    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_str, peer_addr,
+    Ipv4Text, Key, KeyError, KeyExtractor, PeerIp, RequestHead, ipv4_ascii, peer_addr,
 };
 use super::fields::{AdmittedHeaders, Left};
 use super::headers;
@@ -227,8 +227,8 @@ impl DecisionEngine {
     /// The common case, decided without building a [`Key`]: an IPv4 peer keyed by
     /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses, no
     /// exemptions, counting by outcome or decision extension ([`fast_ipv4`](Self::fast_ipv4)
-    /// says so at build time). The address is written as text on the stack and the store is
-    /// keyed with it directly; a `Key` is made only for a refusal. With metrics on, the
+    /// says so at build time). The address is written as ASCII text on the stack and the
+    /// store is keyed with its bytes directly (no UTF-8 check for a held key); a `Key` is made only for a refusal. With metrics on, the
     /// decision's lookup also reads the usage after it, for the near-limit count: the
     /// default configuration takes this path. `None`: not an IPv4 peer.
     #[inline]
@@ -244,9 +244,12 @@ impl DecisionEngine {
             Err(err) => return Some(self.key_failure(&err)),
         };
         let mut buf = Ipv4Text::new();
-        let key = ipv4_str(v4, &mut buf);
-        if key.len() > self.max_key_len {
-            return Some(self.key_too_long(&Key::new(key)));
+        let len = ipv4_ascii(v4, &mut buf);
+        let ascii = buf.bytes(len);
+        // The text as `&str`, off the common path (a held key is looked up by its bytes).
+        let text = || buf.text(len);
+        if len > self.max_key_len {
+            return Some(self.key_too_long(&Key::new(text())));
         }
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.ops.metrics {
@@ -256,7 +259,7 @@ impl DecisionEngine {
                     provider::local_inc_checked_with_used(
                         &self.limiter,
                         *strategy,
-                        key,
+                        ascii,
                         rate.get(),
                         *cost,
                         cap,
@@ -268,7 +271,7 @@ impl DecisionEngine {
                     let result = provider::local_inc_str_with_used(
                         &self.limiter,
                         *strategy,
-                        key,
+                        text(),
                         rate,
                         cost,
                     );
@@ -285,12 +288,13 @@ impl DecisionEngine {
                 }
                 Ok((decision, used)) => {
                     let left = self.left_after(*rate, used);
-                    self.verdict(decision, &Key::new(key), *rate, Some(left), cost, 0)
+                    self.verdict(decision, &Key::new(text()), *rate, Some(left), cost, 0)
                 }
                 Err(err) => self.misconfigured(&err),
             });
         }
         let cost = self.resolve_cost(head);
+        let key = text();
         Some(
             match provider::local_inc_str(&self.limiter, *strategy, key, rate, cost) {
                 Ok(RateLimitDecision::Allowed) => Verdict::Pass(AdmittedHeaders::none()),

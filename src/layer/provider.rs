@@ -127,12 +127,12 @@ pub(crate) fn local_inc_str_with_used(
 }
 
 /// [`local_inc_str_with_used`] for a fixed rate and cost whose capacity `cap` the layer
-/// checked when it was built: no per-call check.
+/// checked when it was built (no per-call check), the key as ASCII bytes.
 #[inline]
 pub(crate) fn local_inc_checked_with_used(
     limiter: &RateLimiter,
     strategy: Strategy,
-    key: &str,
+    key: &[u8],
     rate: f64,
     cost: u64,
     cap: f64,

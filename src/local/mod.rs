@@ -335,7 +335,7 @@ impl<S: LocalState> LocalKeys<S> {
         count: u64,
     ) -> Result<(RateLimitDecision, u64), Error> {
         let cap = checked_capacity(rate.get(), self.window_seconds(), count)?;
-        Ok(self.inc_checked_with_accepted(key, rate.get(), count, cap)?)
+        Ok(self.inc_checked_with_accepted(key.as_bytes(), rate.get(), count, cap)?)
     }
 
     /// [`try_inc_with_accepted`](Self::try_inc_with_accepted) for a call checked once
@@ -345,7 +345,7 @@ impl<S: LocalState> LocalKeys<S> {
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     fn inc_checked_with_accepted(
         &self,
-        key: &str,
+        key: &[u8],
         rate: f64,
         count: u64,
         cap: f64,
@@ -356,7 +356,7 @@ impl<S: LocalState> LocalKeys<S> {
             count,
             cap,
         };
-        self.keys.try_with(
+        self.keys.try_with_ascii(
             key,
             || S::new(call.rate),
             |s| {
@@ -415,12 +415,13 @@ macro_rules! inc_methods {
 
         /// [`try_inc_with_accepted`](Self::try_inc_with_accepted) for a call whose
         /// capacity `cap` was checked once (`checked_capacity(rate, window, count)`, at the
-        /// layer's build time). Crate-internal: the layer's fixed-rate fast path.
+        /// layer's build time), the key given as ASCII bytes. Crate-internal: the layer's
+        /// fixed-rate fast path.
         #[inline]
         #[cfg_attr(not(feature = "tower"), allow(dead_code))]
         pub(crate) fn inc_checked_with_accepted(
             &self,
-            key: &str,
+            key: &[u8],
             rate: f64,
             count: u64,
             cap: f64,

@@ -201,8 +201,22 @@ pub(crate) const MIGRATE_STEP: usize = 32;
 fn rehash<S, A>(hasher: &Hasher) -> impl Fn(&Entry<S, A>) -> u64 + '_ {
     move |e| {
         note_moved();
-        hasher.hash_one(e.0.as_str())
+        key_hash(hasher, e.0.as_bytes())
     }
+}
+
+/// A key's hash: of its bytes alone, so a key given as bytes (the layer's IPv4 text, which
+/// needs no UTF-8 check) and the same key given as `&str` hash alike.
+#[inline]
+fn key_hash(hasher: &Hasher, key: &[u8]) -> u64 {
+    struct Bytes<'a>(&'a [u8]);
+    impl std::hash::Hash for Bytes<'_> {
+        #[inline]
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            state.write(self.0);
+        }
+    }
+    hasher.hash_one(Bytes(key))
 }
 
 #[cfg(test)]
@@ -292,7 +306,7 @@ impl<S, A> Tables<S, A> {
         for index in self.moved..end {
             if let Ok(entry) = self.old.get_bucket_entry(index) {
                 let (entry, _) = entry.remove();
-                let hash = hasher.hash_one(entry.0.as_str());
+                let hash = key_hash(hasher, entry.0.as_bytes());
                 note_moved();
                 // Sized by `sized_for`: no rehash here (and if one came, it would be correct).
                 self.main.insert_unique(hash, entry, rehash(hasher));
@@ -510,7 +524,7 @@ impl<S, A> KeyStore<S, A> {
 
     #[inline]
     fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
+        key_hash(&self.hasher, key.as_bytes())
     }
 
     #[inline]
@@ -615,6 +629,29 @@ impl<S, A> KeyStore<S, A> {
         if let Some(entry) = tables.main.find_mut(hash, |e| e.0 == key) {
             return Ok(f(&mut entry.1));
         }
+        self.insert_budgeted(tables, hash, key, create, f, spare)
+    }
+
+    /// [`try_with`](Self::try_with) for a key given as ASCII bytes (the layer's IPv4 text):
+    /// the common call, a held key, needs no UTF-8 check; only a new key is checked.
+    ///
+    /// # Panics
+    /// If `key` is not UTF-8 (a caller's bug: it writes ASCII).
+    #[inline]
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn try_with_ascii<R>(
+        &self,
+        key: &[u8],
+        create: impl FnOnce() -> S,
+        f: impl FnOnce(&mut S) -> R,
+        spare: impl FnMut(&mut S) -> Spare,
+    ) -> Result<R, Full> {
+        let hash = key_hash(&self.hasher, key);
+        let mut tables = self.shard(hash).lock();
+        if let Some(entry) = tables.main.find_mut(hash, |e| e.0.as_bytes() == key) {
+            return Ok(f(&mut entry.1));
+        }
+        let key = std::str::from_utf8(key).expect("an ASCII key");
         self.insert_budgeted(tables, hash, key, create, f, spare)
     }
 

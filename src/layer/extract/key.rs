@@ -86,15 +86,12 @@ const OCTET_DIGITS: [[u8; 4]; 256] = {
 #[repr(C, align(16))]
 struct Aligned([u8; 32]);
 
-/// Dotted-quad text of `ip` written into `buf`, with no allocation and no formatting
-/// machinery: four table reads, each written as one 4-byte store, and only the text's own
-/// bytes validated. The layer's fast path keys the local store with it directly.
-///
-/// The whole word-aligned buffer is validated, zeros after the text included: UTF-8
-/// validation checks an aligned buffer a word at a time, and the text alone (under 16
-/// bytes) a byte at a time, which costs more (30 instructions a request under callgrind).
+/// Dotted-quad text of `ip` written into `buf` as ASCII bytes, with no allocation and no
+/// formatting machinery: four table reads, each written as one 4-byte store; returns its
+/// length. The layer's fast path keys the local store with the bytes directly (a held key
+/// needs no UTF-8 check: 44 instructions a request under callgrind).
 #[inline]
-pub(crate) fn ipv4_str(ip: Ipv4Addr, buf: &mut Ipv4Text) -> &str {
+pub(crate) fn ipv4_ascii(ip: Ipv4Addr, buf: &mut Ipv4Text) -> usize {
     let mut len = 0;
     for octet in ip.octets() {
         let [a, b, c, n] = OCTET_DIGITS[usize::from(octet)];
@@ -102,12 +99,11 @@ pub(crate) fn ipv4_str(ip: Ipv4Addr, buf: &mut Ipv4Text) -> &str {
         buf.0[len + usize::from(n)] = b'.';
         len += usize::from(n) + 1;
     }
-    let all = std::str::from_utf8(&buf.0).expect("ASCII digits, dots and zeros");
-    &all[..len - 1]
+    len - 1
 }
 
-/// The buffer [`ipv4_str`] writes into: word-aligned, zeroed, 16 bytes (four octets of
-/// at most three digits and a dot), so its validation is one two-word step.
+/// The buffer [`ipv4_ascii`] writes into: word-aligned, zeroed, 16 bytes (four octets of
+/// at most three digits and a dot).
 #[repr(C, align(16))]
 pub(crate) struct Ipv4Text([u8; 16]);
 
@@ -116,6 +112,21 @@ impl Ipv4Text {
     #[inline]
     pub(crate) fn new() -> Self {
         Ipv4Text([0u8; 16])
+    }
+
+    /// The first `len` bytes written.
+    #[inline]
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        &self.0[..len]
+    }
+
+    /// The first `len` bytes as text. The whole aligned buffer is validated, zeros after
+    /// the text included: UTF-8 validation checks an aligned buffer a word at a time and
+    /// the text alone (under 16 bytes) a byte at a time, which costs more.
+    #[inline]
+    pub(crate) fn text(&self, len: usize) -> &str {
+        let all = std::str::from_utf8(&self.0).expect("ASCII digits, dots and zeros");
+        &all[..len]
     }
 }
 
@@ -159,12 +170,18 @@ mod tests {
         for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "1.20.199.250"] {
             let ip: Ipv4Addr = ip.parse().unwrap();
             assert_eq!(ipv4_text(ip), ip.to_string());
-            assert_eq!(ipv4_str(ip, &mut Ipv4Text::new()), ip.to_string());
+            let mut buf = Ipv4Text::new();
+            let len = ipv4_ascii(ip, &mut buf);
+            assert_eq!(buf.bytes(len), ip.to_string().as_bytes());
+            assert_eq!(buf.text(len), ip.to_string());
         }
         for n in 0..=255u8 {
             let ip = Ipv4Addr::new(n, 255 - n, n / 7, n.wrapping_mul(13));
             assert_eq!(ipv4_text(ip), ip.to_string());
-            assert_eq!(ipv4_str(ip, &mut Ipv4Text::new()), ip.to_string());
+            let mut buf = Ipv4Text::new();
+            let len = ipv4_ascii(ip, &mut buf);
+            assert_eq!(buf.bytes(len), ip.to_string().as_bytes());
+            assert_eq!(buf.text(len), ip.to_string());
         }
     }
 

@@ -30,7 +30,7 @@ pub use error::KeyError;
 pub use global_key::GlobalKey;
 pub use header_key::HeaderKey;
 pub use key::Key;
-pub(crate) use key::{Ipv4Text, ipv4_str};
+pub(crate) use key::{Ipv4Text, ipv4_ascii};
 pub use key_fn::{KeyFn, key_fn};
 #[cfg(feature = "axum")]
 pub use matched_route::MatchedRoute;
