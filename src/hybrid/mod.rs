@@ -40,8 +40,8 @@
 //! returns. A background task, the committer (started on the tokio runtime the limiter is
 //! built in, or on the first hybrid call; it ends when the limiter is dropped), wakes every
 //! `sync_interval_ms` and sends, in **one pipelined round trip** (up to 512 keys a
-//! pipeline; more keys, more pipelines sent at once), one script call per key touched since
-//! the last cycle (on a Redis Cluster, where a pipeline must stay in one slot, those
+//! pipeline; more keys, more pipelines, two in flight at once), one script call per key
+//! touched since the last cycle (on a Redis Cluster, where a pipeline must stay in one slot, those
 //! calls go out at once, each to its key's node). The script:
 //!
 //! 1. adds the key's unsent increments to the same Redis keys, buckets and TTLs the Redis
