@@ -44,7 +44,7 @@ impl LimitStatus {
 
 /// The answer for one request under a [`LimitSet`](super::LimitSet).
 ///
-/// A set of up to [`INLINE_LIMITS`] limits keeps its statuses inline: the decision is 112
+/// A set of up to three limits keeps its statuses inline: the decision is 112
 /// bytes and takes no allocation, so returning and moving it costs a few register moves
 /// (with room for all [`MAX_LIMITS`] inline it was 280 bytes, whose copy out of the
 /// `Result` was a `memcpy` call on every request). A bigger set keeps them in one boxed
