@@ -4,9 +4,11 @@
 //! `ManualClock`; nothing sleeps to move it.
 #![cfg(all(feature = "axum", feature = "metrics"))]
 
+#[path = "support/http.rs"]
+mod http_support;
 mod support;
 
-use std::net::SocketAddr;
+use http_support::serve;
 use std::sync::{Arc, OnceLock};
 
 use axum::routing::{get, post};
@@ -38,36 +40,12 @@ fn requests(policy: &str, outcome: &str) -> f64 {
 }
 
 fn limiter(clock: &ManualClock) -> Arc<RateLimiter> {
-    Arc::new(
-        RateLimiterBuilder::new(LocalRateLimiterOptions {
-            window_size_seconds: 10.try_into().unwrap(),
-            rate_group_size_ms: 100.try_into().unwrap(),
-            hard_limit_factor: Default::default(),
-            suppression_factor_cache_ms: Default::default(),
-        })
-        .clock(clock.clone())
-        .build()
-        .unwrap(),
-    )
+    http_support::limiter(clock, 10)
 }
 
 /// `n` requests a 10 s window.
 fn per_window(n: f64) -> RateLimit {
     RateLimit::try_from(n / 10.0).unwrap()
-}
-
-async fn serve(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
 }
 
 #[tokio::test]
