@@ -16,13 +16,15 @@
 //! a shared 2-core machine a call can also wait for a core (the committer's thread, Redis
 //! itself): the reference rows show how much of the tail is that.
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::hint::black_box;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use redis_server::Server;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::{RedisKey, RedisSettings};
@@ -30,43 +32,6 @@ use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 
 const LIVE_KEYS: usize = 1_000;
 const SYNC_MS: u64 = 50;
-
-/// A redis-server of the bench's own (killed on drop), or the URL the variable names.
-struct Server(Option<Child>, String);
-
-impl Server {
-    fn get() -> Server {
-        if let Ok(url) = std::env::var("SLUICEGATE_REDIS_URL") {
-            return Server(None, url);
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (or set SLUICEGATE_REDIS_URL)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server(Some(child), format!("redis://127.0.0.1:{port}/"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Calls on the live keys until `stop`; every call's latency in ns.
 fn time_calls(rl: &RateLimiter, live: &[RedisKey], stop: &AtomicBool) -> Vec<u64> {

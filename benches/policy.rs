@@ -19,11 +19,13 @@
 //! over 1000 keys; "one limit" is the seeds' `rl.local().absolute().inc` and, beside it, a
 //! one-limit set.
 
-use std::hint::black_box;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
+use std::hint::black_box;
+use std::time::Instant;
+
+use redis_server::Server;
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::policy::{LimitSet, LocalPolicy, RedisPolicy};
@@ -119,52 +121,6 @@ fn local(keys: &[String]) {
         medians[3],
         medians[3] / medians[0]
     );
-}
-
-/// A redis-server of the bench's own on a free loopback port, or the one the variable names.
-struct Server(Option<Child>, String);
-
-impl Server {
-    fn get() -> Server {
-        if let Ok(url) = std::env::var("SLUICEGATE_REDIS_URL") {
-            return Server(None, url);
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (or set SLUICEGATE_REDIS_URL)");
-        let url = format!("redis://127.0.0.1:{port}/");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server(Some(child), url)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 async fn redis(keys: &[String]) {
