@@ -859,6 +859,52 @@ impl LimitCounts {
 mod tests {
     use super::*;
 
+    fn limiter() -> crate::RateLimiter {
+        crate::RateLimiterBuilder::new(crate::local::LocalRateLimiterOptions {
+            window_size_seconds: 1.try_into().unwrap(),
+            rate_group_size_ms: 100.try_into().unwrap(),
+            hard_limit_factor: Default::default(),
+            suppression_factor_cache_ms: Default::default(),
+        })
+        .build()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_policy_shows_its_set_in_debug() {
+        let set: crate::policy::LimitSet = "burst = 3/s; minute = 10/m".parse().unwrap();
+        let p = limiter().local().policy(set.clone());
+        assert_eq!(
+            format!("{p:?}"),
+            format!("LocalPolicy {{ set: {:?} }}", set.to_string())
+        );
+    }
+
+    /// The registry holds the policies its limiter's cleanup sweeps: remembering one forgets
+    /// those already dropped, so making and dropping policies does not grow it.
+    #[test]
+    fn the_registry_forgets_dropped_policies_as_it_remembers_new_ones() {
+        let rl = limiter();
+        let set: crate::policy::LimitSet = "5/s".parse().unwrap();
+        let registry = Registry::default();
+        assert_eq!(format!("{registry:?}"), "Registry { .. }");
+        let kept = rl.local().policy(set.clone());
+        registry.add(&kept);
+        for _ in 0..10 {
+            let dropped = rl.local().policy(set.clone());
+            registry.add(&dropped);
+        }
+        let held = |r: &Registry| r.0.lock().unwrap().len();
+        // The last dropped one is still listed until the next `add` or `cleanup`.
+        assert_eq!(held(&registry), 2);
+        let newest = rl.local().policy(set);
+        registry.add(&newest);
+        assert_eq!(held(&registry), 2, "kept and newest, none of the dropped");
+        drop(newest);
+        assert_eq!(registry.cleanup(), 0);
+        assert_eq!(held(&registry), 1, "cleanup forgets a dropped policy too");
+    }
+
     /// The hot path's integer tests give the float ones' answers, at the edges of 2^53 and of
     /// the slack too.
     #[test]
