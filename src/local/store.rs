@@ -180,10 +180,11 @@ impl<S, A> Shard<S, A> {
 /// own. Every key is in exactly one of the two tables; a lookup tries the main table first.
 /// Memory: both tables while a move runs (the old one is freed once empty), as a rehash
 /// holds both for the time it runs; moves last longer, so more shards hold two tables at a
-/// time. Under a full budget with [`WhenFull::Evict`] a churning shard is rebuilt at its size
-/// every few hundred new keys (removals leave tombstones), and is moving a quarter or so of
-/// the time: 100k keys after a 5M-key spray took 97–100 % of the budget's documented size
-/// (`benches/spray.rs`), 84–85 % with whole-table rehashes.
+/// time. Under a full budget with [`WhenFull::Evict`] a new key mostly takes the slot its
+/// eviction freed ([`KeyStore::evict_for`]), so a churning shard is seldom rebuilt for
+/// tombstones: 100k keys after a 5M-key spray took 84–91 % of the budget's documented size
+/// (`benches/spray.rs`); 97–105 % when evictions went from the clock hand and left a
+/// tombstone each, the shard rebuilt every few hundred new keys.
 pub(crate) struct Tables<S, A = ()> {
     main: HashTable<Entry<S, A>>,
     /// The next bucket of `old` to move.
