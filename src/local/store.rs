@@ -180,10 +180,11 @@ impl<S, A> Shard<S, A> {
 /// own. Every key is in exactly one of the two tables; a lookup tries the main table first.
 /// Memory: both tables while a move runs (the old one is freed once empty), as a rehash
 /// holds both for the time it runs; moves last longer, so more shards hold two tables at a
-/// time. Under a full budget with [`WhenFull::Evict`] a churning shard is rebuilt at its size
-/// every few hundred new keys (removals leave tombstones), and is moving a quarter or so of
-/// the time: 100k keys after a 5M-key spray took 97–100 % of the budget's documented size
-/// (`benches/spray.rs`), 84–85 % with whole-table rehashes.
+/// time. Under a full budget with [`WhenFull::Evict`] a new key mostly takes the slot its
+/// eviction freed ([`KeyStore::evict_for`]), so a churning shard is seldom rebuilt for
+/// tombstones: 100k keys after a 5M-key spray took 84–91 % of the budget's documented size
+/// (`benches/spray.rs`); 97–105 % when evictions went from the clock hand and left a
+/// tombstone each, the shard rebuilt every few hundred new keys.
 pub(crate) struct Tables<S, A = ()> {
     main: HashTable<Entry<S, A>>,
     /// The next bucket of `old` to move.
@@ -454,6 +455,15 @@ fn scan<S, A>(
     taken
 }
 
+/// The bucket a table's insert of a key with `hash` looks at first (hashbrown's: the hash's
+/// low bits, masked by [`scan`] to the table's size). Only a starting point for
+/// [`KeyStore::evict_for`]: were it wrong, eviction would be as correct, only less apt to
+/// leave the new key the slot it freed.
+#[inline]
+fn home_bucket(hash: u64) -> usize {
+    hash as usize
+}
+
 /// Removes the key in bucket `index` (one [`scan`] found); whether there was one.
 fn remove_at<S, A>(table: &mut HashTable<Entry<S, A>>, index: usize) -> bool {
     table.get_bucket_entry(index).map(|e| e.remove()).is_ok()
@@ -712,13 +722,17 @@ impl<S, A> KeyStore<S, A> {
 
     /// Evicts one key that `spare` lets go: an idle one among the first [`EVICT_IDLE_LOOK`]
     /// keys examined, else a light one met among those in `own`, else the first idle or
-    /// light one among the next [`EVICT_EXAMINE`]. Keys are examined in `own` (the new key's
-    /// shard, locked) and then in the shards after it whose lock is free (a held lock is
-    /// skipped, never waited for, so two evictions never wait on each other); each shard is
-    /// examined from its clock hand on, which moves past the keys examined, so that one
-    /// eviction goes on where the last stopped and a key that must stay is not examined again
-    /// for every new key (a shard's old table, while it moves, after its main one). Whether
-    /// a key went.
+    /// light one among the next [`EVICT_EXAMINE`]: at most `EVICT_IDLE_LOOK +
+    /// EVICT_EXAMINE` keys' `spare` per new key, whatever the tables hold. Keys are examined
+    /// in `own` (the new key's shard, locked) and then in the shards after it whose lock is
+    /// free (a held lock is skipped, never waited for, so two evictions never wait on each
+    /// other). The first [`EVICT_IDLE_LOOK`] in `own` are those from the new key's home
+    /// bucket on, so that the slot an eviction frees is the one the new key's insert takes
+    /// (no tombstone is left to fill the table); the rest, and those of other shards, from
+    /// the shard's clock hand on, which moves past the keys examined, so that one search
+    /// goes on where the last stopped and a key that must stay is not examined again for
+    /// every new key (a shard's old table, while it moves, after its main one). Whether a
+    /// key went.
     fn evict_for(
         &self,
         own: &mut Tables<S, A>,
@@ -733,8 +747,15 @@ impl<S, A> KeyStore<S, A> {
         let own_hand = &self.shards[first].1;
         let mut examined = 0;
         let mut light = None;
+        // The first keys looked at are those from the new key's home bucket in the main
+        // table on (where its insert looks for a free slot first), not from the clock hand:
+        // a key evicted there leaves its slot, tombstone or empty, for the new key, so a
+        // churn of keys under a full budget leaves no tombstones behind and the table is
+        // not rebuilt for them (each rebuild moved every key of the shard: about seven
+        // moves per new key). The hand is for the longer search below.
+        let home = AtomicUsize::new(home_bucket(hash));
         let idle = own.scan(
-            own_hand,
+            &home,
             EVICT_IDLE_LOOK,
             &mut examined,
             |slot, s| match spare(s) {
@@ -1593,6 +1614,57 @@ mod tests {
                 "{len} keys, {buckets} buckets: oversized"
             );
         }
+    }
+
+    #[test]
+    fn eviction_under_a_churn_leaves_its_slot_to_the_new_key_and_rebuilds_few_tables() {
+        // A full budget of light keys, then ten times as many new keys: each evicts one.
+        let held = 50_000usize;
+        let count = Arc::new(KeyCount::new(Some(
+            KeyBudget::new(held).when_full(WhenFull::Evict),
+        )));
+        let store = KeyStore::<u64>::new(count, true);
+        let spare = |s: &mut u64| if *s == 0 { Spare::Idle } else { Spare::Light };
+        for i in 0..held {
+            store
+                .try_with(&format!("k{i}"), || 1, |_| (), spare)
+                .unwrap();
+        }
+        let _ = store.walk(|_, _| ControlFlow::Continue(()));
+        let buckets = |store: &KeyStore<u64>| -> usize {
+            store
+                .shards
+                .iter()
+                .map(|s| s.0.lock().main.num_buckets())
+                .sum()
+        };
+        let start = buckets(&store);
+        let before = moved();
+        let churn = 10 * held;
+        for i in held..held + churn {
+            store
+                .try_with(&format!("k{i}"), || 1, |_| (), spare)
+                .unwrap();
+        }
+        let moves = moved() - before;
+        // Each eviction was from the new key's home group, whose free slot its insert took:
+        // few tombstones are left, and a table is rarely rebuilt for them. From the clock
+        // hand, a key was moved for every new key or so here (several in `benches/spray`).
+        assert!(
+            moves <= churn / 10,
+            "{moves} keys moved for {churn} new keys"
+        );
+        // A rebuild of a shard with keys to fill most of its table doubles it (`sized_for`).
+        assert!(
+            buckets(&store) <= start * 5 / 4,
+            "{} buckets after churn, {start} before",
+            buckets(&store)
+        );
+        assert_eq!((store.len(), store.count.held()), (held, held));
+        assert_eq!(
+            store.peek(&format!("k{}", held + churn - 1), |s| *s),
+            Some(1)
+        );
     }
 
     #[test]
