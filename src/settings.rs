@@ -89,10 +89,9 @@ impl std::fmt::Display for SyncIntervalMs {
 /// | a key longer than 24 bytes | + its length | + its length |
 ///
 /// So `N` keys with one bucket each (a spray: one call per key) take at most about
-/// `N × 149 B` (absolute) or `N × 203 B` (suppressed); 100k absolute keys measured 9.0–9.2 MB
-/// resident (90–92 B a key) with the 56-byte entries of an earlier layout, before and after a
-/// spray of 5M new keys under every policy (`cargo bench -p sluicegate-benches --bench
-/// spray`). A key that is called in every bucket of its window holds up to
+/// `N × 149 B` (absolute) or `N × 203 B` (suppressed); 100k absolute keys measured 12.6–13.5
+/// MB resident (84–91 % of the 14.9 MB that gives) after a spray of 5M new keys under
+/// [`WhenFull::Evict`] (`cargo bench -p sluicegate-benches --bench spray`). A key that is called in every bucket of its window holds up to
 /// `window / group + 1` buckets: budget its ring too (a ring that its buckets fill at most a
 /// quarter of shrinks as its buckets expire). The
 /// hybrid provider's keys cost more (a lease, the unsent and in-flight buckets). The
