@@ -333,14 +333,23 @@ impl<C: Counts> Window<C> {
         (!self.is_empty()).then(|| self.oldest_id())
     }
 
-    /// Drops the buckets that no longer count at `now_ms`.
-    #[inline]
+    /// Drops the buckets that no longer count at `now_ms`. The test is always inlined and
+    /// the dropping out of line: most calls drop nothing (a key's second call in a group,
+    /// and the usage read right after a decision, which expired at the same instant), and
+    /// an out-of-line `expire` cost a call and its spills for that test.
+    #[inline(always)]
     pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
         // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
         if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
             return;
         }
-        self.expire_slow(geo.oldest_live(now_ms));
+        self.expire_out_of_line(geo.oldest_live(now_ms));
+    }
+
+    /// [`expire`](Self::expire)'s dropping, once its test found the oldest bucket expired.
+    #[inline(never)]
+    fn expire_out_of_line(&mut self, oldest_live: u64) {
+        self.expire_slow(oldest_live);
     }
 
     #[inline]
