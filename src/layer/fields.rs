@@ -37,6 +37,12 @@ impl AdmittedHeaders {
         AdmittedHeaders(None)
     }
 
+    /// Whether there is nothing to add (nor any decision or units held).
+    #[inline]
+    pub(crate) fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// These fields (any may be absent).
     pub(crate) fn with(
         policy: Option<HeaderValue>,

@@ -61,6 +61,8 @@ impl<S, ReqBody, M> ResponseFuture<S, ReqBody, M>
 where
     S: Service<Request<ReqBody>>,
 {
+    /// The inner service's future, with `fields` to add to its response.
+    #[inline]
     pub(crate) fn inner(future: S::Future, fields: AdmittedHeaders) -> Self {
         ResponseFuture {
             state: State::Inner { future, fields },
@@ -109,6 +111,11 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Inner { future, fields } => {
+                    if fields.is_none() {
+                        // The common path: nothing to add, the response handed on as the
+                        // inner future returns it (no copy between its output and ours).
+                        return M::poll_response(future, cx);
+                    }
                     // The inner poll's result is handed on in place (the response is a
                     // hundred bytes: taken out and put back it would be copied twice).
                     let mut polled = future.poll(cx);

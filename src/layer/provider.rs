@@ -149,6 +149,28 @@ pub(crate) fn local_inc_checked_with_used(
     result.map_err(Error::from)
 }
 
+/// [`local_inc_checked_with_used`] with the store's own error (a full key budget), which
+/// the caller turns into an [`Error`] off its common path: the layer's default path.
+#[inline]
+pub(crate) fn local_inc_counted(
+    limiter: &RateLimiter,
+    strategy: Strategy,
+    key: &[u8],
+    rate: f64,
+    cost: u64,
+    cap: f64,
+) -> Result<(RateLimitDecision, u64), crate::local::store::Full> {
+    let local = limiter.local();
+    match strategy {
+        Strategy::Absolute => local
+            .absolute()
+            .inc_checked_with_accepted(key, rate, cost, cap),
+        Strategy::Suppressed => local
+            .suppressed()
+            .inc_checked_with_accepted(key, rate, cost, cap),
+    }
+}
+
 /// What a Redis or hybrid decision's usage leaves for `RateLimit`.
 #[cfg(feature = "redis-tokio")]
 fn left_of(usage: Option<crate::redis::KeyUsage>) -> Option<Left> {
