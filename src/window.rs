@@ -460,6 +460,7 @@ impl<C: Counts> Window<C> {
 
     /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
     /// back) counts in the newest bucket, which expires later: never earlier than it should.
+    /// Opening a new bucket (once a group at most) is out of line.
     #[inline]
     pub(crate) fn add(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero());
@@ -470,15 +471,23 @@ impl<C: Counts> Window<C> {
             };
             return;
         }
-        let before = self.total;
-        self.total.add(counts);
         if now_ms < geo.end_of(self.newest_id()) {
             // `bucket_of(now_ms) <= newest id` without the divide: the common case.
+            self.total.add(counts);
             if let Shape::Ring(ring) = &mut self.shape {
                 ring.back_mut().counts.add(counts);
             }
             return;
         }
+        self.open_bucket(geo, now_ms, counts);
+    }
+
+    /// [`add`](Self::add) to a window that is not empty and whose newest bucket has closed
+    /// at `now_ms`: `counts` in a new bucket.
+    #[inline(never)]
+    fn open_bucket(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
+        let before = self.total;
+        self.total.add(counts);
         let newer = Bucket {
             id: geo.bucket_of(now_ms),
             counts,
