@@ -500,7 +500,6 @@ impl RateLimitLayerBuilder {
             max_key_len: self.max_key_len,
             fast_ipv4,
             near_limit_at,
-            fixed_cap,
             counted_ipv4,
             provider_errors: AtomicU64::new(0),
             ops,

@@ -55,10 +55,8 @@ pub(crate) struct DecisionEngine {
     /// The usage after an admitted request (at the fixed rate) from which it counts as
     /// near the limit (`sluicegate_near_limit_total`): at least
     /// [`NEAR_LIMIT_SHARE`](crate::observe::NEAR_LIMIT_SHARE) of the quota.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(super) near_limit_at: u64,
-    /// The capacity of the fixed rate at the fixed cost, checked at build time (`None`
-    /// with a rate or cost resolver).
-    pub(super) fixed_cap: Option<f64>,
     /// The default configuration's path, when it applies (see [`CountedIpv4`]).
     pub(super) counted_ipv4: Option<CountedIpv4>,
     pub(crate) provider_errors: AtomicU64,
@@ -145,8 +143,9 @@ pub(crate) struct AwaitedRequest {
 
 impl DecisionEngine {
     /// Decides one request from its head: the default configuration's path inlined into
-    /// the service's `call`, anything else out of line.
-    #[inline]
+    /// the service's `call` (its frame and the head's pointers then the caller's), anything
+    /// else out of line.
+    #[inline(always)]
     pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
         match &self.counted_ipv4 {
             Some(counted) => self.check_counted_ipv4(counted, head),
@@ -320,13 +319,14 @@ impl DecisionEngine {
         }
     }
 
-    /// The common case, decided without building a [`Key`]: an IPv4 peer keyed by
-    /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses, no
-    /// exemptions, counting by outcome or decision extension ([`fast_ipv4`](Self::fast_ipv4)
-    /// says so at build time). The address is written as ASCII text on the stack and the
-    /// store is keyed with its bytes directly (no UTF-8 check for a held key); a `Key` is made only for a refusal. With metrics on, the
-    /// decision's lookup also reads the usage after it, for the near-limit count: the
-    /// default configuration takes this path. `None`: not an IPv4 peer.
+    /// An IPv4 peer keyed by [`PeerIp`], decided without building a [`Key`], for what
+    /// [`check_counted_ipv4`](Self::check_counted_ipv4) does not take: a fixed rate, the
+    /// local provider, no fields on admitted responses, no exemptions, no counting by
+    /// outcome, no decision extension ([`fast_ipv4`](Self::fast_ipv4) says so at build
+    /// time), and a cost resolver, metrics off, or a capacity the build-time check refused. The address
+    /// is written as ASCII text on the stack; a `Key` is made only for a refusal. With
+    /// metrics on, the decision's lookup also reads the usage after it, for the near-limit
+    /// count. `None`: not an IPv4 peer.
     #[inline]
     fn check_ipv4(&self, head: &RequestHead<'_>) -> Option<Verdict> {
         let (RateSource::Fixed(rate), Backend::Local(strategy)) = (&self.rate, &self.backend)
@@ -341,7 +341,6 @@ impl DecisionEngine {
         };
         let mut buf = Ipv4Text::new();
         let len = ipv4_ascii(v4, &mut buf);
-        let ascii = buf.bytes(len);
         // The text as `&str`, off the common path (a held key is looked up by its bytes).
         let text = || buf.text(len);
         if len > self.max_key_len {
@@ -349,31 +348,11 @@ impl DecisionEngine {
         }
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.ops.metrics {
-            // A fixed cost: its capacity was checked at build time.
-            let (result, cost) = match (self.fixed_cap, &self.cost) {
-                (Some(cap), CostSource::Fixed(cost)) => (
-                    provider::local_inc_checked_with_used(
-                        &self.limiter,
-                        *strategy,
-                        ascii,
-                        rate.get(),
-                        *cost,
-                        cap,
-                    ),
-                    *cost,
-                ),
-                _ => {
-                    let cost = self.resolve_cost(head);
-                    let result = provider::local_inc_str_with_used(
-                        &self.limiter,
-                        *strategy,
-                        text(),
-                        rate,
-                        cost,
-                    );
-                    (result, cost)
-                }
-            };
+            // A cost resolver, or a capacity the build-time check refused (with a fixed
+            // cost and a capacity that fits, `check_counted_ipv4` decides instead).
+            let cost = self.resolve_cost(head);
+            let result =
+                provider::local_inc_str_with_used(&self.limiter, *strategy, text(), rate, cost);
             return Some(match result {
                 Ok((RateLimitDecision::Allowed, used)) => {
                     metrics.outcome(Outcome::Allowed);
