@@ -254,7 +254,9 @@ impl DecisionEngine {
     /// peer is the IPv4 address it carries, as `normalize_ip`), the store keyed with its
     /// bytes, the usage after the call read in the same lookup for the near-limit count.
     /// Anything but an admission goes out of line; an IPv6 peer takes the general path.
-    #[inline]
+    /// Always inlined (through [`check`](Self::check), into the service's `call`): one
+    /// frame, and the head's fields read from the request in place.
+    #[inline(always)]
     fn check_counted_ipv4(&self, counted: &CountedIpv4, head: &RequestHead<'_>) -> Verdict {
         let v4 = match peer_addr(head.extensions) {
             Ok(SocketAddr::V4(addr)) => *addr.ip(),
