@@ -333,14 +333,23 @@ impl<C: Counts> Window<C> {
         (!self.is_empty()).then(|| self.oldest_id())
     }
 
-    /// Drops the buckets that no longer count at `now_ms`.
-    #[inline]
+    /// Drops the buckets that no longer count at `now_ms`. The test is always inlined and
+    /// the dropping out of line: most calls drop nothing (a key's second call in a group,
+    /// and the usage read right after a decision, which expired at the same instant), and
+    /// an out-of-line `expire` cost a call and its spills for that test.
+    #[inline(always)]
     pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
         // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
         if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
             return;
         }
-        self.expire_slow(geo.oldest_live(now_ms));
+        self.expire_out_of_line(geo.oldest_live(now_ms));
+    }
+
+    /// [`expire`](Self::expire)'s dropping, once its test found the oldest bucket expired.
+    #[inline(never)]
+    fn expire_out_of_line(&mut self, oldest_live: u64) {
+        self.expire_slow(oldest_live);
     }
 
     #[inline]
@@ -451,6 +460,7 @@ impl<C: Counts> Window<C> {
 
     /// Records `counts` at `now_ms`. A time behind the newest bucket (a clock that stepped
     /// back) counts in the newest bucket, which expires later: never earlier than it should.
+    /// Opening a new bucket (once a group at most) is out of line.
     #[inline]
     pub(crate) fn add(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero());
@@ -461,15 +471,23 @@ impl<C: Counts> Window<C> {
             };
             return;
         }
-        let before = self.total;
-        self.total.add(counts);
         if now_ms < geo.end_of(self.newest_id()) {
             // `bucket_of(now_ms) <= newest id` without the divide: the common case.
+            self.total.add(counts);
             if let Shape::Ring(ring) = &mut self.shape {
                 ring.back_mut().counts.add(counts);
             }
             return;
         }
+        self.open_bucket(geo, now_ms, counts);
+    }
+
+    /// [`add`](Self::add) to a window that is not empty and whose newest bucket has closed
+    /// at `now_ms`: `counts` in a new bucket.
+    #[inline(never)]
+    fn open_bucket(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
+        let before = self.total;
+        self.total.add(counts);
         let newer = Bucket {
             id: geo.bucket_of(now_ms),
             counts,

@@ -107,6 +107,20 @@ pub trait BodyMode<B>: sealed::Sealed {
     fn response(response: http::Response<B>) -> http::Response<Self::Body> {
         response.map(Self::inner)
     }
+    /// Polls the inner service's future, its response through [`response`](Self::response)
+    /// (a mode whose body is the inner one returns the poll as it is: no copy of the
+    /// response between the inner future's output and the layer's).
+    #[doc(hidden)]
+    #[inline]
+    fn poll_response<F, E>(
+        future: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<http::Response<Self::Body>, E>>
+    where
+        F: std::future::Future<Output = Result<http::Response<B>, E>>,
+    {
+        future.poll(cx).map_ok(Self::response)
+    }
     /// The layer's own answer (a 429, a 503, a key error).
     fn full(data: Bytes) -> Self::Body;
 }
@@ -152,6 +166,16 @@ impl BodyMode<axum::body::Body> for AxumBody {
     #[inline]
     fn response(response: http::Response<axum::body::Body>) -> http::Response<axum::body::Body> {
         response
+    }
+    #[inline]
+    fn poll_response<F, E>(
+        future: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<http::Response<axum::body::Body>, E>>
+    where
+        F: std::future::Future<Output = Result<http::Response<axum::body::Body>, E>>,
+    {
+        future.poll(cx)
     }
     fn full(data: Bytes) -> axum::body::Body {
         axum::body::Body::from(data)

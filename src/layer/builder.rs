@@ -458,6 +458,26 @@ impl RateLimitLayerBuilder {
             (Some(r), CostSource::Fixed(c)) => crate::call::checked_capacity(r, window_s, *c).ok(),
             _ => None,
         };
+        // The default configuration's path: `fast_ipv4` with the rate and cost fixed and
+        // checked, and the metrics on.
+        #[cfg(feature = "metrics")]
+        let counted = ops.metrics.is_some();
+        #[cfg(not(feature = "metrics"))]
+        let counted = false;
+        let counted_ipv4 = match (&rate, &backend, &self.cost, fixed_cap) {
+            (
+                RateSource::Fixed(rate),
+                Backend::Local(strategy),
+                CostSource::Fixed(cost),
+                Some(cap),
+            ) if fast_ipv4 && counted => Some(super::decide::CountedIpv4 {
+                strategy: *strategy,
+                rate: *rate,
+                cost: *cost,
+                cap,
+            }),
+            _ => None,
+        };
         let near_limit_at = fixed_rate.map_or(u64::MAX, |r| {
             let quota = headers::quota(r, window_s);
             (crate::observe::NEAR_LIMIT_SHARE * quota as f64).ceil() as u64
@@ -480,7 +500,7 @@ impl RateLimitLayerBuilder {
             max_key_len: self.max_key_len,
             fast_ipv4,
             near_limit_at,
-            fixed_cap,
+            counted_ipv4,
             provider_errors: AtomicU64::new(0),
             ops,
         })))

@@ -55,10 +55,10 @@ pub(crate) struct DecisionEngine {
     /// The usage after an admitted request (at the fixed rate) from which it counts as
     /// near the limit (`sluicegate_near_limit_total`): at least
     /// [`NEAR_LIMIT_SHARE`](crate::observe::NEAR_LIMIT_SHARE) of the quota.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(super) near_limit_at: u64,
-    /// The capacity of the fixed rate at the fixed cost, checked at build time (`None`
-    /// with a rate or cost resolver).
-    pub(super) fixed_cap: Option<f64>,
+    /// The default configuration's path, when it applies (see [`CountedIpv4`]).
+    pub(super) counted_ipv4: Option<CountedIpv4>,
     pub(crate) provider_errors: AtomicU64,
     /// Metrics, logs, shadow mode, exemptions, counting by outcome (`ops.rs`).
     pub(super) ops: super::ops::Ops,
@@ -87,6 +87,19 @@ pub(crate) enum Verdict {
     /// a verdict on every request, and it should be two words, not the pending state's
     /// hundred bytes).
     Awaiting(Box<Pending>),
+}
+
+/// What the default configuration's path needs, fixed at build time: the extractor is
+/// [`PeerIp`], the rate and cost fixed (their capacity checked), the provider local, one
+/// rate, no fields on admitted responses, nothing in `ops` but the metrics, and the
+/// metrics on (the near-limit count reads the usage after the call). `check` tests this
+/// one field and reads the rest from it, with no match on the rate, cost or backend.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CountedIpv4 {
+    pub(super) strategy: Strategy,
+    pub(super) rate: RateLimit,
+    pub(super) cost: u64,
+    pub(super) cap: f64,
 }
 
 /// A networked decision on its way, and what finishing it needs.
@@ -129,10 +142,22 @@ pub(crate) struct AwaitedRequest {
 }
 
 impl DecisionEngine {
-    /// Decides one request from its head.
-    #[inline]
+    /// Decides one request from its head: the default configuration's path inlined into
+    /// the service's `call` (its frame and the head's pointers then the caller's), anything
+    /// else out of line.
+    #[inline(always)]
     pub(crate) fn check(&self, head: &RequestHead<'_>) -> Verdict {
-        if self.fast_ipv4 {
+        match &self.counted_ipv4 {
+            Some(counted) => self.check_counted_ipv4(counted, head),
+            None => self.check_general(head),
+        }
+    }
+
+    /// Every path but [`check_counted_ipv4`](Self::check_counted_ipv4)'s (which comes
+    /// here for an IPv6 peer).
+    #[inline(never)]
+    fn check_general(&self, head: &RequestHead<'_>) -> Verdict {
+        if self.fast_ipv4 && self.counted_ipv4.is_none() {
             if let Some(verdict) = self.check_ipv4(head) {
                 return verdict;
             }
@@ -224,13 +249,86 @@ impl DecisionEngine {
         }
     }
 
-    /// The common case, decided without building a [`Key`]: an IPv4 peer keyed by
-    /// [`PeerIp`], a fixed rate, the local provider, no fields on admitted responses, no
-    /// exemptions, counting by outcome or decision extension ([`fast_ipv4`](Self::fast_ipv4)
-    /// says so at build time). The address is written as ASCII text on the stack and the
-    /// store is keyed with its bytes directly (no UTF-8 check for a held key); a `Key` is made only for a refusal. With metrics on, the
-    /// decision's lookup also reads the usage after it, for the near-limit count: the
-    /// default configuration takes this path. `None`: not an IPv4 peer.
+    /// The default configuration's request ([`CountedIpv4`]), decided without building a
+    /// [`Key`]: the IPv4 address written as ASCII text on the stack (an IPv4-mapped IPv6
+    /// peer is the IPv4 address it carries, as `normalize_ip`), the store keyed with its
+    /// bytes, the usage after the call read in the same lookup for the near-limit count.
+    /// Anything but an admission goes out of line; an IPv6 peer takes the general path.
+    /// Always inlined (through [`check`](Self::check), into the service's `call`): one
+    /// frame, and the head's fields read from the request in place.
+    #[inline(always)]
+    fn check_counted_ipv4(&self, counted: &CountedIpv4, head: &RequestHead<'_>) -> Verdict {
+        let v4 = match peer_addr(head.extensions) {
+            Ok(SocketAddr::V4(addr)) => *addr.ip(),
+            Ok(SocketAddr::V6(addr)) => match addr.ip().to_ipv4_mapped() {
+                Some(v4) => v4,
+                None => return self.check_general(head),
+            },
+            Err(err) => return self.key_failure(&err),
+        };
+        let mut buf = Ipv4Text::new();
+        let len = ipv4_ascii(v4, &mut buf);
+        if len > self.max_key_len {
+            return self.key_too_long(&Key::new(buf.text(len)));
+        }
+        match provider::local_inc_counted(
+            &self.limiter,
+            counted.strategy,
+            buf.bytes(len),
+            counted.rate.get(),
+            counted.cost,
+            counted.cap,
+        ) {
+            Ok((RateLimitDecision::Allowed, used)) => {
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = &self.ops.metrics {
+                    metrics.outcome(Outcome::Allowed);
+                    if used >= self.near_limit_at {
+                        metrics.near_limit();
+                    }
+                }
+                #[cfg(not(feature = "metrics"))]
+                let _ = used;
+                Verdict::Pass(AdmittedHeaders::none())
+            }
+            other => self.counted_ipv4_other(counted, other, buf.text(len)),
+        }
+    }
+
+    /// [`check_counted_ipv4`](Self::check_counted_ipv4)'s answers but an admission: a
+    /// refusal, an admission over capacity (the suppressed strategy), a full key budget.
+    #[cold]
+    #[inline(never)]
+    fn counted_ipv4_other(
+        &self,
+        counted: &CountedIpv4,
+        result: Result<(RateLimitDecision, u64), crate::local::store::Full>,
+        key: &str,
+    ) -> Verdict {
+        match result {
+            Ok((decision, used)) => {
+                let left = self.left_after(counted.rate, used);
+                self.verdict(
+                    decision,
+                    &Key::new(key),
+                    counted.rate,
+                    Some(left),
+                    counted.cost,
+                    0,
+                )
+            }
+            Err(full) => self.misconfigured(&Error::from(full)),
+        }
+    }
+
+    /// An IPv4 peer keyed by [`PeerIp`], decided without building a [`Key`], for what
+    /// [`check_counted_ipv4`](Self::check_counted_ipv4) does not take: a fixed rate, the
+    /// local provider, no fields on admitted responses, no exemptions, no counting by
+    /// outcome, no decision extension ([`fast_ipv4`](Self::fast_ipv4) says so at build
+    /// time), and a cost resolver, metrics off, or a capacity the build-time check refused. The address
+    /// is written as ASCII text on the stack; a `Key` is made only for a refusal. With
+    /// metrics on, the decision's lookup also reads the usage after it, for the near-limit
+    /// count. `None`: not an IPv4 peer.
     #[inline]
     fn check_ipv4(&self, head: &RequestHead<'_>) -> Option<Verdict> {
         let (RateSource::Fixed(rate), Backend::Local(strategy)) = (&self.rate, &self.backend)
@@ -245,7 +343,6 @@ impl DecisionEngine {
         };
         let mut buf = Ipv4Text::new();
         let len = ipv4_ascii(v4, &mut buf);
-        let ascii = buf.bytes(len);
         // The text as `&str`, off the common path (a held key is looked up by its bytes).
         let text = || buf.text(len);
         if len > self.max_key_len {
@@ -253,31 +350,11 @@ impl DecisionEngine {
         }
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.ops.metrics {
-            // A fixed cost: its capacity was checked at build time.
-            let (result, cost) = match (self.fixed_cap, &self.cost) {
-                (Some(cap), CostSource::Fixed(cost)) => (
-                    provider::local_inc_checked_with_used(
-                        &self.limiter,
-                        *strategy,
-                        ascii,
-                        rate.get(),
-                        *cost,
-                        cap,
-                    ),
-                    *cost,
-                ),
-                _ => {
-                    let cost = self.resolve_cost(head);
-                    let result = provider::local_inc_str_with_used(
-                        &self.limiter,
-                        *strategy,
-                        text(),
-                        rate,
-                        cost,
-                    );
-                    (result, cost)
-                }
-            };
+            // A cost resolver, or a capacity the build-time check refused (with a fixed
+            // cost and a capacity that fits, `check_counted_ipv4` decides instead).
+            let cost = self.resolve_cost(head);
+            let result =
+                provider::local_inc_str_with_used(&self.limiter, *strategy, text(), rate, cost);
             return Some(match result {
                 Ok((RateLimitDecision::Allowed, used)) => {
                     metrics.outcome(Outcome::Allowed);

@@ -37,6 +37,12 @@ impl AdmittedHeaders {
         AdmittedHeaders(None)
     }
 
+    /// Whether there is nothing to add (nor any decision or units held).
+    #[inline]
+    pub(crate) fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// These fields (any may be absent).
     pub(crate) fn with(
         policy: Option<HeaderValue>,
@@ -82,9 +88,20 @@ impl AdmittedHeaders {
     /// Adds the fields to the inner service's response headers (none on the common path:
     /// one check, inlined).
     #[inline]
-    pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        if let Some(values) = self.0 {
+    pub(crate) fn apply(mut self, headers: &mut HeaderMap) {
+        if let Some(values) = self.0.take() {
             values.apply(headers);
+        }
+    }
+}
+
+/// The values are dropped out of line: the common path's drop (nothing to drop) is one
+/// test in the future's drop glue, not a call.
+impl Drop for AdmittedHeaders {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(values) = self.0.take() {
+            super::future::drop_out_of_line(values);
         }
     }
 }

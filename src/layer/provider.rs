@@ -127,26 +127,27 @@ pub(crate) fn local_inc_str_with_used(
 }
 
 /// [`local_inc_str_with_used`] for a fixed rate and cost whose capacity `cap` the layer
-/// checked when it was built (no per-call check), the key as ASCII bytes.
+/// checked when it was built (no per-call check), the key as ASCII bytes, with the store's
+/// own error (a full key budget), which the caller turns into an [`Error`] off its common
+/// path: the layer's default path.
 #[inline]
-pub(crate) fn local_inc_checked_with_used(
+pub(crate) fn local_inc_counted(
     limiter: &RateLimiter,
     strategy: Strategy,
     key: &[u8],
     rate: f64,
     cost: u64,
     cap: f64,
-) -> Result<(RateLimitDecision, u64), Error> {
+) -> Result<(RateLimitDecision, u64), crate::local::store::Full> {
     let local = limiter.local();
-    let result = match strategy {
+    match strategy {
         Strategy::Absolute => local
             .absolute()
             .inc_checked_with_accepted(key, rate, cost, cap),
         Strategy::Suppressed => local
             .suppressed()
             .inc_checked_with_accepted(key, rate, cost, cap),
-    };
-    result.map_err(Error::from)
+    }
 }
 
 /// What a Redis or hybrid decision's usage leaves for `RateLimit`.

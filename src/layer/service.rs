@@ -68,8 +68,32 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match self.engine.check(&RequestHead::from(&req)) {
+            // The common path: admitted with nothing to add or hand on; `self.inner` is the
+            // service that was polled ready.
+            Verdict::Pass(fields) if fields.is_none() => {
+                ResponseFuture::inner(self.inner.call(req), fields)
+            }
+            verdict => self.call_other(verdict, req),
+        }
+    }
+}
+
+impl<S, M> RateLimitService<S, M> {
+    /// [`call`](Service::call) for every verdict but an admission with nothing to add: out
+    /// of line, so the common path's frame holds none of this.
+    #[inline(never)]
+    fn call_other<ReqBody, ResBody>(
+        &mut self,
+        verdict: Verdict,
+        mut req: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody, M>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+        M: BodyMode<ResBody>,
+    {
+        match verdict {
             // Decided synchronously: `self.inner` is the service that was polled ready.
             Verdict::Pass(mut fields) => {
                 if let Some(info) = fields.take_info() {

@@ -63,55 +63,59 @@ impl From<String> for Key {
     }
 }
 
-/// Each octet's decimal digits, padded to 3, and how many there are: one table read an
-/// octet instead of the divisions.
-const OCTET_DIGITS: [[u8; 4]; 256] = {
-    let mut table = [[0u8; 4]; 256];
+/// Each octet's decimal digits and a dot, as the little-endian bytes of the low 32 bits
+/// (zeros after the dot), with the count of those bytes (digits and dot, 2 to 4) in the top
+/// three bits: one table read an octet instead of the divisions, its text written with one
+/// 4-byte store and its length read with one shift.
+const OCTET_DOTTED: [u64; 256] = {
+    let mut table = [0u64; 256];
     let mut n = 0;
     while n < 256 {
-        let (h, t, o) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
-        table[n] = if n >= 100 {
-            [b'0' + h, b'0' + t, b'0' + o, 3]
+        let (h, t, o) = ((n / 100) as u64, (n / 10 % 10) as u64, (n % 10) as u64);
+        let (digits, len) = if n >= 100 {
+            (
+                (b'0' as u64 + h) | (b'0' as u64 + t) << 8 | (b'0' as u64 + o) << 16,
+                3,
+            )
         } else if n >= 10 {
-            [b'0' + t, b'0' + o, 0, 2]
+            ((b'0' as u64 + t) | (b'0' as u64 + o) << 8, 2)
         } else {
-            [b'0' + o, 0, 0, 1]
+            (b'0' as u64 + o, 1)
         };
+        table[n] = digits | (b'.' as u64) << (8 * len) | ((len + 1) << 61);
         n += 1;
     }
     table
 };
 
-/// A word-aligned text buffer: UTF-8 validation checks it a word at a time.
-#[repr(C, align(16))]
-struct Aligned([u8; 32]);
-
 /// Dotted-quad text of `ip` written into `buf` as ASCII bytes, with no allocation and no
-/// formatting machinery: four table reads, each written as one 4-byte store; returns its
-/// length. The layer's fast path keys the local store with the bytes directly (a held key
-/// needs no UTF-8 check: 44 instructions a request under callgrind).
+/// formatting machinery: four table reads, each written as one 4-byte store (its dot and
+/// zeros after the digits, which the next octet's store overwrites); returns its length.
+/// The lengths read from the table are below 8 by construction (a 3-bit field), so the
+/// stores need no bounds checks in the 32-byte buffer. The layer's fast path keys the
+/// local store with the bytes directly (a held key needs no UTF-8 check).
 #[inline]
 pub(crate) fn ipv4_ascii(ip: Ipv4Addr, buf: &mut Ipv4Text) -> usize {
     let mut len = 0;
     for octet in ip.octets() {
-        let [a, b, c, n] = OCTET_DIGITS[usize::from(octet)];
-        buf.0[len..len + 4].copy_from_slice(&[a, b, c, b'.']);
-        buf.0[len + usize::from(n)] = b'.';
-        len += usize::from(n) + 1;
+        let entry = OCTET_DOTTED[usize::from(octet)];
+        buf.0[len..len + 4].copy_from_slice(&(entry as u32).to_le_bytes());
+        len += (entry >> 61) as usize;
     }
+    // Without the last octet's dot.
     len - 1
 }
 
-/// The buffer [`ipv4_ascii`] writes into: word-aligned, zeroed, 16 bytes (four octets of
-/// at most three digits and a dot).
+/// The buffer [`ipv4_ascii`] writes into: word-aligned, zeroed, 32 bytes (four octets of
+/// at most three digits and a dot fill 16; the rest is room for the unchecked stores).
 #[repr(C, align(16))]
-pub(crate) struct Ipv4Text([u8; 16]);
+pub(crate) struct Ipv4Text([u8; 32]);
 
 impl Ipv4Text {
     /// A zeroed buffer.
     #[inline]
     pub(crate) fn new() -> Self {
-        Ipv4Text([0u8; 16])
+        Ipv4Text([0u8; 32])
     }
 
     /// The first `len` bytes written.
@@ -120,9 +124,9 @@ impl Ipv4Text {
         &self.0[..len]
     }
 
-    /// The first `len` bytes as text. The whole aligned buffer is validated, zeros after
-    /// the text included: UTF-8 validation checks an aligned buffer a word at a time and
-    /// the text alone (under 16 bytes) a byte at a time, which costs more.
+    /// The first `len` bytes as text. The whole aligned buffer is validated, dot and zeros
+    /// after the text included: UTF-8 validation checks an aligned buffer a word at a time
+    /// and the text alone (under 16 bytes) a byte at a time, which costs more.
     #[inline]
     pub(crate) fn text(&self, len: usize) -> &str {
         let all = std::str::from_utf8(&self.0).expect("ASCII digits, dots and zeros");
@@ -131,22 +135,11 @@ impl Ipv4Text {
 }
 
 /// Dotted-quad text without the formatting machinery (the peer-IP key is on every
-/// request's path): four table reads, each written as one 4-byte store.
+/// request's path): [`ipv4_ascii`], its text copied inline into the key.
 fn ipv4_text(ip: Ipv4Addr) -> CompactString {
-    // 4 octets of up to 3 digits and a dot (or the padding after the last); the zeros
-    // after the text are valid UTF-8 too, so the whole aligned buffer is validated (two
-    // words at a time) and the text sliced from it.
-    let mut buf = Aligned([0u8; 32]);
-    let mut len = 0;
-    for octet in ip.octets() {
-        let [a, b, c, n] = OCTET_DIGITS[usize::from(octet)];
-        buf.0[len..len + 4].copy_from_slice(&[a, b, c, b'.']);
-        // The dot goes right after the digits: write it there.
-        buf.0[len + usize::from(n)] = b'.';
-        len += usize::from(n) + 1;
-    }
-    let all = std::str::from_utf8(&buf.0).expect("ASCII digits, dots and zeros");
-    CompactString::new(&all[..len - 1])
+    let mut buf = Ipv4Text::new();
+    let len = ipv4_ascii(ip, &mut buf);
+    CompactString::new(buf.text(len))
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it carries; any
