@@ -1551,6 +1551,15 @@ mod tests {
         assert_eq!(store.len(), held - old_keys);
     }
 
+    /// The buckets of every shard's main table.
+    fn buckets(store: &KeyStore<u64>) -> usize {
+        store
+            .shards
+            .iter()
+            .map(|s| s.0.lock().main.num_buckets())
+            .sum()
+    }
+
     #[test]
     fn a_table_rid_of_tombstones_keeps_its_size_and_a_full_one_doubles() {
         // Churn: a key in, a key out, at a steady count: tables are rebuilt at their size.
@@ -1560,13 +1569,6 @@ mod tests {
             store.with(&format!("k{i}"), || 1, |_| ());
         }
         let _ = store.walk(|_, _| ControlFlow::Continue(()));
-        let buckets = |store: &KeyStore<u64>| -> usize {
-            store
-                .shards
-                .iter()
-                .map(|s| s.0.lock().main.num_buckets())
-                .sum()
-        };
         let start = buckets(&store);
         for i in held..held * 20 {
             store.with(&format!("k{i}"), || 1, |_| ());
@@ -1631,13 +1633,6 @@ mod tests {
                 .unwrap();
         }
         let _ = store.walk(|_, _| ControlFlow::Continue(()));
-        let buckets = |store: &KeyStore<u64>| -> usize {
-            store
-                .shards
-                .iter()
-                .map(|s| s.0.lock().main.num_buckets())
-                .sum()
-        };
         let start = buckets(&store);
         let before = moved();
         let churn = 10 * held;
