@@ -282,10 +282,7 @@ impl DecisionEngine {
             Ok((RateLimitDecision::Allowed, used)) => {
                 #[cfg(feature = "metrics")]
                 if let Some(metrics) = &self.ops.metrics {
-                    metrics.outcome(Outcome::Allowed);
-                    if used >= self.near_limit_at {
-                        metrics.near_limit();
-                    }
+                    self.count_admitted(metrics, used);
                 }
                 #[cfg(not(feature = "metrics"))]
                 let _ = used;
@@ -307,18 +304,35 @@ impl DecisionEngine {
     ) -> Verdict {
         match result {
             Ok((decision, used)) => {
-                let left = self.left_after(counted.rate, used);
-                self.verdict(
-                    decision,
-                    &Key::new(key),
-                    counted.rate,
-                    Some(left),
-                    counted.cost,
-                    0,
-                )
+                self.verdict_after(decision, key, counted.rate, used, counted.cost)
             }
             Err(full) => self.misconfigured(&Error::from(full)),
         }
+    }
+
+    /// An admission whose lookup also read the usage after it: counted `allowed`, and
+    /// near the limit from that usage.
+    #[cfg(feature = "metrics")]
+    #[inline(always)]
+    fn count_admitted(&self, metrics: &crate::observe::LayerMetrics, used: u64) {
+        metrics.outcome(Outcome::Allowed);
+        if used >= self.near_limit_at {
+            metrics.near_limit();
+        }
+    }
+
+    /// The verdict on a local decision other than a plain admission, with the usage after
+    /// it (what is left for `RateLimit`).
+    fn verdict_after(
+        &self,
+        decision: RateLimitDecision,
+        key: &str,
+        rate: RateLimit,
+        used: u64,
+        cost: u64,
+    ) -> Verdict {
+        let left = self.left_after(rate, used);
+        self.verdict(decision, &Key::new(key), rate, Some(left), cost, 0)
     }
 
     /// An IPv4 peer keyed by [`PeerIp`], decided without building a [`Key`], for what
@@ -357,16 +371,10 @@ impl DecisionEngine {
                 provider::local_inc_str_with_used(&self.limiter, *strategy, text(), rate, cost);
             return Some(match result {
                 Ok((RateLimitDecision::Allowed, used)) => {
-                    metrics.outcome(Outcome::Allowed);
-                    if used >= self.near_limit_at {
-                        metrics.near_limit();
-                    }
+                    self.count_admitted(metrics, used);
                     Verdict::Pass(AdmittedHeaders::none())
                 }
-                Ok((decision, used)) => {
-                    let left = self.left_after(*rate, used);
-                    self.verdict(decision, &Key::new(text()), *rate, Some(left), cost, 0)
-                }
+                Ok((decision, used)) => self.verdict_after(decision, text(), *rate, used, cost),
                 Err(err) => self.misconfigured(&err),
             });
         }
