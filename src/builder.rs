@@ -116,7 +116,10 @@ impl RateLimiterBuilder {
     }
 
     /// The Redis provider on any [`RedisConnection`](crate::redis::RedisConnection): a
-    /// `ConnectionManager`, or a `redis::cluster_async::ClusterConnection` for Redis Cluster.
+    /// `ConnectionManager`, or for Redis Cluster
+    /// [`RedisConnection::cluster_nodes`](crate::redis::RedisConnection::cluster_nodes) (the
+    /// limiter's own routing, which keeps healthy shards answering through a failover) or a
+    /// `redis::cluster_async::ClusterConnection`.
     #[cfg(feature = "redis-tokio")]
     pub fn redis_connection(
         mut self,

@@ -1,5 +1,6 @@
 //! The multi-limit conformance table on a 3-master Redis Cluster, through the Redis
-//! provider and the hybrid; and what a key per limit costs there.
+//! provider and the hybrid (on redis-rs's cluster connection and on the limiter's own
+//! routing, `RedisConnection::cluster_nodes`); and what a key per limit costs there.
 //!
 //! A set whose limits are on different keys spans slots on a cluster. The Redis provider
 //! then decides it in two passes (see `RedisPolicy::inc_each`): sequential calls answer
@@ -26,6 +27,10 @@ async fn the_set_table_and_the_cost_of_a_split_set_on_a_cluster() {
     let cluster = support::RedisCluster::start();
     run_set_table(&SetProvider::Redis(cluster.connection().await.into())).await;
     run_set_table(&SetProvider::Hybrid(cluster.connection().await.into())).await;
+    // The same through the limiter's own routing.
+    let routed = || sluicegate::redis::RedisConnection::cluster_nodes(cluster.urls());
+    run_set_table(&SetProvider::Redis(routed().await.unwrap())).await;
+    run_set_table(&SetProvider::Hybrid(routed().await.unwrap())).await;
 
     // The race, on a clock that stands still: 8 tasks on two connections send requests
     // through one IP (40 a minute) and 20 API keys (3 a minute each).

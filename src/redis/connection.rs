@@ -9,10 +9,12 @@ use ::redis::aio::ConnectionManager;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use ::redis::{
-    ErrorKind, FromRedisValue, RedisFuture, RedisResult, ScriptInvocation, ServerErrorKind, Value,
+    ErrorKind, FromRedisValue, IntoConnectionInfo, RedisFuture, RedisResult, ScriptInvocation,
+    ServerErrorKind, Value,
 };
 
 use super::breaker::{Breaker, is_authentication_error, is_connection_error};
+use super::cluster::{ClusterNodes, slot_of_command};
 use crate::Error;
 
 /// The deadline around each Redis call unless [`RateLimiterBuilder::redis_timeout`] says
@@ -60,6 +62,9 @@ pub enum RedisConnection {
     /// The master of a Sentinel-managed set, found through the sentinels, and found again
     /// when it stops answering (after a failover): see [`RedisConnection::sentinel`].
     Sentinel(ClusterReconnecting),
+    /// A Redis Cluster the limiter routes itself, one connection per node: see
+    /// [`RedisConnection::cluster_nodes`]. The one to use for Redis Cluster.
+    ClusterNodes(ClusterNodes),
 }
 
 impl std::fmt::Debug for RedisConnection {
@@ -69,16 +74,55 @@ impl std::fmt::Debug for RedisConnection {
             RedisConnection::Cluster(_) => f.write_str("Cluster(..)"),
             RedisConnection::ClusterClient(_) => f.write_str("ClusterClient(..)"),
             RedisConnection::Sentinel(_) => f.write_str("Sentinel(..)"),
+            RedisConnection::ClusterNodes(nodes) => {
+                f.debug_tuple("ClusterNodes").field(nodes).finish()
+            }
         }
     }
 }
 
 impl RedisConnection {
+    /// A Redis Cluster that the limiter routes itself: it learns the slot map from the
+    /// first of `nodes` that answers `CLUSTER SLOTS` (waiting for it), then sends each call
+    /// to its slot's master over a connection of that master's own.
+    ///
+    /// Every node is reached with the first node's user, password and TLS settings, at the
+    /// address the cluster gives for it. Use `rediss://` URLs for TLS (feature `redis-tls`).
+    ///
+    /// Prefer it to [`RedisConnection::cluster`]: when a master dies, redis-rs's cluster
+    /// connection holds the calls for every shard while it refreshes its slot map, up to
+    /// the deadline under load. Here only the dead master's slots fail (at once when its
+    /// port refuses), the map is asked for again in the background at most every
+    /// [`CLUSTER_REFRESH_GAP`](super::CLUSTER_REFRESH_GAP) while calls fail, and calls go to
+    /// the promoted replica as soon as a live node reports the promotion. Calls follow
+    /// `MOVED` and `ASK` redirections (a resharded slot).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), sluicegate::Error> {
+    /// let nodes = ["redis://127.0.0.1:7000/", "redis://127.0.0.1:7001/"];
+    /// let connection = sluicegate::redis::RedisConnection::cluster_nodes(nodes).await?;
+    /// # let _ = connection; Ok(()) }
+    /// ```
+    pub async fn cluster_nodes<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, Error> {
+        let infos = nodes
+            .into_iter()
+            .map(IntoConnectionInfo::into_connection_info)
+            .collect::<RedisResult<Vec<_>>>()?;
+        Ok(RedisConnection::ClusterNodes(
+            ClusterNodes::connect(infos).await?,
+        ))
+    }
+
     /// A Redis Cluster connection made from `client` (waits for the first connection),
     /// which the limiter replaces with a fresh one from the same client whenever calls
     /// have done nothing but fail or time out for [`CLUSTER_REBUILD_AFTER`].
     ///
-    /// Why: after a master failover under load, redis-rs's cluster connection can stop
+    /// [`RedisConnection::cluster_nodes`] is better: this one still holds the calls for
+    /// keys on healthy shards while redis-rs refreshes its slot map after a master dies.
+    ///
+    /// Why the rebuild: after a master failover under load, redis-rs's cluster connection can stop
     /// answering every call, on every shard, for good (seen with a few hundred busy keys:
     /// its slot refresh never completes behind the calls retried against the dead master),
     /// while a new connection from the same client works at once. With this constructor
@@ -353,11 +397,21 @@ impl Connection {
         self.bounded(invocation.invoke_async(&mut link)).await
     }
 
+    /// The limiter's own cluster routing, if this is one.
+    pub(crate) fn cluster_nodes(&self) -> Option<&ClusterNodes> {
+        match self.shared.conn() {
+            RedisConnection::ClusterNodes(nodes) => Some(nodes),
+            _ => None,
+        }
+    }
+
     /// Whether this is a Redis Cluster connection (where a pipeline must stay in one slot).
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(
             self.shared.conn(),
-            RedisConnection::Cluster(_) | RedisConnection::ClusterClient(_)
+            RedisConnection::Cluster(_)
+                | RedisConnection::ClusterClient(_)
+                | RedisConnection::ClusterNodes(_)
         )
     }
 
@@ -512,8 +566,8 @@ impl Connection {
 /// script) answered nothing but `NOSCRIPT` to every call until the process restarted.
 pub(crate) struct Link {
     conn: RedisConnection,
-    /// The node of the latest `EVALSHA` sent through this link (cluster only).
-    script_route: Option<Route>,
+    /// The slot of the latest `EVALSHA` sent through this link (cluster only).
+    script_slot: Option<u16>,
 }
 
 impl Link {
@@ -521,7 +575,7 @@ impl Link {
     pub(crate) fn new(conn: RedisConnection) -> Self {
         Link {
             conn: conn.current(),
-            script_route: None,
+            script_slot: None,
         }
     }
 }
@@ -537,24 +591,14 @@ fn unreachable_link<'a, T: Send + 'a>() -> RedisFuture<'a, T> {
     })
 }
 
-/// `EVALSHA sha numkeys key ...`: the route of its first key's slot master; `SCRIPT LOAD`:
-/// `None` and `true`.
-fn script_routing(cmd: &::redis::Cmd) -> (Option<Route>, bool) {
+/// `EVALSHA sha numkeys key ...`: its first key's slot; `SCRIPT LOAD`: `None` and `true`.
+fn script_routing(cmd: &::redis::Cmd) -> (Option<u16>, bool) {
     let mut args = cmd.args_iter().map(|arg| match arg {
         ::redis::Arg::Simple(bytes) => bytes,
         _ => &b""[..],
     });
     match args.next() {
-        Some(name) if name.eq_ignore_ascii_case(b"EVALSHA") => {
-            let numkeys = args.nth(1);
-            let key = args.next();
-            match (numkeys, key) {
-                (Some(n), Some(key)) if n != b"0" => {
-                    (Some(Route::with_key(key, SlotAddr::Master)), false)
-                }
-                _ => (None, false),
-            }
-        }
+        Some(name) if name.eq_ignore_ascii_case(b"EVALSHA") => (slot_of_command(cmd), false),
         Some(name) if name.eq_ignore_ascii_case(b"SCRIPT") => (
             None,
             args.next()
@@ -571,18 +615,31 @@ impl ConnectionLike for Link {
             // `Link::new` takes the current connection of a reconnecting one.
             RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => unreachable_link(),
             RedisConnection::Cluster(cluster) => {
-                let (route, is_load) = script_routing(cmd);
-                if route.is_some() {
-                    self.script_route = route;
+                let (slot, is_load) = script_routing(cmd);
+                if slot.is_some() {
+                    self.script_slot = slot;
                 }
-                match self.script_route {
-                    Some(route) if is_load => {
+                match self.script_slot {
+                    Some(slot) if is_load => {
+                        let route = Route::new(slot, SlotAddr::Master);
                         let routing =
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                         Box::pin(cluster.route_command(cmd.clone(), routing))
                     }
                     _ => cluster.req_packed_command(cmd),
                 }
+            }
+            RedisConnection::ClusterNodes(nodes) => {
+                let (slot, is_load) = script_routing(cmd);
+                if slot.is_some() {
+                    self.script_slot = slot;
+                }
+                let slot = if is_load {
+                    self.script_slot
+                } else {
+                    slot_of_command(cmd)
+                };
+                nodes.command(cmd, slot)
             }
         }
     }
@@ -600,6 +657,7 @@ impl ConnectionLike for Link {
             RedisConnection::Cluster(cluster) => {
                 cluster.req_packed_commands(pipeline, offset, count)
             }
+            RedisConnection::ClusterNodes(nodes) => nodes.pipeline(pipeline, offset, count),
             RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => unreachable_link(),
         }
     }
@@ -608,7 +666,9 @@ impl ConnectionLike for Link {
         match &self.conn {
             RedisConnection::Single(manager) => manager.get_db(),
             RedisConnection::Cluster(cluster) => cluster.get_db(),
-            RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => 0,
+            RedisConnection::ClusterClient(_)
+            | RedisConnection::Sentinel(_)
+            | RedisConnection::ClusterNodes(_) => 0,
         }
     }
 }
@@ -626,8 +686,15 @@ mod tests {
             .arg("p:{user}:a:b")
             .arg("p:{user}:a:h")
             .arg(7);
+        // The slot redis-rs's own routing computes for the key.
+        let route = |routing: (Option<u16>, bool)| {
+            (
+                routing.0.map(|slot| Route::new(slot, SlotAddr::Master)),
+                routing.1,
+            )
+        };
         assert_eq!(
-            script_routing(&evalsha),
+            route(script_routing(&evalsha)),
             (
                 Some(Route::with_key("p:{user}:a:b", SlotAddr::Master)),
                 false
@@ -636,9 +703,18 @@ mod tests {
         let mut lower = ::redis::cmd("evalsha");
         lower.arg("abc").arg(1).arg("k");
         assert_eq!(
-            script_routing(&lower),
+            route(script_routing(&lower)),
             (Some(Route::with_key("k", SlotAddr::Master)), false)
         );
+        for key in ["a", "123456789", "{x}y", "sg:{alice}:a:h", "no{}tag"] {
+            let mut call = ::redis::cmd("EVALSHA");
+            call.arg("abc").arg(1).arg(key);
+            assert_eq!(
+                route(script_routing(&call)).0,
+                Some(Route::with_key(key, SlotAddr::Master)),
+                "{key}"
+            );
+        }
         let mut load = ::redis::cmd("SCRIPT");
         load.arg("LOAD").arg("return 1");
         assert_eq!(script_routing(&load), (None, true));

@@ -98,12 +98,16 @@
 //! the others): calls wait out the deadline as before.
 //!
 //! # Failover: Redis Cluster and Sentinel
-//! Build a cluster connection with [`RedisConnection::cluster`] (from a `ClusterClient`)
-//! and a Sentinel-managed one with [`RedisConnection::sentinel`]: once calls have had no
-//! answer for [`CLUSTER_REBUILD_AFTER`] (1 s), the limiter makes a new connection (from the
-//! client, or to the master the sentinels name now), so decisions resume about a second
-//! after a failover's promotion. On a cluster a script missing on a node (a promoted
-//! replica) is loaded on that node alone, never on every node (one of which may be dead).
+//! Build a cluster connection with [`RedisConnection::cluster_nodes`]: the limiter routes
+//! each call to its slot's master itself ([`ClusterNodes`]), so a dead master fails only its
+//! own slots' calls, the healthy shards are not held up, and failing calls ask for the slot
+//! map again every [`CLUSTER_REFRESH_GAP`] until a live node reports the promoted replica.
+//! [`RedisConnection::cluster`] (from a `ClusterClient`, redis-rs's own routing) and a
+//! Sentinel-managed connection ([`RedisConnection::sentinel`]) are made again once calls
+//! have had no answer for [`CLUSTER_REBUILD_AFTER`] (1 s), from the client or to the master
+//! the sentinels name now, so decisions resume about a second after a failover's
+//! promotion. On a cluster a script missing on a node (a promoted replica) is loaded on that
+//! node alone, never on every node (one of which may be dead).
 //! Run a cluster with `cluster-require-full-coverage no` so that the healthy shards keep
 //! answering while one has no master.
 
@@ -128,6 +132,7 @@
 mod absolute;
 mod breaker;
 mod check;
+mod cluster;
 mod connection;
 mod key;
 mod policy;
@@ -145,6 +150,7 @@ use ::redis::aio::ConnectionManager;
 pub use absolute::AbsoluteRedisRateLimiter;
 pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
 pub use check::RedisCheck;
+pub use cluster::{CLUSTER_REFRESH_GAP, ClusterNodes};
 pub use connection::{
     CLUSTER_REBUILD_AFTER, ClusterReconnecting, DEFAULT_REDIS_TIMEOUT, RedisConnection,
     connection_manager_config,

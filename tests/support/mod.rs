@@ -628,8 +628,7 @@ impl ReplicatedCluster {
 
     /// The limiter's connection: made from a client, so the limiter can make it again.
     pub async fn limiter_connection(&self) -> sluicegate::redis::RedisConnection {
-        let client = redis::cluster::ClusterClient::new(self.urls()).unwrap();
-        sluicegate::redis::RedisConnection::cluster(client)
+        sluicegate::redis::RedisConnection::cluster_nodes(self.urls())
             .await
             .unwrap()
     }
