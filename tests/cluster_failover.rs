@@ -31,7 +31,7 @@ use support::ReplicatedCluster;
 
 /// How soon after the promotion both providers must decide against the new master through
 /// `cluster_nodes`: failing calls ask for the slot map every `CLUSTER_REFRESH_GAP` (100 ms),
-/// and the healthy masters learn of the promotion by gossip (190-290 ms in all, measured).
+/// and the healthy masters learn of the promotion by gossip (50-450 ms in all, measured).
 const RECOVERY_BOUND: Duration = Duration::from_millis(1000);
 
 /// The same through a rebuilt redis-rs connection: it is rebuilt after
