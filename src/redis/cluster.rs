@@ -6,7 +6,8 @@
 //! refresh itself tries the dead master's address. Under load a failover held the calls for
 //! keys on healthy shards up to the limiter's deadline. Here a call goes straight to its
 //! slot's master on that master's own connection, so a dead master fails the calls of its
-//! own slots (at once when its port refuses) and nobody else's. The map is refreshed in the
+//! own slots and nobody else's: at once, with one connection attempt every
+//! [`CLUSTER_NODE_RETRY_GAP`]. The map is refreshed in the
 //! background, at most every [`CLUSTER_REFRESH_GAP`] while calls fail, by asking the nodes
 //! that answer; calls follow `MOVED` and `ASK` redirections meanwhile. Decisions go to a
 //! promoted replica as soon as a live node reports the promotion.
@@ -33,6 +34,10 @@ const SLOTS: usize = 16384;
 
 /// While calls fail, the slot map is asked for again at most this often.
 pub const CLUSTER_REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// After a node refused or dropped a connection, its calls fail at once for this long; then
+/// the next call tries it again.
+pub const CLUSTER_NODE_RETRY_GAP: Duration = Duration::from_millis(100);
 
 /// How long a refresh waits for one node's `CLUSTER SLOTS` before asking the next.
 const SLOTS_QUERY_TIMEOUT: Duration = Duration::from_millis(250);
@@ -389,6 +394,9 @@ struct Node {
     /// The latest call got no answer (refused, dropped, timed out, cancelled): a refresh
     /// asks it last.
     failing: AtomicBool,
+    /// When (the router's milliseconds) a call last found no connection to the node; 0
+    /// since it answered.
+    unreachable_at: AtomicU64,
 }
 
 impl Node {
@@ -400,7 +408,9 @@ impl Node {
     async fn connection(&self, deadline: Duration) -> RedisResult<ConnectionManager> {
         self.conn
             .get_or_try_init(|| async {
-                let config = connection_manager_config(deadline);
+                // One attempt per reconnection: the router fails the node's calls at once
+                // between attempts (`CLUSTER_NODE_RETRY_GAP`) and refreshes its map.
+                let config = connection_manager_config(deadline).set_number_of_retries(0);
                 match tokio::time::timeout(
                     deadline,
                     self.client.get_connection_manager_with_config(config),
@@ -467,6 +477,23 @@ impl Router {
                     "sluicegate: no cluster node serves this slot yet",
                 )));
             };
+            let unreachable_at = target.unreachable_at.load(Ordering::Relaxed);
+            let now = self.now();
+            if unreachable_at != 0
+                && now.saturating_sub(unreachable_at) < CLUSTER_NODE_RETRY_GAP.as_millis() as u64
+            {
+                self.refresh_soon();
+                return Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!(
+                        "sluicegate: cluster node {} gave no connection {} ms ago (tried again \
+                         every {} ms)",
+                        target.address(),
+                        now.saturating_sub(unreachable_at),
+                        CLUSTER_NODE_RETRY_GAP.as_millis()
+                    ),
+                )));
+            }
             let mut attempt = Attempt {
                 router: self,
                 node: &target,
@@ -480,10 +507,18 @@ impl Router {
                 Ok(reply) => {
                     attempt.answered = true;
                     target.failing.store(false, Ordering::Relaxed);
+                    if unreachable_at != 0 {
+                        target.unreachable_at.store(0, Ordering::Relaxed);
+                    }
                     return Ok(reply);
                 }
                 Err(err) => err,
             };
+            if is_connection_error(&err) {
+                target.unreachable_at.store(self.now(), Ordering::Relaxed);
+            } else if unreachable_at != 0 {
+                target.unreachable_at.store(0, Ordering::Relaxed);
+            }
             // A server's answer, even an error, is an answer.
             attempt.answered = !points_elsewhere(&err);
             drop(attempt);
@@ -661,6 +696,7 @@ impl Router {
             client,
             conn: tokio::sync::OnceCell::new(),
             failing: AtomicBool::new(false),
+            unreachable_at: AtomicU64::new(0),
         });
         nodes.insert((host, port), node.clone());
         Some(node)

@@ -150,7 +150,7 @@ use ::redis::aio::ConnectionManager;
 pub use absolute::AbsoluteRedisRateLimiter;
 pub use breaker::{PROBE_INTERVAL, RedisUnavailable, STALL_OPENS_AFTER};
 pub use check::RedisCheck;
-pub use cluster::{CLUSTER_REFRESH_GAP, ClusterNodes};
+pub use cluster::{CLUSTER_NODE_RETRY_GAP, CLUSTER_REFRESH_GAP, ClusterNodes};
 pub use connection::{
     CLUSTER_REBUILD_AFTER, ClusterReconnecting, DEFAULT_REDIS_TIMEOUT, RedisConnection,
     connection_manager_config,
