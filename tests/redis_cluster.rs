@@ -179,6 +179,14 @@ async fn a_resharded_slot_is_followed_through_ask_and_moved_and_keeps_its_counts
     let (from_id, to_id) = (masters.nodes[from].0.clone(), masters.nodes[to].0.clone());
     let to_port = masters.nodes[to].1;
     let before = nodes.master_of(slot).unwrap();
+    // Learned once at the start; every master named, each by its address.
+    assert_eq!(nodes.refreshes(), 1);
+    let shown = format!("{nodes:?}");
+    for (_, port, _) in &masters.nodes {
+        assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+    }
+    assert!(shown.contains("refreshes: 1"), "{shown}");
+    assert_eq!(redis::aio::ConnectionLike::get_db(&nodes), 0);
     assert!(
         before.ends_with(&format!(":{}", masters.nodes[from].1)),
         "{before}"
@@ -285,6 +293,7 @@ async fn a_resharded_slot_is_followed_through_ask_and_moved_and_keeps_its_counts
             .unwrap()
             .ends_with(&format!(":{to_port}"))
     );
+    assert!(nodes.refreshes() >= 2, "the MOVED's refresh is counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
