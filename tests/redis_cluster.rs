@@ -356,3 +356,51 @@ async fn cluster_nodes_refuses_no_node_a_unix_socket_and_a_cluster_that_does_not
     assert!(err.to_string().contains("CLUSTER SLOTS"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_password_is_reached_with_the_first_nodes_credentials() {
+    let cluster = support::RedisCluster::start();
+    let mut masters = Masters::of(&cluster);
+    for i in 0..3 {
+        masters.run(i, &["CONFIG", "SET", "requirepass", "s3cret"]);
+    }
+    // Without the password: an authentication error when the connection is made.
+    let err = RedisConnection::cluster_nodes(cluster.urls())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sluicegate::Error::RedisAuthentication { .. }),
+        "{err:?}"
+    );
+    // With it on the first URL only: every master is reached with it.
+    let mut urls: Vec<String> = cluster.urls();
+    urls.truncate(1);
+    urls[0] = urls[0].replace("redis://", "redis://:s3cret@");
+    let local = LocalRateLimiterOptions {
+        window_size_seconds: 10.try_into().unwrap(),
+        rate_group_size_ms: 100.try_into().unwrap(),
+        hard_limit_factor: Default::default(),
+        suppression_factor_cache_ms: Default::default(),
+    };
+    let prefix = support::unique_prefix("clusterauth");
+    let rl = RateLimiterBuilder::new(local)
+        .redis_connection(
+            RedisConnection::cluster_nodes(urls).await.unwrap(),
+            support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
+        )
+        .build()
+        .unwrap();
+    assert!(rl.check_redis().await.unwrap().is_clean());
+    let rate = RateLimit::try_from(0.2).unwrap(); // 2 a window
+    let mut owners = std::collections::HashSet::new();
+    for k in 0..12 {
+        let name = format!("auth{k}");
+        owners.insert(masters.owner_of(&name));
+        let key = RedisKey::try_from(name).unwrap();
+        for _ in 0..2 {
+            assert!(support::admitted(rl.redis().absolute().inc(&key, &rate, 1)).await);
+        }
+        assert!(!support::admitted(rl.redis().absolute().inc(&key, &rate, 1)).await);
+    }
+    assert_eq!(owners.len(), 3, "the keys were on every master");
+}

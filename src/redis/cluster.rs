@@ -25,7 +25,7 @@ use ::redis::{
     ServerErrorKind, Value,
 };
 
-use super::breaker::is_connection_error;
+use super::breaker::{is_authentication_error, is_connection_error};
 use super::connection::connection_manager_config;
 use crate::Error;
 
@@ -588,13 +588,13 @@ impl Router {
         }
         // Stable: masters before replicas before seeds among the answering, then the rest.
         candidates.sort_by_key(|n| n.failing.load(Ordering::Relaxed));
-        let mut last_err = None;
+        let (mut last_err, mut refused_auth) = (None, None);
         for node in candidates {
             let query = async {
                 let mut conn = node.connection(self.deadline).await?;
                 let mut slots = ::redis::cmd("CLUSTER");
                 slots.arg("SLOTS");
-                conn.req_packed_command(&slots).await
+                conn.req_packed_command(&slots).await.and_then(server_error)
             };
             match tokio::time::timeout(SLOTS_QUERY_TIMEOUT.min(self.deadline), query).await {
                 Ok(Ok(reply)) => match parse_slots(&reply, &node.host) {
@@ -609,6 +609,9 @@ impl Router {
                     if points_elsewhere(&err) {
                         node.failing.store(true, Ordering::Relaxed);
                     }
+                    if is_authentication_error(&err) {
+                        refused_auth = Some(format!("{}: {err}", node.address()));
+                    }
                     last_err = Some(format!("{}: {err}", node.address()));
                 }
                 Err(_) => {
@@ -616,6 +619,9 @@ impl Router {
                     last_err = Some(format!("{}: CLUSTER SLOTS timed out", node.address()));
                 }
             }
+        }
+        if let Some(detail) = refused_auth {
+            return Err(Error::RedisAuthentication { detail });
         }
         Err(Error::Redis(RedisError::from((
             ErrorKind::ClusterConnectionNotFound,
