@@ -143,6 +143,10 @@ async fn failover(extra_keys: usize, routing: Routing) {
         hard_limit_factor: 1.0.try_into().unwrap(),
         suppression_factor_cache_ms: Default::default(),
     };
+    let router = match &connection {
+        sluicegate::redis::RedisConnection::ClusterNodes(nodes) => Some(nodes.clone()),
+        _ => None,
+    };
     let rl: Arc<RateLimiter> = Arc::new(
         RateLimiterBuilder::new(local)
             .redis_connection(
@@ -280,6 +284,7 @@ async fn failover(extra_keys: usize, routing: Routing) {
     hybrid_paused.store(false, Ordering::Relaxed);
 
     let mut cluster = cluster;
+    let refreshes_before = router.as_ref().map(|r| r.refreshes());
     cluster.kill(victim_port);
     let killed = Instant::now();
     let (cluster, promoted) = tokio::task::spawn_blocking(move || {
@@ -292,6 +297,18 @@ async fn failover(extra_keys: usize, routing: Routing) {
     tokio::time::sleep_until((promoted + Duration::from_secs(3)).into()).await;
     stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // Failing calls ask for the slot map, at most once per `CLUSTER_REFRESH_GAP`.
+    if let (Some(router), Some(before)) = (&router, refreshes_before) {
+        let refreshes = router.refreshes() - before;
+        let most = killed.elapsed().as_millis() as u64
+            / sluicegate::redis::CLUSTER_REFRESH_GAP.as_millis() as u64
+            + 2;
+        eprintln!("slot map refreshes since the kill: {refreshes} (at most {most})");
+        assert!(
+            (1..=most).contains(&refreshes),
+            "{refreshes} refreshes of the slot map since the kill, {most} at most"
+        );
+    }
     eprintln!(
         "promoted {} ms after the kill",
         (promoted - killed).as_millis()
@@ -327,10 +344,12 @@ async fn failover(extra_keys: usize, routing: Routing) {
             outage[outage.len() / 2]
         );
         // Through `cluster_nodes` a dead master's calls fail at once (its port refuses; one
-        // try every 100 ms), never waiting out the deadline.
+        // try every 100 ms), never waiting out the deadline: at most 0.4 ms measured; a
+        // loaded machine has stretched healthy calls to 67 ms, and without the fast failure
+        // each took 346 ms (the connection's own reconnect retries).
         if healthy_unheld {
             assert!(
-                *last < DEADLINE / 2,
+                *last < DEADLINE / 5,
                 "a victim shard's call waited {last:?} for a dead master"
             );
         }

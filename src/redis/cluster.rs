@@ -171,17 +171,7 @@ impl ClusterNodes {
                 }
             }
         }
-        let router = Arc::new(Router {
-            template,
-            seeds,
-            deadline: super::DEFAULT_REDIS_TIMEOUT,
-            map: parking_lot::RwLock::new(Arc::new(SlotMap::empty())),
-            nodes: parking_lot::Mutex::new(HashMap::new()),
-            refreshing: AtomicBool::new(false),
-            last_refresh: AtomicU64::new(0),
-            epoch: Instant::now(),
-            refreshes: AtomicU64::new(0),
-        });
+        let router = Router::new(template, seeds);
         router.refresh().await?;
         Ok(ClusterNodes { inner: router })
     }
@@ -461,6 +451,21 @@ fn points_elsewhere(err: &RedisError) -> bool {
 }
 
 impl Router {
+    /// A router with no map yet.
+    fn new(template: ConnectionInfo, seeds: Vec<(String, u16)>) -> Arc<Self> {
+        Arc::new(Router {
+            template,
+            seeds,
+            deadline: super::DEFAULT_REDIS_TIMEOUT,
+            map: parking_lot::RwLock::new(Arc::new(SlotMap::empty())),
+            nodes: parking_lot::Mutex::new(HashMap::new()),
+            refreshing: AtomicBool::new(false),
+            last_refresh: AtomicU64::new(0),
+            epoch: Instant::now(),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
@@ -852,8 +857,92 @@ mod tests {
             ]
         );
         assert_eq!(parse_slots(&Value::Int(1), "h"), None);
+        // RESP3 servers may send a host as a simple string; `?` is the asked node's host.
+        let simple = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(1),
+            Value::Array(vec![
+                Value::SimpleString("10.0.0.1".into()),
+                Value::Int(7000),
+            ]),
+            Value::Array(vec![bulk("?"), Value::Int(7001)]),
+        ])]);
+        assert_eq!(
+            parse_slots(&simple, "10.0.0.9").unwrap()[0],
+            SlotRange {
+                start: 0,
+                end: 1,
+                master: ("10.0.0.1".into(), 7000),
+                replicas: vec![("10.0.0.9".into(), 7001)],
+            }
+        );
         let bad = Value::Array(vec![Value::Array(vec![Value::Int(0)])]);
         assert_eq!(parse_slots(&bad, "h"), None);
+    }
+
+    fn range(start: u16, end: u16, master: u16, replicas: &[u16]) -> SlotRange {
+        SlotRange {
+            start,
+            end,
+            master: ("127.0.0.1".into(), master),
+            replicas: replicas.iter().map(|&p| ("127.0.0.1".into(), p)).collect(),
+        }
+    }
+
+    fn ports(nodes: &[Arc<Node>]) -> Vec<u16> {
+        nodes.iter().map(|n| n.port).collect()
+    }
+
+    #[test]
+    fn a_map_names_each_slots_master_asks_masters_then_replicas_and_keeps_connections() {
+        use ::redis::IntoConnectionInfo;
+        let template = "redis://:pw@127.0.0.1:7000/"
+            .into_connection_info()
+            .unwrap();
+        let router = Router::new(template, vec![("127.0.0.1".into(), 7000)]);
+        router.install(&[
+            range(0, 5460, 7000, &[7003]),
+            range(5461, 10922, 7001, &[7004, 7003]),
+            range(10923, 16383, 7002, &[]),
+            // A second range of a master already named: one node, not two.
+            range(16383, 16383, 7000, &[]),
+        ]);
+        let map = router.map.read().clone();
+        assert_eq!(ports(&map.masters), [7000, 7001, 7002]);
+        assert_eq!(
+            ports(&map.known),
+            [7000, 7001, 7002, 7003, 7004],
+            "each node once"
+        );
+        let owner = |slot| map.owner_of(slot).map(|n| n.port);
+        assert_eq!(owner(0), Some(7000));
+        assert_eq!(owner(5460), Some(7000));
+        assert_eq!(owner(5461), Some(7001));
+        assert_eq!(owner(10922), Some(7001));
+        assert_eq!(owner(10923), Some(7002));
+        assert_eq!(owner(16383), Some(7000), "the later range wins");
+        assert_eq!(map.node_for(None).map(|n| n.port), Some(7000));
+        assert_eq!(router.refreshes.load(Ordering::Relaxed), 1);
+        // Every node is reached with the template's password, at its own address.
+        let node = map.known[4].clone();
+        let info = node.client.get_connection_info();
+        assert_eq!(info.redis_settings().password(), Some("pw"));
+        assert_eq!(info.addr(), &ConnectionAddr::Tcp("127.0.0.1".into(), 7004));
+
+        // A new map keeps the nodes it names again (their connections) and forgets the rest,
+        // seeds aside.
+        router.install(&[range(0, 16383, 7001, &[7005])]);
+        let next = router.map.read().clone();
+        assert!(Arc::ptr_eq(&next.masters[0], &map.masters[1]));
+        assert_eq!(ports(&next.known), [7001, 7005]);
+        let mut kept: Vec<u16> = router.nodes.lock().keys().map(|(_, p)| *p).collect();
+        kept.sort();
+        assert_eq!(kept, [7000, 7001, 7005]);
+        assert_eq!(next.owner_of(7000).map(|n| n.port), Some(7001));
+
+        // An empty map serves nothing: a slot's call finds no node.
+        assert!(SlotMap::empty().node_for(Some(1)).is_none());
+        assert!(SlotMap::empty().node_for(None).is_none());
     }
 
     #[test]
