@@ -122,8 +122,19 @@ pub(crate) fn slot_of_command(cmd: &Cmd) -> Option<u16> {
     args.next().map(slot_of)
 }
 
-/// A Redis Cluster connection that routes each call to its slot's master itself; see the
-/// [module docs](self) and [`RedisConnection::cluster_nodes`]. Clones share it.
+/// A Redis Cluster connection that routes each call to its slot's master itself, made by
+/// [`RedisConnection::cluster_nodes`]. Clones share it.
+///
+/// One multiplexed connection per node, and a slot map learned with `CLUSTER SLOTS`. A
+/// dead master fails the calls of its own slots and nobody else's: at once, with one
+/// connection attempt every [`CLUSTER_NODE_RETRY_GAP`]. While calls fail the map is asked
+/// for again in the background, at most every [`CLUSTER_REFRESH_GAP`], from the nodes that
+/// answer; calls follow `MOVED` and `ASK` meanwhile, and `TRYAGAIN` is retried for 150 ms.
+/// redis-rs's own cluster connection, by contrast, holds every call for every shard while
+/// it refreshes its map after a master dies.
+///
+/// It is also a `redis::aio::ConnectionLike`, for commands of your own on the same
+/// routing (each to the master of its first key's slot).
 ///
 /// [`RedisConnection::cluster_nodes`]: super::RedisConnection::cluster_nodes
 #[derive(Clone)]
