@@ -11,8 +11,26 @@ use redis::cluster_routing::{Route, SlotAddr};
 use sluicegate::hybrid::SyncIntervalMs;
 use sluicegate::local::LocalRateLimiterOptions;
 use sluicegate::redis::{RedisConnection, RedisKey};
-use sluicegate::{RateLimit, RateLimiterBuilder};
+use sluicegate::{RateLimit, RateLimiter, RateLimiterBuilder};
 use support::conformance::{Provider, run_table};
+
+/// A limiter on `conn`: a window of `window_s` seconds in 100 ms groups, hard limit factor
+/// `hard`, keys under `prefix`.
+fn limiter(conn: RedisConnection, window_s: u64, hard: f64, prefix: &RedisKey) -> RateLimiter {
+    let local = LocalRateLimiterOptions {
+        window_size_seconds: window_s.try_into().unwrap(),
+        rate_group_size_ms: 100.try_into().unwrap(),
+        hard_limit_factor: hard.try_into().unwrap(),
+        suppression_factor_cache_ms: Default::default(),
+    };
+    RateLimiterBuilder::new(local)
+        .redis_connection(
+            conn,
+            support::redis_settings(&local, prefix, SyncIntervalMs::default()),
+        )
+        .build()
+        .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_and_ttls_through_a_three_master_cluster() {
@@ -27,19 +45,7 @@ async fn conformance_and_ttls_through_a_three_master_cluster() {
     // Many keys: each decision is one script on one node (one hash tag), and the keys
     // land on every master.
     let prefix = support::unique_prefix("cluster");
-    let local = LocalRateLimiterOptions {
-        window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 100.try_into().unwrap(),
-        hard_limit_factor: 1.5.try_into().unwrap(),
-        suppression_factor_cache_ms: Default::default(),
-    };
-    let rl = RateLimiterBuilder::new(local)
-        .redis_connection(
-            conn,
-            support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
-        )
-        .build()
-        .unwrap();
+    let rl = limiter(conn.into(), 10, 1.5, &prefix);
     let rate = RateLimit::try_from(0.5).unwrap(); // 5 a window
     for k in 0..30 {
         let key = RedisKey::try_from(format!("user{k}")).unwrap();
@@ -143,19 +149,7 @@ async fn a_resharded_slot_is_followed_through_ask_and_moved_and_keeps_its_counts
     };
     let nodes = nodes.clone();
     let prefix = support::unique_prefix("reshard");
-    let local = LocalRateLimiterOptions {
-        window_size_seconds: 60.try_into().unwrap(),
-        rate_group_size_ms: 100.try_into().unwrap(),
-        hard_limit_factor: 1.0.try_into().unwrap(),
-        suppression_factor_cache_ms: Default::default(),
-    };
-    let rl = RateLimiterBuilder::new(local)
-        .redis_connection(
-            conn,
-            support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
-        )
-        .build()
-        .unwrap();
+    let rl = limiter(conn, 60, 1.0, &prefix);
     let rate = RateLimit::try_from(10.0 / 60.0).unwrap(); // 10 a window
     let inc = |key: &str| {
         let key = RedisKey::try_from(key).unwrap();
@@ -299,23 +293,16 @@ async fn a_resharded_slot_is_followed_through_ask_and_moved_and_keeps_its_counts
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_check_reads_every_masters_maxmemory_policy() {
     let cluster = support::RedisCluster::start();
-    let local = LocalRateLimiterOptions {
-        window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 100.try_into().unwrap(),
-        hard_limit_factor: Default::default(),
-        suppression_factor_cache_ms: Default::default(),
-    };
     let prefix = support::unique_prefix("clustercheck");
     let limiter = || async {
-        RateLimiterBuilder::new(local)
-            .redis_connection(
-                RedisConnection::cluster_nodes(cluster.urls())
-                    .await
-                    .unwrap(),
-                support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
-            )
-            .build()
-            .unwrap()
+        limiter(
+            RedisConnection::cluster_nodes(cluster.urls())
+                .await
+                .unwrap(),
+            10,
+            1.0,
+            &prefix,
+        )
     };
     let check = limiter().await.check_redis().await.unwrap();
     assert_eq!(check.maxmemory_policy.as_deref(), Some("noeviction"));
@@ -376,20 +363,13 @@ async fn a_cluster_with_a_password_is_reached_with_the_first_nodes_credentials()
     let mut urls: Vec<String> = cluster.urls();
     urls.truncate(1);
     urls[0] = urls[0].replace("redis://", "redis://:s3cret@");
-    let local = LocalRateLimiterOptions {
-        window_size_seconds: 10.try_into().unwrap(),
-        rate_group_size_ms: 100.try_into().unwrap(),
-        hard_limit_factor: Default::default(),
-        suppression_factor_cache_ms: Default::default(),
-    };
     let prefix = support::unique_prefix("clusterauth");
-    let rl = RateLimiterBuilder::new(local)
-        .redis_connection(
-            RedisConnection::cluster_nodes(urls).await.unwrap(),
-            support::redis_settings(&local, &prefix, SyncIntervalMs::default()),
-        )
-        .build()
-        .unwrap();
+    let rl = limiter(
+        RedisConnection::cluster_nodes(urls).await.unwrap(),
+        10,
+        1.0,
+        &prefix,
+    );
     assert!(rl.check_redis().await.unwrap().is_clean());
     let rate = RateLimit::try_from(0.2).unwrap(); // 2 a window
     let mut owners = std::collections::HashSet::new();
