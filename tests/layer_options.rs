@@ -356,3 +356,45 @@ async fn the_default_layer_counts_near_limit_requests_on_every_path() {
         4.0
     );
 }
+
+#[tokio::test]
+async fn a_peer_address_at_the_key_cap_passes_and_one_over_is_refused_on_both_ipv4_paths() {
+    let clock = ManualClock::new(0);
+    let draw = FixedDraw::default();
+    // Metrics on: the default path that counts near-limit requests; off: the plain one.
+    for metrics in [true, false] {
+        let rl = limiter(&clock, 1.0, &draw);
+        let layer = |cap: usize| {
+            build(
+                RateLimitLayer::builder(rl.clone())
+                    .rate(rate(1.0))
+                    .headers_on_allowed(false)
+                    .metrics(metrics)
+                    .max_key_len(cap),
+            )
+        };
+        let (at_cap, over_cap) = (layer(15), layer(14));
+        let long_peer = "203.113.200.100:4000"; // 15 bytes of address text
+        assert_eq!(
+            call(&at_cap, long_peer, &[]).await.status,
+            StatusCode::OK,
+            "metrics {metrics}: 15 bytes under a cap of 15"
+        );
+        assert_eq!(rl.local().absolute().usage("203.113.200.100"), 1);
+        assert_eq!(
+            call(&over_cap, long_peer, &[]).await.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "metrics {metrics}: 15 bytes over a cap of 14"
+        );
+        assert_eq!(
+            rl.local().absolute().usage("203.113.200.100"),
+            1,
+            "metrics {metrics}: a refused key is never counted"
+        );
+        assert_eq!(
+            call(&over_cap, "203.113.200.10:4000", &[]).await.status,
+            StatusCode::OK,
+            "metrics {metrics}: 14 bytes under a cap of 14"
+        );
+    }
+}
