@@ -203,6 +203,22 @@ async fn hybrid_provider_decides_locally_and_flushes_to_redis() {
         RateLimitDecision::Rejected { .. }
     ));
     assert_eq!(layer.provider_errors(), 0);
+
+    // With the metrics off (nothing else wants the usage) the field is still there.
+    let quiet = RateLimitLayer::builder(rl.clone())
+        .key(GlobalKey::new("hybrid-quiet"))
+        .rate(rate(0.5))
+        .provider(Provider::Hybrid)
+        .headers_on_allowed(true)
+        .metrics(false)
+        .build()
+        .unwrap();
+    let url = serve(hello().layer(quiet)).await;
+    assert_eq!(status(&url).await, StatusCode::OK);
+    rl.hybrid().flush().await.unwrap();
+    let resp = reqwest::get(&url).await.unwrap();
+    let field = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
+    assert!(field.starts_with("\"default\";r=3;t="), "{field}, want r=3");
 }
 
 #[tokio::test]
