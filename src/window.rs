@@ -270,17 +270,6 @@ impl Bits {
     }
 }
 
-/// The bits set in `bits`, without a count for the common single bit (the target's
-/// baseline has no popcount instruction).
-#[inline]
-fn ones(bits: u128) -> u8 {
-    if bits & bits.wrapping_sub(1) == 0 {
-        (bits != 0) as u8
-    } else {
-        bits.count_ones() as u8
-    }
-}
-
 /// How many groups the oldest bucket of `older` is behind the newest (0 if none).
 #[inline]
 fn age_of_oldest(older: u128) -> u64 {
@@ -538,17 +527,47 @@ impl<C: Counts> Window<C> {
         (!self.is_empty()).then(|| self.oldest_id())
     }
 
-    /// Drops the buckets that no longer count at `now_ms`. The test is always inlined and
-    /// the dropping out of line: most calls drop nothing (a key's second call in a group,
-    /// and the usage read right after a decision, which expired at the same instant), and
-    /// an out-of-line `expire` cost a call and its spills for that test.
+    /// Drops the buckets that no longer count at `now_ms`. The test is always inlined, and
+    /// so is the dropping of buckets kept as bits (a steady call on one of many keys drops
+    /// one); a ring's is out of line: most calls drop nothing (a key's second call in a
+    /// group, and the usage read right after a decision, which expired at the same instant),
+    /// and an out-of-line `expire` cost a call and its spills for that test.
     #[inline(always)]
     pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
-        // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
-        if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
+        if self.is_empty() {
             return;
         }
-        self.expire_out_of_line(geo.oldest_live(now_ms));
+        // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
+        match &mut self.shape {
+            Shape::Bits(bits) => {
+                let (newest, mut older) = (bits.newest(), bits.older());
+                let mut age = age_of_oldest(older);
+                if now_ms < geo.expires_at(newest - age) {
+                    return;
+                }
+                // The oldest go one at a time, with no count of the bits.
+                let mut n = bits.n();
+                while age > 0 {
+                    older &= !(1u128 << (age - 1));
+                    n -= 1;
+                    self.total.sub(C::units(1));
+                    age = age_of_oldest(older);
+                    if now_ms < geo.expires_at(newest - age) {
+                        break;
+                    }
+                }
+                if age == 0 && now_ms >= geo.expires_at(newest) {
+                    self.total = C::default();
+                }
+                *bits = Bits::new(newest, older, n);
+            }
+            Shape::Ring(ring) => {
+                if now_ms < geo.expires_at(ring.front().id) {
+                    return;
+                }
+                self.expire_out_of_line(geo.oldest_live(now_ms));
+            }
+        }
     }
 
     /// [`expire`](Self::expire)'s dropping, once its test found the oldest bucket expired.
@@ -566,14 +585,6 @@ impl<C: Counts> Window<C> {
     }
 
     #[inline]
-    fn newest_id(&self) -> u64 {
-        match &self.shape {
-            Shape::Bits(bits) => bits.newest(),
-            Shape::Ring(ring) => ring.back().id,
-        }
-    }
-
-    #[inline]
     fn expire_slow(&mut self, oldest_live: u64) {
         let ring = match &mut self.shape {
             Shape::Bits(bits) => {
@@ -583,15 +594,20 @@ impl<C: Counts> Window<C> {
                     *bits = Bits::one(newest);
                     return;
                 }
-                // Older buckets up to `keep` groups behind the newest stay.
+                // Older buckets up to `keep` groups behind the newest stay: the oldest go one
+                // at a time (one, in a steady call), with no count of the bits.
                 let keep = newest - oldest_live;
-                if keep < AGES as u64 {
-                    let older = bits.older();
-                    let kept = older & ((1u128 << keep) - 1);
-                    let gone = ones(older ^ kept);
-                    self.total.sub(C::units(gone as u64));
-                    *bits = Bits::new(newest, kept, bits.n() - gone);
+                let (mut older, mut n) = (bits.older(), bits.n());
+                loop {
+                    let age = age_of_oldest(older);
+                    if age <= keep {
+                        break;
+                    }
+                    older &= !(1u128 << (age - 1));
+                    n -= 1;
+                    self.total.sub(C::units(1));
                 }
+                *bits = Bits::new(newest, older, n);
                 return;
             }
             Shape::Ring(ring) => ring,
@@ -686,13 +702,37 @@ impl<C: Counts> Window<C> {
             self.shape = Shape::Bits(Bits::one(geo.bucket_of(now_ms)));
             return;
         }
-        if now_ms < geo.end_of(self.newest_id()) {
-            // `bucket_of(now_ms) <= newest id` without the divide: the common case.
-            self.total.add(counts);
-            if let Shape::Ring(ring) = &mut self.shape {
-                ring.back_mut().counts.add(counts);
+        // `bucket_of(now_ms) <= newest id` without the divide: the common case.
+        match &mut self.shape {
+            Shape::Bits(bits) => {
+                let newest = bits.newest();
+                if now_ms < geo.end_of(newest) {
+                    self.total.add(counts);
+                    return;
+                }
+                // A new bucket beside older ones of one unit, the newest of one unit too:
+                // one more bit, inline (a steady call on one of many keys).
+                let (older, n) = (bits.older(), bits.n());
+                let mut newest_counts = self.total;
+                newest_counts.sub(C::units(n as u64));
+                if newest_counts == C::units(1) {
+                    let shift = geo.bucket_of(now_ms) - newest;
+                    if shift <= AGES as u64 && older >> (AGES as u64 - shift) == 0 {
+                        let older = (older << shift) | (1u128 << (shift - 1));
+                        *bits = Bits::new(newest + shift, older, n + 1);
+                        self.total.add(counts);
+                        return;
+                    }
+                }
             }
-            return;
+            Shape::Ring(ring) => {
+                let newest = ring.back_mut();
+                if now_ms < geo.end_of(newest.id) {
+                    newest.counts.add(counts);
+                    self.total.add(counts);
+                    return;
+                }
+            }
         }
         self.open_bucket(geo, now_ms, counts);
     }
