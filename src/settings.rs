@@ -85,7 +85,8 @@ impl std::fmt::Display for SyncIntervalMs {
 /// |---|---:|---:|
 /// | table slot (entry, aligned to a 64-byte line for absolute, and control byte) | 65 B | 89 B |
 /// | at the tables' fullest (7/8) and emptiest (7/16) load | 74–149 B | 102–203 B |
-/// | a window of `n` ≥ 2 buckets: a ring of at least `n` slots (at most 8, or fewer than `4n`), per slot | + 16 B | + 24 B |
+/// | a window of `n` ≥ 2 buckets, all but the newest of one unit and within 112 groups of it (a key called at most once a group, on a window of up to 112 groups) | + 0 B | + 0 B |
+/// | any other window of `n` ≥ 2 buckets: a ring of at least `n` slots (at most 8, or fewer than `4n`), per slot | + 16 B | + 24 B |
 /// | a key longer than 24 bytes | + its length | + its length |
 ///
 /// So `N` keys with one bucket each (a spray: one call per key) take at most about

@@ -101,6 +101,9 @@ pub(crate) trait Counts: Copy + Default + PartialEq {
     /// All offered units (the absolute strategy counts only what it accepts).
     #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
     fn observed(&self) -> u64;
+    /// `n` times the counts of one admitted unit (a bucket [`Shape::Bits`] keeps as one bit
+    /// holds one unit).
+    fn units(n: u64) -> Self;
     fn is_zero(&self) -> bool {
         *self == Self::default()
     }
@@ -122,6 +125,10 @@ impl Counts for u64 {
     #[inline]
     fn observed(&self) -> u64 {
         *self
+    }
+    #[inline]
+    fn units(n: u64) -> Self {
+        n
     }
 }
 
@@ -151,6 +158,13 @@ impl Counts for Usage {
     fn observed(&self) -> u64 {
         self.observed
     }
+    #[inline]
+    fn units(n: u64) -> Self {
+        Usage {
+            accepted: n,
+            observed: n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -162,13 +176,16 @@ pub(crate) struct Bucket<C> {
 /// One key's live buckets and their running total.
 ///
 /// Laid out for a call on one of a million keys, which finds the key cold: the total, which
-/// every decision reads, sits in the key's table entry beside the key, and a lone bucket
-/// (an idle key's, a sprayed key's) is its id there too, so such a key costs no allocation.
-/// Two buckets or more live in a ring of their own whose capacity follows the key's bucket
-/// count: a key that keeps `n` buckets holds a ring of `n` slots, and a steady call, which
-/// expires the oldest bucket and opens a new one, writes the new one into the slot the old
-/// one left (or the one before it). The ring's head, length and capacity are in the entry,
-/// so such a call touches the entry's line and about one line of the ring.
+/// every decision reads, sits in the key's table entry beside the key, and so do the
+/// buckets of a key called at most once a group ([`Shape::Bits`]: the newest bucket's id,
+/// and one bit per older group, set where a bucket of one unit is), so such a key (an idle
+/// key, a sprayed one, one of a million called now and then) costs no allocation and a
+/// steady call, which expires the oldest bucket and opens a new one, touches no line but
+/// the entry's. Other windows keep their buckets in a ring of their own whose capacity
+/// follows the key's bucket count: a key that keeps `n` buckets holds a ring of `n` slots,
+/// and a steady call writes the new bucket into the slot the old one left (or the one
+/// before it). The ring's head, length and capacity are in the entry, so such a call
+/// touches the entry's line and about one line of the ring.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Window<C> {
     /// The sum of every live bucket. Zero iff the window is empty: an increment is never
@@ -179,15 +196,92 @@ pub(crate) struct Window<C> {
 
 #[derive(Debug, Clone)]
 enum Shape<C> {
-    /// No bucket (the total is zero) or one: its id, its counts being the total.
-    One { id: u64 },
-    /// Two buckets or more.
+    /// No bucket (the total is zero), or a newest bucket and older buckets of one unit
+    /// each ([`Counts::units`]`(1)`), at most [`AGES`] groups older than the newest one.
+    /// The newest bucket's counts are what the others leave of the total.
+    Bits(Bits),
+    /// Two buckets or more, any counts.
     Ring(Ring<C>),
 }
 
 impl<C> Default for Shape<C> {
     fn default() -> Self {
-        Shape::One { id: 0 }
+        Shape::Bits(Bits::one(0))
+    }
+}
+
+/// How many groups before the newest one [`Bits`] has a bit for: a window of up to `AGES`
+/// groups (the default ten seconds of 100 ms groups is 100) keeps a key called at most
+/// once a group in its entry whatever its call rate.
+const AGES: u32 = 112;
+
+/// [`Shape::Bits`]: the newest bucket's id (bytes 0..8), a bit per older group (bytes
+/// 8..22, little-endian): bit `i` set iff bucket `newest - 1 - i` holds one unit, and how
+/// many bits are set (byte 22), so that no call counts them. Bytes, so that the enum fits
+/// its tag beside them in 24 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Bits([u8; 23]);
+
+impl Bits {
+    /// A lone bucket (or, with a zero total, none).
+    #[inline]
+    fn one(id: u64) -> Self {
+        Bits::new(id, 0, 0)
+    }
+
+    /// `older` has `n` bits set.
+    #[inline]
+    fn new(newest: u64, older: u128, n: u8) -> Self {
+        debug_assert!(older >> AGES == 0 && older.count_ones() == n as u32);
+        let mut b = [0u8; 23];
+        b[..8].copy_from_slice(&newest.to_le_bytes());
+        b[8..22].copy_from_slice(&older.to_le_bytes()[..14]);
+        b[22] = n;
+        Bits(b)
+    }
+
+    #[inline]
+    fn newest(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(b)
+    }
+
+    #[inline]
+    fn older(&self) -> u128 {
+        let (mut lo, mut hi) = ([0u8; 8], [0u8; 8]);
+        lo.copy_from_slice(&self.0[8..16]);
+        // Bytes 15..23, the low one `lo`'s and the high one the count: one load.
+        hi.copy_from_slice(&self.0[15..23]);
+        let hi = (u64::from_le_bytes(hi) >> 8) & ((1 << 48) - 1);
+        u64::from_le_bytes(lo) as u128 | (hi as u128) << 64
+    }
+
+    /// How many older buckets there are.
+    #[inline]
+    fn n(&self) -> u8 {
+        self.0[22]
+    }
+
+    /// The oldest bucket's id (the newest's if it is alone).
+    #[inline]
+    fn oldest(&self) -> u64 {
+        self.newest() - age_of_oldest(self.older())
+    }
+}
+
+/// How many groups the oldest bucket of `older` is behind the newest (0 if none).
+#[inline]
+fn age_of_oldest(older: u128) -> u64 {
+    (128 - older.leading_zeros()) as u64
+}
+
+impl std::fmt::Debug for Bits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bits")
+            .field("newest", &self.newest())
+            .field("older", &format_args!("{:#x}", self.older()))
+            .finish()
     }
 }
 
@@ -196,29 +290,56 @@ impl<C> Default for Shape<C> {
 /// window grows in a few steps.
 const GROW_BY_ONE: usize = 16;
 
+/// The most buckets a ring holds (its length has 24 bits, beside the shape's tag): a
+/// window that would hold more (more than 16 million groups, each with a call in it)
+/// counts a new bucket's units in its newest bucket, which expires later: never earlier
+/// than it should.
+const MAX_RING_LEN: usize = (1 << 24) - 1;
+
+/// A byte with one value, that gives [`Shape`] the tag it needs beside a ring's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum RingMark {
+    Ring = 0,
+}
+
 /// Buckets oldest first from `head`, `len` of them (at least two), in exactly `slots.len()`
 /// slots. The capacity is the ring's own bound on its memory: it grows only when a bucket
 /// would not fit, and shrinks once the buckets fill at most a quarter of it.
 #[derive(Debug, Clone)]
 struct Ring<C> {
-    slots: Box<[Bucket<C>]>,
+    _mark: RingMark,
+    len_high: u8,
+    len_low: u16,
     head: u32,
-    len: u32,
+    slots: Box<[Bucket<C>]>,
 }
 
 impl<C: Counts> Ring<C> {
-    /// A ring of `older` and `newer`, with room for no more.
-    fn two(older: Bucket<C>, newer: Bucket<C>) -> Self {
-        Ring {
-            slots: Box::new([older, newer]),
+    /// A ring of `buckets` (at least two, oldest first), with room for no more.
+    fn of(buckets: Vec<Bucket<C>>) -> Self {
+        debug_assert!(buckets.len() >= 2 && buckets.len() <= MAX_RING_LEN);
+        let mut ring = Ring {
+            _mark: RingMark::Ring,
+            len_high: 0,
+            len_low: 0,
             head: 0,
-            len: 2,
-        }
+            slots: buckets.into_boxed_slice(),
+        };
+        ring.set_len(ring.slots.len());
+        ring
     }
 
     #[inline]
     fn len(&self) -> usize {
-        self.len as usize
+        (self.len_high as usize) << 16 | self.len_low as usize
+    }
+
+    #[inline]
+    fn set_len(&mut self, len: usize) {
+        debug_assert!(len <= MAX_RING_LEN);
+        self.len_high = (len >> 16) as u8;
+        self.len_low = len as u16;
     }
 
     /// The slot of the `i`-th bucket, oldest first (`i <= len`, and `i < capacity`).
@@ -248,14 +369,19 @@ impl<C: Counts> Ring<C> {
         &mut self.slots[at]
     }
 
+    /// Appends `bucket`; a full ring ([`MAX_RING_LEN`]) counts it in its newest bucket.
     #[inline]
     fn push_back(&mut self, bucket: Bucket<C>) {
+        if self.len() == MAX_RING_LEN {
+            self.back_mut().counts.add(bucket.counts);
+            return;
+        }
         if self.len() == self.slots.len() {
             self.grow();
         }
         let at = self.slot(self.len());
         self.slots[at] = bucket;
-        self.len += 1;
+        self.set_len(self.len() + 1);
     }
 
     #[cold]
@@ -288,18 +414,18 @@ impl<C: Counts> Ring<C> {
     }
 
     /// Takes the oldest bucket out (at least one stays: the caller turns a lone one into
-    /// [`Shape::One`]).
+    /// [`Shape::Bits`]).
     #[inline]
     fn pop_front(&mut self) -> Bucket<C> {
         let front = *self.front();
         self.head = self.slot(1) as u32;
-        self.len -= 1;
+        self.set_len(self.len() - 1);
         front
     }
 
     fn pop_back(&mut self) -> Bucket<C> {
         let back = *self.back();
-        self.len -= 1;
+        self.set_len(self.len() - 1);
         back
     }
 
@@ -310,6 +436,74 @@ impl<C: Counts> Ring<C> {
             (&self.slots[head..head + len], &[])
         } else {
             (&self.slots[head..], &self.slots[..head + len - cap])
+        }
+    }
+}
+
+/// [`Window::buckets`]: a ring's runs, or the buckets [`Bits`] holds, oldest first.
+enum Buckets<'a, C> {
+    Ring(std::iter::Chain<std::slice::Iter<'a, Bucket<C>>, std::slice::Iter<'a, Bucket<C>>>),
+    /// The older buckets not yet yielded, and the newest one (`None` once yielded).
+    Bits {
+        newest_id: u64,
+        older: u128,
+        newest: Option<C>,
+    },
+}
+
+impl<C: Counts> Iterator for Buckets<'_, C> {
+    type Item = Bucket<C>;
+
+    fn next(&mut self) -> Option<Bucket<C>> {
+        match self {
+            Buckets::Ring(runs) => runs.next().copied(),
+            Buckets::Bits {
+                newest_id,
+                older,
+                newest,
+            } => {
+                if *older != 0 {
+                    let age = age_of_oldest(*older);
+                    *older &= !(1u128 << (age - 1));
+                    return Some(Bucket {
+                        id: *newest_id - age,
+                        counts: C::units(1),
+                    });
+                }
+                newest.take().map(|counts| Bucket {
+                    id: *newest_id,
+                    counts,
+                })
+            }
+        }
+    }
+}
+
+impl<C: Counts> DoubleEndedIterator for Buckets<'_, C> {
+    fn next_back(&mut self) -> Option<Bucket<C>> {
+        match self {
+            Buckets::Ring(runs) => runs.next_back().copied(),
+            Buckets::Bits {
+                newest_id,
+                older,
+                newest,
+            } => {
+                if let Some(counts) = newest.take() {
+                    return Some(Bucket {
+                        id: *newest_id,
+                        counts,
+                    });
+                }
+                if *older == 0 {
+                    return None;
+                }
+                let age = older.trailing_zeros() as u64 + 1;
+                *older &= *older - 1;
+                Some(Bucket {
+                    id: *newest_id - age,
+                    counts: C::units(1),
+                })
+            }
         }
     }
 }
@@ -333,17 +527,47 @@ impl<C: Counts> Window<C> {
         (!self.is_empty()).then(|| self.oldest_id())
     }
 
-    /// Drops the buckets that no longer count at `now_ms`. The test is always inlined and
-    /// the dropping out of line: most calls drop nothing (a key's second call in a group,
-    /// and the usage read right after a decision, which expired at the same instant), and
-    /// an out-of-line `expire` cost a call and its spills for that test.
+    /// Drops the buckets that no longer count at `now_ms`. The test is always inlined, and
+    /// so is the dropping of buckets kept as bits (a steady call on one of many keys drops
+    /// one); a ring's is out of line: most calls drop nothing (a key's second call in a
+    /// group, and the usage read right after a decision, which expired at the same instant),
+    /// and an out-of-line `expire` cost a call and its spills for that test.
     #[inline(always)]
     pub(crate) fn expire(&mut self, geo: &WindowGrid, now_ms: u64) {
-        // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
-        if self.is_empty() || now_ms < geo.expires_at(self.oldest_id()) {
+        if self.is_empty() {
             return;
         }
-        self.expire_out_of_line(geo.oldest_live(now_ms));
+        // The same test as `oldest_id >= oldest_live(now)`, with a multiply for the divide.
+        match &mut self.shape {
+            Shape::Bits(bits) => {
+                let (newest, mut older) = (bits.newest(), bits.older());
+                let mut age = age_of_oldest(older);
+                if now_ms < geo.expires_at(newest - age) {
+                    return;
+                }
+                // The oldest go one at a time, with no count of the bits.
+                let mut n = bits.n();
+                while age > 0 {
+                    older &= !(1u128 << (age - 1));
+                    n -= 1;
+                    self.total.sub(C::units(1));
+                    age = age_of_oldest(older);
+                    if now_ms < geo.expires_at(newest - age) {
+                        break;
+                    }
+                }
+                if age == 0 && now_ms >= geo.expires_at(newest) {
+                    self.total = C::default();
+                }
+                *bits = Bits::new(newest, older, n);
+            }
+            Shape::Ring(ring) => {
+                if now_ms < geo.expires_at(ring.front().id) {
+                    return;
+                }
+                self.expire_out_of_line(geo.oldest_live(now_ms));
+            }
+        }
     }
 
     /// [`expire`](Self::expire)'s dropping, once its test found the oldest bucket expired.
@@ -355,26 +579,35 @@ impl<C: Counts> Window<C> {
     #[inline]
     fn oldest_id(&self) -> u64 {
         match &self.shape {
-            Shape::One { id } => *id,
+            Shape::Bits(bits) => bits.oldest(),
             Shape::Ring(ring) => ring.front().id,
-        }
-    }
-
-    #[inline]
-    fn newest_id(&self) -> u64 {
-        match &self.shape {
-            Shape::One { id } => *id,
-            Shape::Ring(ring) => ring.back().id,
         }
     }
 
     #[inline]
     fn expire_slow(&mut self, oldest_live: u64) {
         let ring = match &mut self.shape {
-            Shape::One { id } => {
-                if *id < oldest_live {
+            Shape::Bits(bits) => {
+                let newest = bits.newest();
+                if newest < oldest_live {
                     self.total = C::default();
+                    *bits = Bits::one(newest);
+                    return;
                 }
+                // Older buckets up to `keep` groups behind the newest stay: the oldest go one
+                // at a time (one, in a steady call), with no count of the bits.
+                let keep = newest - oldest_live;
+                let (mut older, mut n) = (bits.older(), bits.n());
+                loop {
+                    let age = age_of_oldest(older);
+                    if age <= keep {
+                        break;
+                    }
+                    older &= !(1u128 << (age - 1));
+                    n -= 1;
+                    self.total.sub(C::units(1));
+                }
+                *bits = Bits::new(newest, older, n);
                 return;
             }
             Shape::Ring(ring) => ring,
@@ -386,7 +619,7 @@ impl<C: Counts> Window<C> {
             self.total.sub(gone.counts);
             if ring.len() == 1 {
                 let last = *ring.front();
-                self.shape = Shape::One { id: last.id };
+                self.shape = Shape::Bits(Bits::one(last.id));
                 if last.id < oldest_live {
                     self.total = C::default();
                 }
@@ -433,8 +666,8 @@ impl<C: Counts> Window<C> {
     pub(crate) fn add_to_nonempty(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         debug_assert!(!counts.is_zero() && !self.is_empty());
         match &mut self.shape {
-            Shape::One { id } => {
-                if now_ms < geo.end_of(*id) {
+            Shape::Bits(bits) => {
+                if now_ms < geo.end_of(bits.newest()) {
                     self.total.add(counts);
                     return;
                 }
@@ -466,24 +699,48 @@ impl<C: Counts> Window<C> {
         debug_assert!(!counts.is_zero());
         if self.is_empty() {
             self.total = counts;
-            self.shape = Shape::One {
-                id: geo.bucket_of(now_ms),
-            };
+            self.shape = Shape::Bits(Bits::one(geo.bucket_of(now_ms)));
             return;
         }
-        if now_ms < geo.end_of(self.newest_id()) {
-            // `bucket_of(now_ms) <= newest id` without the divide: the common case.
-            self.total.add(counts);
-            if let Shape::Ring(ring) = &mut self.shape {
-                ring.back_mut().counts.add(counts);
+        // `bucket_of(now_ms) <= newest id` without the divide: the common case.
+        match &mut self.shape {
+            Shape::Bits(bits) => {
+                let newest = bits.newest();
+                if now_ms < geo.end_of(newest) {
+                    self.total.add(counts);
+                    return;
+                }
+                // A new bucket beside older ones of one unit, the newest of one unit too:
+                // one more bit, inline (a steady call on one of many keys).
+                let (older, n) = (bits.older(), bits.n());
+                let mut newest_counts = self.total;
+                newest_counts.sub(C::units(n as u64));
+                if newest_counts == C::units(1) {
+                    let shift = geo.bucket_of(now_ms) - newest;
+                    if shift <= AGES as u64 && older >> (AGES as u64 - shift) == 0 {
+                        let older = (older << shift) | (1u128 << (shift - 1));
+                        *bits = Bits::new(newest + shift, older, n + 1);
+                        self.total.add(counts);
+                        return;
+                    }
+                }
             }
-            return;
+            Shape::Ring(ring) => {
+                let newest = ring.back_mut();
+                if now_ms < geo.end_of(newest.id) {
+                    newest.counts.add(counts);
+                    self.total.add(counts);
+                    return;
+                }
+            }
         }
         self.open_bucket(geo, now_ms, counts);
     }
 
     /// [`add`](Self::add) to a window that is not empty and whose newest bucket has closed
-    /// at `now_ms`: `counts` in a new bucket.
+    /// at `now_ms`: `counts` in a new bucket. The newest bucket becomes a bit if it holds
+    /// one unit and every older bucket stays within [`AGES`] groups of the new one; the
+    /// window moves into a ring otherwise.
     #[inline(never)]
     fn open_bucket(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         let before = self.total;
@@ -493,34 +750,61 @@ impl<C: Counts> Window<C> {
             counts,
         };
         match &mut self.shape {
-            Shape::One { id } => {
-                let older = Bucket {
-                    id: *id,
-                    counts: before,
-                };
-                self.shape = Shape::Ring(Ring::two(older, newer));
+            Shape::Bits(bits) => {
+                let (newest, older, n) = (bits.newest(), bits.older(), bits.n());
+                let mut newest_counts = before;
+                newest_counts.sub(C::units(n as u64));
+                let shift = newer.id - newest;
+                if newest_counts == C::units(1)
+                    && shift <= AGES as u64
+                    && older >> (AGES as u64 - shift) == 0
+                {
+                    *bits = Bits::new(newer.id, (older << shift) | (1u128 << (shift - 1)), n + 1);
+                    return;
+                }
+                let mut buckets = Vec::with_capacity(n as usize + 2);
+                buckets.extend(
+                    Buckets::Bits {
+                        newest_id: newest,
+                        older,
+                        newest: Some(newest_counts),
+                    }
+                    .chain([newer]),
+                );
+                self.shape = Shape::Ring(Ring::of(buckets));
             }
             Shape::Ring(ring) => ring.push_back(newer),
         }
     }
 
+    /// A window of [`Shape::Bits`] with older buckets moved into a ring (one that holds
+    /// one bucket or none stays as it is), for the rare changes written for rings alone.
+    fn move_into_ring(&mut self) {
+        if let Shape::Bits(bits) = &self.shape {
+            if bits.older() != 0 {
+                let buckets: Vec<_> = self.buckets().collect();
+                self.shape = Shape::Ring(Ring::of(buckets));
+            }
+        }
+    }
+
     /// Live buckets, oldest first.
     pub(crate) fn buckets(&self) -> impl DoubleEndedIterator<Item = Bucket<C>> + '_ {
-        let (a, b, one): (&[Bucket<C>], &[Bucket<C>], _) = match &self.shape {
-            Shape::One { id } => (
-                &[],
-                &[],
-                (!self.is_empty()).then_some(Bucket {
-                    id: *id,
-                    counts: self.total,
-                }),
-            ),
+        match &self.shape {
+            Shape::Bits(bits) => Buckets::Bits {
+                newest_id: bits.newest(),
+                older: bits.older(),
+                newest: {
+                    let mut newest = self.total;
+                    newest.sub(C::units(bits.n() as u64));
+                    (!self.is_empty()).then_some(newest)
+                },
+            },
             Shape::Ring(ring) => {
                 let (a, b) = ring.as_slices();
-                (a, b, None)
+                Buckets::Ring(a.iter().chain(b))
             }
-        };
-        a.iter().chain(b).copied().chain(one)
+        }
     }
 
     /// [`release_until`] on this window's buckets and total.
@@ -548,7 +832,7 @@ impl<C: Counts> Window<C> {
     pub(crate) fn len(&self) -> usize {
         match &self.shape {
             _ if self.is_empty() => 0,
-            Shape::One { .. } => 1,
+            Shape::Bits(bits) => 1 + bits.n() as usize,
             Shape::Ring(ring) => ring.len(),
         }
     }
@@ -560,11 +844,20 @@ impl<C: Counts> Window<C> {
             return None;
         }
         let ring = match &mut self.shape {
-            Shape::One { id } => {
-                let id = *id;
+            Shape::Bits(bits) => {
+                let (newest, older) = (bits.newest(), bits.older());
+                if older == 0 {
+                    return Some(Bucket {
+                        id: newest,
+                        counts: std::mem::take(&mut self.total),
+                    });
+                }
+                let age = age_of_oldest(older);
+                *bits = Bits::new(newest, older & !(1u128 << (age - 1)), bits.n() - 1);
+                self.total.sub(C::units(1));
                 return Some(Bucket {
-                    id,
-                    counts: std::mem::take(&mut self.total),
+                    id: newest - age,
+                    counts: C::units(1),
                 });
             }
             Shape::Ring(ring) => ring,
@@ -572,9 +865,7 @@ impl<C: Counts> Window<C> {
         let front = ring.pop_front();
         self.total.sub(front.counts);
         if ring.len() == 1 {
-            self.shape = Shape::One {
-                id: ring.front().id,
-            };
+            self.shape = Shape::Bits(Bits::one(ring.front().id));
         } else {
             ring.shrink_if_sparse();
         }
@@ -660,6 +951,11 @@ mod tests {
     fn the_window_and_its_ring_slots_are_the_sizes_the_key_budget_docs_give() {
         assert_eq!(size_of::<Window<u64>>(), 32);
         assert_eq!(size_of::<Window<Usage>>(), 40);
+        assert_eq!(
+            size_of::<Shape<u64>>(),
+            24,
+            "the bits and the ring's fields beside a tag"
+        );
         assert_eq!(size_of::<Bucket<u64>>(), 16);
         assert_eq!(size_of::<Bucket<Usage>>(), 24);
     }
@@ -699,7 +995,7 @@ mod tests {
         w.expire(&g, 1200);
         assert_eq!(w.total(), 4);
         assert!(
-            matches!(w.shape, Shape::One { id: 4 }),
+            matches!(&w.shape, Shape::Bits(b) if b.newest() == 4 && b.older() == 0),
             "a ring down to one bucket is given back"
         );
         w.expire(&g, 1500);
@@ -757,6 +1053,145 @@ mod tests {
             assert_eq!(w.total(), model.iter().map(|b| b.counts).sum::<u64>());
         }
         assert!(model.is_empty() && w.is_empty());
+    }
+
+    /// Which shape a window is in: bits with older buckets, a ring, or neither.
+    fn kind<C>(w: &Window<C>) -> &'static str {
+        match &w.shape {
+            Shape::Bits(b) if b.older() != 0 => "bits",
+            Shape::Bits(_) => "one",
+            Shape::Ring(_) => "ring",
+        }
+    }
+
+    /// Random calls, pauses, refunds and pops on a window, against a list of buckets: the
+    /// buckets kept as bits and those in a ring must be the same ones, whichever way the
+    /// window moves between the two (a bucket of two units or one more than `AGES` groups
+    /// old sends it into a ring; a ring down to one bucket comes back).
+    fn bits_and_ring_hand_off<C: Refund + std::fmt::Debug>(
+        window_s: u64,
+        unit: C,
+        two: C,
+    ) -> Vec<(&'static str, &'static str)> {
+        let g = geo(window_s, 100);
+        let mut w = Window::<C>::default();
+        let mut model: Vec<Bucket<C>> = Vec::new();
+        let mut seen = Vec::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut t = 1_000_000;
+        for step in 0..20_000 {
+            t += match next(100) {
+                0 => g.expires_at(0) + 5000, // a pause that empties the window
+                1..=9 => 0,                  // same group
+                10..=69 => 100 + next(1500), // about a call a second
+                _ => 100 * (1 + next(60)),
+            };
+            let before = kind(&w);
+            w.expire(&g, t);
+            model.retain(|b| g.expires_at(b.id) > t);
+            let counts = if next(40) == 0 { two } else { unit };
+            w.add(&g, t, counts);
+            match model.last_mut() {
+                Some(b) if b.id >= t / 100 => b.counts.add(counts),
+                _ => model.push(Bucket {
+                    id: t / 100,
+                    counts,
+                }),
+            }
+            if next(200) == 0 && !model.is_empty() {
+                // A refund of one unit from the buckets of the last second.
+                let (from, to) = (t / 100 - 10, t / 100);
+                let left = w.take_back(from, to, unit);
+                let mut want = unit;
+                for b in model.iter_mut().filter(|b| (from..=to).contains(&b.id)) {
+                    b.counts.take_from(&mut want);
+                }
+                assert_eq!(left, want, "step {step}");
+                while model.last().is_some_and(|b| b.counts.is_zero()) {
+                    model.pop();
+                }
+            }
+            if next(300) == 0 {
+                assert_eq!(w.pop_oldest(), (!model.is_empty()).then(|| model.remove(0)));
+            }
+            seen.push((before, kind(&w)));
+            assert_eq!(w.buckets().collect::<Vec<_>>(), model, "step {step}");
+            assert_eq!(w.buckets().rev().count(), model.len(), "step {step}");
+            let mut total = C::default();
+            model.iter().for_each(|b| total.add(b.counts));
+            assert_eq!(w.total(), total, "step {step}");
+            assert_eq!(w.len(), model.len(), "step {step}");
+            assert_eq!(w.oldest(), model.first().map(|b| b.id), "step {step}");
+            let mut recent = C::default();
+            model
+                .iter()
+                .filter(|b| g.end_of(b.id) > t - 3000)
+                .for_each(|b| recent.add(b.counts));
+            assert_eq!(w.recent(&g, t, 3000), recent, "step {step}");
+        }
+        seen
+    }
+
+    #[test]
+    fn buckets_move_between_bits_and_a_ring_and_stay_the_same_buckets() {
+        let unit = Usage {
+            accepted: 1,
+            observed: 1,
+        };
+        let two = Usage {
+            accepted: 1,
+            observed: 2,
+        };
+        for seen in [
+            bits_and_ring_hand_off::<u64>(10, 1, 2),
+            bits_and_ring_hand_off::<u64>(20, 1, 2),
+            bits_and_ring_hand_off::<Usage>(10, unit, two),
+            bits_and_ring_hand_off::<Usage>(20, unit, two),
+        ] {
+            for hand_off in [("one", "bits"), ("bits", "ring"), ("one", "ring")] {
+                assert!(seen.contains(&hand_off), "{hand_off:?} never happened");
+            }
+            assert!(
+                seen.iter()
+                    .any(|&(from, to)| from == "ring" && to != "ring"),
+                "a ring never came back to bits"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bucket_older_than_the_bits_reach_moves_the_window_into_a_ring() {
+        // 20 s of 100 ms groups: a bucket can live 200 groups, the bits reach 120.
+        let g = geo(20, 100);
+        let mut w = Window::<u64>::default();
+        w.add(&g, 0, 1);
+        w.add(&g, 100 * AGES as u64, 1); // the first bucket exactly AGES groups back
+        assert_eq!(kind(&w), "bits");
+        w.add(&g, 100 * AGES as u64 + 100, 1);
+        assert_eq!(
+            kind(&w),
+            "ring",
+            "AGES + 1 groups back does not fit the bits"
+        );
+        assert_eq!(
+            w.buckets().map(|b| b.id).collect::<Vec<_>>(),
+            [0, AGES as u64, AGES as u64 + 1]
+        );
+        assert_eq!(w.total(), 3);
+        // Two units in a bucket that stops being the newest: a ring too.
+        let mut w = Window::<u64>::default();
+        w.add(&g, 0, 1);
+        w.add(&g, 100, 2);
+        assert_eq!(kind(&w), "bits", "the newest bucket may hold any count");
+        w.add(&g, 200, 1);
+        assert_eq!(kind(&w), "ring");
+        assert_eq!(w.buckets().map(|b| b.counts).collect::<Vec<_>>(), [1, 2, 1]);
     }
 
     #[test]

@@ -230,6 +230,26 @@ fn note_moved() {
     MOVED.with(|m| m.set(m.get() + 1));
 }
 
+/// The entry `eq` picks in `table`, looked for first in the bucket a probe for `hash` starts
+/// at ([`home_bucket`]), where most keys of a table that is not full sit: that bucket's
+/// entry is read on the branch that its control byte says is full, which the processor
+/// takes before the byte arrives, so on a cold key the entry's line and the control bytes'
+/// come from memory together, where a probe reads the entry only once the control bytes
+/// said where it is (two misses one after the other). A key elsewhere is found by the
+/// probe as ever: the result is the same, only sooner for most keys.
+#[inline(always)]
+fn find_home_first<S, A>(
+    table: &mut HashTable<Entry<S, A>>,
+    hash: u64,
+    eq: impl Fn(&Entry<S, A>) -> bool,
+) -> Option<&mut Entry<S, A>> {
+    let home = home_bucket(hash) & (table.num_buckets() - 1);
+    if table.get_bucket(home).is_some_and(&eq) {
+        return table.get_bucket_mut(home);
+    }
+    table.find_mut(hash, eq)
+}
+
 /// Where a key is: a bucket of the main table, or of the old one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -560,7 +580,7 @@ impl<S, A> KeyStore<S, A> {
     ) -> R {
         let hash = self.hash(key);
         let mut tables = self.shard(hash).lock();
-        if let Some(entry) = tables.main.find_mut(hash, |e| e.0 == key) {
+        if let Some(entry) = find_home_first(&mut tables.main, hash, |e| e.0 == key) {
             return f(&mut entry.1);
         }
         let admit = || {
@@ -636,7 +656,7 @@ impl<S, A> KeyStore<S, A> {
     ) -> Result<R, Full> {
         let hash = self.hash(key);
         let mut tables = self.shard(hash).lock();
-        if let Some(entry) = tables.main.find_mut(hash, |e| e.0 == key) {
+        if let Some(entry) = find_home_first(&mut tables.main, hash, |e| e.0 == key) {
             return Ok(f(&mut entry.1));
         }
         self.insert_budgeted(tables, hash, key, create, f, spare)
@@ -658,7 +678,7 @@ impl<S, A> KeyStore<S, A> {
     ) -> Result<R, Full> {
         let hash = key_hash(&self.hasher, key);
         let mut tables = self.shard(hash).lock();
-        if let Some(entry) = tables.main.find_mut(hash, |e| e.0.as_bytes() == key) {
+        if let Some(entry) = find_home_first(&mut tables.main, hash, |e| e.0.as_bytes() == key) {
             return Ok(f(&mut entry.1));
         }
         let key = std::str::from_utf8(key).expect("an ASCII key");

@@ -9,7 +9,7 @@
 //! expires no earlier. A bucket that has already left the window gives nothing back (its
 //! units no longer count anyway).
 
-use super::{Counts, Shape, Usage, Window};
+use super::{Bits, Counts, Shape, Usage, Window};
 
 /// Counts a refund can take units out of.
 pub(crate) trait Refund: Counts {
@@ -53,10 +53,12 @@ impl<C: Refund> Window<C> {
         if self.is_empty() || want.is_zero() {
             return want;
         }
+        // Written for rings: older buckets kept as bits move into one first.
+        self.move_into_ring();
         let ring = match &mut self.shape {
-            Shape::One { id } => {
+            Shape::Bits(bits) => {
                 // A lone bucket's counts are the total; taking all of them empties the window.
-                if (from..=to).contains(id) {
+                if (from..=to).contains(&bits.newest()) {
                     self.total.take_from(&mut want);
                 }
                 return want;
@@ -81,9 +83,7 @@ impl<C: Refund> Window<C> {
             ring.pop_back();
             if ring.len() == 1 {
                 // What is left is in the one bucket: the total (zero if it is empty too).
-                self.shape = Shape::One {
-                    id: ring.front().id,
-                };
+                self.shape = Shape::Bits(Bits::one(ring.front().id));
                 break;
             }
         }
