@@ -1003,6 +1003,30 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_of_more_than_65536_buckets_keeps_its_length_and_order() {
+        // 100,000 one-millisecond groups in the window; two units a group keep a ring.
+        let g = geo(100, 1);
+        let mut w = Window::<u64>::default();
+        let n = 70_000u64;
+        for t in 0..n {
+            w.add(&g, t, 2);
+        }
+        let Shape::Ring(r) = &w.shape else {
+            panic!("two units a group make a ring");
+        };
+        assert_eq!(r.len(), n as usize, "the length's high byte counts");
+        assert_eq!(w.len(), n as usize);
+        assert_eq!(w.total(), 2 * n);
+        let ids: Vec<u64> = w.buckets().map(|b| b.id).collect();
+        assert_eq!(ids, (0..n).collect::<Vec<_>>());
+        // The first 40,000 leave the window: 30,000 are left, in order.
+        w.expire(&g, g.expires_at(39_999));
+        assert_eq!(w.len(), 30_000);
+        assert_eq!(w.buckets().next().map(|b| b.id), Some(40_000));
+        assert_eq!(w.total(), 60_000);
+    }
+
+    #[test]
     fn the_ring_wraps_grows_shrinks_and_keeps_order_and_total() {
         let g = geo(1, 100);
         let mut w = Window::<u64>::default();
