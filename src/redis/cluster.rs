@@ -956,6 +956,26 @@ mod tests {
         assert!(SlotMap::empty().node_for(None).is_none());
     }
 
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn a_tls_template_reaches_every_node_over_tls() {
+        use ::redis::IntoConnectionInfo;
+        let template = "rediss://127.0.0.1:7000/#insecure"
+            .into_connection_info()
+            .unwrap();
+        let router = Router::new(template, vec![("127.0.0.1".into(), 7000)]);
+        let node = router.node("10.0.0.2".into(), 7002).unwrap();
+        match node.client.get_connection_info().addr() {
+            ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => assert_eq!((host.as_str(), *port, *insecure), ("10.0.0.2", 7002, true)),
+            other => panic!("a TLS cluster's node reached without TLS: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_redirect_address_splits_at_its_last_colon() {
         assert_eq!(
