@@ -95,19 +95,21 @@ pub(crate) async fn check(core: &Core) -> Result<RedisCheck, Error> {
         None
     } else {
         match core.conn.query_unguarded::<Vec<String>>(&config_get).await {
-            Ok(pair) => pair.into_iter().nth(1),
+            Ok(pair) => {
+                let policy = pair.into_iter().nth(1);
+                if let Some(policy) = policy.as_deref()
+                    && policy != "noeviction"
+                {
+                    warnings.push(evicting("the server", policy));
+                }
+                policy
+            }
             Err(err) => {
                 warnings.push(unreadable("the server", &err.to_string()));
                 None
             }
         }
     };
-    if let Some(policy) = &maxmemory_policy
-        && policy != "noeviction"
-        && core.conn.cluster_nodes().is_none()
-    {
-        warnings.push(evicting("the server", policy));
-    }
     for warning in &warnings {
         tracing::warn!("sluicegate: {warning}");
     }
