@@ -608,36 +608,47 @@ fn script_routing(cmd: &::redis::Cmd) -> (Option<u16>, bool) {
     }
 }
 
+/// A command through a cluster link, as the script routing sees it.
+enum ScriptCall {
+    /// An `EVALSHA` with keys, and its first key's slot.
+    Evalsha(u16),
+    /// A `SCRIPT LOAD` after an `EVALSHA`: the slot of that `EVALSHA`.
+    LoadAfter(u16),
+    /// Anything else.
+    Other,
+}
+
+/// What `cmd` is to the script routing, remembering an `EVALSHA`'s slot in `latest`.
+fn follow_scripts(latest: &mut Option<u16>, cmd: &::redis::Cmd) -> ScriptCall {
+    match script_routing(cmd) {
+        (Some(slot), _) => {
+            *latest = Some(slot);
+            ScriptCall::Evalsha(slot)
+        }
+        (None, true) => latest.map_or(ScriptCall::Other, ScriptCall::LoadAfter),
+        (None, false) => ScriptCall::Other,
+    }
+}
+
 impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a ::redis::Cmd) -> RedisFuture<'a, Value> {
         match &mut self.conn {
             RedisConnection::Single(manager) => manager.req_packed_command(cmd),
             // `Link::new` takes the current connection of a reconnecting one.
             RedisConnection::ClusterClient(_) | RedisConnection::Sentinel(_) => unreachable_link(),
-            RedisConnection::Cluster(cluster) => {
-                let (slot, is_load) = script_routing(cmd);
-                if slot.is_some() {
-                    self.script_slot = slot;
+            RedisConnection::Cluster(cluster) => match follow_scripts(&mut self.script_slot, cmd) {
+                ScriptCall::LoadAfter(slot) => {
+                    let route = Route::new(slot, SlotAddr::Master);
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    Box::pin(cluster.route_command(cmd.clone(), routing))
                 }
-                match self.script_slot {
-                    Some(slot) if is_load => {
-                        let route = Route::new(slot, SlotAddr::Master);
-                        let routing =
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                        Box::pin(cluster.route_command(cmd.clone(), routing))
-                    }
-                    _ => cluster.req_packed_command(cmd),
-                }
-            }
+                ScriptCall::Evalsha(_) | ScriptCall::Other => cluster.req_packed_command(cmd),
+            },
             RedisConnection::ClusterNodes(nodes) => {
-                let (slot, is_load) = script_routing(cmd);
-                if slot.is_some() {
-                    self.script_slot = slot;
-                }
-                let slot = if is_load {
-                    self.script_slot
-                } else {
-                    slot_of_command(cmd)
+                let slot = match follow_scripts(&mut self.script_slot, cmd) {
+                    ScriptCall::Evalsha(slot) | ScriptCall::LoadAfter(slot) => Some(slot),
+                    ScriptCall::Other => slot_of_command(cmd),
                 };
                 nodes.command(cmd, slot)
             }
