@@ -409,21 +409,11 @@ impl Node {
     async fn connection(&self, deadline: Duration) -> RedisResult<ConnectionManager> {
         self.conn
             .get_or_try_init(|| async {
-                // One attempt per reconnection: the router fails the node's calls at once
-                // between attempts (`CLUSTER_NODE_RETRY_GAP`) and refreshes its map.
+                // One attempt per reconnection, bounded by `deadline` (the config's
+                // connection timeout): the router fails the node's calls at once between
+                // attempts (`CLUSTER_NODE_RETRY_GAP`) and refreshes its map.
                 let config = connection_manager_config(deadline).set_number_of_retries(0);
-                match tokio::time::timeout(
-                    deadline,
-                    self.client.get_connection_manager_with_config(config),
-                )
-                .await
-                {
-                    Ok(conn) => conn,
-                    Err(_) => Err(RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("connecting to cluster node {}", self.address()),
-                    ))),
-                }
+                self.client.get_connection_manager_with_config(config).await
             })
             .await
             .cloned()
