@@ -510,5 +510,8 @@ mod tests {
         type Suppressed = store::Entry<SuppressedState, <SuppressedState as LocalState>::Align>;
         assert_eq!((size_of::<Absolute>(), align_of::<Absolute>()), (64, 64));
         assert_eq!(size_of::<Suppressed>(), 88);
+        // The key first: a short key's compare (one 32-byte load) stays on the entry's line.
+        assert_eq!(std::mem::offset_of!(Absolute, 0), 0);
+        assert_eq!(std::mem::offset_of!(Suppressed, 0), 0);
     }
 }
