@@ -1163,6 +1163,19 @@ mod tests {
     }
 
     #[test]
+    fn a_window_of_bits_debugs_as_its_newest_id_and_older_bits() {
+        // Buckets 10, 12 and 13 of one unit each: the newest is 13, with bits for one and
+        // three groups back (0b101).
+        let g = geo(10, 100);
+        let mut w = Window::<u64>::default();
+        for t in [1_000, 1_200, 1_300] {
+            w.add(&g, t, 1);
+        }
+        let shown = format!("{w:?}");
+        assert!(shown.contains("Bits { newest: 13, older: 0x5 }"), "{shown}");
+    }
+
+    #[test]
     fn buckets_move_between_bits_and_a_ring_and_stay_the_same_buckets() {
         let unit = Usage {
             accepted: 1,
