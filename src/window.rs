@@ -1163,6 +1163,23 @@ mod tests {
     }
 
     #[test]
+    fn bits_expire_every_bucket_whose_time_is_up_in_one_call() {
+        // Buckets 10, 11 and 12 of one unit each. Bucket 10 stops counting at 11,100 and
+        // bucket 11 at 11,200: a call at exactly 11,200 drops both, leaving bucket 12.
+        let g = geo(10, 100);
+        let mut w = Window::<u64>::default();
+        for t in [1_000, 1_100, 1_200] {
+            w.add(&g, t, 1);
+        }
+        let mut later = w.clone();
+        w.expire(&g, 11_199);
+        assert_eq!(w.total(), 2, "bucket 11 still counts at 11,199");
+        later.expire(&g, 11_200);
+        assert_eq!(later.total(), 1, "both older buckets are gone at 11,200");
+        assert_eq!(later.oldest(), Some(12));
+    }
+
+    #[test]
     fn a_window_of_bits_debugs_as_its_newest_id_and_older_bits() {
         // Buckets 10, 12 and 13 of one unit each: the newest is 13, with bits for one and
         // three groups back (0b101).
