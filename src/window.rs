@@ -738,9 +738,9 @@ impl<C: Counts> Window<C> {
     }
 
     /// [`add`](Self::add) to a window that is not empty and whose newest bucket has closed
-    /// at `now_ms`: `counts` in a new bucket. The newest bucket becomes a bit if it holds
-    /// one unit and every older bucket stays within [`AGES`] groups of the new one; the
-    /// window moves into a ring otherwise.
+    /// at `now_ms`: `counts` in a new bucket. `add` has already kept bits whose newest
+    /// bucket becomes one more bit; bits that cannot (a newest bucket of more than one
+    /// unit, or an older one out of [`AGES`]'s reach from the new one) move into a ring.
     #[inline(never)]
     fn open_bucket(&mut self, geo: &WindowGrid, now_ms: u64, counts: C) {
         let before = self.total;
@@ -754,14 +754,6 @@ impl<C: Counts> Window<C> {
                 let (newest, older, n) = (bits.newest(), bits.older(), bits.n());
                 let mut newest_counts = before;
                 newest_counts.sub(C::units(n as u64));
-                let shift = newer.id - newest;
-                if newest_counts == C::units(1)
-                    && shift <= AGES as u64
-                    && older >> (AGES as u64 - shift) == 0
-                {
-                    *bits = Bits::new(newer.id, (older << shift) | (1u128 << (shift - 1)), n + 1);
-                    return;
-                }
                 let mut buckets = Vec::with_capacity(n as usize + 2);
                 buckets.extend(
                     Buckets::Bits {
